@@ -1,0 +1,1 @@
+"""Fused kernels of tte_fast (installed as ``tte_fast.kernels``)."""

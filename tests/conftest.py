@@ -1,0 +1,28 @@
+"""Shared fixtures: tiny random-weight checkpoints, built once per session and loaded back
+through the project's own loading code."""
+
+from __future__ import annotations
+
+import os
+
+# Triton kernels run on CPU tensors through the interpreter; set before triton is imported.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from tte_fast.testing import TINY_MODEL_TYPES, build_tiny_checkpoint  # noqa: E402
+
+VL_MODEL_TYPES = [t for t in TINY_MODEL_TYPES if t != "qwen2"]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory) -> dict[str, str]:
+    """model type -> folder of a saved tiny checkpoint (built lazily, once per session)."""
+    root = tmp_path_factory.mktemp("tiny_models")
+
+    class _Lazy(dict):
+        def __missing__(self, model_type):
+            self[model_type] = build_tiny_checkpoint(model_type, str(root / model_type))
+            return self[model_type]
+
+    return _Lazy()

@@ -1,0 +1,1 @@
+"""Shipped configs: tiny model configs and the Qwen-VL chat template."""

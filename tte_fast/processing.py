@@ -38,13 +38,21 @@ def _processor_class(model_type: str) -> type:
             return None
         return base.check_argument_for_proper_class(self, argument_name, argument)
 
-    return type(f"{base.__name__}ImagesOnly", (base,), {"check_argument_for_proper_class": check_argument_for_proper_class})
+    return type(
+        f"{base.__name__}ImagesOnly",
+        (base,),
+        {"check_argument_for_proper_class": check_argument_for_proper_class},
+    )
 
 
-def build_processor(model_type: str, tokenizer, image_processor, chat_template: str | None = None) -> ProcessorMixin:
+def build_processor(
+    model_type: str, tokenizer, image_processor, chat_template: str | None = None
+) -> ProcessorMixin:
     """A Qwen-VL processor (tokenizer + image processor, no video) for ``model_type``."""
     template = chat_template or getattr(tokenizer, "chat_template", None) or packaged_chat_template()
-    return _processor_class(model_type)(image_processor=image_processor, tokenizer=tokenizer, chat_template=template)
+    return _processor_class(model_type)(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=template
+    )
 
 
 def default_image_processor(path: str):
@@ -67,4 +75,6 @@ def load_processor(path: str, model_type: str, image_processor=None):
     if template_path and os.path.exists(template_path):
         with open(template_path, encoding="utf-8") as f:
             chat_template = f.read()
-    return build_processor(model_type, tokenizer, image_processor or default_image_processor(path), chat_template)
+    return build_processor(
+        model_type, tokenizer, image_processor or default_image_processor(path), chat_template
+    )

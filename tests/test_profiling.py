@@ -1,0 +1,55 @@
+"""NVTX stage names are checked and timed."""
+
+import time
+
+import pytest
+import torch
+
+from tte_fast.profiling import STAGES, StageRecorder, instrument_vision_encoder, stage
+
+
+def test_stage_records_time_and_counts():
+    with StageRecorder() as rec:
+        for _ in range(3):
+            with stage("decode_step"):
+                time.sleep(0.002)
+        with stage("embed"):
+            pass
+    assert rec.counts == {"decode_step": 3, "embed": 1}
+    assert rec.milliseconds()["decode_step"] >= 6.0
+
+
+def test_stage_outside_recorder_is_a_plain_range():
+    with stage("prefill"):
+        value = 1
+    assert value == 1
+
+
+def test_unknown_stage_is_rejected():
+    with pytest.raises(ValueError, match="prefil"), stage("prefil"):
+        pass
+
+
+def test_recorders_do_not_nest():
+    with StageRecorder(), pytest.raises(RuntimeError, match="already active"), StageRecorder():
+        pass
+
+
+def test_vision_encoder_hooks_time_the_tower():
+    class Tower(torch.nn.Module):
+        def forward(self, x):
+            time.sleep(0.001)
+            return x
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.visual = Tower()
+
+    model = Model()
+    handles = instrument_vision_encoder(model)
+    assert len(handles) == 2 and instrument_vision_encoder(model) == []
+    with StageRecorder() as rec:
+        model.visual(torch.zeros(1))
+    assert rec.counts["vision_encoder"] == 1
+    assert set(rec.counts) <= set(STAGES)

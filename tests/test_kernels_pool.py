@@ -1,0 +1,95 @@
+"""Last-token pooling + L2 norm: every backend against the float64 reference, fresh inputs each run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tte_fast.kernels.reference import last_token_index_reference, pool_normalize_reference
+
+from tte_fast import kernels
+
+BACKENDS = ["torch", "reference"]
+GRAD_TOLERANCE = {torch.float32: 1e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+@pytest.fixture(autouse=True)
+def fresh_seed():
+    seed = torch.seed()
+    print(f"torch seed {seed}")
+
+
+def random_mask(batch: int, length: int, padding: str) -> torch.Tensor:
+    """0/1 mask whose rows are left padded, right padded, or a random mix of both."""
+    lengths = torch.randint(1, length + 1, (batch,))
+    mask = torch.zeros(batch, length, dtype=torch.int64)
+    for row, n in enumerate(lengths.tolist()):
+        side = padding if padding != "mixed" else ("left" if torch.rand(()) < 0.5 else "right")
+        if side == "left":
+            mask[row, length - n :] = 1
+        else:
+            mask[row, :n] = 1
+    return mask
+
+
+def assert_close(actual, expected, tol, what):
+    err = (actual.double() - expected).abs().max().item()
+    scale = max(expected.abs().max().item(), 1e-3)
+    assert err <= tol * scale, f"{what}: relative error {err / scale:.3g} > {tol:.3g}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("padding", ["left", "right", "mixed"])
+@pytest.mark.parametrize("batch,length,dim", [(1, 1, 8), (1, 6, 33), (5, 9, 64), (7, 1, 100), (4, 13, 130)])
+def test_pool_normalize_matches_reference(backend, dtype, padding, batch, length, dim):
+    hidden = (3 * torch.randn(batch, length, dim, dtype=torch.float64)).to(dtype).requires_grad_(True)
+    mask = random_mask(batch, length, padding)
+    out = kernels.pool_normalize(hidden, mask, backend=backend)
+    assert out.dtype == torch.float32 and out.shape == (batch, dim)
+    upstream = torch.randn(batch, dim, dtype=torch.float64)
+    out.backward(upstream.float())
+
+    hidden64 = hidden.detach().double().requires_grad_(True)
+    expected = pool_normalize_reference(hidden64, mask)
+    expected.backward(upstream)
+    # Output: hidden values are exact in fp32, so only the fp32 normalisation rounds.
+    assert_close(out.detach(), expected.detach(), 1e-6, "output")
+    assert hidden.grad.dtype == dtype and hidden.grad.shape == hidden.shape
+    assert_close(hidden.grad, hidden64.grad, GRAD_TOLERANCE[dtype], "grad")
+    pooled = torch.zeros(batch, length, dtype=torch.bool)
+    pooled[torch.arange(batch), last_token_index_reference(mask)] = True
+    assert (hidden.grad[~pooled] == 0).all(), "gradient leaked onto non-pooled positions"
+
+
+@pytest.mark.parametrize("padding", ["left", "right", "mixed"])
+def test_last_token_index_matches_reference(padding):
+    mask = random_mask(11, 17, padding)
+    assert torch.equal(kernels.last_token_index(mask), last_token_index_reference(mask))
+    assert torch.equal(kernels.last_token_index(mask.bool()), last_token_index_reference(mask))
+    if padding == "left":
+        assert (kernels.last_token_index(mask) == 16).all()
+
+
+def test_zero_vector_pools_to_zero_not_nan():
+    hidden = torch.zeros(2, 3, 8)
+    mask = torch.ones(2, 3, dtype=torch.int64)
+    for backend in BACKENDS:
+        out = kernels.pool_normalize(hidden, mask, backend=backend)
+        assert torch.equal(out, torch.zeros(2, 8)), backend
+
+
+def test_torch_path_upcasts_only_pooled_rows(monkeypatch):
+    """The [B, T, D] tensor itself is never converted: only the gathered [B, D] rows are."""
+    hidden = torch.randn(3, 50, 16, dtype=torch.bfloat16)
+    mask = random_mask(3, 50, "mixed")
+    converted = []
+    real_float = torch.Tensor.float
+
+    def spy_float(self, *args, **kwargs):
+        converted.append(tuple(self.shape))
+        return real_float(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "float", spy_float)
+    kernels.pool_normalize(hidden, mask, backend="torch")
+    monkeypatch.undo()
+    assert converted and all(shape == (3, 16) for shape in converted)

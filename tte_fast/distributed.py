@@ -1,0 +1,46 @@
+"""The few torch.distributed collectives the cached step needs, for uneven per-rank row counts.
+
+All of them move detached tensors: the cached step applies gradients by hand, so nothing here
+needs autograd. They work with gloo (CPU tensors) and NCCL (CUDA tensors) alike.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of the default process group; (0, 1) outside torch.distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """Concatenate every rank's ``x`` along dim 0, in rank order; also the per-rank row counts.
+
+    Ranks may hold different numbers of rows (all other dimensions must agree): the counts are
+    exchanged first and the rows padded to the largest count, as ``all_gather`` needs equal sizes.
+    """
+    _, size = world()
+    x = x.detach().contiguous()
+    if size == 1:
+        return x, [x.shape[0]]
+    count = torch.tensor([x.shape[0]], device=x.device, dtype=torch.long)
+    counts = [torch.empty_like(count) for _ in range(size)]
+    dist.all_gather(counts, count)
+    rows = [int(c.item()) for c in counts]
+    longest = max(rows)
+    if x.shape[0] < longest:
+        x = torch.cat([x, x.new_zeros(longest - x.shape[0], *x.shape[1:])])
+    parts = [torch.empty_like(x) for _ in range(size)]
+    dist.all_gather(parts, x)
+    return torch.cat([p[:r] for p, r in zip(parts, rows)]), rows
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """Element-wise sum of ``x`` over ranks (in place, and returned)."""
+    if world()[1] > 1:
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x

@@ -1,0 +1,208 @@
+"""GradCache: a contrastive (InfoNCE) training step whose memory is set by the chunk size.
+
+``gradcache_step`` (Gao et al., "Scaling Deep Contrastive Learning Batch Size under Memory Limited
+Setup", 2021) runs in three passes:
+
+1. every chunk of queries and targets is encoded without an autograd graph, its RNG state
+   (CPU and every CUDA device) saved first, and the embeddings cached;
+2. the loss and its gradient w.r.t. every cached embedding come from one call of the fused
+   ``infonce_loss_and_grads`` (the Nq x Nc logits are never stored);
+3. each chunk is encoded again with its RNG state restored, so dropout and LoRA dropout replay
+   exactly, and the cached gradient is back-propagated through it.
+
+Parameter gradients are accumulated (``+=``) into ``.grad`` exactly as full-batch autograd of the
+mean loss would give them. Mixed precision (``torch.autocast`` around the call), gradient clipping,
+zeroing and optimizer steps stay with the caller.
+
+**Distributed.** Inside an initialised ``torch.distributed`` process group each rank passes its
+own queries and targets. Targets are all-gathered, so every query sees every rank's candidates as
+negatives, and default or given labels (indices into the rank's own targets) are offset by the
+rank's position in the gathered targets. The loss is the mean over the *global* batch, the same on
+every rank and equal to that of one process holding the concatenated batch. Gradient convention:
+
+- an encoder wrapped in ``DistributedDataParallel`` (pass the DDP module itself) back-propagates
+  ``world_size`` times its rank's share, so DDP's averaging all-reduce leaves in every rank's
+  ``.grad`` exactly the single-process full-batch gradient. ``no_sync`` holds back the all-reduce
+  for all but each module's last chunk, so parameters are reduced once per step;
+- any other encoder gets its rank's share only: the sum of ``.grad`` over ranks
+  (``all_reduce(SUM)``) is the full-batch gradient.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from tte_fast.chunking import batch_size, split_inputs
+from tte_fast.distributed import all_reduce_sum, gather_rows, world
+from tte_fast.kernels import infonce_loss_and_grads
+
+Encoder = Callable[..., torch.Tensor]
+
+
+@dataclass
+class _RngState:
+    """The global RNG state (CPU and, when CUDA is in use, every device) before a chunk's forward."""
+
+    cpu: torch.Tensor
+    cuda: list[torch.Tensor] | None
+
+    @classmethod
+    def capture(cls) -> _RngState:
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+        return cls(torch.get_rng_state(), cuda)
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
+
+
+def _encode(encoder: Encoder, chunk, expected_rows: int, side: str) -> torch.Tensor:
+    reps = encoder(**chunk) if isinstance(chunk, dict) else encoder(chunk)
+    if not isinstance(reps, torch.Tensor):
+        raise TypeError(f"the {side} encoder must return a tensor of embeddings, got {type(reps).__name__}")
+    if reps.dim() != 2 or reps.shape[0] != expected_rows:
+        raise ValueError(
+            f"the {side} encoder must return [n, D] embeddings, one row per sample: got shape "
+            f"{tuple(reps.shape)} for a chunk of {expected_rows} samples"
+        )
+    if not reps.is_floating_point():
+        raise TypeError(f"{side} embeddings must be floating point, got {reps.dtype}")
+    return reps
+
+
+def _encode_without_graph(encoder: Encoder, chunks: list, side: str):
+    reps, states = [], []
+    with torch.no_grad():
+        for chunk in chunks:
+            states.append(_RngState.capture())
+            reps.append(_encode(encoder, chunk, batch_size(chunk), side))
+    return torch.cat(reps), states
+
+
+def _check_labels(labels, n_queries: int, n_targets: int, device) -> torch.Tensor:
+    if labels is None:
+        if n_targets % n_queries:
+            raise ValueError(
+                f"without labels, the number of targets ({n_targets}) must be a multiple of the number of "
+                f"queries ({n_queries}): query i's positive is target i * {n_targets} // {n_queries}"
+            )
+        return torch.arange(n_queries, device=device) * (n_targets // n_queries)
+    labels = torch.as_tensor(labels, device=device)
+    if labels.shape != (n_queries,) or labels.dtype == torch.bool or labels.is_floating_point():
+        got = f"{labels.dtype} {tuple(labels.shape)}"
+        raise ValueError(f"labels must be {n_queries} integer indices (one per query), got {got}")
+    if n_queries and (labels.min() < 0 or labels.max() >= n_targets):
+        raise ValueError(
+            f"labels must index the {n_targets} targets, got values in [{labels.min()}, {labels.max()}]"
+        )
+    return labels.long()
+
+
+def _loss_and_grads(q: torch.Tensor, t: torch.Tensor, temperature: float, labels: torch.Tensor):
+    """Global mean loss and this rank's share of its gradient w.r.t. q and t (fp32)."""
+    if q.shape[1] != t.shape[1]:
+        raise ValueError(f"query and target embeddings differ in width: {q.shape[1]} vs {t.shape[1]}")
+    rank, size = world()
+    with torch.autocast(q.device.type, enabled=False):
+        q, t = q.float(), t.float()
+        if size == 1:
+            loss, grad_q, grad_t = infonce_loss_and_grads(q, t, temperature=temperature, labels=labels)
+            return loss.detach(), grad_q, grad_t
+        all_t, t_rows = gather_rows(t)
+        _, q_rows = gather_rows(q.new_empty(q.shape[0], 0))
+        offset = sum(t_rows[:rank])
+        loss, grad_q, grad_all_t = infonce_loss_and_grads(
+            q, all_t, temperature=temperature, labels=labels + offset
+        )
+        # The kernel gives gradients of this rank's mean; the global mean weighs it by its share.
+        share = q.shape[0] / sum(q_rows)
+        grad_q = grad_q * share
+        # Every rank's queries score this rank's targets: sum those contributions.
+        grad_t = all_reduce_sum(grad_all_t * share)[offset : offset + t.shape[0]]
+        return all_reduce_sum(loss.detach() * share), grad_q, grad_t
+
+
+def _trainable(encoder: Encoder) -> bool:
+    return not isinstance(encoder, nn.Module) or any(p.requires_grad for p in encoder.parameters())
+
+
+def _replay_and_backward(jobs: list[tuple]) -> None:
+    """Re-encode each chunk with its saved RNG state and back-propagate its cached gradient."""
+    last_use = {id(job[0]): i for i, job in enumerate(jobs)}
+    size = world()[1]
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    # fork_rng: after the step the global RNG continues from where the first pass left it.
+    with torch.random.fork_rng(devices=devices):
+        for i, (encoder, chunk, state, grad, side) in enumerate(jobs):
+            hold_sync = last_use[id(encoder)] != i and hasattr(encoder, "no_sync")
+            scale = size if isinstance(encoder, DistributedDataParallel) else 1
+            with encoder.no_sync() if hold_sync else contextlib.nullcontext():
+                state.restore()
+                reps = _encode(encoder, chunk, grad.shape[0], side)
+                if reps.requires_grad:
+                    reps.backward(grad.to(reps.dtype) * scale)
+
+
+def gradcache_step(
+    encoder: Encoder,
+    queries,
+    targets,
+    *,
+    chunk_size: int,
+    target_chunk_size: int | None = None,
+    target_encoder: Encoder | None = None,
+    temperature: float = 0.02,
+    labels: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One cached InfoNCE step: accumulates parameter gradients and returns the detached loss.
+
+    Args:
+        encoder: callable or ``nn.Module`` mapping a chunk of queries (a tensor, or a dict passed as
+            keyword arguments) to [n, D] embeddings, normalised by the encoder if cosine scores are
+            wanted. Wrap it (whole) in DDP for data-parallel training.
+        queries, targets: a tensor or a dict of tensors split per sample (see ``tte_fast.chunking``
+            for Qwen-VL images). Without ``labels``, targets hold ``k`` per query (``k >= 1``) and
+            query i's positive is target ``i * k``.
+        chunk_size: samples per chunk for queries (and targets unless ``target_chunk_size``).
+        target_encoder: encoder of the targets; the query encoder when None. A module without
+            trainable parameters is not re-run.
+        temperature: InfoNCE temperature (logits are scores / temperature).
+        labels: [Nq] indices of each query's positive among this rank's targets.
+    """
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    target_chunk_size = chunk_size if target_chunk_size is None else target_chunk_size
+    if isinstance(target_chunk_size, bool) or not isinstance(target_chunk_size, int) or target_chunk_size < 1:
+        raise ValueError(f"target_chunk_size must be a positive int, got {target_chunk_size!r}")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
+    target_encoder = encoder if target_encoder is None else target_encoder
+    if not callable(encoder) or not callable(target_encoder):
+        raise TypeError("encoder and target_encoder must be callables mapping inputs to embeddings")
+    n_queries, n_targets = batch_size(queries), batch_size(targets)
+    if n_queries == 0 or n_targets == 0:
+        raise ValueError(f"need at least one query and one target, got {n_queries} and {n_targets}")
+
+    query_chunks = split_inputs(queries, chunk_size)
+    target_chunks = split_inputs(targets, target_chunk_size)
+    q, q_states = _encode_without_graph(encoder, query_chunks, "query")
+    t, t_states = _encode_without_graph(target_encoder, target_chunks, "target")
+    labels = _check_labels(labels, n_queries, n_targets, q.device)
+    loss, grad_q, grad_t = _loss_and_grads(q, t, temperature, labels)
+
+    jobs = []
+    for chunk, state, grad in zip(query_chunks, q_states, grad_q.split(chunk_size)):
+        jobs.append((encoder, chunk, state, grad, "query"))
+    if _trainable(target_encoder):
+        for chunk, state, grad in zip(target_chunks, t_states, grad_t.split(target_chunk_size)):
+            jobs.append((target_encoder, chunk, state, grad, "target"))
+    _replay_and_backward(jobs)
+    return loss

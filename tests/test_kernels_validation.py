@@ -7,7 +7,7 @@ import torch
 
 from tte_fast import kernels
 
-BACKENDS = ["torch", "reference"]
+BACKENDS = ["torch", "reference", "triton"]
 
 
 @pytest.fixture
@@ -69,3 +69,18 @@ def test_last_token_index_rejects_empty_rows():
 def test_unknown_backend_is_named():
     with pytest.raises(ValueError, match="'cuda-magic'"):
         kernels.infonce_loss(torch.randn(2, 4), torch.randn(2, 4), backend="cuda-magic")
+
+
+def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        kernels.infonce_loss(torch.randn(2, 4), torch.randn(2, 4), backend="triton")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        kernels.pool_normalize(torch.randn(2, 3, 4), torch.ones(2, 3), backend="triton")
+
+
+def test_auto_backend_is_torch_on_cpu():
+    from tte_fast.kernels.validation import resolve_backend
+
+    assert resolve_backend(None, torch.device("cpu")) == "torch"
+    assert resolve_backend(None, torch.device("cuda", 0)) == "triton"

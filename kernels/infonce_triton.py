@@ -1,0 +1,246 @@
+"""Tiled InfoNCE in Triton (flash-attention style): the Nq x Nc logits never exist in memory.
+
+Forward: one program per query block streams over candidate blocks, keeping an online log-sum-exp
+and the positive logit; it stores only lse[Nq] and pos[Nq]. Backward recomputes each logits tile
+from q and c, turns it into dS = (softmax - one_hot) * g / (t * Nq) with the stored lse, and
+accumulates dq = dS @ c (one program per query block) and dc = dS.T @ q (one program per candidate
+block). D can be large (1536 and more), so every matmul loops over D in BLOCK_D chunks and each
+program accumulates its own gradient rows in an fp32 buffer: no atomics, deterministic.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _load_tile(ptr, rows, row_ok, stride, dd, d_ok, UPCAST: tl.constexpr):
+    """[len(rows), len(dd)] tile of a row-major matrix, zero outside; fp32 when UPCAST."""
+    tile = tl.load(
+        ptr + rows[:, None] * stride + dd[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0
+    )
+    return tile.to(tl.float32) if UPCAST else tile
+
+
+@triton.jit
+def _logits_tile(
+    q_ptr, c_ptr, rows, cols, row_ok, col_ok, D, stride_q, stride_c, scale,
+    BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """[BLOCK_Q, BLOCK_C] tile of q @ c.T * scale, accumulated in fp32 over D chunks."""
+    acc = tl.zeros((BLOCK_Q, BLOCK_C), dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        dd = d0 + tl.arange(0, BLOCK_D)
+        d_ok = dd < D
+        qt = _load_tile(q_ptr, rows, row_ok, stride_q, dd, d_ok, UPCAST)
+        ct = _load_tile(c_ptr, cols, col_ok, stride_c, dd, d_ok, UPCAST)
+        acc = tl.dot(qt, tl.trans(ct), acc, input_precision=PRECISION)
+    return acc * scale
+
+
+@triton.jit
+def _infonce_fwd_kernel(
+    q_ptr, c_ptr, labels_ptr, lse_ptr, pos_ptr, Nq, Nc, D, stride_q, stride_c, scale,
+    BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    row_ok = rows < Nq
+    label = tl.load(labels_ptr + rows, mask=row_ok, other=-1)
+    row_max = tl.full((BLOCK_Q,), float("-inf"), dtype=tl.float32)
+    sum_exp = tl.zeros((BLOCK_Q,), dtype=tl.float32)
+    positive = tl.zeros((BLOCK_Q,), dtype=tl.float32)
+    for c0 in range(0, Nc, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
+        col_ok = cols < Nc
+        logits = _logits_tile(
+            q_ptr, c_ptr, rows, cols, row_ok, col_ok, D, stride_q, stride_c, scale,
+            BLOCK_Q, BLOCK_C, BLOCK_D, UPCAST, PRECISION,
+        )  # fmt: skip
+        logits = tl.where(col_ok[None, :], logits, float("-inf"))
+        positive += tl.sum(tl.where(cols[None, :] == label[:, None], logits, 0.0), axis=1)
+        new_max = tl.maximum(row_max, tl.max(logits, axis=1))
+        sum_exp = sum_exp * tl.exp(row_max - new_max) + tl.sum(tl.exp(logits - new_max[:, None]), axis=1)
+        row_max = new_max
+    tl.store(lse_ptr + rows, row_max + tl.log(sum_exp), mask=row_ok)
+    tl.store(pos_ptr + rows, positive, mask=row_ok)
+
+
+@triton.jit
+def _grad_logits_tile(
+    q_ptr, c_ptr, labels_ptr, lse_ptr, grad_scale, rows, cols, row_ok, col_ok, D, stride_q, stride_c,
+    scale, BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """dS tile = (exp(logits - lse) - one_hot(label)) * grad_scale, zero outside the matrix."""
+    logits = _logits_tile(
+        q_ptr, c_ptr, rows, cols, row_ok, col_ok, D, stride_q, stride_c, scale,
+        BLOCK_Q, BLOCK_C, BLOCK_D, UPCAST, PRECISION,
+    )  # fmt: skip
+    label = tl.load(labels_ptr + rows, mask=row_ok, other=-1)
+    lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
+    probs = tl.exp(logits - lse[:, None])
+    grad = tl.where(cols[None, :] == label[:, None], probs - 1.0, probs) * grad_scale
+    return tl.where(row_ok[:, None] & col_ok[None, :], grad, 0.0)
+
+
+@triton.jit
+def _infonce_bwd_dq_kernel(
+    q_ptr, c_ptr, labels_ptr, lse_ptr, grad_scale_ptr, dq_ptr, Nq, Nc, D, stride_q, stride_c, scale,
+    BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """dq[rows] = sum over candidate blocks of dS @ c; dq is fp32 [Nq, D], zero-initialised."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    row_ok = rows < Nq
+    grad_scale = tl.load(grad_scale_ptr)
+    for c0 in range(0, Nc, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
+        col_ok = cols < Nc
+        grad = _grad_logits_tile(
+            q_ptr, c_ptr, labels_ptr, lse_ptr, grad_scale, rows, cols, row_ok, col_ok, D, stride_q,
+            stride_c, scale, BLOCK_Q, BLOCK_C, BLOCK_D, UPCAST, PRECISION,
+        )  # fmt: skip
+        if not UPCAST:
+            grad = grad.to(c_ptr.dtype.element_ty)
+        for d0 in range(0, D, BLOCK_D):
+            dd = d0 + tl.arange(0, BLOCK_D)
+            d_ok = dd < D
+            ct = _load_tile(c_ptr, cols, col_ok, stride_c, dd, d_ok, UPCAST)
+            out = dq_ptr + rows[:, None] * D + dd[None, :]
+            out_ok = row_ok[:, None] & d_ok[None, :]
+            acc = tl.load(out, mask=out_ok, other=0.0)
+            tl.store(out, tl.dot(grad, ct, acc, input_precision=PRECISION), mask=out_ok)
+
+
+@triton.jit
+def _infonce_bwd_dc_kernel(
+    q_ptr, c_ptr, labels_ptr, lse_ptr, grad_scale_ptr, dc_ptr, Nq, Nc, D, stride_q, stride_c, scale,
+    BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """dc[cols] = sum over query blocks of dS.T @ q; dc is fp32 [Nc, D], zero-initialised."""
+    cols = tl.program_id(0).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_ok = cols < Nc
+    grad_scale = tl.load(grad_scale_ptr)
+    for q0 in range(0, Nq, BLOCK_Q):
+        rows = q0 + tl.arange(0, BLOCK_Q).to(tl.int64)
+        row_ok = rows < Nq
+        grad = _grad_logits_tile(
+            q_ptr, c_ptr, labels_ptr, lse_ptr, grad_scale, rows, cols, row_ok, col_ok, D, stride_q,
+            stride_c, scale, BLOCK_Q, BLOCK_C, BLOCK_D, UPCAST, PRECISION,
+        )  # fmt: skip
+        grad_t = tl.trans(grad)
+        if not UPCAST:
+            grad_t = grad_t.to(q_ptr.dtype.element_ty)
+        for d0 in range(0, D, BLOCK_D):
+            dd = d0 + tl.arange(0, BLOCK_D)
+            d_ok = dd < D
+            qt = _load_tile(q_ptr, rows, row_ok, stride_q, dd, d_ok, UPCAST)
+            out = dc_ptr + cols[:, None] * D + dd[None, :]
+            out_ok = col_ok[:, None] & d_ok[None, :]
+            acc = tl.load(out, mask=out_ok, other=0.0)
+            tl.store(out, tl.dot(grad_t, qt, acc, input_precision=PRECISION), mask=out_ok)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _launch_config(q: torch.Tensor) -> dict:
+    """Tile sizes and dot precision. fp32 inputs use exact fp32 dots (TF32 would cost ~3 decimal
+    digits); the interpreter gets small tiles and fp32 dots (its bf16 dot is wrong)."""
+    fp32 = q.dtype == torch.float32
+    if _interpreting():
+        return dict(BLOCK_Q=16, BLOCK_C=16, BLOCK_D=32, UPCAST=True, PRECISION="ieee")
+    if fp32:
+        return dict(
+            BLOCK_Q=64, BLOCK_C=64, BLOCK_D=32, UPCAST=True, PRECISION="ieee", num_warps=4, num_stages=2
+        )
+    return dict(BLOCK_Q=64, BLOCK_C=64, BLOCK_D=64, UPCAST=False, PRECISION="tf32", num_warps=4, num_stages=3)
+
+
+def _prepare(q: torch.Tensor, c: torch.Tensor, labels: torch.Tensor):
+    """Common compute dtype (fp16/bf16 stay, anything else becomes fp32) and unit stride along D;
+    rows may keep any stride, so slices of a larger batch are not copied."""
+    dtype = torch.promote_types(q.dtype, c.dtype)
+    if dtype not in (torch.float16, torch.bfloat16):
+        dtype = torch.float32
+
+    def unit_stride(t: torch.Tensor) -> torch.Tensor:
+        t = t.to(dtype)
+        return t if t.stride(-1) == 1 else t.contiguous()
+
+    return unit_stride(q), unit_stride(c), labels.contiguous()
+
+
+def _forward(q, c, temperature, labels, config):
+    nq, nc, d = q.shape[0], c.shape[0], q.shape[1]
+    lse = torch.empty(nq, dtype=torch.float32, device=q.device)
+    positive = torch.empty(nq, dtype=torch.float32, device=q.device)
+    grid = (triton.cdiv(nq, config["BLOCK_Q"]),)
+    _infonce_fwd_kernel[grid](
+        q, c, labels, lse, positive, nq, nc, d, q.stride(0), c.stride(0), 1.0 / temperature, **config
+    )
+    return (lse - positive).mean(), lse
+
+
+def _backward(q, c, temperature, labels, lse, grad_loss, config, need_q=True, need_c=True):
+    """fp32 gradients of grad_loss * mean loss w.r.t. q and c (None where not needed)."""
+    nq, nc, d = q.shape[0], c.shape[0], q.shape[1]
+    scale = 1.0 / temperature
+    grad_scale = (grad_loss.detach().float() * (scale / nq)).reshape(1).contiguous()
+    args = (nq, nc, d, q.stride(0), c.stride(0), scale)
+    grad_q = grad_c = None
+    if need_q:
+        grad_q = torch.zeros(nq, d, dtype=torch.float32, device=q.device)
+        grid = (triton.cdiv(nq, config["BLOCK_Q"]),)
+        _infonce_bwd_dq_kernel[grid](q, c, labels, lse, grad_scale, grad_q, *args, **config)
+    if need_c:
+        grad_c = torch.zeros(nc, d, dtype=torch.float32, device=q.device)
+        grid = (triton.cdiv(nc, config["BLOCK_C"]),)
+        _infonce_bwd_dc_kernel[grid](q, c, labels, lse, grad_scale, grad_c, *args, **config)
+    return grad_q, grad_c
+
+
+class InfoNCETriton(torch.autograd.Function):
+    """Forward keeps only lse[Nq]; backward recomputes the logits tiles."""
+
+    @staticmethod
+    def forward(ctx, q, c, temperature, labels):
+        q_k, c_k, labels = _prepare(q, c, labels)
+        config = _launch_config(q_k)
+        loss, lse = _forward(q_k, c_k, temperature, labels, config)
+        ctx.save_for_backward(q_k, c_k, labels, lse)
+        ctx.temperature, ctx.config = temperature, config
+        ctx.dtypes = (q.dtype, c.dtype)
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss):
+        q_k, c_k, labels, lse = ctx.saved_tensors
+        need_q, need_c = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_q, grad_c = _backward(
+            q_k, c_k, ctx.temperature, labels, lse, grad_loss, ctx.config, need_q, need_c
+        )
+        grad_q = grad_q.to(ctx.dtypes[0]) if need_q else None
+        grad_c = grad_c.to(ctx.dtypes[1]) if need_c else None
+        return grad_q, grad_c, None, None
+
+
+@torch.no_grad()
+def infonce_forward_backward_triton(q, c, temperature, labels):
+    """(loss, grad_q, grad_c) of the mean loss without autograd: forward kernel, then both backward
+    kernels with an upstream gradient of one."""
+    q_k, c_k, labels = _prepare(q, c, labels)
+    config = _launch_config(q_k)
+    loss, lse = _forward(q_k, c_k, temperature, labels, config)
+    one = torch.ones((), dtype=torch.float32, device=q.device)
+    grad_q, grad_c = _backward(q_k, c_k, temperature, labels, lse, one, config)
+    return loss.float(), grad_q.to(q.dtype), grad_c.to(c.dtype)

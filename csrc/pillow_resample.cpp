@@ -1,0 +1,217 @@
+#include "pillow_resample.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+namespace tte {
+namespace {
+
+// Fixed-point precision of Pillow's 8-bit passes: 8 bits of result, 2 bits of headroom.
+constexpr int kPrecisionBits = 32 - 8 - 2;
+
+// The filters as Pillow writes them, constants included (hamming mixes float literals in).
+double box_filter(double x) { return (x > -0.5 && x <= 0.5) ? 1.0 : 0.0; }
+
+double bilinear_filter(double x) {
+  if (x < 0.0) x = -x;
+  return x < 1.0 ? 1.0 - x : 0.0;
+}
+
+double hamming_filter(double x) {
+  if (x < 0.0) x = -x;
+  if (x == 0.0) return 1.0;
+  if (x >= 1.0) return 0.0;
+  x = x * M_PI;
+  return std::sin(x) / x * (0.54f + 0.46f * std::cos(x));
+}
+
+double bicubic_filter(double x) {
+  constexpr double a = -0.5;
+  if (x < 0.0) x = -x;
+  if (x < 1.0) return ((a + 2.0) * x - (a + 3.0)) * x * x + 1;
+  if (x < 2.0) return (((x - 5) * x + 8) * x - 4) * a;
+  return 0.0;
+}
+
+double sinc_filter(double x) {
+  if (x == 0.0) return 1.0;
+  x = x * M_PI;
+  return std::sin(x) / x;
+}
+
+double lanczos_filter(double x) {
+  if (-3.0 <= x && x < 3.0) return sinc_filter(x) * sinc_filter(x / 3);
+  return 0.0;
+}
+
+struct FilterSpec {
+  double (*fn)(double);
+  double support;
+};
+
+FilterSpec filter_spec(Filter filter) {
+  switch (filter) {
+    case Filter::kBox: return {box_filter, 0.5};
+    case Filter::kBilinear: return {bilinear_filter, 1.0};
+    case Filter::kHamming: return {hamming_filter, 1.0};
+    case Filter::kBicubic: return {bicubic_filter, 2.0};
+    case Filter::kLanczos: return {lanczos_filter, 3.0};
+  }
+  throw std::invalid_argument("unsupported resampling filter " + std::to_string(static_cast<int>(filter)));
+}
+
+// Per output pixel: first input index, tap count and ksize int32 weights (Pillow's precompute_coeffs
+// followed by normalize_coeffs_8bpc, for the full-image box (0, in_size)).
+struct Coeffs {
+  int64_t ksize = 0;
+  std::vector<int64_t> first;
+  std::vector<int64_t> count;
+  std::vector<int32_t> weights;
+};
+
+Coeffs precompute_coeffs(int64_t in_size, int64_t out_size, const FilterSpec& spec) {
+  // Pillow passes the box as float: in0 = 0.0f, in1 = (float)in_size.
+  const float in0 = 0.0f;
+  const float in1 = static_cast<float>(in_size);
+  const double scale = static_cast<double>(in1 - in0) / static_cast<double>(out_size);
+  const double filterscale = scale < 1.0 ? 1.0 : scale;
+  const double support = spec.support * filterscale;
+  Coeffs c;
+  c.ksize = static_cast<int64_t>(std::ceil(support)) * 2 + 1;
+  c.first.resize(out_size);
+  c.count.resize(out_size);
+  c.weights.assign(static_cast<size_t>(out_size * c.ksize), 0);
+  std::vector<double> k(c.ksize);
+  for (int64_t xx = 0; xx < out_size; xx++) {
+    const double center = in0 + (xx + 0.5) * scale;
+    const double ss = 1.0 / filterscale;
+    double ww = 0.0;
+    // Pillow rounds with (int)(v + 0.5), which truncates toward zero.
+    int64_t xmin = static_cast<int64_t>(static_cast<int>(center - support + 0.5));
+    if (xmin < 0) xmin = 0;
+    int64_t xmax = static_cast<int64_t>(static_cast<int>(center + support + 0.5));
+    if (xmax > in_size) xmax = in_size;
+    xmax -= xmin;
+    for (int64_t x = 0; x < xmax; x++) {
+      const double w = spec.fn((x + xmin - center + 0.5) * ss);
+      k[x] = w;
+      ww += w;
+    }
+    int32_t* out = &c.weights[static_cast<size_t>(xx * c.ksize)];
+    for (int64_t x = 0; x < xmax; x++) {
+      const double v = ww != 0.0 ? k[x] / ww : k[x];
+      out[x] = v < 0 ? static_cast<int32_t>(-0.5 + v * (1 << kPrecisionBits))
+                     : static_cast<int32_t>(0.5 + v * (1 << kPrecisionBits));
+    }
+    c.first[xx] = xmin;
+    c.count[xx] = xmax;
+  }
+  return c;
+}
+
+inline uint8_t clip8(int32_t v) {
+  const int32_t shifted = v >> kPrecisionBits;  // arithmetic shift, as in Pillow's lookup table
+  return static_cast<uint8_t>(shifted < 0 ? 0 : (shifted > 255 ? 255 : shifted));
+}
+
+// Rows [row_begin, row_end) of src, resampled along x, into dst (row_end - row_begin rows).
+template <int C>
+void horizontal_pass(const uint8_t* src, int64_t in_w, int64_t row_begin, int64_t row_end, const Coeffs& co,
+                     int64_t out_w, uint8_t* dst) {
+  constexpr int32_t kHalf = 1 << (kPrecisionBits - 1);
+  for (int64_t y = row_begin; y < row_end; y++) {
+    const uint8_t* row = src + y * in_w * C;
+    uint8_t* out = dst + (y - row_begin) * out_w * C;
+    for (int64_t xx = 0; xx < out_w; xx++) {
+      const int32_t* k = &co.weights[static_cast<size_t>(xx * co.ksize)];
+      const uint8_t* p = row + co.first[xx] * C;
+      int32_t ss[C];
+      for (int c = 0; c < C; c++) ss[c] = kHalf;
+      const int64_t n = co.count[xx];
+      for (int64_t x = 0; x < n; x++) {
+        for (int c = 0; c < C; c++) ss[c] += static_cast<int32_t>(p[x * C + c]) * k[x];
+      }
+      for (int c = 0; c < C; c++) out[xx * C + c] = clip8(ss[c]);
+    }
+  }
+}
+
+// Every output row is a weighted sum of whole input rows: accumulate row by row so the inner loop
+// runs over contiguous bytes. Per pixel the taps are added in Pillow's order, so sums are equal.
+void vertical_pass(const uint8_t* src, int64_t row_len, const Coeffs& co, int64_t row_offset, int64_t out_h,
+                   uint8_t* dst) {
+  constexpr int32_t kHalf = 1 << (kPrecisionBits - 1);
+  std::vector<int32_t> acc(static_cast<size_t>(row_len));
+  for (int64_t yy = 0; yy < out_h; yy++) {
+    std::fill(acc.begin(), acc.end(), kHalf);
+    const int32_t* k = &co.weights[static_cast<size_t>(yy * co.ksize)];
+    const int64_t first = co.first[yy] - row_offset;
+    for (int64_t y = 0; y < co.count[yy]; y++) {
+      const uint8_t* row = src + (first + y) * row_len;
+      const int32_t w = k[y];
+      int32_t* a = acc.data();
+      for (int64_t i = 0; i < row_len; i++) a[i] += static_cast<int32_t>(row[i]) * w;
+    }
+    uint8_t* out = dst + yy * row_len;
+    for (int64_t i = 0; i < row_len; i++) out[i] = clip8(acc[i]);
+  }
+}
+
+template <int C>
+void resample_impl(const uint8_t* src, int64_t in_h, int64_t in_w, uint8_t* dst, int64_t out_h, int64_t out_w,
+                   const FilterSpec& spec, PassOrder order, std::vector<uint8_t>& scratch) {
+  const bool need_horizontal = out_w != in_w;
+  const bool need_vertical = out_h != in_h;
+  if (!need_horizontal && !need_vertical) {
+    std::memcpy(dst, src, static_cast<size_t>(in_h * in_w * C));
+    return;
+  }
+  if (!need_horizontal) {
+    vertical_pass(src, in_w * C, precompute_coeffs(in_h, out_h, spec), 0, out_h, dst);
+    return;
+  }
+  const Coeffs horiz = precompute_coeffs(in_w, out_w, spec);
+  if (need_vertical && order == PassOrder::kPillow13 && out_h < in_h && in_h - out_h > 2 * (in_w - out_w)) {
+    scratch.resize(static_cast<size_t>(out_h * in_w * C));
+    vertical_pass(src, in_w * C, precompute_coeffs(in_h, out_h, spec), 0, out_h, scratch.data());
+    horizontal_pass<C>(scratch.data(), in_w, 0, out_h, horiz, out_w, dst);
+    return;
+  }
+  if (!need_vertical) {
+    horizontal_pass<C>(src, in_w, 0, in_h, horiz, out_w, dst);
+    return;
+  }
+  // Like Pillow, resample horizontally only the rows the vertical pass reads.
+  const Coeffs vert = precompute_coeffs(in_h, out_h, spec);
+  const int64_t row_first = vert.first[0];
+  const int64_t row_last = vert.first[out_h - 1] + vert.count[out_h - 1];
+  scratch.resize(static_cast<size_t>((row_last - row_first) * out_w * C));
+  horizontal_pass<C>(src, in_w, row_first, row_last, horiz, out_w, scratch.data());
+  vertical_pass(scratch.data(), out_w * C, vert, row_first, out_h, dst);
+}
+
+}  // namespace
+
+bool is_convolution_filter(int resample) { return resample >= 1 && resample <= 5; }
+
+void resample_interleaved(const uint8_t* src, int64_t in_h, int64_t in_w, int channels, uint8_t* dst,
+                          int64_t out_h, int64_t out_w, Filter filter, PassOrder order,
+                          std::vector<uint8_t>& scratch) {
+  if (in_h <= 0 || in_w <= 0 || out_h <= 0 || out_w <= 0) {
+    throw std::invalid_argument("cannot resample an empty image (" + std::to_string(in_h) + "x" +
+                                std::to_string(in_w) + " -> " + std::to_string(out_h) + "x" +
+                                std::to_string(out_w) + ")");
+  }
+  const FilterSpec spec = filter_spec(filter);
+  switch (channels) {
+    case 1: return resample_impl<1>(src, in_h, in_w, dst, out_h, out_w, spec, order, scratch);
+    case 3: return resample_impl<3>(src, in_h, in_w, dst, out_h, out_w, spec, order, scratch);
+    case 4: return resample_impl<4>(src, in_h, in_w, dst, out_h, out_w, spec, order, scratch);
+    default: throw std::invalid_argument("resampling supports 1, 3 or 4 channels, got " + std::to_string(channels));
+  }
+}
+
+}  // namespace tte

@@ -1,0 +1,136 @@
+"""Image inputs -> uint8 arrays for the C++ preprocessing core.
+
+Accepted per image: a PIL image of any mode (converted to RGB the way transformers converts it:
+transparency composited onto white), a uint8 numpy array or CPU tensor (HxW, HxWxC or CxHxW with
+C in 1, 3, 4), encoded JPEG/PNG/... bytes, or a file path. Bytes and paths are decoded by Pillow on a
+small thread pool (Pillow releases the GIL while decoding). Errors name the offending image's index.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import PIL.Image
+
+CHANNEL_COUNTS = (1, 3, 4)
+_ENCODED = (bytes, bytearray, memoryview)
+
+
+def flatten_images(images) -> list:
+    """One flat list of images from a single image or (nested) lists/tuples of them, as HF does;
+    a 4-D array is a batch of images."""
+    if isinstance(images, (list, tuple)):
+        return [image for item in images for image in flatten_images(item)]
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        return list(images)
+    return [images]
+
+
+def pil_to_array(image: PIL.Image.Image) -> np.ndarray:
+    """transformers' convert_to_rgb for PIL images, returned as an array. Grey ("L") images stay
+    one channel: Pillow's L -> RGB only replicates it, which the C++ core does for free."""
+    has_alpha = "A" in image.getbands() or image.info.get("transparency") is not None
+    if image.mode in ("RGB", "L") and not has_alpha:
+        return np.asarray(image)
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        white = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(PIL.Image.alpha_composite(white, rgba).convert("RGB"))
+    return np.asarray(image.convert("RGB"))
+
+
+def _is_tensor(value) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+def array_to_hwc(array: np.ndarray, index: int, input_data_format=None) -> np.ndarray:
+    """A channels-last view (no copy) of a uint8 HxW / HxWxC / CxHxW array."""
+    if array.dtype != np.uint8:
+        raise TypeError(f"image {index}: expected a uint8 array, got dtype {array.dtype}")
+    if array.ndim == 2:
+        return array
+    if array.ndim != 3:
+        raise ValueError(f"image {index}: expected an HxW or HxWxC array, got shape {array.shape}")
+    layout = getattr(input_data_format, "value", input_data_format)
+    if layout is None:
+        # Channels-last is the documented layout; fall back to channels-first only when the last
+        # axis cannot be channels (transformers prefers channels-first when both could be).
+        layout = (
+            "channels_first"
+            if array.shape[-1] not in CHANNEL_COUNTS and array.shape[0] in CHANNEL_COUNTS
+            else "channels_last"
+        )
+    if layout == "channels_first":
+        array = np.moveaxis(array, 0, -1)
+    elif layout != "channels_last":
+        raise ValueError(
+            f"input_data_format must be 'channels_first' or 'channels_last', got {input_data_format!r}"
+        )
+    if array.shape[-1] not in CHANNEL_COUNTS:
+        raise ValueError(f"image {index}: expected 1, 3 or 4 channels, got shape {array.shape}")
+    return array
+
+
+def decode_image(source, index: int) -> PIL.Image.Image:
+    """Decode bytes or a file (fully loaded, no file left open); errors name the image index."""
+    what = "bytes"
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if path.startswith(("http://", "https://")):
+            raise ValueError(
+                f"image {index}: URLs are not fetched; download the image and pass bytes or a path"
+            )
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"image {index}: no such image file: {path!r}")
+        with open(path, "rb") as f:
+            source = f.read()
+        what = f"file {path!r}"
+    try:
+        image = PIL.Image.open(io.BytesIO(source))
+        image.load()
+        return image
+    except Exception as error:  # Pillow raises many types for bad data (OSError, SyntaxError, ...)
+        raise ValueError(f"image {index}: cannot decode the image {what}: {error}") from error
+
+
+def _is_encoded(image) -> bool:
+    return isinstance(image, (*_ENCODED, str, os.PathLike))
+
+
+def decode_encoded(images: list, num_threads: int) -> list:
+    """The same list with bytes and paths replaced by decoded PIL images (decoded in parallel)."""
+    encoded = [i for i, image in enumerate(images) if _is_encoded(image)]
+    if not encoded:
+        return images
+    decoded = list(images)
+    if len(encoded) == 1 or num_threads <= 1:
+        for i in encoded:
+            decoded[i] = decode_image(images[i], i)
+        return decoded
+    with ThreadPoolExecutor(max_workers=min(num_threads, len(encoded))) as pool:
+        for i, image in zip(encoded, pool.map(lambda i: decode_image(images[i], i), encoded)):
+            decoded[i] = image
+    return decoded
+
+
+def to_uint8_arrays(images: list, num_threads: int, input_data_format=None) -> list[np.ndarray]:
+    """Every image as a uint8 channels-last array (grey arrays may stay 2-D)."""
+    arrays = []
+    for index, image in enumerate(decode_encoded(images, num_threads)):
+        if isinstance(image, PIL.Image.Image):
+            arrays.append(pil_to_array(image))
+        elif isinstance(image, np.ndarray):
+            arrays.append(array_to_hwc(image, index, input_data_format))
+        elif _is_tensor(image):
+            arrays.append(array_to_hwc(image.detach().cpu().numpy(), index, input_data_format))
+        else:
+            raise TypeError(
+                f"image {index}: expected a PIL image, a uint8 array or tensor, bytes or a path, "
+                f"got {type(image).__name__}"
+            )
+    return arrays

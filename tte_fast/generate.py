@@ -21,7 +21,7 @@ import inspect
 from dataclasses import dataclass, field
 
 import torch
-from transformers import StaticCache
+from transformers import DynamicCache, StaticCache
 
 from tte_fast.profiling import stage
 
@@ -153,16 +153,17 @@ class Decoder:
     (batch, length bucket) so compiled steps see the same buffers again.
     """
 
-    def __init__(self, hf_model, compile: bool | str = False):
+    def __init__(self, hf_model, compile: bool | str = False, static_cache: bool | None = None):
         self.hf_model = hf_model
         self.backbone = hf_model.base_model
         self.lm_head = hf_model.get_output_embeddings()
         self.cache_kw = cache_argument(self.backbone)
         self.pass_cache_position = "cache_position" in inspect.signature(self.backbone.forward).parameters
         attn = getattr(hf_model.config, "_attn_implementation", "sdpa")
-        # flash-attn reads a 2D padding mask as long as the keys seen so far; SDPA/eager take the
-        # full static-length mask, which keeps every decode step's shapes fixed.
-        self.static_mask = attn != "flash_attention_2"
+        # SDPA/eager take a preallocated cache and a full static-length mask, which keeps every decode
+        # step's shapes fixed. flash-attn unpads by a 2D mask as long as the keys seen so far, which a
+        # static cache's tail would break: it gets a growing cache and mask, as in HF generate.
+        self.static_mask = attn != "flash_attention_2" if static_cache is None else static_cache
         self._caches: dict[tuple, StaticCache] = {}
         self._step = self._decode_step
         if compile:
@@ -173,7 +174,9 @@ class Decoder:
     def _device(self) -> torch.device:
         return next(self.hf_model.parameters()).device
 
-    def _cache(self, batch_size: int, length: int) -> StaticCache:
+    def _cache(self, batch_size: int, length: int) -> StaticCache | DynamicCache:
+        if not self.static_mask:
+            return DynamicCache(config=self.hf_model.config)
         length = -(-length // CACHE_BUCKET) * CACHE_BUCKET
         key = (batch_size, length)
         cache = self._caches.get(key)
@@ -198,8 +201,13 @@ class Decoder:
         return hidden, self.lm_head(hidden).float()
 
     @torch.inference_mode()
-    def decode(self, batch: dict, options: DecodeOptions, embed_token_id: int | None = None) -> DecodeOutput:
-        """Decode a left-padded prompt batch (processor output); see the module docstring."""
+    def decode(
+        self, batch: dict, options: DecodeOptions, embed_token_id: int | None = None, compiled: bool = True
+    ) -> DecodeOutput:
+        """Decode a left-padded prompt batch (processor output); see the module docstring.
+
+        ``compiled=False`` runs the eager step even when compiling was asked for (forward hooks,
+        such as the TTE_u head's capture, do not run inside CUDA-graph replays)."""
         input_ids, prompt_mask = batch["input_ids"], batch["attention_mask"]
         if bool((prompt_mask[:, -1] == 0).any()):
             raise ValueError("decode needs left-padded prompts (the last column of attention_mask must be 1)")
@@ -209,7 +217,7 @@ class Decoder:
         # The last sampled token is fed only before an embedding token; then comes that token.
         total = prompt_len + max_new + (1 if embed_token_id is not None else 0)
         cache = self._cache(bsz, total)
-        width = cache.layers[0].max_cache_len if self.static_mask else total
+        width = -(-total // CACHE_BUCKET) * CACHE_BUCKET if self.static_mask else total
         mask = torch.zeros(bsz, width, dtype=prompt_mask.dtype, device=device)
         mask[:, :prompt_len] = prompt_mask
         position_ids, deltas = prefill_position_ids(self.hf_model, batch)
@@ -236,6 +244,7 @@ class Decoder:
             generator = torch.Generator(device=device).manual_seed(options.seed)
 
         embedding = embed_token_id is not None
+        run_step = self._step if compiled else self._decode_step
         step, column = 0, prompt_len
         with stage("decode"):
             while True:
@@ -267,7 +276,7 @@ class Decoder:
                 step_mask = mask if self.static_mask else mask[:, : column + 1]
                 with stage("decode_step"):
                     positions = decode_position_ids(text_pos, deltas)
-                    hidden, logits = self._step(next_token.view(bsz, 1), positions, step_mask, cache, column)
+                    hidden, logits = run_step(next_token.view(bsz, 1), positions, step_mask, cache, column)
                 if embedding:
                     embed_hidden = torch.where((state == EMBED).view(-1, 1), hidden, embed_hidden)
                     state = torch.where(state == EMBED, DONE, state)

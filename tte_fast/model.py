@@ -1,0 +1,505 @@
+"""UnifiedTTE: one model that thinks, then embeds straight from the generation cache.
+
+``encode`` builds prompts through the chat template, decodes a reasoning trace per input with the
+batched decoder, and reads each embedding on the step that feeds the embedding token onto the cache
+generation left (last-token head), or runs the TTE_u head once over the layer L-k states captured
+while generating. Without thinking (or with given traces) it is one prefill per batch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+
+import torch
+from tqdm.auto import tqdm
+
+from tte_fast.generate import DecodeOptions, Decoder, model_inputs, prefill_position_ids
+from tte_fast.inputs import EmbedInput, InputError, as_input_list, check_input, load_input
+from tte_fast.processing import CHAT_TEMPLATE_FILE, QWEN_VL_MODEL_TYPES, load_processor
+from tte_fast.profiling import stage
+from tte_fast.prompts import PromptConfig, check_side, render_prompt
+from tte_fast.tte_config import TTEConfig
+
+ON_ERROR = ("raise", "skip")
+
+
+@dataclass
+class EncodeResult:
+    """Embeddings in input order: float32 [N, D], unit norm.
+
+    ``sequences[i]`` holds input i's token ids without padding (prompt, trace, embedding token; the
+    embedding was read at the last one). With ``on_error="skip"``, ``errors`` maps the index of each
+    input that failed to its message; its row is all zeros and its trace and sequence are None.
+    """
+
+    embeddings: torch.Tensor
+    traces: list[str | None] | None
+    sequences: list[torch.Tensor | None]
+    errors: dict[int, str] = field(default_factory=dict)
+
+
+class UnifiedTTE:
+    """A Qwen-VL (or text-only causal LM) backbone with its processor, prompts and embedding head."""
+
+    def __init__(
+        self,
+        hf_model,
+        processor,
+        model_type: str,
+        config: TTEConfig | None = None,
+        head=None,
+        compile: bool | str = False,
+    ):
+        self.hf_model = hf_model.eval()
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.model_type = model_type
+        self.vision = model_type in QWEN_VL_MODEL_TYPES
+        self.config = config or TTEConfig()
+        self.head = head
+        self.embed_token, self.embed_token_id = self.config.resolve_embed_token(self.tokenizer)
+        vocab = self.tokenizer.get_vocab()
+        self.think_end_token_id = vocab.get(self.config.think_end_token)
+        self.eos_token_ids = _eos_token_ids(hf_model, self.tokenizer)
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id = pad if pad is not None else self.eos_token_ids[0]
+        self.decoder = Decoder(hf_model, compile=compile)
+        self.context_length = getattr(hf_model.config.get_text_config(), "max_position_embeddings", None)
+
+    # ----------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_id: str,
+        dtype=None,
+        device=None,
+        head: str | None = None,
+        head_layers: int | None = None,
+        attn_implementation: str = "sdpa",
+        compile: bool | str = False,
+        image_processor=None,
+        **opts,
+    ) -> UnifiedTTE:
+        """Load a HF Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint or any HF causal LM (text only).
+
+        ``head`` is ``"last_token"`` (default) or ``"tte_u"``; ``opts`` override ``TTEConfig`` fields
+        (``embed_token``, ``max_think_tokens``, ``prompts``, ...) over the checkpoint's saved ones.
+        """
+        config = TTEConfig.load(path_or_id) or TTEConfig()
+        overrides = dict(opts)
+        unknown = sorted(set(overrides) - {f.name for f in fields(TTEConfig)})
+        if unknown:
+            raise TypeError(f"unknown from_pretrained options {unknown}")
+        if head is not None:
+            overrides["head"] = head
+        if head_layers is not None:
+            overrides["head_layers"] = head_layers
+        if isinstance(overrides.get("prompts"), dict):
+            overrides["prompts"] = PromptConfig.from_dict(
+                {**config.prompts.to_dict(), **overrides["prompts"]}
+            )
+        config = replace(config, **overrides)
+        hf_model, model_type = load_backbone(
+            path_or_id, resolve_dtype(dtype), resolve_device(device), attn_implementation
+        )
+        processor = load_processor(path_or_id, model_type, image_processor)
+        head_module = _build_head(config, path_or_id, hf_model)
+        return cls(hf_model, processor, model_type, config, head=head_module, compile=compile)
+
+    def save_pretrained(self, directory: str) -> None:
+        """Safetensors weights, tokenizer, image processor, chat template, tte_config.json (and head)."""
+        os.makedirs(directory, exist_ok=True)
+        self.hf_model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        if self.vision:
+            self.processor.image_processor.save_pretrained(directory)
+            with open(os.path.join(directory, CHAT_TEMPLATE_FILE), "w", encoding="utf-8") as f:
+                f.write(self.processor.chat_template)
+        if self.head is not None:
+            self.head.save_pretrained(directory)
+        self.config.save(directory)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf_model.parameters()).device
+
+    # ------------------------------------------------------------------------------------ public
+    def encode(
+        self,
+        inputs,
+        think: bool | None = None,
+        max_think_tokens: int | None = None,
+        batch_size: int = 8,
+        traces: list[str] | None = None,
+        side: str = "query",
+        max_answer_tokens: int | None = None,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        progress: bool | None = None,
+        on_error: str = "raise",
+    ) -> EncodeResult:
+        """Embed ``inputs`` (str or dicts with ``text`` / ``image`` / ``instruction``).
+
+        ``think=None`` follows the side's setting (queries think, targets do not, by default);
+        ``traces`` embeds with given traces in one prefill (think must then not be True).
+        """
+        items, errors = self._check(inputs, on_error)
+        check_side(side)
+        if traces is not None:
+            if think:
+                raise ValueError("pass either think=True or traces, not both")
+            traces = _check_traces(traces, len(items))
+        thinking = traces is None and (self.config.prompts.thinks(side) if think is None else bool(think))
+        options = self._options(
+            max_think_tokens, max_answer_tokens, do_sample, temperature, top_k, top_p, seed
+        )
+        n = len(items)
+        out_traces: list[str | None] = [None] * n
+        sequences: list[torch.Tensor | None] = [None] * n
+        embeddings: list[torch.Tensor | None] = [None] * n
+
+        def run(batch_items, indices):
+            batch = self._batch(batch_items, indices, side, thinking, traces, options)
+            if thinking:
+                return self._think_and_embed(batch, options)
+            return self._embed_prefill(batch), None, _unpadded(batch), None
+
+        for indices, result in self._batches(items, errors, batch_size, progress, on_error, run, "encode"):
+            emb, batch_traces, seqs, _ = result
+            for j, i in enumerate(indices):
+                embeddings[i] = emb[j]
+                sequences[i] = seqs[j].cpu()
+                if batch_traces is not None:
+                    out_traces[i] = batch_traces[j]
+                elif traces is not None:
+                    out_traces[i] = traces[i]
+        dim = next((e.shape[-1] for e in embeddings if e is not None), self._hidden_size())
+        stacked = (
+            torch.stack([e if e is not None else torch.zeros(dim) for e in embeddings])
+            if n
+            else torch.zeros(0, dim)
+        )
+        has_traces = thinking or traces is not None
+        return EncodeResult(stacked, out_traces if has_traces else None, sequences, errors)
+
+    def think(
+        self,
+        inputs,
+        max_think_tokens: int | None = None,
+        batch_size: int = 8,
+        side: str = "query",
+        max_answer_tokens: int | None = None,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        progress: bool | None = None,
+        on_error: str = "raise",
+    ) -> list[str | None]:
+        """Reasoning traces (think prefix + generated text, stop token dropped) in input order."""
+        items, errors = self._check(inputs, on_error)
+        check_side(side)
+        options = self._options(
+            max_think_tokens, max_answer_tokens, do_sample, temperature, top_k, top_p, seed
+        )
+        out: list[str | None] = [None] * len(items)
+
+        def run(batch_items, indices):
+            batch = self._batch(batch_items, indices, side, True, None, options)
+            decoded = self.decoder.decode(batch, options)
+            return self._traces(decoded.kept)
+
+        for indices, traces in self._batches(items, errors, batch_size, progress, on_error, run, "think"):
+            for j, i in enumerate(indices):
+                out[i] = traces[j]
+        return out
+
+    # ---------------------------------------------------------------------------------- internals
+    def _check(self, inputs, on_error: str):
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        items, errors = [], {}
+        for i, raw in enumerate(as_input_list(inputs)):
+            try:
+                item = check_input(i, raw)
+                if item.image is not None and not self.vision:
+                    raise InputError(i, f"has an image, but {self.model_type!r} is a text-only model")
+            except InputError as e:
+                if on_error == "raise":
+                    raise
+                errors[i], item = str(e), None
+            items.append(item)
+        return items, errors
+
+    def _options(self, max_think, max_answer, do_sample, temperature, top_k, top_p, seed) -> DecodeOptions:
+        return DecodeOptions(
+            max_think_tokens=self.config.max_think_tokens if max_think is None else max_think,
+            max_answer_tokens=self.config.max_answer_tokens if max_answer is None else max_answer,
+            eos_token_ids=self.eos_token_ids,
+            think_end_token_id=self.think_end_token_id,
+            pad_token_id=self.pad_token_id,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+        )
+
+    def _batches(self, items, errors, batch_size, progress, on_error, run, desc):
+        """Yield (input indices, run's result) per batch; similar lengths share a batch."""
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        order = sorted(
+            (i for i, item in enumerate(items) if item is not None),
+            key=lambda i: (items[i].image is not None, len(items[i].text or "")),
+        )
+        show = progress if progress is not None else len(order) > 4 * batch_size
+        with tqdm(total=len(order), desc=desc, disable=not show, unit="input") as bar:
+            for start in range(0, len(order), batch_size):
+                indices = order[start : start + batch_size]
+                try:
+                    loaded, kept = [], []
+                    for i in indices:
+                        try:
+                            loaded.append(load_input(i, items[i]))
+                            kept.append(i)
+                        except InputError as e:
+                            if on_error == "raise":
+                                raise
+                            errors[i] = str(e)
+                    if kept:
+                        yield kept, run(loaded, kept)
+                except InputError as e:
+                    if on_error == "raise":
+                        raise
+                    # A length check failed for one row: keep the others.
+                    errors[e.index] = str(e)
+                    rest = [(i, x) for i, x in zip(kept, loaded) if i != e.index]
+                    for i, x in rest:
+                        try:
+                            yield [i], run([x], [i])
+                        except InputError as inner:
+                            errors[inner.index] = str(inner)
+                bar.update(len(indices))
+
+    def _batch(self, items: list[EmbedInput], indices, side, think, traces, options) -> dict:
+        """Tokenized, left-padded prompts on the model's device; prompts without thinking end in
+        the embedding token."""
+        with stage("preprocess"):
+            owner = self.processor
+            texts = [
+                render_prompt(
+                    owner,
+                    item,
+                    side,
+                    think,
+                    self.config.prompts,
+                    self.vision,
+                    trace=None if traces is None else traces[i],
+                )
+                for item, i in zip(items, indices)
+            ]
+            if self.vision:
+                images = [item.image for item in items if item.image is not None]
+                batch = self.processor(
+                    text=texts, images=images or None, padding=True, padding_side="left", return_tensors="pt"
+                )
+            else:
+                batch = self.tokenizer(
+                    texts, padding=True, padding_side="left", return_tensors="pt", add_special_tokens=False
+                )
+            batch = dict(batch)
+            if not think:
+                batch = _append_token(batch, self.embed_token_id)
+            lengths = batch["attention_mask"].sum(-1).tolist()
+            budget = options.max_new_tokens + 1 if think else 0
+            if self.context_length is not None:
+                for i, length in zip(indices, lengths):
+                    if length + budget > self.context_length:
+                        raise InputError(
+                            i,
+                            f"prompt of {length} tokens plus {budget} generated tokens exceeds the model's "
+                            f"context of {self.context_length} tokens",
+                        )
+            dtype = next(self.hf_model.parameters()).dtype
+            return {
+                k: v.to(self.device, dtype=dtype if k.startswith("pixel_values") else None)
+                if isinstance(v, torch.Tensor)
+                else v
+                for k, v in batch.items()
+            }
+
+    def _think_and_embed(self, batch: dict, options: DecodeOptions):
+        if self.head is None:
+            out = self.decoder.decode(batch, options, embed_token_id=self.embed_token_id)
+            with stage("embed"):
+                emb = _normalize(out.embed_hidden)
+        else:
+            with self.head.capture(self.hf_model) as captured:
+                out = self.decoder.decode(batch, options, embed_token_id=self.embed_token_id, compiled=False)
+            with stage("embed"), torch.inference_mode():
+                emb = self.head.embed(captured, out.attention_mask)
+        return emb.float().cpu(), self._traces(out.kept), out.sequences, out
+
+    @torch.inference_mode()
+    def _embed_prefill(self, batch: dict) -> torch.Tensor:
+        """One forward over prompt (+ trace) + embedding token; embedding read at the last token."""
+        position_ids, _ = prefill_position_ids(self.hf_model, batch)
+        backbone = self.hf_model.base_model
+        kwargs = dict(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=position_ids,
+            use_cache=False,
+            **model_inputs(backbone, batch),
+        )
+        if self.head is None:
+            with stage("prefill"):
+                hidden = backbone(**kwargs).last_hidden_state
+            with stage("embed"):
+                from tte_fast.kernels import pool_normalize
+
+                return pool_normalize(hidden, batch["attention_mask"]).cpu()
+        with self.head.capture(self.hf_model) as captured, stage("prefill"):
+            backbone(**kwargs)
+        with stage("embed"):
+            return self.head.embed(captured, batch["attention_mask"]).float().cpu()
+
+    def _traces(self, kept: list[torch.Tensor]) -> list[str]:
+        prefix = self.config.prompts.think_prefix
+        return [prefix + self.tokenizer.decode(k.tolist(), skip_special_tokens=True) for k in kept]
+
+    def _hidden_size(self) -> int:
+        return self.hf_model.config.get_text_config().hidden_size
+
+
+def _normalize(hidden: torch.Tensor) -> torch.Tensor:
+    from tte_fast.kernels import pool_normalize
+
+    ones = torch.ones(hidden.shape[0], 1, dtype=torch.long, device=hidden.device)
+    return pool_normalize(hidden[:, None, :], ones)
+
+
+def _append_token(batch: dict, token_id: int) -> dict:
+    """Append one token column to a left-padded batch (every row is real at the end)."""
+    out = dict(batch)
+    ids = batch["input_ids"]
+    out["input_ids"] = torch.cat([ids, torch.full_like(ids[:, :1], token_id)], dim=1)
+    out["attention_mask"] = torch.cat(
+        [batch["attention_mask"], torch.ones_like(batch["attention_mask"][:, :1])], dim=1
+    )
+    for key in ("mm_token_type_ids", "token_type_ids"):
+        if batch.get(key) is not None:
+            out[key] = torch.cat([batch[key], torch.zeros_like(batch[key][:, :1])], dim=1)
+    return out
+
+
+def _unpadded(batch: dict) -> list[torch.Tensor]:
+    return [ids[mask.bool()] for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
+
+
+def _check_traces(traces, n: int) -> list[str]:
+    if isinstance(traces, str) or not hasattr(traces, "__len__"):
+        raise TypeError(f"traces must be a list of str (one per input), got {type(traces).__name__}")
+    traces = list(traces)
+    if len(traces) != n:
+        raise ValueError(f"got {len(traces)} traces for {n} inputs")
+    for i, trace in enumerate(traces):
+        if not isinstance(trace, str):
+            raise InputError(i, f"trace must be a str, got {type(trace).__name__}")
+    return traces
+
+
+def _eos_token_ids(hf_model, tokenizer) -> tuple[int, ...]:
+    ids: list[int] = []
+    gen = getattr(hf_model, "generation_config", None)
+    for source in (
+        getattr(gen, "eos_token_id", None),
+        tokenizer.eos_token_id,
+        tokenizer.convert_tokens_to_ids("<|im_end|>"),
+    ):
+        for value in source if isinstance(source, (list, tuple)) else [source]:
+            if isinstance(value, int) and value >= 0 and value not in ids:
+                ids.append(value)
+    if not ids:
+        raise ValueError(
+            "the checkpoint defines no EOS token (generation_config.eos_token_id or the tokenizer's)"
+        )
+    return tuple(ids)
+
+
+def _build_head(config: TTEConfig, path_or_id: str, hf_model):
+    if config.head == "last_token":
+        return None
+    from tte_fast.heads import HEAD_WEIGHTS_NAME, TTEUHead
+
+    if os.path.isdir(path_or_id) and os.path.isfile(os.path.join(path_or_id, HEAD_WEIGHTS_NAME)):
+        head = TTEUHead.from_pretrained(path_or_id, hf_model)
+        if head.num_layers != config.head_layers:
+            raise ValueError(
+                f"the saved TTE_u head has {head.num_layers} layers; head_layers={config.head_layers}"
+            )
+    else:
+        head = TTEUHead.from_backbone(hf_model, num_layers=config.head_layers)
+    param = next(hf_model.parameters())
+    return head.to(device=param.device, dtype=param.dtype).eval()
+
+
+# ------------------------------------------------------------------------------------------- loading
+def resolve_dtype(dtype):
+    """None keeps the checkpoint's dtype; a torch.dtype or its name (``"bfloat16"``, ``"bf16"``) picks one."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype if dtype is not None else "auto"
+    names = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
+    if isinstance(dtype, str):
+        if dtype == "auto":
+            return dtype
+        value = getattr(torch, names.get(dtype, dtype), None)
+        if isinstance(value, torch.dtype) and value.is_floating_point:
+            return value
+    raise ValueError(f"unknown dtype {dtype!r}; use a torch floating dtype or its name, e.g. 'bfloat16'")
+
+
+def resolve_device(device) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_backbone(path_or_id: str, dtype, device: torch.device, attn_implementation: str):
+    """The HF model (Qwen-VL, or any text-only causal LM) and its model type; unsupported types fail early."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    try:
+        hf_config = AutoConfig.from_pretrained(path_or_id)
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"cannot load {path_or_id!r}: {e}") from e
+    model_type = hf_config.model_type
+    if model_type in QWEN_VL_MODEL_TYPES:
+        auto = AutoModelForImageTextToText
+    elif (
+        model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and getattr(hf_config, "vision_config", None) is None
+    ):
+        auto = AutoModelForCausalLM
+    else:
+        raise ValueError(
+            f"unsupported model type {model_type!r} in {path_or_id!r}: expected one of {QWEN_VL_MODEL_TYPES} "
+            "or a text-only causal LM"
+        )
+    hf_model = auto.from_pretrained(path_or_id, dtype=dtype, attn_implementation=attn_implementation)
+    return hf_model.to(device).eval(), model_type
+
+
+def __getattr__(name: str):
+    # TwoModelTTE lives in its own module; re-exported here lazily (it builds on UnifiedTTE).
+    if name == "TwoModelTTE":
+        from tte_fast.two_model import TwoModelTTE
+
+        return TwoModelTTE
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -120,19 +120,18 @@ def incremental_decode(model, inputs, new_tokens, emb_id, pad_id):
     return mask
 
 
-def compact_forward(model, inputs, new_tokens, emb_id, pad_id, head):
-    """Fresh full forward over each row's real sequence (prompt, new tokens, embedding token), left
-    padded anew. Returns (HF hidden_states, attention mask, the layer L-k position embeddings)."""
-    rows, types = [], []
+def compact_forward(model, inputs, sequences, pad_id, head):
+    """Fresh full forward over each row's real sequence (its prompt, then generated and embedding
+    tokens), left padded anew. Returns (HF hidden_states, attention mask, layer L-k rotary tables)."""
+    types = []
     mm = inputs.get("mm_token_type_ids")
-    for r, tokens in enumerate(new_tokens):
-        real = inputs["attention_mask"][r].bool()
-        rows.append(torch.cat([inputs["input_ids"][r][real], torch.tensor([*tokens, emb_id])]))
-        if mm is not None:
-            types.append(torch.cat([mm[r][real], torch.zeros(len(tokens) + 1, dtype=mm.dtype)]))
-    width = max(len(r) for r in rows)
-    ids = torch.stack([F.pad(r, (width - len(r), 0), value=pad_id) for r in rows])
-    mask = torch.stack([F.pad(torch.ones_like(r), (width - len(r), 0)) for r in rows])
+    if mm is not None:
+        for r, seq in enumerate(sequences):
+            prompt_types = mm[r][inputs["attention_mask"][r].bool()]
+            types.append(F.pad(prompt_types, (0, len(seq) - len(prompt_types))))
+    width = max(len(r) for r in sequences)
+    ids = torch.stack([F.pad(r, (width - len(r), 0), value=pad_id) for r in sequences])
+    mask = torch.stack([F.pad(torch.ones_like(r), (width - len(r), 0)) for r in sequences])
     extra = {"position_ids": (mask.cumsum(1) - 1).clamp(min=0)}
     if mm is not None:
         extra = {
@@ -144,6 +143,11 @@ def compact_forward(model, inputs, new_tokens, emb_id, pad_id, head):
         out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, **extra)
     assert len(rec) == 1
     return out.hidden_states, mask, rec.position_embeddings[0]
+
+
+def _sequences(inputs, new_tokens, emb_id):
+    prompt = [ids[m.bool()] for ids, m in zip(inputs["input_ids"], inputs["attention_mask"])]
+    return [torch.cat([p, torch.tensor([*t, emb_id], dtype=p.dtype)]) for p, t in zip(prompt, new_tokens)]
 
 
 def _perturb(head, seed):
@@ -181,7 +185,8 @@ def test_head_over_incremental_decode_equals_full_forward(loaded, model_type):
         mask = incremental_decode(model, inputs, new_tokens, emb_id, pad_id)
     assert len(rec) == 1 + max(lengths) + 1  # prefill, decode steps, embedding step
     assert rec.concat()[0].shape[1] == mask.shape[1]
-    hidden, ref_mask, ref_pe = compact_forward(model, inputs, new_tokens, emb_id, pad_id, head)
+    sequences = _sequences(inputs, new_tokens, emb_id)
+    hidden, ref_mask, ref_pe = compact_forward(model, inputs, sequences, pad_id, head)
 
     with torch.no_grad():
         backbone = F.normalize(hidden[-1][:, -1].float(), dim=-1)  # final-norm output at the emb token
@@ -233,6 +238,43 @@ def test_head_over_hf_generate(loaded, model_type):
         )
         fresh = head(ref.hidden_states[head.source_layer], mask, full.position_embeddings[0])
         torch.testing.assert_close(head.embed(rec, mask), fresh, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "qwen2"])
+def test_head_over_the_runtime_decode_loop(loaded, model_type):
+    """States captured while ``tte_fast.generate.Decoder`` thinks and feeds each row's embedding
+    token right after it stops (rows stop at different steps) give the fresh forward's embedding of
+    ``.sequences``; the untouched head reproduces the loop's own last-token embedding."""
+    from tte_fast.generate import DecodeOptions, Decoder
+
+    model, processor = loaded(model_type)
+    inputs = batch_inputs(model_type, processor, seed=10)
+    emb_id, pad_id = _special_ids(processor)
+    decoder = Decoder(model)
+    options = DecodeOptions(max_think_tokens=5, max_answer_tokens=0, pad_token_id=pad_id)
+    first = decoder.decode(inputs, options)
+    # Make row 0's second token a stop token, so rows stop at different steps.
+    options = DecodeOptions(
+        max_think_tokens=5,
+        max_answer_tokens=0,
+        pad_token_id=pad_id,
+        eos_token_ids=(int(first.generated[0][1]),),
+    )
+    head = TTEUHead.from_backbone(model, num_layers=K)
+    with head.capture(model) as rec:
+        out = decoder.decode(inputs, options, embed_token_id=emb_id, compiled=False)
+    assert "eos" in out.stop_reasons and "think_budget" in out.stop_reasons
+    with torch.no_grad():
+        torch.testing.assert_close(
+            head.embed(rec, out.attention_mask),
+            F.normalize(out.embed_hidden.float(), dim=-1),
+            atol=ATOL,
+            rtol=0,
+        )
+        _perturb(head, seed=11)
+        hidden, ref_mask, ref_pe = compact_forward(model, inputs, out.sequences, pad_id, head)
+        fresh = head(hidden[head.source_layer], ref_mask, ref_pe)
+        torch.testing.assert_close(head.embed(rec, out.attention_mask), fresh, atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize(("model_type", "k"), [("qwen2", 4), ("qwen2_vl", 1), ("qwen3_vl", 3)])

@@ -123,7 +123,11 @@ def to_uint8_arrays(images: list, num_threads: int, input_data_format=None) -> l
     arrays = []
     for index, image in enumerate(decode_encoded(images, num_threads)):
         if isinstance(image, PIL.Image.Image):
-            arrays.append(pil_to_array(image))
+            try:
+                arrays.append(pil_to_array(image))
+            except (ValueError, OSError) as error:  # a mode Pillow cannot convert to RGB
+                message = f"image {index}: cannot convert mode {image.mode!r} to RGB: {error}"
+                raise ValueError(message) from error
         elif isinstance(image, np.ndarray):
             arrays.append(array_to_hwc(image, index, input_data_format))
         elif _is_tensor(image):

@@ -291,6 +291,38 @@ def test_copied_head_reproduces_backbone_at_other_depths(loaded, model_type, k):
     torch.testing.assert_close(embedding, backbone, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("model_type", ["qwen3_vl", "qwen2"])
+def test_source_states_for_training_stop_at_layer_l_minus_k(loaded, model_type):
+    """A training forward reads layer L-k inputs without running the last k layers or the LM head;
+    the head trained on them gets the same gradients as on a full forward's ``hidden_states``."""
+    model, processor = loaded(model_type)
+    inputs = batch_inputs(model_type, processor, seed=12)
+    head = TTEUHead.from_backbone(model, num_layers=K)
+    _perturb(head, seed=13)
+    decoder = find_decoder(model)
+    calls = []
+    hooks = [m.register_forward_hook(lambda *_: calls.append(1)) for m in (decoder.layers[-1], decoder.norm)]
+    try:
+        hidden, pe = head.source_states(model, **inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert not calls  # the backbone stopped at layer L-k
+    assert not hidden.requires_grad
+    with torch.no_grad(), head.capture(model) as full:
+        ref = model(**inputs, output_hidden_states=True)
+    torch.testing.assert_close(hidden, ref.hidden_states[head.source_layer], atol=0, rtol=0)
+    mask = inputs["attention_mask"]
+    weight = torch.randn(mask.shape[0], hidden.shape[-1], generator=torch.Generator().manual_seed(14))
+    grads = _head_grads(head, head(hidden, mask, pe), weight)
+    grads_full = _head_grads(
+        head, head(ref.hidden_states[head.source_layer], mask, full.position_embeddings[0]), weight
+    )
+    for name, g in grads.items():
+        torch.testing.assert_close(g, grads_full[name], atol=ATOL, rtol=1e-4, msg=name)
+    assert all(p.grad is None for p in model.parameters())
+
+
 def test_pads_never_reach_real_tokens(loaded):
     """Garbage in pad positions (and in a masked gap) leaves every row's embedding unchanged, and a
     row embedded in a padded batch equals the same row alone."""
@@ -315,6 +347,9 @@ def test_pads_never_reach_real_tokens(loaded):
                 (pe[0][r : r + 1, keep], pe[1][r : r + 1, keep]),
             )
             torch.testing.assert_close(alone, clean[r : r + 1], atol=ATOL, rtol=0)
+        # Eager attention takes the additive form of the same mask.
+        head.layers[0].self_attn.config._attn_implementation = "eager"
+        torch.testing.assert_close(head(poisoned, mask, pe), clean, atol=ATOL, rtol=0)
 
 
 def test_head_is_a_trainable_copy(loaded):

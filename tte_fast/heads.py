@@ -103,11 +103,12 @@ def _check_num_layers(num_layers, total: int, deepstack: int) -> int:
     return num_layers
 
 
-def _attention_bias(attention_mask: torch.Tensor, window: int | None, dtype: torch.dtype) -> torch.Tensor:
-    """Additive [B, 1, T, T] bias: query i sees key j iff j <= i (and i - j < window) and j is real.
+def _attention_mask(attention_mask: torch.Tensor, window: int | None, additive_dtype: torch.dtype | None):
+    """[B, 1, T, T] mask: query i sees key j iff j <= i (and i - j < window) and j is real.
 
-    Each position also sees itself, so masked query rows (pads, tokens decoded after a row stopped)
-    never get an empty softmax (no NaN); no real query ever sees a masked key, so they cannot leak.
+    Boolean (True = attend) for SDPA; additive in ``additive_dtype`` for eager attention. Each
+    position also sees itself, so masked query rows (pads, tokens decoded after a row stopped) never
+    get an empty softmax (no NaN); no real query ever sees a masked key, so they cannot leak.
     """
     t = attention_mask.shape[1]
     pos = torch.arange(t, device=attention_mask.device)
@@ -116,9 +117,15 @@ def _attention_bias(attention_mask: torch.Tensor, window: int | None, dtype: tor
         allowed &= (pos[:, None] - pos[None, :]) < window
     allowed = allowed[None] & attention_mask.bool()[:, None, :]
     allowed |= torch.eye(t, dtype=torch.bool, device=attention_mask.device)
-    bias = torch.zeros(allowed.shape, dtype=dtype, device=attention_mask.device)
-    bias.masked_fill_(~allowed, torch.finfo(dtype).min)
+    if additive_dtype is None:
+        return allowed[:, None]
+    bias = torch.zeros(allowed.shape, dtype=additive_dtype, device=attention_mask.device)
+    bias.masked_fill_(~allowed, torch.finfo(additive_dtype).min)
     return bias[:, None]
+
+
+class _StopForward(Exception):
+    """Raised by the source-layer hook to end a forward once the head's input is recorded."""
 
 
 class TTEUHead(nn.Module):
@@ -160,11 +167,14 @@ class TTEUHead(nn.Module):
         head.requires_grad_(True)
         return head
 
-    @contextlib.contextmanager
-    def capture(self, hf_model: nn.Module) -> Iterator[CapturedStates]:
+    def capture(self, hf_model: nn.Module) -> contextlib.AbstractContextManager[CapturedStates]:
         """Record what decoder layer L-k of ``hf_model`` receives on every forward call inside the block.
 
         Hooks run on module calls, so CUDA-graph replays (which skip Python) are not recorded."""
+        return self._hooked(hf_model, stop=False)
+
+    @contextlib.contextmanager
+    def _hooked(self, hf_model: nn.Module, stop: bool) -> Iterator[CapturedStates]:
         decoder = find_decoder(hf_model)
         if len(decoder.layers) != self.num_backbone_layers:
             raise ValueError(
@@ -185,12 +195,28 @@ class TTEUHead(nn.Module):
             # Copies: a decode loop may reuse static buffers between steps.
             records.hidden_states.append(hidden.detach().clone())
             records.position_embeddings.append((pe[0].detach().clone(), pe[1].detach().clone()))
+            if stop:
+                raise _StopForward
 
         handle = layer.register_forward_pre_hook(hook, with_kwargs=True)
         try:
             yield records
         finally:
             handle.remove()
+
+    @torch.no_grad()
+    def source_states(self, hf_model: nn.Module, **model_inputs) -> tuple[torch.Tensor, tuple]:
+        """Layer L-k input states [B, T, D] and rotary tables of one fresh backbone forward over
+        ``model_inputs`` (processor outputs), for training the head with :meth:`forward`.
+
+        The forward stops at layer L-k: the backbone's last k layers and LM head are never run."""
+        with self._hooked(hf_model, stop=True) as records, contextlib.suppress(_StopForward):
+            hf_model(**model_inputs, use_cache=False)
+        if len(records) != 1:
+            raise RuntimeError(
+                f"the backbone forward reached decoder layer {self.source_layer} {len(records)} times"
+            )
+        return records.hidden_states[0], records.position_embeddings[0]
 
     def embed(self, captured: CapturedStates, attention_mask: torch.Tensor) -> torch.Tensor:
         """Embeddings [B, D] (float32, unit norm) from states captured during generation.
@@ -222,6 +248,8 @@ class TTEUHead(nn.Module):
         cos, sin = position_embeddings
         if cos.shape[-2] != t or sin.shape[-2] != t:
             raise ValueError(f"position_embeddings cover {cos.shape[-2]} positions, hidden_states has {t}")
+        if cos.dim() < 3 or cos.shape[-3] not in (1, b):
+            raise ValueError(f"position_embeddings of shape {tuple(cos.shape)} do not match batch size {b}")
         empty = (attention_mask != 0).sum(dim=1) == 0
         if empty.any():
             raise ValueError(
@@ -232,12 +260,14 @@ class TTEUHead(nn.Module):
         h = hidden_states.to(device=param.device, dtype=param.dtype)
         mask = attention_mask.to(param.device)
         pe = (cos.to(param.device), sin.to(param.device))
-        biases: dict[int | None, torch.Tensor] = {}
+        config = getattr(self.layers[0].self_attn, "config", None)
+        additive = param.dtype if getattr(config, "_attn_implementation", "sdpa") == "eager" else None
+        masks: dict[int | None, torch.Tensor] = {}  # one per sliding-window size
         for layer in self.layers:
             window = getattr(layer.self_attn, "sliding_window", None)
-            if window not in biases:
-                biases[window] = _attention_bias(mask, window, param.dtype)
-            h = layer(h, attention_mask=biases[window], position_embeddings=pe)
+            if window not in masks:
+                masks[window] = _attention_mask(mask, window, additive)
+            h = layer(h, attention_mask=masks[window], position_embeddings=pe)
         h = self.norm(h)
         return pool_normalize(h, mask)
 

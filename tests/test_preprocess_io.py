@@ -1,0 +1,158 @@
+"""ImageProcessor as a component: encoded inputs, clear errors, saving/loading, and use inside the
+HF Qwen-VL processor (image tokens expanded from merge_size and image_grid_thw)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import numpy as np
+import PIL.Image
+import pytest
+from transformers import AutoTokenizer, Qwen2VLImageProcessorPil
+
+from tte_fast import _C
+from tte_fast.preprocess import ImageProcessor
+from tte_fast.processing import build_processor, default_image_processor
+from tte_fast.testing import qwen_tokenizer_dir
+
+
+def _image(seed=0, height=60, width=80, mode="RGB") -> PIL.Image.Image:
+    array = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return PIL.Image.fromarray(array).convert(mode)
+
+
+def _encode(image: PIL.Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _same(a, b):
+    np.testing.assert_array_equal(a["image_grid_thw"], b["image_grid_thw"])
+    np.testing.assert_array_equal(a["pixel_values"], b["pixel_values"])
+
+
+@pytest.mark.parametrize(
+    "fmt,mode", [("JPEG", "RGB"), ("PNG", "RGB"), ("PNG", "RGBA"), ("PNG", "P"), ("JPEG", "L")]
+)
+def test_bytes_and_paths_decode_like_pillow(tmp_path, fmt, mode):
+    data = _encode(_image(1, 90, 70, mode), fmt)
+    path = tmp_path / f"image.{fmt.lower()}"
+    path.write_bytes(data)
+    expected = Qwen2VLImageProcessorPil()(PIL.Image.open(io.BytesIO(data)))
+    processor = ImageProcessor()
+    for source in (data, bytearray(data), memoryview(data), str(path), path):
+        _same(processor(source), expected)
+    _same(
+        processor([data, str(path), data], num_threads=3),
+        Qwen2VLImageProcessorPil()([PIL.Image.open(path)] * 3),
+    )
+
+
+@pytest.mark.parametrize(
+    "images,error,pattern",
+    [
+        ([np.zeros((4, 4, 3), np.uint8), np.zeros((0, 5, 3), np.uint8)], ValueError, "image 1: .*zero size"),
+        ([np.zeros((4, 4, 3), np.float32)], TypeError, "image 0: .*uint8.*float32"),
+        ([np.zeros((4, 4, 3), np.uint8), np.zeros((8, 8, 2), np.uint8)], ValueError, "image 1: .*channels"),
+        ([np.zeros((2, 2, 2, 2, 2), np.uint8)], ValueError, "image 0: .*shape"),
+        (
+            [np.zeros((4, 4, 3), np.uint8)] * 2 + [np.zeros((2, 500, 3), np.uint8)],
+            ValueError,
+            "image 2: .*aspect",
+        ),
+        ([b"not an image at all"], ValueError, "image 0: cannot decode"),
+        ([_encode(_image(), "PNG")[:40]], ValueError, "image 0: cannot decode"),
+        ([np.zeros((4, 4, 3), np.uint8), "/no/such/file.png"], FileNotFoundError, "image 1: no such image"),
+        (["https://example.com/a.png"], ValueError, "image 0: URLs are not fetched"),
+        ([3.5], TypeError, "image 0: expected a PIL image"),
+        ([_image().convert("RGB").convert("La")], ValueError, "image 0: cannot convert mode 'La'"),
+        ([], ValueError, "no images"),
+    ],
+)
+def test_bad_inputs_raise_naming_the_image(images, error, pattern):
+    with pytest.raises(error, match=pattern):
+        ImageProcessor()(images)
+
+
+def test_bad_settings_raise_clearly():
+    image = _image()
+    with pytest.raises(ValueError, match="num_threads"):
+        ImageProcessor()(image, num_threads=0)
+    with pytest.raises(TypeError, match="unexpected image processor arguments"):
+        ImageProcessor()(image, colour="red")
+    with pytest.raises(ValueError, match="image_std must not contain 0"):
+        ImageProcessor(image_std=[0.5, 0.0, 0.5])(image)
+    with pytest.raises(ValueError, match="image_mean must be one value or 3"):
+        ImageProcessor(image_mean=[0.5, 0.5])(image)
+    with pytest.raises(ValueError, match="image 0: .*multiple of patch_size"):
+        ImageProcessor(do_resize=False)(image)
+    with pytest.raises(ValueError, match="patch_size"):
+        ImageProcessor(patch_size=0)(image)
+    with pytest.raises(ValueError, match="max_pixels"):
+        ImageProcessor(max_pixels=1 << 50)(image)
+
+
+def test_c_core_rejects_bad_arguments_without_crashing():
+    kw = dict(
+        patch_size=14, temporal_patch_size=2, merge_size=2, min_pixels=3136, max_pixels=1003520,
+        do_resize=True, resample=3, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
+        image_mean=[0.5] * 3, image_std=[0.5] * 3, pass_order=1, num_threads=2,
+    )  # fmt: skip
+    with pytest.raises(TypeError, match="image 1: expected a numpy array"):
+        _C.preprocess_batch([np.zeros((8, 8, 3), np.uint8), "x"], **kw)
+    with pytest.raises(ValueError, match="resample"):
+        _C.preprocess_batch([np.zeros((8, 8, 3), np.uint8)], **{**kw, "resample": 0})
+    with pytest.raises(ValueError, match="pass_order"):
+        _C.preprocess_batch([np.zeros((8, 8, 3), np.uint8)], **{**kw, "pass_order": 7})
+    with pytest.raises(ValueError, match="num_threads"):
+        _C.preprocess_batch([np.zeros((8, 8, 3), np.uint8)], **{**kw, "num_threads": 0})
+    with pytest.raises(ValueError, match="bad sizes"):
+        _C.resize_uint8(np.zeros((8, 8, 3), np.uint8), 0, 5)
+
+
+def test_save_pretrained_is_readable_by_hf(tmp_path):
+    ours = ImageProcessor(min_pixels=10 * 28 * 28, max_pixels=90 * 28 * 28, image_mean=[0.1, 0.2, 0.3])
+    ours.save_pretrained(tmp_path)
+    with open(os.path.join(tmp_path, "preprocessor_config.json")) as f:
+        assert json.load(f)["image_processor_type"] == "Qwen2VLImageProcessor"
+    hf = Qwen2VLImageProcessorPil.from_pretrained(tmp_path)
+    again = ImageProcessor.from_pretrained(tmp_path)
+    image = _image(2, 300, 100)
+    _same(ours(image), hf(image))
+    _same(again(image), hf(image))
+    assert again.size == ours.size and again.merge_size == ours.merge_size
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen3_vl"])
+def test_from_pretrained_checkpoint_matches_hf(tiny_checkpoints, model_type):
+    path = tiny_checkpoints[model_type]
+    ours = default_image_processor(path)
+    assert isinstance(ours, ImageProcessor)
+    images = [_image(3, 200, 130), _image(4, 31, 77, "L")]
+    _same(ours(images), Qwen2VLImageProcessorPil.from_pretrained(path)(images))
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_inside_the_hf_qwen_vl_processor(model_type):
+    tokenizer = AutoTokenizer.from_pretrained(qwen_tokenizer_dir())
+    settings = dict(min_pixels=4 * 28 * 28, max_pixels=64 * 28 * 28)
+    if model_type == "qwen3_vl":
+        settings.update(patch_size=16, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    ours = build_processor(model_type, tokenizer, ImageProcessor(**settings))
+    reference = build_processor(model_type, tokenizer, Qwen2VLImageProcessorPil(**settings))
+    text = [
+        "<|vision_start|><|image_pad|><|vision_end|>What is shown?",
+        "two <|vision_start|><|image_pad|><|vision_end|>",
+    ]
+    images = [_image(5, 150, 90), _image(6, 40, 300)]
+    got = ours(text=text, images=images, padding=True, return_tensors="pt")
+    expected = reference(text=text, images=images, padding=True, return_tensors="pt")
+    assert set(got.keys()) == set(expected.keys())
+    for key in expected:
+        assert (got[key] == expected[key]).all(), key
+    image_token = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    merge = ours.image_processor.merge_size
+    assert (got["input_ids"] == image_token).sum() == int(got["image_grid_thw"].prod(-1).sum()) // merge**2

@@ -440,3 +440,55 @@ def test_capture_hook_removed_on_error(loaded):
         assert len(layer._forward_pre_hooks) == 1
         raise RuntimeError("boom")
     assert len(layer._forward_pre_hooks) == 0
+
+
+def _fresh_head_embedding(model, head, image_processor, raw, seq):
+    """The head over a from-scratch HF forward of one unpadded sequence (HF's own positions)."""
+    kwargs = {}
+    if image_processor is not None:
+        kwargs["mm_token_type_ids"] = (seq == model.config.image_token_id).int()[None]
+        if isinstance(raw, dict) and raw.get("image") is not None:
+            pixels = image_processor(images=[Image.fromarray(raw["image"])], return_tensors="pt")
+            kwargs.update(pixel_values=pixels["pixel_values"], image_grid_thw=pixels["image_grid_thw"])
+    with torch.no_grad(), head.capture(model) as rec:
+        out = model(input_ids=seq[None], output_hidden_states=True, **kwargs)
+        mask = torch.ones(1, len(seq), dtype=torch.long)
+        return head(out.hidden_states[head.source_layer], mask, rec.position_embeddings[0])[0]
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen2"])
+def test_unified_tte_with_the_head(tiny_checkpoints, tmp_path, model_type):
+    """``UnifiedTTE(head="tte_u")``: thinking (captured states) and plain encodes equal the head over
+    a fresh forward of ``.sequences``; a saved model gives the same embeddings back."""
+    from transformers import Qwen2VLImageProcessorPil
+
+    from tte_fast.model import UnifiedTTE
+
+    path = tiny_checkpoints[model_type]
+    tte = UnifiedTTE.from_pretrained(path, head="tte_u", head_layers=K, device="cpu")
+    _perturb(tte.head, seed=15)
+    rng = np.random.default_rng(16)
+    inputs = [
+        {"text": "a dog on grass"},
+        "red",
+        {"text": "a longer description of a cat asleep", "instruction": "Find it."},
+    ]
+    if model_type in QWEN_VL_MODEL_TYPES:
+        inputs[0]["image"] = rng.integers(0, 256, (60, 90, 3), dtype=np.uint8)
+        inputs[1] = {"image": rng.integers(0, 256, (120, 50, 3), dtype=np.uint8)}
+    image_processor = Qwen2VLImageProcessorPil.from_pretrained(path) if tte.vision else None
+    for think in (True, False):
+        result = tte.encode(inputs, think=think, max_think_tokens=5, batch_size=3)
+        expected = torch.stack(
+            [
+                _fresh_head_embedding(tte.hf_model, tte.head, image_processor, r, s)
+                for r, s in zip(inputs, result.sequences)
+            ]
+        )
+        torch.testing.assert_close(result.embeddings, expected, atol=ATOL, rtol=0)
+    tte.save_pretrained(str(tmp_path))
+    again = UnifiedTTE.from_pretrained(str(tmp_path), device="cpu")
+    assert again.head is not None and again.head.num_layers == K
+    torch.testing.assert_close(
+        again.encode(inputs, think=False).embeddings, result.embeddings, atol=0, rtol=0
+    )

@@ -86,11 +86,11 @@ class UnifiedTTE:
         ``head`` is ``"last_token"`` (default) or ``"tte_u"``; ``opts`` override ``TTEConfig`` fields
         (``embed_token``, ``max_think_tokens``, ``prompts``, ...) over the checkpoint's saved ones.
         """
-        config = TTEConfig.load(path_or_id) or TTEConfig()
         overrides = dict(opts)
         unknown = sorted(set(overrides) - {f.name for f in fields(TTEConfig)})
         if unknown:
             raise TypeError(f"unknown from_pretrained options {unknown}")
+        config = TTEConfig.load(path_or_id) or TTEConfig()
         if head is not None:
             overrides["head"] = head
         if head_layers is not None:

@@ -1,0 +1,162 @@
+"""UnifiedTTE errors, save/load round trip and the TTE_u head wiring."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from tte_fast.inputs import InputError, InputTypeError, load_image
+from tte_fast.model import UnifiedTTE
+from tte_fast.tte_config import TTE_CONFIG_FILE
+
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def vl_model(tiny_checkpoints):
+    return UnifiedTTE.from_pretrained(tiny_checkpoints["qwen2_vl"], device="cpu")
+
+
+def _image(h=50, w=70, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(
+    "bad, error, words",
+    [
+        ({}, InputError, "input 1: needs a non-empty 'text' or an 'image'"),
+        ({"image": b"not an image at all"}, InputError, "input 1: cannot read image"),
+        ({"image": "/no/such/file.png"}, InputError, "input 1: image file not found"),
+        ({"txt": "typo"}, InputError, "input 1: unknown keys \\['txt'\\]"),
+        ({"image": _image().astype(np.float32)}, InputTypeError, "input 1: image array must be uint8"),
+        ({"text": 3}, InputTypeError, "input 1: 'text' must be a str"),
+        (42, InputTypeError, "input 1: expected a str or a dict"),
+        ("x " * 5000, InputError, "input 1: prompt of \\d+ tokens plus \\d+ generated tokens exceeds"),
+    ],
+)
+def test_bad_input_names_its_index(vl_model, bad, error, words):
+    with pytest.raises(error, match=words) as info:
+        vl_model.encode(["fine", bad, "also fine"], max_think_tokens=2)
+    assert info.value.index == 1
+    assert isinstance(info.value, ValueError)
+
+
+def test_skip_keeps_the_rest_of_the_batch(vl_model):
+    good = ["fine", {"image": _image(), "text": "ok"}, "also fine"]
+    clean = vl_model.encode(good, max_think_tokens=3, batch_size=4)
+    mixed = [good[0], {"image": b"garbage"}, good[1], "x " * 5000, good[2]]
+    result = vl_model.encode(mixed, max_think_tokens=3, batch_size=4, on_error="skip")
+    assert sorted(result.errors) == [1, 3]
+    assert "cannot read image" in result.errors[1] and "exceeds" in result.errors[3]
+    for bad in (1, 3):
+        assert result.traces[bad] is None and result.sequences[bad] is None
+        assert torch.count_nonzero(result.embeddings[bad]) == 0
+    for got, want in zip((0, 2, 4), range(3)):
+        torch.testing.assert_close(result.embeddings[got], clean.embeddings[want], atol=ATOL, rtol=0)
+        assert result.traces[got] == clean.traces[want]
+
+
+def test_image_forms_give_the_same_embedding(vl_model, tmp_path):
+    array = _image(64, 48, seed=3)
+    path = tmp_path / "img.png"
+    load_image(0, array).save(path)
+    forms = [array, str(path), path.read_bytes(), load_image(0, array)]
+    result = vl_model.encode([{"image": f, "text": "same"} for f in forms], think=False)
+    for row in result.embeddings[1:]:
+        torch.testing.assert_close(row, result.embeddings[0], atol=1e-6, rtol=0)
+
+
+def test_text_only_model_rejects_images(tiny_checkpoints):
+    model = UnifiedTTE.from_pretrained(tiny_checkpoints["qwen2"], device="cpu")
+    with pytest.raises(InputError, match="input 0: has an image, but 'qwen2' is a text-only model"):
+        model.encode([{"image": _image(), "text": "x"}], think=False)
+
+
+def test_unknown_model_type_is_a_clear_error(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "not_a_model"}))
+    with pytest.raises(ValueError, match="not_a_model"):
+        UnifiedTTE.from_pretrained(str(tmp_path))
+
+
+def test_call_errors(vl_model):
+    with pytest.raises(ValueError, match="side"):
+        vl_model.encode(["a"], side="both")
+    with pytest.raises(ValueError, match="either think=True or traces"):
+        vl_model.encode(["a"], think=True, traces=["t"])
+    with pytest.raises(ValueError, match="2 traces for 1 inputs"):
+        vl_model.encode(["a"], traces=["t", "u"])
+    with pytest.raises(ValueError, match="batch_size"):
+        vl_model.encode(["a"], batch_size=0)
+    with pytest.raises(ValueError, match="on_error"):
+        vl_model.encode(["a"], on_error="ignore")
+    with pytest.raises(TypeError, match="unknown from_pretrained options"):
+        UnifiedTTE.from_pretrained("unused", not_an_option=1)
+
+
+def test_save_load_round_trip(vl_model, tmp_path):
+    inputs = [{"image": _image(), "text": "round trip"}, "text only"]
+    before = vl_model.encode(inputs, max_think_tokens=3)
+    vl_model.save_pretrained(str(tmp_path))
+    assert any(name.endswith(".safetensors") for name in os.listdir(tmp_path))
+    assert (tmp_path / TTE_CONFIG_FILE).exists()
+    reloaded = UnifiedTTE.from_pretrained(str(tmp_path), device="cpu")
+    after = reloaded.encode(inputs, max_think_tokens=3)
+    assert after.traces == before.traces
+    torch.testing.assert_close(after.embeddings, before.embeddings, atol=1e-6, rtol=0)
+
+
+def test_saved_settings_are_restored(tiny_checkpoints, tmp_path):
+    model = UnifiedTTE.from_pretrained(
+        tiny_checkpoints["qwen2"], device="cpu", max_think_tokens=7, prompts={"query_instruction": "Q!"}
+    )
+    model.save_pretrained(str(tmp_path))
+    reloaded = UnifiedTTE.from_pretrained(str(tmp_path), device="cpu")
+    assert reloaded.config.max_think_tokens == 7
+    assert reloaded.config.prompts.query_instruction == "Q!"
+    assert reloaded.embed_token == "<|im_end|>"  # the tiny tokenizer has no <emb>
+
+
+def _head_reference(model: UnifiedTTE, sequence: torch.Tensor, image) -> torch.Tensor:
+    """The head over a fresh, unpadded forward's layer L-k states of one sequence."""
+    ids = sequence[None]
+    kwargs = {}
+    if model.vision:
+        kwargs["mm_token_type_ids"] = (ids == model.hf_model.config.image_token_id).int()
+        if image is not None:
+            pixels = model.processor.image_processor(images=[load_image(0, image)], return_tensors="pt")
+            kwargs.update(pixel_values=pixels["pixel_values"], image_grid_thw=pixels["image_grid_thw"])
+    with torch.inference_mode(), model.head.capture(model.hf_model) as captured:
+        model.hf_model(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)
+        return model.head.embed(captured, torch.ones_like(ids))[0].float()
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen2"])
+def test_tte_u_head_over_captured_states_equals_fresh_forward(tiny_checkpoints, model_type, tmp_path):
+    model = UnifiedTTE.from_pretrained(
+        tiny_checkpoints[model_type], device="cpu", head="tte_u", head_layers=2
+    )
+    image = _image(40, 90)
+    inputs = ["tte_u query", "a longer text query for the unified head"]
+    if model.vision:
+        inputs.append({"image": image, "text": "with an image"})
+    for think in (True, False):
+        result = model.encode(inputs, think=think, max_think_tokens=4, batch_size=3)
+        for i, item in enumerate(inputs):
+            img = item.get("image") if isinstance(item, dict) else None
+            expected = _head_reference(model, result.sequences[i], img)
+            torch.testing.assert_close(result.embeddings[i], expected, atol=ATOL, rtol=0)
+    model.save_pretrained(str(tmp_path))
+    reloaded = UnifiedTTE.from_pretrained(str(tmp_path), device="cpu")
+    assert reloaded.config.head == "tte_u" and reloaded.head is not None
+    torch.testing.assert_close(
+        reloaded.encode(inputs, think=False).embeddings, model.encode(inputs, think=False).embeddings
+    )
+
+
+def test_progress_bar(vl_model, capsys):
+    vl_model.encode(["a", "b", "c"], think=False, batch_size=1, progress=True)
+    assert "encode" in capsys.readouterr().err

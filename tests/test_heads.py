@@ -492,3 +492,22 @@ def test_unified_tte_with_the_head(tiny_checkpoints, tmp_path, model_type):
     torch.testing.assert_close(
         again.encode(inputs, think=False).embeddings, result.embeddings, atol=0, rtol=0
     )
+
+
+def test_bf16_head_tracks_fp32(loaded):
+    """A bf16 copy of the head (SDPA and eager masks) over the same captured states stays within
+    bf16 tolerance of the fp32 head."""
+    model, processor = loaded("qwen2_vl")
+    inputs = batch_inputs("qwen2_vl", processor, seed=17)
+    head = TTEUHead.from_backbone(model, num_layers=K)
+    _perturb(head, seed=18)
+    with torch.no_grad(), head.capture(model) as rec:
+        model(**inputs)
+        mask = inputs["attention_mask"]
+        reference = head.embed(rec, mask)
+        half = copy.deepcopy(head).to(torch.bfloat16)
+        for implementation in ("sdpa", "eager"):
+            half.layers[0].self_attn.config._attn_implementation = implementation
+            embedding = half.embed(rec, mask)
+            assert embedding.dtype == torch.float32
+            torch.testing.assert_close(embedding, reference, atol=1e-2, rtol=0)  # ~ bf16 eps

@@ -259,7 +259,7 @@ class TTEUHead(nn.Module):
         param = next(self.parameters())
         h = hidden_states.to(device=param.device, dtype=param.dtype)
         mask = attention_mask.to(param.device)
-        pe = (cos.to(param.device), sin.to(param.device))
+        pe = (cos.to(param.device, param.dtype), sin.to(param.device, param.dtype))
         config = getattr(self.layers[0].self_attn, "config", None)
         additive = param.dtype if getattr(config, "_attn_implementation", "sdpa") == "eager" else None
         masks: dict[int | None, torch.Tensor] = {}  # one per sliding-window size

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch._dynamo.utils import counters
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
 from tte_fast.generate import DecodeOptions, Decoder
@@ -178,6 +179,10 @@ def test_compiled_step_equals_eager(tiny_checkpoints):
     batch = dict(processor(texts, padding=True, padding_side="left", return_tensors="pt"))
     options = DecodeOptions(max_think_tokens=4)
     eager = Decoder(model).decode(batch, options, embed_token_id=151645)
+    torch._dynamo.reset()
+    counters.clear()
     compiled = Decoder(model, compile="eager").decode(batch, options, embed_token_id=151645)
+    # Every decode step (the embedding step included) reuses one graph: no recompiles per position.
+    assert counters["stats"]["unique_graphs"] == 1
     assert [t.tolist() for t in compiled.generated] == [t.tolist() for t in eager.generated]
     torch.testing.assert_close(compiled.embed_hidden, eager.embed_hidden, atol=1e-5, rtol=1e-5)

@@ -165,16 +165,16 @@ class Decoder:
         # static cache's tail would break: it gets a growing cache and mask, as in HF generate.
         self.static_mask = attn != "flash_attention_2" if static_cache is None else static_cache
         self._caches: dict[tuple, StaticCache] = {}
-        self._step = self._decode_step
+        self.step = self.decode_step
         if compile:
             backend = compile if isinstance(compile, str) else "inductor"
             mode = "reduce-overhead" if backend == "inductor" and self._device().type == "cuda" else None
-            self._step = torch.compile(self._decode_step, backend=backend, mode=mode, dynamic=False)
+            self.step = torch.compile(self.decode_step, backend=backend, mode=mode, dynamic=False)
 
     def _device(self) -> torch.device:
         return next(self.hf_model.parameters()).device
 
-    def _cache(self, batch_size: int, length: int) -> StaticCache | DynamicCache:
+    def new_cache(self, batch_size: int, length: int) -> StaticCache | DynamicCache:
         if not self.static_mask:
             return DynamicCache(config=self.hf_model.config)
         length = -(-length // CACHE_BUCKET) * CACHE_BUCKET
@@ -188,17 +188,26 @@ class Decoder:
             cache.reset()
         return cache
 
-    def _forward(self, input_ids, position_ids, mask, cache, start: int, **extra):
+    def forward(self, input_ids, position_ids, mask, cache, cache_position=None, **extra) -> torch.Tensor:
+        """Backbone forward of new tokens onto ``cache``; the final-norm hidden state of the last one.
+
+        ``cache_position`` (the new tokens' cache slots) is passed only to transformers versions
+        that still take it; newer ones track the slot inside the cache."""
         kwargs = {self.cache_kw: cache, "use_cache": True, **extra}
         if self.pass_cache_position:
-            length = input_ids.shape[1]
-            kwargs["cache_position"] = torch.arange(start, start + length, device=input_ids.device)
+            kwargs["cache_position"] = cache_position
         out = self.backbone(input_ids=input_ids, position_ids=position_ids, attention_mask=mask, **kwargs)
         return out.last_hidden_state[:, -1]
 
-    def _decode_step(self, input_ids, position_ids, mask, cache, start: int):
-        hidden = self._forward(input_ids, position_ids, mask, cache, start)
+    def decode_step(self, input_ids, position_ids, mask, cache, cache_position=None):
+        """One shape-static step: ``[B, 1]`` tokens -> (final-norm hidden ``[B, D]``, logits ``[B, V]``)."""
+        hidden = self.forward(input_ids, position_ids, mask, cache, cache_position)
         return hidden, self.lm_head(hidden).float()
+
+    def cache_positions(self, start: int, length: int, device) -> torch.Tensor | None:
+        if not self.pass_cache_position:
+            return None
+        return torch.arange(start, start + length, device=device)
 
     @torch.inference_mode()
     def decode(
@@ -216,7 +225,7 @@ class Decoder:
         max_new = options.max_new_tokens
         # The last sampled token is fed only before an embedding token; then comes that token.
         total = prompt_len + max_new + (1 if embed_token_id is not None else 0)
-        cache = self._cache(bsz, total)
+        cache = self.new_cache(bsz, total)
         width = -(-total // CACHE_BUCKET) * CACHE_BUCKET if self.static_mask else total
         mask = torch.zeros(bsz, width, dtype=prompt_mask.dtype, device=device)
         mask[:, :prompt_len] = prompt_mask
@@ -225,7 +234,8 @@ class Decoder:
         with stage("prefill"):
             extra = model_inputs(self.backbone, batch)
             prefill_mask = mask if self.static_mask else mask[:, :prompt_len]
-            hidden = self._forward(input_ids, position_ids, prefill_mask, cache, 0, **extra)
+            cache_position = self.cache_positions(0, prompt_len, device)
+            hidden = self.forward(input_ids, position_ids, prefill_mask, cache, cache_position, **extra)
             logits = self.lm_head(hidden).float()
 
         state = torch.full((bsz,), ALIVE, dtype=torch.long, device=device)
@@ -244,7 +254,7 @@ class Decoder:
             generator = torch.Generator(device=device).manual_seed(options.seed)
 
         embedding = embed_token_id is not None
-        run_step = self._step if compiled else self._decode_step
+        run_step = self.step if compiled else self.decode_step
         step, column = 0, prompt_len
         with stage("decode"):
             while True:
@@ -276,7 +286,8 @@ class Decoder:
                 step_mask = mask if self.static_mask else mask[:, : column + 1]
                 with stage("decode_step"):
                     positions = decode_position_ids(text_pos, deltas)
-                    hidden, logits = run_step(next_token.view(bsz, 1), positions, step_mask, cache, column)
+                    slot = self.cache_positions(column, 1, device)
+                    hidden, logits = run_step(next_token.view(bsz, 1), positions, step_mask, cache, slot)
                 if embedding:
                     embed_hidden = torch.where((state == EMBED).view(-1, 1), hidden, embed_hidden)
                     state = torch.where(state == EMBED, DONE, state)

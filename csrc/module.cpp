@@ -173,10 +173,15 @@ py::array_t<uint8_t> resize_uint8(const py::array& image, int64_t height, int64_
     throw py::value_error("pass_order must be 0 or 1, got " + std::to_string(pass_order));
   }
   const int channels = static_cast<int>(v.channels);
-  std::vector<uint8_t> source(static_cast<size_t>(v.height * v.width * channels));
-  for (int64_t y = 0, i = 0; y < v.height; y++)
-    for (int64_t x = 0; x < v.width; x++)
-      for (int c = 0; c < channels; c++) source[i++] = v.at(y, x, c);
+  std::vector<uint8_t> copy;
+  const uint8_t* source = v.data;
+  if (!(v.stride_c == 1 || channels == 1) || v.stride_w != channels || v.stride_h != v.width * channels) {
+    copy.resize(static_cast<size_t>(v.height * v.width * channels));
+    for (int64_t y = 0, i = 0; y < v.height; y++)
+      for (int64_t x = 0; x < v.width; x++)
+        for (int c = 0; c < channels; c++) copy[i++] = v.at(y, x, c);
+    source = copy.data();
+  }
   std::vector<ssize_t> shape{height, width};
   if (image.ndim() == 3) shape.push_back(channels);
   py::array_t<uint8_t> result(shape);
@@ -184,7 +189,7 @@ py::array_t<uint8_t> resize_uint8(const py::array& image, int64_t height, int64_
   {
     py::gil_scoped_release release;
     std::vector<uint8_t> scratch;
-    tte::resample_interleaved(source.data(), v.height, v.width, channels, dst, height, width,
+    tte::resample_interleaved(source, v.height, v.width, channels, dst, height, width,
                               static_cast<tte::Filter>(resample),
                               static_cast<tte::PassOrder>(pass_order), scratch);
   }

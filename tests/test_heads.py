@@ -393,6 +393,9 @@ def test_from_pretrained_errors(loaded, tmp_path):
     shallow.model.layers = torch.nn.ModuleList(list(shallow.model.layers)[:3])
     with pytest.raises(ValueError, match="4 decoder layers"):
         TTEUHead.from_pretrained(str(tmp_path), shallow)
+    (tmp_path / HEAD_CONFIG_NAME).write_text('{"format_version": 99, "num_layers": 1}')
+    with pytest.raises(ValueError, match="format version 99"):
+        TTEUHead.from_pretrained(str(tmp_path), model)
 
 
 @pytest.mark.parametrize(

@@ -136,7 +136,6 @@ class TTEUHead(nn.Module):
         self.layers = layers
         self.norm = norm
         self.num_backbone_layers = num_backbone_layers
-        self._signature = inspect.signature(layers[0].forward)
 
     @property
     def num_layers(self) -> int:
@@ -211,7 +210,7 @@ class TTEUHead(nn.Module):
 
         The forward stops at layer L-k: the backbone's last k layers and LM head are never run."""
         with self._hooked(hf_model, stop=True) as records, contextlib.suppress(_StopForward):
-            hf_model(**model_inputs, use_cache=False)
+            hf_model(**{**model_inputs, "use_cache": False})
         if len(records) != 1:
             raise RuntimeError(
                 f"the backbone forward reached decoder layer {self.source_layer} {len(records)} times"
@@ -298,6 +297,11 @@ class TTEUHead(nn.Module):
                 raise FileNotFoundError(f"no TTE_u head at {path!r}: {os.path.basename(needed)} is missing")
         with open(config_file, encoding="utf-8") as f:
             meta = json.load(f)
+        if meta.get("format_version", _FORMAT_VERSION) > _FORMAT_VERSION:
+            raise ValueError(
+                f"the head at {path!r} has format version {meta['format_version']}; "
+                f"this version of tte_fast reads up to {_FORMAT_VERSION}"
+            )
         total = len(find_decoder(hf_model).layers)
         if meta.get("num_backbone_layers", total) != total:
             raise ValueError(

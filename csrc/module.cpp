@@ -226,6 +226,9 @@ PYBIND11_MODULE(_C, m) {
       py::arg("image_mean"), py::arg("image_std"), py::arg("pass_order"), py::arg("num_threads"),
       "Qwen2-VL preprocessing of uint8 HxW / HxWxC arrays (C in 1, 3, 4) on num_threads threads with the "
       "GIL released. Returns (pixel_values float32 [patches, 3*T*P*P], image_grid_thw int64 [n, 3]).");
+  m.def("set_avx2_enabled", &tte::set_avx2_enabled, py::arg("enabled"),
+        "Use (True, the default where the CPU has it) or skip the AVX2 resampling path; outputs are equal.");
+  m.def("avx2_enabled", &tte::avx2_enabled, "Whether the AVX2 resampling path is in use.");
   m.def("resize_uint8", &resize_uint8, py::arg("image"), py::arg("height"), py::arg("width"),
         py::arg("resample") = 3, py::arg("pass_order") = 1,
         "Resize a uint8 HxW or HxWx3 array exactly as PIL's Image.resize((width, height), resample); "

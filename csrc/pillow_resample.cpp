@@ -1,6 +1,7 @@
 #include "pillow_resample.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
@@ -229,8 +230,7 @@ __attribute__((target("avx2"))) int64_t horizontal_block8_avx2(const uint8_t* sr
 
 int64_t horizontal_rows_blocked(const uint8_t* src, int channels, int64_t in_w, int64_t row_begin,
                                 int64_t row_end, const Coeffs& co, int64_t out_w, uint8_t* dst) {
-  static const bool has_avx2 = __builtin_cpu_supports("avx2");
-  if (!has_avx2) return row_begin;
+  if (!avx2_enabled()) return row_begin;
   switch (channels) {
     case 1: return horizontal_block8_avx2<1>(src, in_w, row_begin, row_end, co, out_w, dst);
     case 3: return horizontal_block8_avx2<3>(src, in_w, row_begin, row_end, co, out_w, dst);
@@ -320,6 +320,24 @@ void resample_impl(const uint8_t* src, int64_t in_h, int64_t in_w, uint8_t* dst,
 }
 
 }  // namespace
+
+namespace {
+#if defined(__x86_64__) && defined(__GNUC__)
+std::atomic<bool> g_avx2{__builtin_cpu_supports("avx2") != 0};
+#else
+std::atomic<bool> g_avx2{false};
+#endif
+}  // namespace
+
+void set_avx2_enabled(bool enabled) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  g_avx2 = enabled && __builtin_cpu_supports("avx2");
+#else
+  (void)enabled;
+#endif
+}
+
+bool avx2_enabled() { return g_avx2.load(std::memory_order_relaxed); }
 
 bool is_convolution_filter(int resample) { return resample >= 1 && resample <= 5; }
 

@@ -17,6 +17,11 @@ enum class Filter : int { kLanczos = 1, kBilinear = 2, kBicubic = 3, kBox = 4, k
 
 bool is_convolution_filter(int resample);
 
+// The AVX2 horizontal pass is used when the CPU has AVX2; switching it off (tests do, to check the
+// portable path against Pillow on the same machine) changes speed only, never the bytes.
+void set_avx2_enabled(bool enabled);
+bool avx2_enabled();
+
 enum class PassOrder : int {
   kHorizontalFirst = 0,  // Pillow <= 12
   kPillow13 = 1,         // vertical first iff out_h < in_h and in_h - out_h > 2 * (in_w - out_w)

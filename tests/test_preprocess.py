@@ -34,8 +34,17 @@ def test_pillow_pass_order_is_known():
     assert pillow_pass_order() in (0, 1)
 
 
+@pytest.fixture(params=[True, False], ids=["avx2", "portable"])
+def simd_path(request):
+    """Run a test on the AVX2 path (where the CPU has it) and on the portable path."""
+    before = _C.avx2_enabled()
+    _C.set_avx2_enabled(request.param)
+    yield
+    _C.set_avx2_enabled(before)
+
+
 @pytest.mark.parametrize("resample", [1, 2, 3, 4, 5])
-def test_resize_matches_pillow_bytes(resample):
+def test_resize_matches_pillow_bytes(resample, simd_path):
     rng = np.random.default_rng(resample)
     order = pillow_pass_order()
     for trial in range(40):
@@ -65,7 +74,7 @@ def test_matches_hf_default_settings(height, width):
     assert_same(ImageProcessor()(image), Qwen2VLImageProcessorPil()(image))
 
 
-def test_matches_hf_on_a_large_image():
+def test_matches_hf_on_a_large_image(simd_path):
     image = PIL.Image.fromarray(random_image(np.random.default_rng(7), 1536, 2048))  # 3 megapixels
     assert_same(ImageProcessor()(image), Qwen2VLImageProcessorPil()(image))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import os
 
 import numpy as np
 import pytest
@@ -514,3 +515,70 @@ def test_bf16_head_tracks_fp32(loaded):
             embedding = half.embed(rec, mask)
             assert embedding.dtype == torch.float32
             torch.testing.assert_close(embedding, reference, atol=1e-2, rtol=0)  # ~ bf16 eps
+
+
+def test_sliding_window_layers(tiny_checkpoints):
+    """Sliding-window attention layers keep their window in the head: the copied head reproduces a
+    Qwen2 backbone whose last layers use a window shorter than the prompts."""
+    from transformers import AutoModelForCausalLM
+
+    from tte_fast.testing import tiny_config
+
+    base = tiny_config("qwen2").to_dict()
+    config = type(tiny_config("qwen2"))(
+        **{
+            **base,
+            "use_sliding_window": True,
+            "sliding_window": 5,
+            "max_window_layers": 1,
+            "layer_types": None,
+        }
+    )
+    torch.manual_seed(19)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    head = TTEUHead.from_backbone(model, num_layers=3)
+    assert [layer.self_attn.sliding_window for layer in head.layers] == [5, 5, 5]
+    ids = torch.randint(0, 5000, (3, 14))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0
+    mask[2, :9] = 0
+    with torch.no_grad(), head.capture(model) as rec:
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=(mask.cumsum(1) - 1).clamp(min=0),
+            output_hidden_states=True,
+        )
+        embedding = head.embed(rec, mask)
+        torch.testing.assert_close(
+            embedding, F.normalize(out.hidden_states[-1][:, -1], dim=-1), atol=ATOL, rtol=0
+        )
+        for layer in head.layers:
+            layer.self_attn.sliding_window = None
+        assert (head.embed(rec, mask) - embedding).abs().max() > 1e-2  # the window really mattered
+
+
+def test_random_masks_equal_compacted_rows(loaded):
+    """Fresh random masks (left pads, gaps anywhere before the last real token): the head over the
+    gapped batch equals the head over each row with its masked positions removed."""
+    model, _ = loaded("qwen2")
+    head = TTEUHead.from_backbone(model, num_layers=K)
+    seed = int.from_bytes(os.urandom(4), "little")
+    gen = torch.Generator().manual_seed(seed)
+    b, t, d = 4, 24, model.config.hidden_size
+    hidden = torch.randn(b, t, d, generator=gen)
+    positions = torch.randint(0, 500, (b, t), generator=gen)
+    cos, sin = find_decoder(model).rotary_emb(hidden, positions)
+    mask = (torch.rand(b, t, generator=gen) > 0.4).long()
+    mask[:, -1] = 1
+    mask[0, : t // 2] = 0
+    with torch.no_grad():
+        batched = head(hidden, mask, (cos, sin))
+        for r in range(b):
+            keep = mask[r].bool()
+            alone = head(
+                hidden[r : r + 1, keep], mask[r : r + 1, keep], (cos[r : r + 1, keep], sin[r : r + 1, keep])
+            )
+            torch.testing.assert_close(
+                alone, batched[r : r + 1], atol=ATOL, rtol=0, msg=f"seed {seed}, row {r}"
+            )

@@ -102,39 +102,47 @@ def _is_encoded(image) -> bool:
     return isinstance(image, (*_ENCODED, str, os.PathLike))
 
 
+def _parallel_map(fn, items: list, num_threads: int) -> list:
+    """fn over items on up to num_threads threads (Pillow releases the GIL while it decodes and
+    copies pixels); the first error, in item order, is raised."""
+    if num_threads <= 1 or len(items) <= 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(num_threads, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
 def decode_encoded(images: list, num_threads: int) -> list:
     """The same list with bytes and paths replaced by decoded PIL images (decoded in parallel)."""
     encoded = [i for i, image in enumerate(images) if _is_encoded(image)]
-    if not encoded:
-        return images
     decoded = list(images)
-    if len(encoded) == 1 or num_threads <= 1:
-        for i in encoded:
-            decoded[i] = decode_image(images[i], i)
-        return decoded
-    with ThreadPoolExecutor(max_workers=min(num_threads, len(encoded))) as pool:
-        for i, image in zip(encoded, pool.map(lambda i: decode_image(images[i], i), encoded)):
-            decoded[i] = image
+    for i, image in zip(encoded, _parallel_map(lambda i: decode_image(images[i], i), encoded, num_threads)):
+        decoded[i] = image
     return decoded
 
 
+def _pil_to_array(image: PIL.Image.Image, index: int) -> np.ndarray:
+    try:
+        return pil_to_array(image)
+    except (ValueError, OSError) as error:  # a mode Pillow cannot convert to RGB
+        raise ValueError(f"image {index}: cannot convert mode {image.mode!r} to RGB: {error}") from error
+
+
+def to_uint8_array(image, index: int, input_data_format=None) -> np.ndarray:
+    """One image as a uint8 channels-last array (grey arrays may stay 2-D)."""
+    if _is_encoded(image):
+        image = decode_image(image, index)
+    if isinstance(image, PIL.Image.Image):
+        return _pil_to_array(image, index)
+    if isinstance(image, np.ndarray):
+        return array_to_hwc(image, index, input_data_format)
+    if _is_tensor(image):
+        return array_to_hwc(image.detach().cpu().numpy(), index, input_data_format)
+    expected = "a PIL image, a uint8 array or tensor, bytes or a path"
+    raise TypeError(f"image {index}: expected {expected}, got {type(image).__name__}")
+
+
 def to_uint8_arrays(images: list, num_threads: int, input_data_format=None) -> list[np.ndarray]:
-    """Every image as a uint8 channels-last array (grey arrays may stay 2-D)."""
-    arrays = []
-    for index, image in enumerate(decode_encoded(images, num_threads)):
-        if isinstance(image, PIL.Image.Image):
-            try:
-                arrays.append(pil_to_array(image))
-            except (ValueError, OSError) as error:  # a mode Pillow cannot convert to RGB
-                message = f"image {index}: cannot convert mode {image.mode!r} to RGB: {error}"
-                raise ValueError(message) from error
-        elif isinstance(image, np.ndarray):
-            arrays.append(array_to_hwc(image, index, input_data_format))
-        elif _is_tensor(image):
-            arrays.append(array_to_hwc(image.detach().cpu().numpy(), index, input_data_format))
-        else:
-            raise TypeError(
-                f"image {index}: expected a PIL image, a uint8 array or tensor, bytes or a path, "
-                f"got {type(image).__name__}"
-            )
-    return arrays
+    """Every image as a uint8 channels-last array; decoding and PIL conversions run in parallel."""
+    return _parallel_map(
+        lambda i: to_uint8_array(images[i], i, input_data_format), list(range(len(images))), num_threads
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -138,6 +140,46 @@ def test_separate_target_encoder_and_frozen_target_encoder():
     loss, ref_loss, (got_q, _), (want_q, _) = run_both(q_model, queries, targets, 4, 5, t_model=t_model)
     assert_grads_close(got_q, want_q, FP32_RTOL)
     assert len(calls) == 2 * 4  # reference: 4 chunks; cached step: 4 chunks in the first pass only
+
+
+class SyncingEncoder(Encoder):
+    """Has DDP's ``no_sync``; records whether each forward ran inside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.inside, self.calls = False, []
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        self.inside = True
+        try:
+            yield
+        finally:
+            self.inside = False
+
+    def forward(self, x):
+        self.calls.append((torch.is_grad_enabled(), self.inside))
+        return super().forward(x)
+
+
+def test_recomputation_count_and_no_sync():
+    torch.manual_seed(8)
+    queries, targets = torch.randn(7, 12), torch.randn(7, 12)
+    # A plain module: every chunk is encoded twice except the last target chunk, whose graph is kept.
+    model = Encoder()
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(torch.is_grad_enabled()))
+    loss, ref_loss, (got, _), (want, _) = run_both(model, queries, targets, 3)
+    assert_grads_close(got, want, FP32_RTOL)
+    assert calls[6:] == [False] * 5 + [True] + [True] * 5  # reference: 6 calls; step: 6 + 5
+
+    # With no_sync (DDP's interface): every chunk is replayed, all but the last inside no_sync.
+    model = SyncingEncoder()
+    loss, ref_loss, (got, _), (want, _) = run_both(model, queries, targets, 3)
+    assert_grads_close(got, want, FP32_RTOL)
+    step_calls = model.calls[6:]
+    assert step_calls[:6] == [(False, False)] * 6
+    assert step_calls[6:] == [(True, True)] * 5 + [(True, False)]
 
 
 def test_dict_inputs_are_passed_as_keywords():

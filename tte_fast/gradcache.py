@@ -78,28 +78,33 @@ def _encode(encoder: Encoder, chunk, expected_rows: int, side: str) -> torch.Ten
     return reps
 
 
-def _encode_without_graph(encoder: Encoder, chunks: list, side: str):
-    reps, states = [], []
-    with torch.no_grad():
-        for chunk in chunks:
-            states.append(_RngState.capture())
-            reps.append(_encode(encoder, chunk, batch_size(chunk), side))
-    return torch.cat(reps), states
+def _first_pass(encoder: Encoder, chunks: list, side: str, keep_last_graph: bool):
+    """Embeddings of every chunk without a graph (RNG state saved first), except that the last
+    chunk's graph is kept when asked: it is back-propagated first, with no need to recompute it."""
+    reps, states, kept = [], [], None
+    for i, chunk in enumerate(chunks):
+        states.append(_RngState.capture())
+        keep = keep_last_graph and i == len(chunks) - 1
+        with torch.enable_grad() if keep else torch.no_grad():
+            out = _encode(encoder, chunk, batch_size(chunk), side)
+        kept = out if keep and out.requires_grad else None
+        reps.append(out.detach())
+    return torch.cat(reps), states, kept
 
 
-def _check_labels(labels, n_queries: int, n_targets: int, device) -> torch.Tensor:
+def _check_labels(labels, n_queries: int, n_targets: int) -> torch.Tensor:
     if labels is None:
         if n_targets % n_queries:
             raise ValueError(
                 f"without labels, the number of targets ({n_targets}) must be a multiple of the number of "
                 f"queries ({n_queries}): query i's positive is target i * {n_targets} // {n_queries}"
             )
-        return torch.arange(n_queries, device=device) * (n_targets // n_queries)
-    labels = torch.as_tensor(labels, device=device)
+        return torch.arange(n_queries) * (n_targets // n_queries)
+    labels = torch.as_tensor(labels)
     if labels.shape != (n_queries,) or labels.dtype == torch.bool or labels.is_floating_point():
         got = f"{labels.dtype} {tuple(labels.shape)}"
         raise ValueError(f"labels must be {n_queries} integer indices (one per query), got {got}")
-    if n_queries and (labels.min() < 0 or labels.max() >= n_targets):
+    if labels.min() < 0 or labels.max() >= n_targets:
         raise ValueError(
             f"labels must index the {n_targets} targets, got values in [{labels.min()}, {labels.max()}]"
         )
@@ -135,20 +140,22 @@ def _trainable(encoder: Encoder) -> bool:
 
 
 def _replay_and_backward(jobs: list[tuple]) -> None:
-    """Re-encode each chunk with its saved RNG state and back-propagate its cached gradient."""
+    """Back-propagate each chunk's cached gradient: through the graph kept from the first pass, or
+    through a re-encoding under the chunk's saved RNG state (so dropout draws the same masks)."""
     last_use = {id(job[0]): i for i, job in enumerate(jobs)}
     size = world()[1]
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     # fork_rng: after the step the global RNG continues from where the first pass left it.
     with torch.random.fork_rng(devices=devices):
-        for i, (encoder, chunk, state, grad, side) in enumerate(jobs):
+        for i, (encoder, chunk, state, grad, side, kept) in enumerate(jobs):
             hold_sync = last_use[id(encoder)] != i and hasattr(encoder, "no_sync")
             scale = size if isinstance(encoder, DistributedDataParallel) else 1
             with encoder.no_sync() if hold_sync else contextlib.nullcontext():
-                state.restore()
-                reps = _encode(encoder, chunk, grad.shape[0], side)
-                if reps.requires_grad:
-                    reps.backward(grad.to(reps.dtype) * scale)
+                if kept is None:
+                    state.restore()
+                    kept = _encode(encoder, chunk, grad.shape[0], side)
+                if kept.requires_grad:
+                    kept.backward(grad.to(kept.dtype) * scale)
 
 
 def gradcache_step(
@@ -191,18 +198,29 @@ def gradcache_step(
     if n_queries == 0 or n_targets == 0:
         raise ValueError(f"need at least one query and one target, got {n_queries} and {n_targets}")
 
+    labels = _check_labels(labels, n_queries, n_targets)
     query_chunks = split_inputs(queries, chunk_size)
     target_chunks = split_inputs(targets, target_chunk_size)
-    q, q_states = _encode_without_graph(encoder, query_chunks, "query")
-    t, t_states = _encode_without_graph(target_encoder, target_chunks, "target")
-    labels = _check_labels(labels, n_queries, n_targets, q.device)
-    loss, grad_q, grad_t = _loss_and_grads(q, t, temperature, labels)
+    train_targets = _trainable(target_encoder)
+    # The last target chunk's graph outlives only the loss computation, so keeping it costs no
+    # extra peak memory and saves one chunk's recomputation. Not under DDP: there the synced
+    # backward must come last and its forward must be the last one outside no_sync.
+    keep_last = train_targets and not hasattr(target_encoder, "no_sync")
+    q, q_states, _ = _first_pass(encoder, query_chunks, "query", keep_last_graph=False)
+    t, t_states, kept = _first_pass(target_encoder, target_chunks, "target", keep_last_graph=keep_last)
+    loss, grad_q, grad_t = _loss_and_grads(q, t, temperature, labels.to(q.device))
 
     jobs = []
-    for chunk, state, grad in zip(query_chunks, q_states, grad_q.split(chunk_size)):
-        jobs.append((encoder, chunk, state, grad, "query"))
-    if _trainable(target_encoder):
-        for chunk, state, grad in zip(target_chunks, t_states, grad_t.split(target_chunk_size)):
-            jobs.append((target_encoder, chunk, state, grad, "target"))
+    if train_targets:
+        grads = grad_t.split(target_chunk_size)
+        if kept is not None:  # back-propagated first, which frees its graph before any replay
+            jobs.append((target_encoder, None, None, grads[-1], "target", kept))
+        for chunk, state, grad in list(zip(target_chunks, t_states, grads))[
+            : len(grads) - (kept is not None)
+        ]:
+            jobs.append((target_encoder, chunk, state, grad, "target", None))
+    jobs += [
+        (encoder, c, s, g, "query", None) for c, s, g in zip(query_chunks, q_states, grad_q.split(chunk_size))
+    ]
     _replay_and_backward(jobs)
     return loss

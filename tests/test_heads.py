@@ -460,14 +460,15 @@ def _fresh_head_embedding(model, head, image_processor, raw, seq):
         return head(out.hidden_states[head.source_layer], mask, rec.position_embeddings[0])[0]
 
 
-@pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen2"])
-def test_unified_tte_with_the_head(tiny_checkpoints, tmp_path, model_type):
-    """``UnifiedTTE(head="tte_u")``: thinking (captured states) and plain encodes equal the head over
-    a fresh forward of ``.sequences``; a saved model gives the same embeddings back."""
+def test_unified_tte_with_a_trained_head(tiny_checkpoints, tmp_path):
+    """``UnifiedTTE(head="tte_u")`` with a head moved off the backbone's weights (so it differs from
+    the last-token head): thinking (captured states) and plain encodes equal the head over a fresh
+    forward of ``.sequences``; a saved model gives the same embeddings back."""
     from transformers import Qwen2VLImageProcessorPil
 
     from tte_fast.model import UnifiedTTE
 
+    model_type = "qwen2_vl"
     path = tiny_checkpoints[model_type]
     tte = UnifiedTTE.from_pretrained(path, head="tte_u", head_layers=K, device="cpu")
     _perturb(tte.head, seed=15)
@@ -477,10 +478,9 @@ def test_unified_tte_with_the_head(tiny_checkpoints, tmp_path, model_type):
         "red",
         {"text": "a longer description of a cat asleep", "instruction": "Find it."},
     ]
-    if model_type in QWEN_VL_MODEL_TYPES:
-        inputs[0]["image"] = rng.integers(0, 256, (60, 90, 3), dtype=np.uint8)
-        inputs[1] = {"image": rng.integers(0, 256, (120, 50, 3), dtype=np.uint8)}
-    image_processor = Qwen2VLImageProcessorPil.from_pretrained(path) if tte.vision else None
+    inputs[0]["image"] = rng.integers(0, 256, (60, 90, 3), dtype=np.uint8)
+    inputs[1] = {"image": rng.integers(0, 256, (120, 50, 3), dtype=np.uint8)}
+    image_processor = Qwen2VLImageProcessorPil.from_pretrained(path)
     for think in (True, False):
         result = tte.encode(inputs, think=think, max_think_tokens=5, batch_size=3)
         expected = torch.stack(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,7 +12,20 @@ from tte_fast.kernels.reference import infonce_loss_reference
 
 from tte_fast import kernels
 
-BACKENDS = ["torch", "reference", "triton"]
+
+def backend_cases() -> list[tuple[str, str]]:
+    """(backend, device) pairs: the CPU paths always, Triton on CPU tensors under the interpreter,
+    and on a GPU the compiled kernels (run with TRITON_INTERPRET=0 there)."""
+    interpreting = os.environ.get("TRITON_INTERPRET") == "1"
+    cases = [("torch", "cpu"), ("reference", "cpu")] + ([("triton", "cpu")] if interpreting else [])
+    if torch.cuda.is_available():
+        cases += [("torch", "cuda")] + ([] if interpreting else [("triton", "cuda")])
+    return cases
+
+
+CASES = backend_cases()
+CASE_IDS = [f"{backend}-{device}" for backend, device in CASES]
+on_every_backend = pytest.mark.parametrize("backend,device", CASES, ids=CASE_IDS)
 # Relative error allowed on outputs, per input dtype: fp32 accumulation is exact enough for fp32;
 # bf16 gradients are rounded to bf16 (8 mantissa bits) on the way out.
 TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 1.6e-2}
@@ -32,20 +47,21 @@ def fresh_seed():
     print(f"torch seed {seed}")
 
 
-def unit_rows(n: int, d: int, dtype: torch.dtype) -> torch.Tensor:
-    return F.normalize(torch.randn(n, d, dtype=torch.float64), dim=-1).to(dtype)
+def unit_rows(n: int, d: int, dtype: torch.dtype, device: str = "cpu") -> torch.Tensor:
+    return F.normalize(torch.randn(n, d, dtype=torch.float64), dim=-1).to(device, dtype)
 
 
-def make_inputs(nq, nc, d, explicit_labels, dtype):
-    q, c = unit_rows(nq, d, dtype), unit_rows(nc, d, dtype)
-    labels = torch.randint(0, nc, (nq,)) if explicit_labels else None
+def make_inputs(nq, nc, d, explicit_labels, dtype, device="cpu"):
+    q, c = unit_rows(nq, d, dtype, device), unit_rows(nc, d, dtype, device)
+    labels = torch.randint(0, nc, (nq,), device=device) if explicit_labels else None
     return q, c, labels
 
 
 def reference(q, c, temperature, labels):
-    """Loss and gradients in float64 from the exact values the kernel sees (after any bf16 rounding)."""
-    q64 = q.detach().double().requires_grad_(True)
-    c64 = c.detach().double().requires_grad_(True)
+    """Loss and gradients in float64 on CPU from the exact values the kernel sees (after any bf16
+    rounding)."""
+    q64 = q.detach().cpu().double().requires_grad_(True)
+    c64 = c.detach().cpu().double().requires_grad_(True)
     if labels is None:
         labels = torch.arange(q.shape[0]) * (c.shape[0] // q.shape[0])
     loss = infonce_loss_reference(q64, c64, temperature, labels)
@@ -55,16 +71,16 @@ def reference(q, c, temperature, labels):
 
 def assert_close(actual, expected, tol, what):
     scale = expected.abs().max().clamp_min(1.0 if expected.dim() == 0 else 1e-3)
-    err = ((actual.double() - expected).abs().max() / scale).item()
+    err = ((actual.detach().cpu().double() - expected).abs().max() / scale).item()
     assert err <= tol, f"{what}: relative error {err:.3g} > {tol:.3g}"
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@on_every_backend
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("temperature", TEMPERATURES)
-def test_loss_and_grads_match_reference(backend, dtype, shape, temperature):
-    q, c, labels = make_inputs(*shape, dtype)
+def test_loss_and_grads_match_reference(backend, device, dtype, shape, temperature):
+    q, c, labels = make_inputs(*shape, dtype, device)
     loss, grad_q, grad_c = kernels.infonce_loss_and_grads(q, c, temperature, labels, backend=backend)
     ref_loss, ref_gq, ref_gc = reference(q, c, temperature, labels)
     assert loss.dtype == torch.float32 and loss.dim() == 0 and not loss.requires_grad
@@ -76,10 +92,10 @@ def test_loss_and_grads_match_reference(backend, dtype, shape, temperature):
     assert_close(grad_c, ref_gc, tol, "grad_c")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@on_every_backend
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_autograd_matches_reference(backend, dtype):
-    q, c, labels = make_inputs(6, 18, 40, False, dtype)
+def test_autograd_matches_reference(backend, device, dtype):
+    q, c, labels = make_inputs(6, 18, 40, False, dtype, device)
     q.requires_grad_(True)
     c.requires_grad_(True)
     loss = kernels.infonce_loss(q, c, 0.05, labels, backend=backend)
@@ -92,9 +108,9 @@ def test_autograd_matches_reference(backend, dtype):
     assert_close(c.grad, 2.5 * ref_gc, tol, "c.grad")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_gradient_of_one_input_only(backend):
-    q, c, _ = make_inputs(4, 8, 16, False, torch.float32)
+@on_every_backend
+def test_gradient_of_one_input_only(backend, device):
+    q, c, _ = make_inputs(4, 8, 16, False, torch.float32, device)
     c.requires_grad_(True)
     kernels.infonce_loss(q, c, 0.1, backend=backend).backward()
     assert q.grad is None
@@ -130,8 +146,8 @@ def test_torch_path_chunks_and_never_builds_full_logits(monkeypatch):
     assert_close(grad_c, ref_gc, tol, "grad_c")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_poisoned_allocations_are_overwritten(backend, monkeypatch):
+@on_every_backend
+def test_poisoned_allocations_are_overwritten(backend, device, monkeypatch):
     """Every buffer the kernels allocate uninitialised starts as NaN: none may leak into results."""
     real_empty = torch.empty
 
@@ -139,7 +155,7 @@ def test_poisoned_allocations_are_overwritten(backend, monkeypatch):
         out = real_empty(*args, **kwargs)
         return out.fill_(float("nan")) if out.is_floating_point() else out.fill_(-(2**30))
 
-    q, c, labels = make_inputs(7, 21, 36, False, torch.float32)
+    q, c, labels = make_inputs(7, 21, 36, False, torch.float32, device)
     monkeypatch.setattr(torch, "empty", poisoned_empty)
     loss, grad_q, grad_c = kernels.infonce_loss_and_grads(q, c, 0.02, labels, backend=backend)
     monkeypatch.undo()
@@ -148,20 +164,20 @@ def test_poisoned_allocations_are_overwritten(backend, monkeypatch):
     assert_close(grad_c, reference(q, c, 0.02, labels)[2], TOLERANCE[torch.float32], "grad_c")
 
 
-def test_extreme_logits_stay_finite():
+@on_every_backend
+def test_extreme_logits_stay_finite(backend, device):
     """Temperature 0.01 with identical rows gives logits of 100: the log-sum-exp must not overflow."""
-    q = unit_rows(1, 16, torch.float32).repeat(4, 1)
+    q = unit_rows(1, 16, torch.float32, device).repeat(4, 1)
     c = q.clone()
-    for backend in BACKENDS:
-        loss, grad_q, grad_c = kernels.infonce_loss_and_grads(q, c, 0.01, backend=backend)
-        assert torch.isfinite(loss) and torch.isfinite(grad_q).all() and torch.isfinite(grad_c).all()
-        assert_close(loss, torch.tensor(4.0).log().double(), 1e-5, f"{backend} loss")
+    loss, grad_q, grad_c = kernels.infonce_loss_and_grads(q, c, 0.01, backend=backend)
+    assert torch.isfinite(loss) and torch.isfinite(grad_q).all() and torch.isfinite(grad_c).all()
+    assert_close(loss, torch.tensor(4.0).log().double(), 1e-5, "loss")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_row_strided_inputs(backend):
+@on_every_backend
+def test_row_strided_inputs(backend, device):
     """Rows of a wider buffer (row stride != D) and a transposed-then-copied layout give the same result."""
-    wide_q, wide_c = unit_rows(6, 48, torch.float32), unit_rows(18, 48, torch.float32)
+    wide_q, wide_c = unit_rows(6, 48, torch.float32, device), unit_rows(18, 48, torch.float32, device)
     q, c = wide_q[:, 8:40], wide_c[:, 8:40]
     assert q.stride(0) == 48
     loss, grad_q, grad_c = kernels.infonce_loss_and_grads(q, c, 0.05, backend=backend)

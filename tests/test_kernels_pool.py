@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from tte_fast.kernels.reference import last_token_index_reference, pool_normalize_reference
 
 from tte_fast import kernels
 
-BACKENDS = ["torch", "reference", "triton"]
+
+def backend_cases() -> list[tuple[str, str]]:
+    """(backend, device) pairs: the CPU paths always, Triton on CPU tensors under the interpreter,
+    and on a GPU the compiled kernels (run with TRITON_INTERPRET=0 there)."""
+    interpreting = os.environ.get("TRITON_INTERPRET") == "1"
+    cases = [("torch", "cpu"), ("reference", "cpu")] + ([("triton", "cpu")] if interpreting else [])
+    if torch.cuda.is_available():
+        cases += [("torch", "cuda")] + ([] if interpreting else [("triton", "cuda")])
+    return cases
+
+
+CASES = backend_cases()
+on_every_backend = pytest.mark.parametrize("backend,device", CASES, ids=[f"{b}-{d}" for b, d in CASES])
 GRAD_TOLERANCE = {torch.float32: 1e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
 
@@ -32,24 +46,24 @@ def random_mask(batch: int, length: int, padding: str) -> torch.Tensor:
 
 
 def assert_close(actual, expected, tol, what):
-    err = (actual.double() - expected).abs().max().item()
+    err = (actual.detach().cpu().double() - expected).abs().max().item()
     scale = max(expected.abs().max().item(), 1e-3)
     assert err <= tol * scale, f"{what}: relative error {err / scale:.3g} > {tol:.3g}"
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@on_every_backend
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("padding", ["left", "right", "mixed"])
 @pytest.mark.parametrize("batch,length,dim", [(1, 1, 8), (1, 6, 33), (5, 9, 64), (7, 1, 100), (4, 13, 130)])
-def test_pool_normalize_matches_reference(backend, dtype, padding, batch, length, dim):
-    hidden = (3 * torch.randn(batch, length, dim, dtype=torch.float64)).to(dtype).requires_grad_(True)
+def test_pool_normalize_matches_reference(backend, device, dtype, padding, batch, length, dim):
+    hidden = (3 * torch.randn(batch, length, dim, dtype=torch.float64)).to(device, dtype).requires_grad_(True)
     mask = random_mask(batch, length, padding)
-    out = kernels.pool_normalize(hidden, mask, backend=backend)
+    out = kernels.pool_normalize(hidden, mask.to(device), backend=backend)
     assert out.dtype == torch.float32 and out.shape == (batch, dim)
     upstream = torch.randn(batch, dim, dtype=torch.float64)
-    out.backward(upstream.float())
+    out.backward(upstream.to(device, torch.float32))
 
-    hidden64 = hidden.detach().double().requires_grad_(True)
+    hidden64 = hidden.detach().cpu().double().requires_grad_(True)
     expected = pool_normalize_reference(hidden64, mask)
     expected.backward(upstream)
     # Output: hidden values are exact in fp32, so only the fp32 normalisation rounds.
@@ -58,7 +72,7 @@ def test_pool_normalize_matches_reference(backend, dtype, padding, batch, length
     assert_close(hidden.grad, hidden64.grad, GRAD_TOLERANCE[dtype], "grad")
     pooled = torch.zeros(batch, length, dtype=torch.bool)
     pooled[torch.arange(batch), last_token_index_reference(mask)] = True
-    assert (hidden.grad[~pooled] == 0).all(), "gradient leaked onto non-pooled positions"
+    assert (hidden.grad.cpu()[~pooled] == 0).all(), "gradient leaked onto non-pooled positions"
 
 
 @pytest.mark.parametrize("padding", ["left", "right", "mixed"])
@@ -70,12 +84,12 @@ def test_last_token_index_matches_reference(padding):
         assert (kernels.last_token_index(mask) == 16).all()
 
 
-def test_zero_vector_pools_to_zero_not_nan():
-    hidden = torch.zeros(2, 3, 8)
-    mask = torch.ones(2, 3, dtype=torch.int64)
-    for backend in BACKENDS:
-        out = kernels.pool_normalize(hidden, mask, backend=backend)
-        assert torch.equal(out, torch.zeros(2, 8)), backend
+@on_every_backend
+def test_zero_vector_pools_to_zero_not_nan(backend, device):
+    hidden = torch.zeros(2, 3, 8, device=device)
+    mask = torch.ones(2, 3, dtype=torch.int64, device=device)
+    out = kernels.pool_normalize(hidden, mask, backend=backend)
+    assert torch.equal(out.cpu(), torch.zeros(2, 8))
 
 
 def test_torch_path_upcasts_only_pooled_rows(monkeypatch):
@@ -95,32 +109,33 @@ def test_torch_path_upcasts_only_pooled_rows(monkeypatch):
     assert converted and all(shape == (3, 16) for shape in converted)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_strided_and_float64_hidden(backend):
-    """A strided view (every other feature of a wider buffer) and float64 input are read in place."""
-    wide = torch.randn(3, 8, 64, dtype=torch.float64)
-    mask = random_mask(3, 8, "mixed")
-    for hidden in (wide[:, :, ::2].float(), wide[:, 1:, :40], wide):
+@on_every_backend
+def test_strided_and_float64_hidden(backend, device):
+    """Strided views (every other feature, a token slice) and float64 input are read in place."""
+    wide = torch.randn(3, 8, 64, dtype=torch.float64, device=device)
+    mask = random_mask(3, 8, "mixed").to(device)
+    for hidden in (wide.float()[:, :, ::2], wide[:, 1:, :40], wide):
         mask_t = mask[:, -hidden.shape[1] :].clone()
         mask_t[:, -1] = 1  # keep every row non-empty after slicing
         out = kernels.pool_normalize(hidden, mask_t, backend=backend)
-        expected = pool_normalize_reference(hidden.double(), mask_t)
+        expected = pool_normalize_reference(hidden.cpu().double(), mask_t.cpu())
         assert_close(out, expected, 1e-6, f"stride {hidden.stride()}")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_poisoned_allocations_are_overwritten(backend, monkeypatch):
+@on_every_backend
+def test_poisoned_allocations_are_overwritten(backend, device, monkeypatch):
     real_empty = torch.empty
 
     def poisoned_empty(*args, **kwargs):
         out = real_empty(*args, **kwargs)
         return out.fill_(float("nan")) if out.is_floating_point() else out.fill_(-(2**30))
 
-    hidden = torch.randn(4, 6, 40, requires_grad=True)
+    hidden = torch.randn(4, 6, 40, device=device, requires_grad=True)
     mask = random_mask(4, 6, "mixed")
     monkeypatch.setattr(torch, "empty", poisoned_empty)
-    out = kernels.pool_normalize(hidden, mask, backend=backend)
+    out = kernels.pool_normalize(hidden, mask.to(device), backend=backend)
     out.sum().backward()
     monkeypatch.undo()
     assert torch.isfinite(out).all() and torch.isfinite(hidden.grad).all()
-    assert_close(out.detach(), pool_normalize_reference(hidden.detach().double(), mask), 1e-6, "output")
+    expected = pool_normalize_reference(hidden.detach().cpu().double(), mask)
+    assert_close(out, expected, 1e-6, "output")

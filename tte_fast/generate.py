@@ -278,7 +278,9 @@ class Decoder:
                 stopped = torch.where(is_eos, EMBED, KEEP_LAST) if embedding else DONE
                 after = torch.where(state == KEEP_LAST, EMBED, DONE)
                 state = torch.where(sampling, torch.where(is_eos | budget, stopped, ALIVE), after)
-                if bool((state == DONE).all()):
+                # One host sync per step: is any row left, and does any row still need logits?
+                any_left, any_sampling = torch.stack([(state != DONE).any(), (state == ALIVE).any()]).tolist()
+                if not any_left:
                     break
                 next_token = torch.where(state == EMBED, embed_id, torch.where(sampling, token, pad_id))
                 feed = state != DONE
@@ -287,7 +289,10 @@ class Decoder:
                 with stage("decode_step"):
                     positions = decode_position_ids(text_pos, deltas)
                     slot = self.cache_positions(column, 1, device)
-                    hidden, logits = run_step(next_token.view(bsz, 1), positions, step_mask, cache, slot)
+                    if any_sampling:
+                        hidden, logits = run_step(next_token.view(bsz, 1), positions, step_mask, cache, slot)
+                    else:  # only embedding tokens left: no LM head
+                        hidden = self.forward(next_token.view(bsz, 1), positions, step_mask, cache, slot)
                 if embedding:
                     embed_hidden = torch.where((state == EMBED).view(-1, 1), hidden, embed_hidden)
                     state = torch.where(state == EMBED, DONE, state)

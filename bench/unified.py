@@ -1,0 +1,217 @@
+"""UnifiedTTE's two claims, measured on one model in one process.
+
+1. ``embed``: the embedding step after thinking (one decode step of the embedding token on the KV
+   cache generation left) versus re-encoding query + trace from scratch, at several context lengths.
+   Goal: at least 10x cheaper at 1024 tokens.
+2. ``decode``: the batched decode loop versus HF ``generate`` (greedy, same model, same prompts, every
+   row runs the full budget), in generated tokens per second. Goal: 1.5x on CPU, 3x on GPU with
+   ``--compile`` (CUDA graphs).
+
+Times are medians of ``--repeats`` runs after a warm-up; ratios are against the baseline of the same
+run. Defaults are small (tiny random Qwen2 model); the issue's sizes:
+``--contexts 256 1024 2048 --batch-size 8 --new-tokens 128``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+from tte_fast.kernels import pool_normalize
+
+from tte_fast.generate import DecodeOptions, Decoder, decode_position_ids, prefill_position_ids
+from tte_fast.model import UnifiedTTE
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_seconds(fn, device: torch.device, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _random_prompts(batch: int, length: int, device, seed: int, ragged: bool) -> dict:
+    """Left-padded random text prompts (ids below the special-token range); ragged rows differ in length."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, 100_000, (batch, length), generator=g)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    if ragged:
+        for row in range(batch):
+            mask[row, : row * max(1, length // (4 * batch))] = 0
+    ids = ids.masked_fill(mask == 0, 0)
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
+@torch.inference_mode()
+def bench_embed(tte: UnifiedTTE, decoder: Decoder, context: int, batch: int, repeats: int) -> dict:
+    """One embedding-token step on a cache holding ``context`` tokens vs a forward over context + 1."""
+    device = tte.device
+    prompts = _random_prompts(batch, context, device, seed=context, ragged=False)
+    emb = torch.full((batch, 1), tte.embed_token_id, device=device)
+    steps = repeats + 2  # warm-up + repeats, each at the next cache slot
+    cache = decoder.new_cache(batch, context + steps)
+    width = cache.layers[0].max_cache_len
+    mask = torch.zeros(batch, width, dtype=torch.long, device=device)
+    mask[:, :context] = 1
+    positions, deltas = prefill_position_ids(tte.hf_model, prompts)
+    decoder.forward(prompts["input_ids"], positions, mask, cache, decoder.cache_positions(0, context, device))
+    slot = [context]
+
+    def embed_step():
+        column = slot[0]
+        mask[:, column] = 1
+        text_pos = torch.full((batch,), column, device=device)
+        # What the decode loop runs when only embedding tokens are left: backbone step, no LM head.
+        slot_position = decoder.cache_positions(column, 1, device)
+        hidden = decoder.forward(emb, decode_position_ids(text_pos, deltas), mask, cache, slot_position)
+        pool_normalize(hidden[:, None], torch.ones(batch, 1, dtype=torch.long, device=device))
+        slot[0] += 1
+
+    full = {
+        "input_ids": torch.cat([prompts["input_ids"], emb], dim=1),
+        "attention_mask": torch.ones(batch, context + 1, dtype=torch.long, device=device),
+    }
+    full_positions, _ = prefill_position_ids(tte.hf_model, full)
+
+    def re_encode():
+        hidden = tte.hf_model.base_model(
+            input_ids=full["input_ids"],
+            attention_mask=full["attention_mask"],
+            position_ids=full_positions,
+            use_cache=False,
+        ).last_hidden_state
+        pool_normalize(hidden, full["attention_mask"])
+
+    step_s = _median_seconds(embed_step, device, repeats)
+    full_s = _median_seconds(re_encode, device, repeats)
+    return {
+        "context": context,
+        "batch": batch,
+        "embed_step_ms": 1e3 * step_s,
+        "re_encode_ms": 1e3 * full_s,
+        "speedup": full_s / step_s,
+    }
+
+
+@torch.inference_mode()
+def bench_decode(
+    tte: UnifiedTTE, decoder: Decoder, batch: int, prompt_len: int, new_tokens: int, repeats: int
+) -> dict:
+    """Tokens per second of the decode loop and of HF generate, every row decoding ``new_tokens``."""
+    device = tte.device
+    prompts = _random_prompts(batch, prompt_len, device, seed=1, ragged=True)
+    options = DecodeOptions(max_think_tokens=new_tokens, pad_token_id=tte.pad_token_id)  # no EOS: full budget
+    hf_config = copy.deepcopy(tte.hf_model.generation_config)
+    hf_config.eos_token_id = None
+    hf_config.pad_token_id = tte.pad_token_id
+    results = {}
+
+    def ours():
+        results["ours"] = decoder.decode(prompts, options)
+
+    def hf():
+        results["hf"] = tte.hf_model.generate(
+            **prompts, generation_config=hf_config, max_new_tokens=new_tokens, do_sample=False
+        )
+
+    ours_s = _median_seconds(ours, device, repeats)
+    hf_s = _median_seconds(hf, device, repeats)
+    hf_tokens = results["hf"][:, prompt_len:]
+    same = sum(int(a.tolist() == b.tolist()) for a, b in zip(results["ours"].generated, hf_tokens))
+    total = batch * new_tokens
+    return {
+        "batch": batch,
+        "prompt_tokens": prompt_len,
+        "new_tokens": new_tokens,
+        "ours_tok_s": total / ours_s,
+        "hf_tok_s": total / hf_s,
+        "speedup": hf_s / ours_s,
+        "rows_identical": f"{same}/{batch}",
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default=None, help="checkpoint folder (default: built-in tiny model)")
+    parser.add_argument("--model-type", default="qwen2", help="tiny fixture type when --model is not given")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--contexts", type=int, nargs="+", default=[256, 1024])
+    parser.add_argument("--embed-batch", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--prompt-tokens", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the decode step (CUDA graphs on GPU)"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--skip", choices=["embed", "decode"], default=None)
+    parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.model
+        if path is None:
+            from tte_fast.testing import build_tiny_checkpoint
+
+            path = build_tiny_checkpoint(args.model_type, tmp)
+        tte = UnifiedTTE.from_pretrained(path, dtype=getattr(torch, args.dtype), device=device)
+    decoder = Decoder(tte.hf_model, compile=args.compile)
+    name = args.model or f"tiny {args.model_type} (random weights)"
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    threads = torch.get_num_threads()
+    print(f"model: {name}, {args.dtype} on {device_name}, compile={args.compile}, threads={threads}")
+    print(f"times: median of {args.repeats} runs after a warm-up")
+
+    report = {"config": {k: v for k, v in vars(args).items() if k != "json"}, "device_name": device_name}
+    if args.skip != "embed":
+        rows = [bench_embed(tte, decoder, c, args.embed_batch, args.repeats) for c in args.contexts]
+        report["embed"] = rows
+        print(f"\nembed after thinking, batch {args.embed_batch}: cache step vs re-encode of query + trace")
+        print(f"{'context':>8} {'embed step ms':>14} {'re-encode ms':>13} {'speedup':>8}")
+        for r in rows:
+            print(
+                f"{r['context']:>8} {r['embed_step_ms']:>14.2f} {r['re_encode_ms']:>13.2f}"
+                f" {r['speedup']:>7.1f}x"
+            )
+    if args.skip != "decode":
+        r = bench_decode(tte, decoder, args.batch_size, args.prompt_tokens, args.new_tokens, args.repeats)
+        report["decode"] = r
+        print(
+            f"\ndecode, batch {r['batch']}, {r['new_tokens']} new tokens,"
+            f" prompts of at most {r['prompt_tokens']} tokens"
+        )
+        print(f"{'path':>12} {'tokens/s':>10} {'ratio':>6}")
+        print(f"{'HF generate':>12} {r['hf_tok_s']:>10.1f} {1.0:>5.2f}x")
+        print(f"{'tte_fast':>12} {r['ours_tok_s']:>10.1f} {r['speedup']:>5.2f}x")
+        print(f"greedy rows identical to HF generate: {r['rows_identical']}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -44,34 +44,42 @@ def global_batch():
     return queries, targets, local_labels
 
 
-def _worker(rank: int, port: int, out_dir: str, mode: str):
+MODES = ("plain", "labels", "ddp")
+
+
+def _one_step(rank: int, mode: str) -> dict:
+    torch.manual_seed(0)
+    model = Encoder()
+    queries, targets, local_labels = global_batch()
+    start = sum(QUERY_ROWS[:rank])
+    stop = start + QUERY_ROWS[rank]
+    q, t = queries[start:stop], targets[start * K : stop * K]
+    encoder, reduce_calls = model, []
+    if mode == "ddp":
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+        encoder = nn.parallel.DistributedDataParallel(model)
+
+        def counting_hook(state, bucket):
+            reduce_calls.append(bucket.index())
+            return allreduce_hook(None, bucket)
+
+        encoder.register_comm_hook(None, counting_hook)
+    labels = local_labels[rank] if mode == "labels" else None
+    loss = gradcache_step(encoder, q, t, chunk_size=CHUNK, labels=labels)
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    del encoder  # a DDP reducer goes before the process group it uses
+    return {"loss": loss, "grads": grads, "reduce_calls": reduce_calls}
+
+
+def _worker(rank: int, port: int, out_dir: str):
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2, timeout=timedelta(seconds=120)
     )
     try:
-        torch.manual_seed(0)
-        model = Encoder()
-        queries, targets, local_labels = global_batch()
-        start = sum(QUERY_ROWS[:rank])
-        stop = start + QUERY_ROWS[rank]
-        q, t = queries[start:stop], targets[start * K : stop * K]
-        encoder, reduce_calls = model, []
-        if mode == "ddp":
-            from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
-
-            encoder = nn.parallel.DistributedDataParallel(model)
-
-            def counting_hook(state, bucket):
-                reduce_calls.append(bucket.index())
-                return allreduce_hook(None, bucket)
-
-            encoder.register_comm_hook(None, counting_hook)
-        labels = local_labels[rank] if mode == "labels" else None
-        loss = gradcache_step(encoder, q, t, chunk_size=CHUNK, labels=labels)
-        grads = {n: p.grad for n, p in model.named_parameters()}
-        torch.save(
-            {"loss": loss, "grads": grads, "reduce_calls": reduce_calls}, os.path.join(out_dir, f"{rank}.pt")
-        )
+        results = {mode: _one_step(rank, mode) for mode in MODES}
+        torch.save(results, os.path.join(out_dir, f"{rank}.pt"))
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -82,9 +90,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_two_ranks(tmp_path, mode):
-    mp.spawn(_worker, args=(free_port(), str(tmp_path), mode), nprocs=2, join=True)
-    return [torch.load(tmp_path / f"{r}.pt") for r in range(2)]
+@pytest.fixture(scope="module")
+def two_rank_results(tmp_path_factory):
+    """mode -> [rank 0 result, rank 1 result], from one two-process run (spawning costs seconds)."""
+    out = tmp_path_factory.mktemp("gloo")
+    mp.spawn(_worker, args=(free_port(), str(out)), nprocs=2, join=True)
+    ranks = [torch.load(out / f"{r}.pt") for r in range(2)]
+    return {mode: [r[mode] for r in ranks] for mode in MODES}
 
 
 def single_process_reference(mode):
@@ -107,18 +119,17 @@ def assert_close_rel(got, want):
 
 
 @pytest.mark.parametrize("mode", ["plain", "labels"])
-def test_two_processes_sum_to_the_full_batch_gradient(tmp_path, mode):
-    results = run_two_ranks(tmp_path, mode)
+def test_two_processes_sum_to_the_full_batch_gradient(two_rank_results, mode):
+    results = two_rank_results[mode]
     ref_loss, ref_grads = single_process_reference(mode)
     for r in results:
         torch.testing.assert_close(r["loss"], ref_loss, rtol=1e-6, atol=1e-6)
     assert_close_rel({n: results[0]["grads"][n] + results[1]["grads"][n] for n in ref_grads}, ref_grads)
 
 
-def test_ddp_leaves_the_full_batch_gradient_on_every_rank_with_one_all_reduce(tmp_path):
-    results = run_two_ranks(tmp_path, "ddp")
+def test_ddp_leaves_the_full_batch_gradient_on_every_rank_with_one_all_reduce(two_rank_results):
     ref_loss, ref_grads = single_process_reference("ddp")
-    for r in results:
+    for r in two_rank_results["ddp"]:
         torch.testing.assert_close(r["loss"], ref_loss, rtol=1e-6, atol=1e-6)
         assert_close_rel(r["grads"], ref_grads)
         # One reduction per gradient bucket per step (the tiny model fits one bucket), though the

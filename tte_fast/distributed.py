@@ -17,6 +17,17 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+def row_counts(n: int, device: torch.device) -> list[int]:
+    """Every rank's ``n``, in rank order (a tensor on ``device``, as NCCL needs CUDA tensors)."""
+    _, size = world()
+    if size == 1:
+        return [n]
+    count = torch.tensor([n], device=device, dtype=torch.long)
+    counts = [torch.empty_like(count) for _ in range(size)]
+    dist.all_gather(counts, count)
+    return [int(c.item()) for c in counts]
+
+
 def gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
     """Concatenate every rank's ``x`` along dim 0, in rank order; also the per-rank row counts.
 
@@ -27,10 +38,7 @@ def gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
     x = x.detach().contiguous()
     if size == 1:
         return x, [x.shape[0]]
-    count = torch.tensor([x.shape[0]], device=x.device, dtype=torch.long)
-    counts = [torch.empty_like(count) for _ in range(size)]
-    dist.all_gather(counts, count)
-    rows = [int(c.item()) for c in counts]
+    rows = row_counts(x.shape[0], x.device)
     longest = max(rows)
     if x.shape[0] < longest:
         x = torch.cat([x, x.new_zeros(longest - x.shape[0], *x.shape[1:])])

@@ -40,7 +40,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from tte_fast.chunking import batch_size, split_inputs
-from tte_fast.distributed import all_reduce_sum, gather_rows, world
+from tte_fast.distributed import all_reduce_sum, gather_rows, row_counts, world
 from tte_fast.kernels import infonce_loss_and_grads
 
 Encoder = Callable[..., torch.Tensor]
@@ -122,7 +122,7 @@ def _loss_and_grads(q: torch.Tensor, t: torch.Tensor, temperature: float, labels
             loss, grad_q, grad_t = infonce_loss_and_grads(q, t, temperature=temperature, labels=labels)
             return loss.detach(), grad_q, grad_t
         all_t, t_rows = gather_rows(t)
-        _, q_rows = gather_rows(q.new_empty(q.shape[0], 0))
+        q_rows = row_counts(q.shape[0], q.device)
         offset = sum(t_rows[:rank])
         loss, grad_q, grad_all_t = infonce_loss_and_grads(
             q, all_t, temperature=temperature, labels=labels + offset

@@ -3,6 +3,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <memory>
 #include <new>
 #include <stdexcept>
 #include <string>
@@ -146,13 +148,32 @@ py::tuple preprocess_batch(const py::sequence& images, const tte::QwenParams& pa
     grid(i, 1) = sizes[i].first / params.patch_size;
     grid(i, 2) = sizes[i].second / params.patch_size;
   }
+  // Tasks are bands of output rows, so a few large images still keep every thread busy.
+  struct Band {
+    int64_t image, y0, y1;
+  };
+  std::vector<Band> bands;
+  const int64_t band = tte::band_rows(params);
+  for (int64_t i = 0; i < n; i++) {
+    for (int64_t y0 = 0; y0 < sizes[i].first; y0 += band) {
+      bands.push_back({i, y0, std::min(y0 + band, sizes[i].first)});
+    }
+  }
+  std::vector<std::unique_ptr<tte::ResamplePlan>> plans(static_cast<size_t>(n));
   tte::TaskFailure failure;
   {
     py::gil_scoped_release release;
     failure = tte::parallel_for(n, num_threads, [&](int64_t i) {
-      tte::preprocess_image(views[i], params, sizes[i].first, sizes[i].second,
-                            out + row_offsets[i] * params.row_size());
+      plans[i] = tte::plan_image(views[i], params, sizes[i].first, sizes[i].second);
     });
+    if (failure.index < 0) {
+      failure = tte::parallel_for(static_cast<int64_t>(bands.size()), num_threads, [&](int64_t b) {
+        const Band& t = bands[b];
+        tte::preprocess_band(views[t.image], params, plans[t.image].get(), sizes[t.image].second, t.y0, t.y1,
+                             out + row_offsets[t.image] * params.row_size());
+      });
+      if (failure.index >= 0) failure.index = bands[failure.index].image;
+    }
   }
   if (failure.index >= 0) raise_for_image(failure.index, failure.error);
   return py::make_tuple(pixel_values, grid_thw);

@@ -68,14 +68,7 @@ FilterSpec filter_spec(Filter filter) {
   throw std::invalid_argument("unsupported resampling filter " + std::to_string(static_cast<int>(filter)));
 }
 
-// Per output pixel: first input index, tap count and ksize int32 weights (Pillow's precompute_coeffs
-// followed by normalize_coeffs_8bpc, for the full-image box (0, in_size)).
-struct Coeffs {
-  int64_t ksize = 0;
-  std::vector<int64_t> first;
-  std::vector<int64_t> count;
-  std::vector<int32_t> weights;
-};
+using Coeffs = ResampleCoeffs;
 
 Coeffs precompute_coeffs(int64_t in_size, int64_t out_size, const FilterSpec& spec) {
   // Pillow passes the box as float: in0 = 0.0f, in1 = (float)in_size.
@@ -267,11 +260,11 @@ void horizontal_pass(const uint8_t* src, int64_t src_rows, int64_t in_w, int64_t
 // Every output row is a weighted sum of whole input rows: accumulate row by row so the inner loop
 // runs over contiguous bytes. Per pixel the taps are added in Pillow's order, so sums are equal.
 TTE_MULTIVERSION
-void vertical_pass(const uint8_t* src, int64_t row_len, const Coeffs& co, int64_t row_offset, int64_t out_h,
-                   uint8_t* dst) {
+void vertical_pass(const uint8_t* src, int64_t row_len, const Coeffs& co, int64_t row_offset, int64_t yy_begin,
+                   int64_t yy_end, uint8_t* dst) {
   constexpr int32_t kHalf = 1 << (kPrecisionBits - 1);
   std::vector<int32_t> acc(static_cast<size_t>(row_len));
-  for (int64_t yy = 0; yy < out_h; yy++) {
+  for (int64_t yy = yy_begin; yy < yy_end; yy++) {
     std::fill(acc.begin(), acc.end(), kHalf);
     const int32_t* k = &co.weights[static_cast<size_t>(yy * co.ksize)];
     const int64_t first = co.first[yy] - row_offset;
@@ -281,42 +274,9 @@ void vertical_pass(const uint8_t* src, int64_t row_len, const Coeffs& co, int64_
       int32_t* a = acc.data();
       for (int64_t i = 0; i < row_len; i++) a[i] += static_cast<int32_t>(row[i]) * w;
     }
-    uint8_t* out = dst + yy * row_len;
+    uint8_t* out = dst + (yy - yy_begin) * row_len;
     for (int64_t i = 0; i < row_len; i++) out[i] = clip8(acc[i]);
   }
-}
-
-template <int C>
-void resample_impl(const uint8_t* src, int64_t in_h, int64_t in_w, uint8_t* dst, int64_t out_h, int64_t out_w,
-                   const FilterSpec& spec, PassOrder order, std::vector<uint8_t>& scratch) {
-  const bool need_horizontal = out_w != in_w;
-  const bool need_vertical = out_h != in_h;
-  if (!need_horizontal && !need_vertical) {
-    std::memcpy(dst, src, static_cast<size_t>(in_h * in_w * C));
-    return;
-  }
-  if (!need_horizontal) {
-    vertical_pass(src, in_w * C, precompute_coeffs(in_h, out_h, spec), 0, out_h, dst);
-    return;
-  }
-  const Coeffs horiz = precompute_coeffs(in_w, out_w, spec);
-  if (need_vertical && order == PassOrder::kPillow13 && out_h < in_h && in_h - out_h > 2 * (in_w - out_w)) {
-    scratch.resize(static_cast<size_t>(out_h * in_w * C));
-    vertical_pass(src, in_w * C, precompute_coeffs(in_h, out_h, spec), 0, out_h, scratch.data());
-    horizontal_pass<C>(scratch.data(), out_h, in_w, 0, out_h, horiz, out_w, dst);
-    return;
-  }
-  if (!need_vertical) {
-    horizontal_pass<C>(src, in_h, in_w, 0, in_h, horiz, out_w, dst);
-    return;
-  }
-  // Like Pillow, resample horizontally only the rows the vertical pass reads.
-  const Coeffs vert = precompute_coeffs(in_h, out_h, spec);
-  const int64_t row_first = vert.first[0];
-  const int64_t row_last = vert.first[out_h - 1] + vert.count[out_h - 1];
-  scratch.resize(static_cast<size_t>((row_last - row_first) * out_w * C));
-  horizontal_pass<C>(src, in_h, in_w, row_first, row_last, horiz, out_w, scratch.data());
-  vertical_pass(scratch.data(), out_w * C, vert, row_first, out_h, dst);
 }
 
 }  // namespace
@@ -341,21 +301,71 @@ bool avx2_enabled() { return g_avx2.load(std::memory_order_relaxed); }
 
 bool is_convolution_filter(int resample) { return resample >= 1 && resample <= 5; }
 
-void resample_interleaved(const uint8_t* src, int64_t in_h, int64_t in_w, int channels, uint8_t* dst,
-                          int64_t out_h, int64_t out_w, Filter filter, PassOrder order,
-                          std::vector<uint8_t>& scratch) {
+ResamplePlan::ResamplePlan(int64_t in_h_, int64_t in_w_, int64_t out_h_, int64_t out_w_, Filter filter,
+                           PassOrder order)
+    : in_h(in_h_), in_w(in_w_), out_h(out_h_), out_w(out_w_) {
   if (in_h <= 0 || in_w <= 0 || out_h <= 0 || out_w <= 0) {
     throw std::invalid_argument("cannot resample an empty image (" + std::to_string(in_h) + "x" +
                                 std::to_string(in_w) + " -> " + std::to_string(out_h) + "x" +
                                 std::to_string(out_w) + ")");
   }
   const FilterSpec spec = filter_spec(filter);
+  horizontal_ = out_w != in_w;
+  vertical_ = out_h != in_h;
+  vertical_first_ = horizontal_ && vertical_ && order == PassOrder::kPillow13 && out_h < in_h &&
+                    in_h - out_h > 2 * (in_w - out_w);
+  if (horizontal_) horiz_ = precompute_coeffs(in_w, out_w, spec);
+  if (vertical_) vert_ = precompute_coeffs(in_h, out_h, spec);
+}
+
+std::pair<int64_t, int64_t> ResamplePlan::source_rows(int64_t y0, int64_t y1) const {
+  if (!vertical_) return {y0, y1};
+  int64_t last = 0;
+  for (int64_t yy = y0; yy < y1; yy++) last = std::max(last, vert_.first[yy] + vert_.count[yy]);
+  return {vert_.first[y0], last};
+}
+
+template <int C>
+void ResamplePlan::run_rows(const uint8_t* src, int64_t y0, int64_t y1, uint8_t* dst,
+                            std::vector<uint8_t>& scratch) const {
+  const auto [first, last] = source_rows(y0, y1);
+  const int64_t rows = last - first;
+  if (!horizontal_ && !vertical_) {
+    std::memcpy(dst, src, static_cast<size_t>(rows * in_w * C));
+  } else if (!horizontal_) {
+    vertical_pass(src, in_w * C, vert_, first, y0, y1, dst);
+  } else if (!vertical_) {
+    horizontal_pass<C>(src, rows, in_w, 0, rows, horiz_, out_w, dst);
+  } else if (vertical_first_) {
+    scratch.resize(static_cast<size_t>((y1 - y0) * in_w * C));
+    vertical_pass(src, in_w * C, vert_, first, y0, y1, scratch.data());
+    horizontal_pass<C>(scratch.data(), y1 - y0, in_w, 0, y1 - y0, horiz_, out_w, dst);
+  } else {
+    // Like Pillow, resample horizontally only the rows the vertical pass reads.
+    scratch.resize(static_cast<size_t>(rows * out_w * C));
+    horizontal_pass<C>(src, rows, in_w, 0, rows, horiz_, out_w, scratch.data());
+    vertical_pass(scratch.data(), out_w * C, vert_, first, y0, y1, dst);
+  }
+}
+
+void ResamplePlan::run(const uint8_t* src, int channels, int64_t y0, int64_t y1, uint8_t* dst,
+                       std::vector<uint8_t>& scratch) const {
+  if (y0 < 0 || y1 > out_h || y0 >= y1) {
+    throw std::invalid_argument("bad output rows [" + std::to_string(y0) + ", " + std::to_string(y1) + ")");
+  }
   switch (channels) {
-    case 1: return resample_impl<1>(src, in_h, in_w, dst, out_h, out_w, spec, order, scratch);
-    case 3: return resample_impl<3>(src, in_h, in_w, dst, out_h, out_w, spec, order, scratch);
-    case 4: return resample_impl<4>(src, in_h, in_w, dst, out_h, out_w, spec, order, scratch);
+    case 1: return run_rows<1>(src, y0, y1, dst, scratch);
+    case 3: return run_rows<3>(src, y0, y1, dst, scratch);
+    case 4: return run_rows<4>(src, y0, y1, dst, scratch);
     default: throw std::invalid_argument("resampling supports 1, 3 or 4 channels, got " + std::to_string(channels));
   }
+}
+
+void resample_interleaved(const uint8_t* src, int64_t in_h, int64_t in_w, int channels, uint8_t* dst,
+                          int64_t out_h, int64_t out_w, Filter filter, PassOrder order,
+                          std::vector<uint8_t>& scratch) {
+  const ResamplePlan plan(in_h, in_w, out_h, out_w, filter, order);
+  plan.run(src + plan.source_rows(0, out_h).first * in_w * channels, channels, 0, out_h, dst, scratch);
 }
 
 }  // namespace tte

@@ -8,6 +8,7 @@
 // as the width shrinks (Pillow PR #9549); older versions always run the horizontal pass first.
 #pragma once
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 namespace tte {
@@ -27,9 +28,41 @@ enum class PassOrder : int {
   kPillow13 = 1,         // vertical first iff out_h < in_h and in_h - out_h > 2 * (in_w - out_w)
 };
 
-// Resize a contiguous HxWxC uint8 image (C interleaved channels) to out_h x out_w, giving exactly
-// the bytes of PIL's Image.resize((out_w, out_h), filter) on the same image. `scratch` holds the
-// intermediate image between the two passes and is reused across calls.
+// Per output pixel along one axis: first input index, tap count and ksize int32 weights (Pillow's
+// precompute_coeffs followed by normalize_coeffs_8bpc, for the full-image box).
+struct ResampleCoeffs {
+  int64_t ksize = 0;
+  std::vector<int64_t> first;
+  std::vector<int64_t> count;
+  std::vector<int32_t> weights;
+};
+
+// One resize as Pillow does it: which passes run, in which order, with which weights. Output rows
+// depend only on a band of source rows, so bands can be resampled independently (in parallel) and
+// give the bytes of the whole-image resize.
+class ResamplePlan {
+ public:
+  ResamplePlan(int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w, Filter filter, PassOrder order);
+
+  // Source rows [first, last) that output rows [y0, y1) are computed from.
+  std::pair<int64_t, int64_t> source_rows(int64_t y0, int64_t y1) const;
+
+  // Output rows [y0, y1) of a contiguous HxWxC image (C = 1, 3 or 4), written to dst (contiguous).
+  // src points at source row source_rows(y0, y1).first. scratch holds the intermediate rows.
+  void run(const uint8_t* src, int channels, int64_t y0, int64_t y1, uint8_t* dst,
+           std::vector<uint8_t>& scratch) const;
+
+  int64_t in_h, in_w, out_h, out_w;
+
+ private:
+  template <int C>
+  void run_rows(const uint8_t* src, int64_t y0, int64_t y1, uint8_t* dst, std::vector<uint8_t>& scratch) const;
+
+  bool horizontal_, vertical_, vertical_first_;
+  ResampleCoeffs horiz_, vert_;
+};
+
+// The whole image: exactly the bytes of PIL's Image.resize((out_w, out_h), filter).
 void resample_interleaved(const uint8_t* src, int64_t in_h, int64_t in_w, int channels, uint8_t* dst,
                           int64_t out_h, int64_t out_w, Filter filter, PassOrder order,
                           std::vector<uint8_t>& scratch);

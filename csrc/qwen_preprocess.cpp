@@ -1,5 +1,6 @@
 #include "qwen_preprocess.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
@@ -27,27 +28,29 @@ const std::vector<uint8_t>& alpha_composite_table() {
   return table;
 }
 
-// A contiguous copy with 1 channel (grey: Pillow's L -> RGB only replicates, and resampling is per
-// channel, so grey images are resampled once) or 3 channels (RGB, and RGBA composited onto white).
-// Returns the pointer to use: the image's own memory when it is already contiguous RGB.
-const uint8_t* contiguous_source(const ImageView& im, std::vector<uint8_t>& buffer, int& channels) {
+// Rows [row_begin, row_end) as a contiguous copy with 1 channel (grey: Pillow's L -> RGB only
+// replicates, and resampling is per channel, so grey images are resampled once) or 3 channels (RGB,
+// and RGBA composited onto white). Returns the pointer to use: the image's own memory when it is
+// already contiguous RGB.
+const uint8_t* contiguous_rows(const ImageView& im, int64_t row_begin, int64_t row_end, std::vector<uint8_t>& buffer,
+                               int& channels) {
   if (im.is_contiguous_rgb()) {
     channels = 3;
-    return im.data;
+    return im.data + row_begin * im.stride_h;
   }
   channels = im.channels == 1 ? 1 : 3;
-  buffer.resize(static_cast<size_t>(im.height * im.width * channels));
+  buffer.resize(static_cast<size_t>((row_end - row_begin) * im.width * channels));
   uint8_t* out = buffer.data();
   if (im.channels == 4) {
     const uint8_t* table = alpha_composite_table().data();
-    for (int64_t y = 0; y < im.height; y++) {
+    for (int64_t y = row_begin; y < row_end; y++) {
       for (int64_t x = 0; x < im.width; x++, out += 3) {
         const uint8_t* row = table + 256 * im.at(y, x, 3);
         for (int c = 0; c < 3; c++) out[c] = row[im.at(y, x, c)];
       }
     }
   } else {
-    for (int64_t y = 0; y < im.height; y++) {
+    for (int64_t y = row_begin; y < row_end; y++) {
       for (int64_t x = 0; x < im.width; x++, out += channels) {
         for (int c = 0; c < channels; c++) out[c] = im.at(y, x, c);
       }
@@ -56,19 +59,20 @@ const uint8_t* contiguous_source(const ImageView& im, std::vector<uint8_t>& buff
   return buffer.data();
 }
 
-// Rows in HF order: merge blocks (gh/m, gw/m), then (mh, mw) inside a block; each row is
-// (channel, temporal copy, patch y, patch x).
-void write_patches(const uint8_t* pixels, int channels, int64_t height, int64_t width, const QwenParams& p,
-                   float* out) {
+// Rows of merge blocks [block_begin, block_end) in HF order: merge blocks (gh/m, gw/m), then (mh, mw)
+// inside a block; each row is (channel, temporal copy, patch y, patch x). `pixels` starts at the
+// first pixel row of block_begin; `out` at the image's first patch row.
+void write_patches(const uint8_t* pixels, int channels, int64_t width, int64_t block_begin, int64_t block_end,
+                   const QwenParams& p, float* out) {
   const int64_t P = p.patch_size, T = p.temporal_patch_size, M = p.merge_size;
-  const int64_t grid_h = height / P, grid_w = width / P;
+  const int64_t blocks_w = width / P / M;
   const int64_t plane = P * P;
-  float* dst = out;
-  for (int64_t bh = 0; bh < grid_h / M; bh++) {
-    for (int64_t bw = 0; bw < grid_w / M; bw++) {
+  float* dst = out + block_begin * blocks_w * M * M * p.row_size();
+  for (int64_t bh = block_begin; bh < block_end; bh++) {
+    for (int64_t bw = 0; bw < blocks_w; bw++) {
       for (int64_t mh = 0; mh < M; mh++) {
         for (int64_t mw = 0; mw < M; mw++, dst += p.row_size()) {
-          const int64_t y0 = (bh * M + mh) * P, x0 = (bw * M + mw) * P;
+          const int64_t y0 = ((bh - block_begin) * M + mh) * P, x0 = (bw * M + mw) * P;
           for (int64_t c = 0; c < 3; c++) {
             const float* lut = p.lut[c].data();
             const int64_t src_c = channels == 1 ? 0 : c;
@@ -122,18 +126,30 @@ std::pair<int64_t, int64_t> target_size(const ImageView& image, const QwenParams
   return {image.height, image.width};
 }
 
-void preprocess_image(const ImageView& image, const QwenParams& p, int64_t out_h, int64_t out_w, float* out) {
+int64_t band_rows(const QwenParams& p) {
+  const int64_t factor = p.patch_size * p.merge_size;
+  return factor * std::max<int64_t>(1, 128 / factor);
+}
+
+std::unique_ptr<ResamplePlan> plan_image(const ImageView& image, const QwenParams& p, int64_t out_h,
+                                         int64_t out_w) {
+  if (out_h == image.height && out_w == image.width) return nullptr;
+  return std::make_unique<ResamplePlan>(image.height, image.width, out_h, out_w, p.filter, p.pass_order);
+}
+
+void preprocess_band(const ImageView& image, const QwenParams& p, const ResamplePlan* plan, int64_t out_w,
+                     int64_t y0, int64_t y1, float* out) {
   std::vector<uint8_t> source_buffer, resized, scratch;
+  const auto [row_begin, row_end] = plan ? plan->source_rows(y0, y1) : std::pair<int64_t, int64_t>{y0, y1};
   int channels = 3;
-  const uint8_t* source = contiguous_source(image, source_buffer, channels);
-  const uint8_t* pixels = source;
-  if (out_h != image.height || out_w != image.width) {
-    resized.resize(static_cast<size_t>(out_h * out_w * channels));
-    resample_interleaved(source, image.height, image.width, channels, resized.data(), out_h, out_w, p.filter,
-                         p.pass_order, scratch);
+  const uint8_t* pixels = contiguous_rows(image, row_begin, row_end, source_buffer, channels);
+  if (plan) {
+    resized.resize(static_cast<size_t>((y1 - y0) * out_w * channels));
+    plan->run(pixels, channels, y0, y1, resized.data(), scratch);
     pixels = resized.data();
   }
-  write_patches(pixels, channels, out_h, out_w, p, out);
+  const int64_t block = p.patch_size * p.merge_size;
+  write_patches(pixels, channels, out_w, y0 / block, y1 / block, p, out);
 }
 
 }  // namespace tte

@@ -4,6 +4,7 @@
 #pragma once
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "image_view.h"
@@ -37,7 +38,17 @@ std::array<std::array<float, 256>, 3> value_lut(bool do_rescale, double rescale_
 // over 200, or (without resizing) sizes that are not multiples of patch_size * merge_size.
 std::pair<int64_t, int64_t> target_size(const ImageView& image, const QwenParams& params);
 
-// Writes (h / patch) * (w / patch) rows of params.row_size() floats at `out`.
-void preprocess_image(const ImageView& image, const QwenParams& params, int64_t out_h, int64_t out_w, float* out);
+// Output rows per parallel task: a multiple of patch_size * merge_size (whole merge blocks), near
+// 128 rows, so a batch of a few large images still spreads over many threads.
+int64_t band_rows(const QwenParams& params);
+
+// The resize of one image (nullptr when its size does not change).
+std::unique_ptr<ResamplePlan> plan_image(const ImageView& image, const QwenParams& params, int64_t out_h,
+                                         int64_t out_w);
+
+// Output rows [y0, y1) of one image (y0, y1 multiples of patch_size * merge_size): its rows of
+// patches, written at `out`, the image's first row of params.row_size() floats.
+void preprocess_band(const ImageView& image, const QwenParams& params, const ResamplePlan* plan, int64_t out_w,
+                     int64_t y0, int64_t y1, float* out);
 
 }  // namespace tte

@@ -12,7 +12,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "UnifiedTTE": "tte_fast.model",
     "EncodeResult": "tte_fast.model",
-    "TwoModelTTE": "tte_fast.model",
+    "TwoModelTTE": "tte_fast.two_model",
+    "TTEUHead": "tte_fast.heads",
     "ImageProcessor": "tte_fast.preprocess",
     "gradcache_step": "tte_fast.gradcache",
     "pool_normalize": "tte_fast.kernels",

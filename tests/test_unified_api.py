@@ -16,6 +16,15 @@ from tte_fast.tte_config import TTE_CONFIG_FILE
 ATOL = 1e-4
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models are overhead-bound; one thread avoids OpenMP spin-waits on shared CI cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def vl_model(tiny_checkpoints):
     return UnifiedTTE.from_pretrained(tiny_checkpoints["qwen2_vl"], device="cpu")

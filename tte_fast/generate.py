@@ -168,8 +168,11 @@ class Decoder:
         self.step = self.decode_step
         if compile:
             backend = compile if isinstance(compile, str) else "inductor"
-            mode = "reduce-overhead" if backend == "inductor" and self._device().type == "cuda" else None
-            self.step = torch.compile(self.decode_step, backend=backend, mode=mode, dynamic=False)
+            graphs = backend == "inductor" and self._device().type == "cuda"
+            compiled = torch.compile(
+                self.decode_step, backend=backend, mode="reduce-overhead" if graphs else None, dynamic=False
+            )
+            self.step = _graph_step(compiled) if graphs else compiled
 
     def _device(self) -> torch.device:
         return next(self.hf_model.parameters()).device
@@ -314,6 +317,16 @@ class Decoder:
             embed_token_id=embed_token_id,
             steps=step,
         )
+
+
+def _graph_step(compiled):
+    """Mark each call as a new CUDA-graph iteration: the previous step's outputs are consumed by then."""
+
+    def step(*args):
+        torch.compiler.cudagraph_mark_step_begin()
+        return compiled(*args)
+
+    return step
 
 
 def _pick(logits: torch.Tensor, options: DecodeOptions, generator) -> torch.Tensor:

@@ -32,17 +32,20 @@ $PY - <<'PY' >"$OUT/device.txt" 2>&1
 import torch; print(torch.__version__, torch.cuda.get_device_name(0))
 PY
 step kernel_tests 150 $PY -m pytest -q -x tests/test_kernels_pool.py tests/test_kernels_infonce.py
-step bench_kernels 120 $PY bench/kernels.py --device cuda --json "$OUT/kernels.json"
-step bench_unified 90 $PY bench/unified.py --device cuda --json "$OUT/unified.json"
+step bench_kernels 150 $PY bench/kernels.py --device cuda --json "$OUT/kernels.json"
+step unified_tiny 60 $PY bench/unified.py --model-type qwen2_vl --device cuda --compile \
+  --contexts 256 1024 2048 --new-tokens 128 --json "$OUT/unified_tiny.json"
 step latency_tiny 60 $PY bench/latency.py --device cuda --json "$OUT/latency_tiny.json"
-step build_2b 120 $PY -c "
+step build_2b 100 $PY -c "
 import torch; from tte_fast.testing import build_random_checkpoint
 build_random_checkpoint('qwen2_vl_2b', '/tmp/qwen2_vl_2b', dtype=torch.bfloat16, device='cuda')"
-step latency_2b 120 $PY bench/latency.py --model /tmp/qwen2_vl_2b --device cuda --dtype bfloat16 \
+step unified_2b 90 $PY bench/unified.py --model /tmp/qwen2_vl_2b --device cuda --dtype bfloat16 --compile \
+  --contexts 256 1024 2048 --new-tokens 128 --repeats 3 --json "$OUT/unified_2b.json"
+step latency_2b 90 $PY bench/latency.py --model /tmp/qwen2_vl_2b --device cuda --dtype bfloat16 \
   --batch-size 8 --think-tokens 128 --image-size 448 --json "$OUT/latency_2b.json"
 
 echo; echo "== summary ($(cat "$OUT/device.txt" | tail -n 1)) =="
 printf '%s\n' "${status[@]}"
-for name in bench_kernels latency_2b; do  # their result tables, last
+for name in bench_kernels unified_2b latency_2b; do  # their result tables, last
   echo "-- $name"; tail -n 15 "$OUT/$name.log"
 done

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tte_fast.chunking import batch_size, split_inputs
 
@@ -58,6 +60,24 @@ def test_qwen_vl_media_follow_their_samples(chunk, use_counts):
         torch.testing.assert_close(chunk_inputs["pixel_values"][:, 0], want)
         patch_start += n_patches
     assert patch_start == batch["pixel_values"].shape[0]
+
+
+grids = st.tuples(st.sampled_from([2, 4, 6]), st.sampled_from([2, 4, 6]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(samples=st.lists(st.lists(grids, max_size=3), min_size=1, max_size=9), chunk=st.integers(1, 10))
+def test_chunks_reassemble_to_the_batch(samples, chunk):
+    batch = qwen_like_batch(samples)
+    chunks = split_inputs(batch, chunk)
+    for key in ("input_ids", "mm_token_type_ids", "pixel_values", "image_grid_thw"):
+        parts = [c[key] for c in chunks if c[key] is not None]
+        if batch[key].shape[0]:
+            torch.testing.assert_close(torch.cat(parts), batch[key])
+    for c in chunks:  # each chunk's patches are exactly its grids' patches
+        rows = 0 if c["image_grid_thw"] is None else int(c["image_grid_thw"].prod(dim=1).sum())
+        assert rows == (0 if c["pixel_values"] is None else c["pixel_values"].shape[0])
+        assert rows == int(c["mm_token_type_ids"].eq(1).sum()) * MERGE
 
 
 def test_plain_tensor_and_lists():

@@ -85,6 +85,8 @@ def _media_per_sample(
             patches.append(sum(patches_per_image[start : start + c]))
             start += c
         return counts, patches
+    if not patches_per_image:
+        return [0] * n, [0] * n
     token_types = inputs.get("mm_token_type_ids")
     if not isinstance(token_types, torch.Tensor):
         raise ValueError(

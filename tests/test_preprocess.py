@@ -207,3 +207,14 @@ def test_unsupported_settings_fall_back_to_hf():
     rgb = PIL.Image.fromarray(random_image(np.random.default_rng(14), 70, 90))
     for settings in (dict(resample=PIL.Image.Resampling.NEAREST), dict(do_convert_rgb=False)):
         assert_same(ImageProcessor(**settings)(rgb), Qwen2VLImageProcessorPil(**settings)(rgb))
+
+
+@pytest.mark.parametrize("height,width", [(1500, 200), (200, 1500), (3000, 40), (57, 2900)])
+def test_banded_resizes_in_both_pass_orders_match_hf(height, width):
+    # Heights that shrink much more than widths take Pillow 13's vertical-first order; all of these
+    # span several parallel bands of output rows.
+    image = PIL.Image.fromarray(random_image(np.random.default_rng(height), height, width))
+    settings = dict(min_pixels=56 * 56, max_pixels=300 * 28 * 28)
+    for threads in (1, 4):
+        ours = ImageProcessor(**settings)(image, num_threads=threads)
+        assert_same(ours, Qwen2VLImageProcessorPil(**settings)(image))

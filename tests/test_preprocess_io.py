@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import threading
+import time
 
 import numpy as np
 import PIL.Image
@@ -156,3 +158,48 @@ def test_inside_the_hf_qwen_vl_processor(model_type):
     image_token = tokenizer.convert_tokens_to_ids("<|image_pad|>")
     merge = ours.image_processor.merge_size
     assert (got["input_ids"] == image_token).sum() == int(got["image_grid_thw"].prod(-1).sum()) // merge**2
+
+
+def _rss_mb() -> float:
+    with open(f"/proc/{os.getpid()}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads RSS from /proc")
+def test_no_memory_growth_over_many_calls_and_errors():
+    processor = ImageProcessor()
+    good = [np.random.default_rng(i).integers(0, 256, (200, 300, 3), dtype=np.uint8) for i in range(3)]
+    empty, two_channels = np.zeros((0, 3, 3), np.uint8), np.zeros((5, 5, 2), np.uint8)
+    bad_batches = ([good[0], empty], [good[0], two_channels], [b"junk"])
+
+    def churn():
+        for _ in range(100):
+            processor(good, num_threads=2)
+            for bad in bad_batches:
+                with pytest.raises(ValueError):
+                    processor(bad)
+
+    churn()  # warm up allocator pools
+    before = _rss_mb()
+    churn()
+    churn()
+    assert _rss_mb() - before < 16
+
+
+def test_gil_is_released_during_the_batch():
+    rng = np.random.default_rng(0)
+    batch = [rng.integers(0, 256, (1536, 2048, 3), dtype=np.uint8) for _ in range(4)]
+    settings = dict(
+        patch_size=14, temporal_patch_size=2, merge_size=2, min_pixels=3136, max_pixels=1003520,
+        do_resize=True, resample=3, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
+        image_mean=[0.5] * 3, image_std=[0.5] * 3, pass_order=1, num_threads=1,
+    )  # fmt: skip
+    worker = threading.Thread(target=lambda: _C.preprocess_batch(batch, **settings))
+    stamps = [time.perf_counter()]
+    worker.start()
+    while worker.is_alive():  # this thread keeps running Python only if the call let go of the GIL
+        stamps.append(time.perf_counter())
+    worker.join()
+    duration = stamps[-1] - stamps[0]
+    assert duration > 0.05
+    assert max(np.diff(stamps)) < 0.5 * duration

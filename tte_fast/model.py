@@ -494,12 +494,3 @@ def load_backbone(path_or_id: str, dtype, device: torch.device, attn_implementat
         )
     hf_model = auto.from_pretrained(path_or_id, dtype=dtype, attn_implementation=attn_implementation)
     return hf_model.to(device).eval(), model_type
-
-
-def __getattr__(name: str):
-    # TwoModelTTE lives in its own module; re-exported here lazily (it builds on UnifiedTTE).
-    if name == "TwoModelTTE":
-        from tte_fast.two_model import TwoModelTTE
-
-        return TwoModelTTE
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

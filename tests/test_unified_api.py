@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tte_fast.inputs import InputError, InputTypeError, load_image
-from tte_fast.model import UnifiedTTE
+from tte_fast.model import UnifiedTTE, default_attention
 from tte_fast.tte_config import TTE_CONFIG_FILE
 
 ATOL = 1e-4
@@ -169,3 +169,17 @@ def test_tte_u_head_over_captured_states_equals_fresh_forward(tiny_checkpoints, 
 def test_progress_bar(vl_model, capsys):
     vl_model.encode(["a", "b", "c"], think=False, batch_size=1, progress=True)
     assert "encode" in capsys.readouterr().err
+
+
+def test_default_attention(monkeypatch):
+    import importlib.util
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == "flash_attn" else None)
+    assert default_attention(cuda, torch.bfloat16, "last_token", False) == "flash_attention_2"
+    assert default_attention(cpu, torch.bfloat16, "last_token", False) == "sdpa"
+    assert default_attention(cuda, torch.float32, "last_token", False) == "sdpa"
+    assert default_attention(cuda, torch.bfloat16, "tte_u", False) == "sdpa"  # the head takes a 4D mask
+    assert default_attention(cuda, torch.bfloat16, "last_token", True) == "sdpa"  # graphs need a static cache
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert default_attention(cuda, torch.bfloat16, "last_token", False) == "sdpa"

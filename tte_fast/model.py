@@ -76,14 +76,17 @@ class UnifiedTTE:
         device=None,
         head: str | None = None,
         head_layers: int | None = None,
-        attn_implementation: str = "sdpa",
+        attn_implementation: str | None = None,
         compile: bool | str = False,
         image_processor=None,
         **opts,
     ) -> UnifiedTTE:
         """Load a HF Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint or any HF causal LM (text only).
 
-        ``head`` is ``"last_token"`` (default) or ``"tte_u"``; ``opts`` override ``TTEConfig`` fields
+        ``dtype=None`` keeps the checkpoint's dtype; ``device=None`` picks CUDA when available.
+        ``attn_implementation=None`` picks flash-attn 2 where :func:`default_attention` allows it,
+        else SDPA. ``compile=True`` compiles the decode step (CUDA graphs on GPU). ``head`` is
+        ``"last_token"`` (default) or ``"tte_u"``; ``opts`` override ``TTEConfig`` fields
         (``embed_token``, ``max_think_tokens``, ``prompts``, ...) over the checkpoint's saved ones.
         """
         overrides = dict(opts)
@@ -100,9 +103,10 @@ class UnifiedTTE:
                 {**config.prompts.to_dict(), **overrides["prompts"]}
             )
         config = replace(config, **overrides)
-        hf_model, model_type = load_backbone(
-            path_or_id, resolve_dtype(dtype), resolve_device(device), attn_implementation
-        )
+        device, dtype = resolve_device(device), resolve_dtype(dtype)
+        if attn_implementation is None:
+            attn_implementation = default_attention(device, dtype, config.head, compile)
+        hf_model, model_type = load_backbone(path_or_id, dtype, device, attn_implementation)
         processor = load_processor(path_or_id, model_type, image_processor)
         head_module = _build_head(config, path_or_id, hf_model)
         return cls(hf_model, processor, model_type, config, head=head_module, compile=compile)
@@ -261,31 +265,17 @@ class UnifiedTTE:
         show = progress if progress is not None else len(order) > 4 * batch_size
         with tqdm(total=len(order), desc=desc, disable=not show, unit="input") as bar:
             for start in range(0, len(order), batch_size):
-                indices = order[start : start + batch_size]
-                try:
-                    loaded, kept = [], []
-                    for i in indices:
-                        try:
-                            loaded.append(load_input(i, items[i]))
-                            kept.append(i)
-                        except InputError as e:
-                            if on_error == "raise":
-                                raise
-                            errors[i] = str(e)
-                    if kept:
-                        yield kept, run(loaded, kept)
-                except InputError as e:
-                    if on_error == "raise":
-                        raise
-                    # A length check failed for one row: keep the others.
-                    errors[e.index] = str(e)
-                    rest = [(i, x) for i, x in zip(kept, loaded) if i != e.index]
-                    for i, x in rest:
-                        try:
-                            yield [i], run([x], [i])
-                        except InputError as inner:
-                            errors[inner.index] = str(inner)
-                bar.update(len(indices))
+                chunk = order[start : start + batch_size]
+                loaded = []
+                for i in chunk:
+                    try:
+                        loaded.append((i, load_input(i, items[i])))
+                    except InputError as e:
+                        if on_error == "raise":
+                            raise
+                        errors[i] = str(e)
+                yield from _run_skipping(loaded, errors, on_error, run)
+                bar.update(len(chunk))
 
     def _batch(self, items: list[EmbedInput], indices, side, think, traces, options) -> dict:
         """Tokenized, left-padded prompts on the model's device; prompts without thinking end in
@@ -376,6 +366,23 @@ class UnifiedTTE:
 
     def _hidden_size(self) -> int:
         return self.hf_model.config.get_text_config().hidden_size
+
+
+def _run_skipping(loaded: list[tuple[int, EmbedInput]], errors: dict, on_error: str, run):
+    """``run`` over a batch; with ``on_error="skip"`` an input the batch rejects (a prompt too long
+    for the context) is recorded and the rest of the batch runs without it."""
+    while loaded:
+        indices = [i for i, _ in loaded]
+        try:
+            result = run([item for _, item in loaded], indices)
+        except InputError as e:
+            if on_error == "raise" or e.index not in indices:
+                raise
+            errors[e.index] = str(e)
+            loaded = [(i, item) for i, item in loaded if i != e.index]
+            continue
+        yield indices, result
+        return
 
 
 def _normalize(hidden: torch.Tensor) -> torch.Tensor:
@@ -469,6 +476,18 @@ def resolve_device(device) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def default_attention(device: torch.device, dtype, head: str, compile) -> str:
+    """flash-attn 2 when it is installed and usable (CUDA, half precision, last-token head, no
+    compiled step: it decodes on a growing cache); SDPA otherwise."""
+    import importlib.util
+
+    half = dtype in (torch.float16, torch.bfloat16)
+    usable = device.type == "cuda" and half and head == "last_token" and not compile
+    if usable and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
 
 
 def load_backbone(path_or_id: str, dtype, device: torch.device, attn_implementation: str):

@@ -21,7 +21,7 @@ import PIL.Image
 from transformers import BatchFeature, Qwen2VLImageProcessorPil
 
 from tte_fast import _C
-from tte_fast.image_io import flatten_images, to_uint8_arrays
+from tte_fast.image_io import decode_encoded, flatten_images, to_uint8_arrays
 
 HF_IMAGE_PROCESSOR_TYPE = "Qwen2VLImageProcessor"
 _CONVOLUTION_FILTERS = (1, 2, 3, 4, 5)  # LANCZOS, BILINEAR, BICUBIC, BOX, HAMMING
@@ -61,6 +61,9 @@ class ImageProcessor(Qwen2VLImageProcessorPil):
     def preprocess(
         self, images, return_tensors=None, num_threads: int | None = None, **kwargs
     ) -> BatchFeature:
+        """``pixel_values`` [sum of patches, 3 * temporal_patch_size * patch_size**2] and
+        ``image_grid_thw`` [images, 3], as HF's; ``kwargs`` override the processor's settings for
+        this call. ``num_threads`` defaults to the machine's cores; results do not depend on it."""
         unknown = set(kwargs) - set(self.valid_kwargs.__annotations__)
         if unknown:
             raise TypeError(f"unexpected image processor arguments: {sorted(unknown)}")
@@ -88,10 +91,13 @@ class ImageProcessor(Qwen2VLImageProcessorPil):
             return self._hf_preprocess(images, return_tensors, num_threads, kwargs)
 
         min_pixels, max_pixels = self._pixel_budget(options, kwargs)
-        arrays = to_uint8_arrays(images, num_threads, options["input_data_format"])
-        image_std = _three(options["image_std"], "image_std")
-        if options["do_normalize"] and 0.0 in image_std:
+        do_rescale, do_normalize = bool(options["do_rescale"]), bool(options["do_normalize"])
+        # Unused values stay neutral, so they need not be set when their step is off.
+        image_mean = _three(options["image_mean"], "image_mean") if do_normalize else [0.0] * 3
+        image_std = _three(options["image_std"], "image_std") if do_normalize else [1.0] * 3
+        if 0.0 in image_std:
             raise ValueError(f"image_std must not contain 0, got {image_std}")
+        arrays = to_uint8_arrays(images, num_threads, options["input_data_format"])
         pixel_values, image_grid_thw = _C.preprocess_batch(
             arrays,
             patch_size=int(options["patch_size"]),
@@ -101,10 +107,10 @@ class ImageProcessor(Qwen2VLImageProcessorPil):
             max_pixels=max_pixels,
             do_resize=bool(options["do_resize"]),
             resample=resample,
-            do_rescale=bool(options["do_rescale"]),
-            rescale_factor=float(options["rescale_factor"]),
-            do_normalize=bool(options["do_normalize"]),
-            image_mean=_three(options["image_mean"], "image_mean"),
+            do_rescale=do_rescale,
+            rescale_factor=float(options["rescale_factor"]) if do_rescale else 1.0,
+            do_normalize=do_normalize,
+            image_mean=image_mean,
             image_std=image_std,
             pass_order=order,
             num_threads=num_threads,
@@ -126,8 +132,6 @@ class ImageProcessor(Qwen2VLImageProcessorPil):
 
     def _hf_preprocess(self, images: list, return_tensors, num_threads: int, kwargs: dict) -> BatchFeature:
         """transformers' own pipeline (bytes and paths decoded first)."""
-        from tte_fast.image_io import decode_encoded
-
         return super().preprocess(
             decode_encoded(images, num_threads), return_tensors=return_tensors, **kwargs
         )

@@ -241,53 +241,23 @@ class Decoder:
             hidden = self.forward(input_ids, position_ids, prefill_mask, cache, cache_position, **extra)
             logits = self.lm_head(hidden).float()
 
-        state = torch.full((bsz,), ALIVE, dtype=torch.long, device=device)
-        text_pos = prompt_mask.long().sum(-1)
-        generated = torch.full((bsz, max_new), options.pad_token_id, dtype=torch.long, device=device)
-        n_kept = torch.zeros(bsz, dtype=torch.long, device=device)
-        n_answer = torch.zeros(bsz, dtype=torch.long, device=device)
-        closed = torch.zeros(bsz, dtype=torch.bool, device=device)
-        reason = torch.zeros(bsz, dtype=torch.long, device=device)  # 1 eos, 2 think, 3 answer
-        eos_ids = torch.tensor(options.eos_token_ids or [-1], dtype=torch.long, device=device)
+        rows = _Rows(bsz, options, embed_token_id, device)
         embed_hidden = torch.zeros_like(hidden) if embed_token_id is not None else None
-        pad_id = torch.tensor(options.pad_token_id, device=device)
-        embed_id = pad_id if embed_token_id is None else torch.tensor(embed_token_id, device=device)
         generator = None
         if options.do_sample and options.seed is not None:
             generator = torch.Generator(device=device).manual_seed(options.seed)
-
-        embedding = embed_token_id is not None
         run_step = self.step if compiled else self.decode_step
+        text_pos = prompt_mask.long().sum(-1)
         step, column = 0, prompt_len
         with stage("decode"):
             while True:
-                sampling = state == ALIVE
-                if step < max_new:
-                    token = _pick(logits, options, generator)
-                    generated[:, step] = torch.where(sampling, token, generated[:, step])
-                    is_eos = sampling & torch.isin(token, eos_ids)
-                    was_closed = closed.clone()
-                    if options.think_end_token_id is not None:
-                        closed |= sampling & (token == options.think_end_token_id)
-                    n_answer += (sampling & was_closed).long()
-                    think_out = ~closed & (step + 1 >= options.max_think_tokens)
-                    answer_out = was_closed & (n_answer >= options.max_answer_tokens)
-                    budget = sampling & ~is_eos & (think_out | answer_out | (step + 1 >= max_new))
-                    n_kept = torch.where(sampling & ~is_eos, step + 1, n_kept)
-                    budget_reason = torch.where(answer_out, 3, 2)
-                    reason = torch.where(is_eos, 1, torch.where(budget, budget_reason, reason))
-                else:  # every row has stopped sampling; only last-token and embedding feeds remain
-                    token, is_eos, budget = pad_id.expand(bsz), sampling, sampling
-                stopped = torch.where(is_eos, EMBED, KEEP_LAST) if embedding else DONE
-                after = torch.where(state == KEEP_LAST, EMBED, DONE)
-                state = torch.where(sampling, torch.where(is_eos | budget, stopped, ALIVE), after)
+                token = _pick(logits, options, generator) if step < max_new else None
+                next_token = rows.advance(token, step)
                 # One host sync per step: is any row left, and does any row still need logits?
-                any_left, any_sampling = torch.stack([(state != DONE).any(), (state == ALIVE).any()]).tolist()
+                any_left, any_sampling = torch.stack([rows.feed.any(), rows.sampling.any()]).tolist()
                 if not any_left:
                     break
-                next_token = torch.where(state == EMBED, embed_id, torch.where(sampling, token, pad_id))
-                feed = state != DONE
-                mask[:, column] = feed.to(mask.dtype)
+                mask[:, column] = rows.feed.to(mask.dtype)
                 step_mask = mask if self.static_mask else mask[:, : column + 1]
                 with stage("decode_step"):
                     positions = decode_position_ids(text_pos, deltas)
@@ -296,27 +266,101 @@ class Decoder:
                         hidden, logits = run_step(next_token.view(bsz, 1), positions, step_mask, cache, slot)
                     else:  # only embedding tokens left: no LM head
                         hidden = self.forward(next_token.view(bsz, 1), positions, step_mask, cache, slot)
-                if embedding:
-                    embed_hidden = torch.where((state == EMBED).view(-1, 1), hidden, embed_hidden)
-                    state = torch.where(state == EMBED, DONE, state)
-                text_pos += feed.long()
+                if embed_hidden is not None:
+                    embed_hidden = torch.where(rows.embedding.view(-1, 1), hidden, embed_hidden)
+                text_pos += rows.feed.long()
+                rows.fed()
                 column += 1
                 step += 1
 
-        names = {1: "eos", 2: "think_budget", 3: "answer_budget"}
         prompt_ids = [input_ids[b][prompt_mask[b].bool()] for b in range(bsz)]
-        n_gen = (n_kept + (reason == 1).long()).tolist()
-        kept_counts = n_kept.tolist()
+        n_kept, n_generated = rows.n_kept.tolist(), rows.n_generated().tolist()
         return DecodeOutput(
             prompt_ids=prompt_ids,
-            generated=[generated[b, : n_gen[b]] for b in range(bsz)],
-            kept=[generated[b, : kept_counts[b]] for b in range(bsz)],
-            stop_reasons=[names.get(r, "think_budget") for r in reason.tolist()],
+            generated=[rows.tokens[b, : n_generated[b]] for b in range(bsz)],
+            kept=[rows.tokens[b, : n_kept[b]] for b in range(bsz)],
+            stop_reasons=rows.stop_reasons(),
             attention_mask=mask[:, :column].clone(),
             embed_hidden=embed_hidden,
             embed_token_id=embed_token_id,
             steps=step,
         )
+
+
+class _Rows:
+    """Per-row decode bookkeeping, all on the device (the loop syncs once per step, elsewhere).
+
+    States: ALIVE rows sample; a row that stops on EOS goes to EMBED (the stop token is dropped and
+    the embedding token fed instead); a row out of budget goes to KEEP_LAST (its last token is fed,
+    then the embedding token). Without an embedding token a stopping row is DONE at once.
+    """
+
+    REASONS = {1: "eos", 2: "think_budget", 3: "answer_budget"}
+
+    def __init__(self, bsz: int, options: DecodeOptions, embed_token_id: int | None, device):
+        self.options = options
+        self.max_new = options.max_new_tokens
+        self.embedding_on = embed_token_id is not None
+        zeros = torch.zeros(bsz, dtype=torch.long, device=device)
+        self.state = zeros + ALIVE
+        self.tokens = torch.full((bsz, self.max_new), options.pad_token_id, dtype=torch.long, device=device)
+        self.n_kept, self.n_answer, self.reason = zeros.clone(), zeros.clone(), zeros.clone()
+        self.closed = torch.zeros(bsz, dtype=torch.bool, device=device)
+        self.eos_ids = torch.tensor(options.eos_token_ids or [-1], dtype=torch.long, device=device)
+        self.pad_id = torch.tensor(options.pad_token_id, device=device)
+        self.embed_id = self.pad_id if embed_token_id is None else torch.tensor(embed_token_id, device=device)
+
+    @property
+    def sampling(self) -> torch.Tensor:
+        return self.state == ALIVE
+
+    @property
+    def embedding(self) -> torch.Tensor:
+        return self.state == EMBED
+
+    @property
+    def feed(self) -> torch.Tensor:
+        """Rows whose token this step is part of their sequence."""
+        return self.state != DONE
+
+    def advance(self, token: torch.Tensor | None, step: int) -> torch.Tensor:
+        """Take step ``step``'s sampled tokens (None past the budget); return the tokens to feed next."""
+        sampling = self.sampling
+        if token is None:  # every row has stopped sampling; only last-token and embedding feeds remain
+            token, is_eos, stop = self.pad_id.expand_as(self.state), sampling, sampling
+        else:
+            is_eos, stop = self._record(token, step, sampling)
+        stopped = torch.where(is_eos, EMBED, KEEP_LAST) if self.embedding_on else DONE
+        after = torch.where(self.state == KEEP_LAST, EMBED, DONE)
+        self.state = torch.where(sampling, torch.where(stop, stopped, ALIVE), after)
+        return torch.where(self.embedding, self.embed_id, torch.where(sampling, token, self.pad_id))
+
+    def _record(self, token: torch.Tensor, step: int, sampling: torch.Tensor):
+        """Store the sampled tokens of ALIVE rows; which rows hit EOS, which stop (EOS or budget)."""
+        opts = self.options
+        self.tokens[:, step] = torch.where(sampling, token, self.tokens[:, step])
+        is_eos = sampling & torch.isin(token, self.eos_ids)
+        was_closed = self.closed.clone()
+        if opts.think_end_token_id is not None:
+            self.closed |= sampling & (token == opts.think_end_token_id)
+        self.n_answer += (sampling & was_closed).long()
+        think_out = ~self.closed & (step + 1 >= opts.max_think_tokens)
+        answer_out = was_closed & (self.n_answer >= opts.max_answer_tokens)
+        budget = sampling & ~is_eos & (think_out | answer_out | (step + 1 >= self.max_new))
+        self.n_kept = torch.where(sampling & ~is_eos, step + 1, self.n_kept)
+        self.reason = torch.where(is_eos, 1, torch.where(budget, torch.where(answer_out, 3, 2), self.reason))
+        return is_eos, is_eos | budget
+
+    def fed(self) -> None:
+        """After a step: rows that just fed their embedding token are done."""
+        self.state = torch.where(self.embedding, DONE, self.state)
+
+    def n_generated(self) -> torch.Tensor:
+        """Sampled tokens per row: the kept ones plus a dropped EOS."""
+        return self.n_kept + (self.reason == 1).long()
+
+    def stop_reasons(self) -> list[str]:
+        return [self.REASONS[r] for r in self.reason.tolist()]
 
 
 def _graph_step(compiled):

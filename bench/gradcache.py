@@ -10,9 +10,10 @@ Three ways to take one InfoNCE training step (queries and as many targets, in-ba
 The encoder is a randomly initialised BERT (``--layers``, ``--hidden``) with mean pooling over
 ``--seq-len`` tokens (random lengths, right padding), embeddings L2-normalised. Reported:
 
-1. peak memory of one step per batch size, each point in a fresh process (peak RSS above the
-   process before the step on CPU, ``torch.cuda.max_memory_allocated`` on CUDA; the model, its
-   gradients-to-be and the inputs are in ``total``, only the step's own growth in ``step``);
+1. peak memory of one step per batch size, each point in a fresh process: on CPU, peak RSS above
+   the process before the step (glibc's mmap threshold set to 64 KiB, so freed blocks leave RSS);
+   on CUDA, ``torch.cuda.max_memory_allocated``. ``total`` includes the model and the inputs,
+   ``step`` only the step's own growth (gradients, activations, cached embeddings);
 2. step time at ``--time-batch`` (median of ``--repeats``, interleaved), as a ratio to ``plain``;
 3. a check that the three compute the same loss (dropout off).
 
@@ -224,6 +225,10 @@ def forwarded_flags(args) -> list[str]:
 
 
 def memory_table(args, methods, batches) -> list[dict]:
+    # On CPU, glibc keeps freed heap blocks mapped, so peak RSS would also count fragmentation that
+    # grows with the number of chunk-sized alloc/free cycles; serving blocks of 64 KiB and more from
+    # mmap returns them on free and makes peak RSS track the live tensors (the same for every method).
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     rows = []
     for batch in batches:
         for method in methods:
@@ -238,7 +243,7 @@ def memory_table(args, methods, batches) -> list[dict]:
                 str(batch),
                 *forwarded_flags(args),
             ]
-            out = subprocess.run(cmd, capture_output=True, text=True)
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if out.returncode != 0:
                 print(f"memory point {method} @ {batch} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
                 continue

@@ -6,9 +6,13 @@ Setup", 2021) runs in three passes:
 1. every chunk of queries and targets is encoded without an autograd graph, its RNG state
    (CPU and every CUDA device) saved first, and the embeddings cached;
 2. the loss and its gradient w.r.t. every cached embedding come from one call of the fused
-   ``infonce_loss_and_grads`` (the Nq x Nc logits are never stored);
+   ``infonce_loss_and_grads`` in float32 (the Nq x Nc logits are never stored);
 3. each chunk is encoded again with its RNG state restored, so dropout and LoRA dropout replay
    exactly, and the cached gradient is back-propagated through it.
+
+One saving: the last target chunk keeps its graph from pass 1 (it only has to outlive the loss,
+so peak memory does not change) and is back-propagated first, without recomputation. Under DDP it
+is recomputed like the others, since there the all-reducing backward has to come last.
 
 Parameter gradients are accumulated (``+=``) into ``.grad`` exactly as full-batch autograd of the
 mean loss would give them. Mixed precision (``torch.autocast`` around the call), gradient clipping,

@@ -48,17 +48,21 @@ def reference_step(q_encoder, t_encoder, queries, targets, chunk, t_chunk, tempe
     return loss.detach()
 
 
+def rng_states() -> list[torch.Tensor]:
+    return [torch.get_rng_state()] + (torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [])
+
+
 def run_both(
     model, queries, targets, chunk, t_chunk=None, temperature=0.02, labels=None, t_model=None, seed=3
 ):
     t_model_or_q = t_model or model
     k = targets.shape[0] // queries.shape[0]
-    ref_labels = torch.arange(queries.shape[0]) * k if labels is None else labels
+    ref_labels = (torch.arange(queries.shape[0]) * k if labels is None else labels).to(queries.device)
     torch.manual_seed(seed)
     ref_loss = reference_step(
         model, t_model_or_q, queries, targets, chunk, t_chunk or chunk, temperature, ref_labels
     )
-    rng_after_ref = torch.get_rng_state()
+    rng_after_ref = rng_states()
     want = grads_of(model), (grads_of(t_model) if t_model else None)
     model.zero_grad(set_to_none=True)
     if t_model:
@@ -75,7 +79,7 @@ def run_both(
         labels=labels,
     )
     # The step leaves the global RNG where its first (no-graph) pass left it.
-    assert torch.equal(torch.get_rng_state(), rng_after_ref)
+    assert all(torch.equal(a, b) for a, b in zip(rng_states(), rng_after_ref, strict=True))
     got = grads_of(model), (grads_of(t_model) if t_model else None)
     return loss, ref_loss, got, want
 
@@ -229,6 +233,20 @@ def test_bf16_autocast_around_the_step():
         loss, ref_loss, (got, _), (want, _) = run_both(model, queries, targets, 3)
     torch.testing.assert_close(loss, ref_loss, rtol=BF16_RTOL, atol=BF16_RTOL)
     assert_grads_close(got, want, BF16_RTOL)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("autocast", [False, True])
+def test_cuda_dropout_replay(autocast):
+    """CUDA dropout draws from the device generator: its state is saved and restored per chunk."""
+    torch.manual_seed(10)
+    model = Encoder(d_in=64, hidden=256, d_out=64, dropout=0.25).cuda()
+    queries, targets = torch.randn(40, 64, device="cuda"), torch.randn(80, 64, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        loss, ref_loss, (got, _), (want, _) = run_both(model, queries, targets, 16, 24)
+    rtol = BF16_RTOL if autocast else FP32_RTOL
+    torch.testing.assert_close(loss, ref_loss, rtol=rtol, atol=rtol)
+    assert_grads_close(got, want, rtol)
 
 
 class TestBadInput:

@@ -21,6 +21,25 @@ def _chunk_rows(nq: int, nc: int) -> int:
     return max(1, min(nq, BLOCK_ELEMENTS // max(nc, 1)))
 
 
+def _chunk_loss_and_grads(q_chunk, c_acc, labels, inv_t, grad_q_out, grad_c, grad_scale):
+    """Loss sum of one query chunk; writes its dq rows and adds its share of dc. Kept in its own
+    function so the [chunk, Nc] block is freed before the next chunk allocates one."""
+    rows = torch.arange(q_chunk.shape[0], device=q_chunk.device)
+    logits = torch.mm(q_chunk * inv_t, c_acc.T)
+    positive = logits[rows, labels]
+    row_max = logits.amax(dim=1, keepdim=True)
+    probs = logits.sub_(row_max).exp_()
+    sum_exp = probs.sum(dim=1, keepdim=True)
+    loss_sum = (row_max.squeeze(1) + sum_exp.squeeze(1).log() - positive).sum()
+    if grad_c is not None:
+        # softmax - one_hot is the logits gradient (times 1 / (t * Nq), folded into the matmuls).
+        grad_logits = probs.div_(sum_exp)
+        grad_logits[rows, labels] -= 1.0
+        torch.mm(grad_logits, c_acc, out=grad_q_out).mul_(grad_scale)
+        grad_c.addmm_(grad_logits.T, q_chunk, alpha=grad_scale)
+    return loss_sum
+
+
 @torch.no_grad()
 def infonce_forward_backward_torch(
     q: torch.Tensor, c: torch.Tensor, temperature: float, labels: torch.Tensor, need_grads: bool = True
@@ -30,30 +49,21 @@ def infonce_forward_backward_torch(
     nq, nc = q.shape[0], c.shape[0]
     acc = torch.promote_types(torch.promote_types(q.dtype, c.dtype), torch.float32)
     c_acc = c.to(acc)
-    inv_t = 1.0 / temperature
-    grad_scale = inv_t / nq
     grad_q = torch.empty(q.shape, dtype=acc, device=q.device) if need_grads else None
     grad_c = torch.zeros(c.shape, dtype=acc, device=c.device) if need_grads else None
     loss = torch.zeros((), dtype=acc, device=q.device)
     step = _chunk_rows(nq, nc)
     for start in range(0, nq, step):
         stop = min(start + step, nq)
-        q_chunk = q[start:stop].to(acc)
-        rows = torch.arange(stop - start, device=q.device)
-        logits = torch.mm(q_chunk * inv_t, c_acc.T)
-        positive = logits[rows, labels[start:stop]]
-        row_max = logits.amax(dim=1, keepdim=True)
-        probs = logits.sub_(row_max).exp_()
-        sum_exp = probs.sum(dim=1, keepdim=True)
-        lse = row_max.squeeze(1) + sum_exp.squeeze(1).log()
-        loss += (lse - positive).sum()
-        if not need_grads:
-            continue
-        # softmax - one_hot is the logits gradient (times 1 / (t * Nq), folded into the matmuls).
-        grad_logits = probs.div_(sum_exp)
-        grad_logits[rows, labels[start:stop]] -= 1.0
-        torch.mm(grad_logits, c_acc, out=grad_q[start:stop]).mul_(grad_scale)
-        grad_c.addmm_(grad_logits.T, q_chunk, alpha=grad_scale)
+        loss += _chunk_loss_and_grads(
+            q[start:stop].to(acc),
+            c_acc,
+            labels[start:stop],
+            1.0 / temperature,
+            grad_q[start:stop] if need_grads else None,
+            grad_c,
+            1.0 / (temperature * nq),
+        )
     loss = (loss / nq).float()
     if need_grads:
         grad_q = grad_q.to(q.dtype)

@@ -73,11 +73,12 @@ def _infonce_fwd_kernel(
 
 @triton.jit
 def _grad_logits_tile(
-    q_ptr, c_ptr, labels_ptr, lse_ptr, grad_scale, rows, cols, row_ok, col_ok, D, stride_q, stride_c,
+    q_ptr, c_ptr, labels_ptr, lse_ptr, rows, cols, row_ok, col_ok, D, stride_q, stride_c,
     scale, BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """dS tile = (exp(logits - lse) - one_hot(label)) * grad_scale, zero outside the matrix."""
+    """Unscaled dS tile = softmax - one_hot(label), zero outside the matrix. The tiny factor
+    g / (t * Nq) is applied after the matmul, so a half-precision tile does not underflow."""
     logits = _logits_tile(
         q_ptr, c_ptr, rows, cols, row_ok, col_ok, D, stride_q, stride_c, scale,
         BLOCK_Q, BLOCK_C, BLOCK_D, UPCAST, PRECISION,
@@ -85,7 +86,7 @@ def _grad_logits_tile(
     label = tl.load(labels_ptr + rows, mask=row_ok, other=-1)
     lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
     probs = tl.exp(logits - lse[:, None])
-    grad = tl.where(cols[None, :] == label[:, None], probs - 1.0, probs) * grad_scale
+    grad = tl.where(cols[None, :] == label[:, None], probs - 1.0, probs)
     return tl.where(row_ok[:, None] & col_ok[None, :], grad, 0.0)
 
 
@@ -103,7 +104,7 @@ def _infonce_bwd_dq_kernel(
         cols = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
         col_ok = cols < Nc
         grad = _grad_logits_tile(
-            q_ptr, c_ptr, labels_ptr, lse_ptr, grad_scale, rows, cols, row_ok, col_ok, D, stride_q,
+            q_ptr, c_ptr, labels_ptr, lse_ptr, rows, cols, row_ok, col_ok, D, stride_q,
             stride_c, scale, BLOCK_Q, BLOCK_C, BLOCK_D, UPCAST, PRECISION,
         )  # fmt: skip
         if not UPCAST:
@@ -115,7 +116,8 @@ def _infonce_bwd_dq_kernel(
             out = dq_ptr + rows[:, None] * D + dd[None, :]
             out_ok = row_ok[:, None] & d_ok[None, :]
             acc = tl.load(out, mask=out_ok, other=0.0)
-            tl.store(out, tl.dot(grad, ct, acc, input_precision=PRECISION), mask=out_ok)
+            update = tl.dot(grad, ct, input_precision=PRECISION)
+            tl.store(out, acc + update * grad_scale, mask=out_ok)
 
 
 @triton.jit
@@ -132,7 +134,7 @@ def _infonce_bwd_dc_kernel(
         rows = q0 + tl.arange(0, BLOCK_Q).to(tl.int64)
         row_ok = rows < Nq
         grad = _grad_logits_tile(
-            q_ptr, c_ptr, labels_ptr, lse_ptr, grad_scale, rows, cols, row_ok, col_ok, D, stride_q,
+            q_ptr, c_ptr, labels_ptr, lse_ptr, rows, cols, row_ok, col_ok, D, stride_q,
             stride_c, scale, BLOCK_Q, BLOCK_C, BLOCK_D, UPCAST, PRECISION,
         )  # fmt: skip
         grad_t = tl.trans(grad)
@@ -145,7 +147,8 @@ def _infonce_bwd_dc_kernel(
             out = dc_ptr + cols[:, None] * D + dd[None, :]
             out_ok = col_ok[:, None] & d_ok[None, :]
             acc = tl.load(out, mask=out_ok, other=0.0)
-            tl.store(out, tl.dot(grad_t, qt, acc, input_precision=PRECISION), mask=out_ok)
+            update = tl.dot(grad_t, qt, input_precision=PRECISION)
+            tl.store(out, acc + update * grad_scale, mask=out_ok)
 
 
 def _interpreting() -> bool:

@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from test_unified import _StopFirstRow  # a sibling test module (pytest puts tests/ on sys.path)
 
 from tte_fast.inputs import InputError, InputTypeError, load_image
 from tte_fast.model import UnifiedTTE, default_attention
@@ -144,7 +145,9 @@ def _head_reference(model: UnifiedTTE, sequence: torch.Tensor, image) -> torch.T
 
 
 @pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen2"])
-def test_tte_u_head_over_captured_states_equals_fresh_forward(tiny_checkpoints, model_type, tmp_path):
+def test_tte_u_head_over_captured_states_equals_fresh_forward(
+    tiny_checkpoints, model_type, tmp_path, monkeypatch
+):
     model = UnifiedTTE.from_pretrained(
         tiny_checkpoints[model_type], device="cpu", head="tte_u", head_layers=2
     )
@@ -152,8 +155,18 @@ def test_tte_u_head_over_captured_states_equals_fresh_forward(tiny_checkpoints, 
     inputs = ["tte_u query", "a longer text query for the unified head"]
     if model.vision:
         inputs.append({"image": image, "text": "with an image"})
-    for think in (True, False):
+    # Thinking, thinking with one row stopped early on EOS, and one prefill without thinking.
+    lengths = {}
+    for think, stop_early in ((True, False), (True, True), (False, False)):
+        if stop_early:
+            forced = _StopFirstRow(model.decoder.lm_head, model.eos_token_ids[0], at=1)
+            monkeypatch.setattr(model.decoder, "lm_head", forced)
         result = model.encode(inputs, think=think, max_think_tokens=4, batch_size=3)
+        monkeypatch.undo()
+        lengths[(think, stop_early)] = [len(seq) for seq in result.sequences]
+        if stop_early:
+            shorter = zip(lengths[(think, True)], lengths[(think, False)])
+            assert sum(a < b for a, b in shorter) == 1
         for i, item in enumerate(inputs):
             img = item.get("image") if isinstance(item, dict) else None
             expected = _head_reference(model, result.sequences[i], img)

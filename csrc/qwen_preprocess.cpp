@@ -49,6 +49,23 @@ const uint8_t* contiguous_rows(const ImageView& im, int64_t row_begin, int64_t r
         for (int c = 0; c < 3; c++) out[c] = row[im.at(y, x, c)];
       }
     }
+  } else if (channels == 3 && im.stride_c == 1 && im.stride_w == 4) {
+    // RGBX pixels (Pillow's memory): one 4-byte copy per pixel, the 4th byte overwritten by the next
+    // pixel; the last pixel of a row copies 3 bytes (its 4th need not exist).
+    for (int64_t y = row_begin; y < row_end; y++) {
+      const uint8_t* pixel = im.data + y * im.stride_h;
+      for (int64_t x = 0; x + 1 < im.width; x++, out += 3, pixel += 4) std::memcpy(out, pixel, 4);
+      std::memcpy(out, pixel, 3);
+      out += 3;
+    }
+  } else if (im.stride_c == 1 || channels == 1) {
+    // Rows of pixels with adjacent channels (RGBX exports, grey rows): copy pixel by pixel.
+    for (int64_t y = row_begin; y < row_end; y++) {
+      const uint8_t* pixel = im.data + y * im.stride_h;
+      for (int64_t x = 0; x < im.width; x++, out += channels, pixel += im.stride_w) {
+        for (int c = 0; c < channels; c++) out[c] = pixel[c];
+      }
+    }
   } else {
     for (int64_t y = row_begin; y < row_end; y++) {
       for (int64_t x = 0; x < im.width; x++, out += channels) {

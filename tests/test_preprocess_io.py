@@ -3,6 +3,7 @@ HF Qwen-VL processor (image tokens expanded from merge_size and image_grid_thw).
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import os
@@ -15,6 +16,8 @@ import pytest
 from transformers import AutoTokenizer, Qwen2VLImageProcessorPil
 
 from tte_fast import _C
+from tte_fast.arrow_view import arrow_image_view
+from tte_fast.image_io import pil_to_array
 from tte_fast.preprocess import ImageProcessor
 from tte_fast.processing import build_processor, default_image_processor
 from tte_fast.testing import qwen_tokenizer_dir
@@ -203,3 +206,29 @@ def test_gil_is_released_during_the_batch():
     duration = stamps[-1] - stamps[0]
     assert duration > 0.05
     assert max(np.diff(stamps)) < 0.5 * duration
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_arrow_view_is_the_image_memory(mode):
+    image = _image(8, 37, 53, mode)
+    expected = np.asarray(image).copy()
+    view = arrow_image_view(image)
+    assert not view.flags.owndata
+    np.testing.assert_array_equal(view, expected)
+    del image
+    gc.collect()
+    filler = [np.full((37, 53, 4), 7, np.uint8) for _ in range(50)]  # reuse of freed memory would show
+    np.testing.assert_array_equal(view, expected)
+    assert filler
+
+
+def test_pixels_fall_back_to_a_copy_when_the_export_fails(monkeypatch):
+    image = _image(9, 20, 30)
+    expected = np.asarray(image).copy()
+
+    def refuse(*args, **kwargs):
+        raise ValueError("Image rows are not contiguous in memory.")
+
+    monkeypatch.setattr(PIL.Image.Image, "__arrow_c_array__", refuse, raising=False)
+    np.testing.assert_array_equal(pil_to_array(image), expected)
+    _same(ImageProcessor()(image), Qwen2VLImageProcessorPil()(image))

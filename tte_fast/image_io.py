@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import PIL.Image
 
+from tte_fast.arrow_view import arrow_image_view
+
 CHANNEL_COUNTS = (1, 3, 4)
 _ENCODED = (bytes, bytearray, memoryview)
 
@@ -34,13 +36,26 @@ def pil_to_array(image: PIL.Image.Image) -> np.ndarray:
     """transformers' convert_to_rgb for PIL images, returned as an array. Grey ("L") images stay
     one channel: Pillow's L -> RGB only replicates it, which the C++ core does for free."""
     has_alpha = "A" in image.getbands() or image.info.get("transparency") is not None
-    if image.mode in ("RGB", "L") and not has_alpha:
-        return np.asarray(image)
     if has_alpha:
         rgba = image.convert("RGBA")
         white = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.asarray(PIL.Image.alpha_composite(white, rgba).convert("RGB"))
-    return np.asarray(image.convert("RGB"))
+        image = PIL.Image.alpha_composite(white, rgba).convert("RGB")
+    elif image.mode not in ("RGB", "L"):
+        image = image.convert("RGB")
+    pixels = pil_pixels_view(image)
+    return np.asarray(image) if pixels is None else pixels
+
+
+def pil_pixels_view(image: PIL.Image.Image) -> np.ndarray | None:
+    """An RGB or L image's pixels without a copy (np.asarray(image) copies them through tobytes):
+    Pillow exports its memory through the Arrow C data interface, RGB as 4-byte RGBX pixels, so
+    the RGB view is strided. None when the export is not a plain single buffer."""
+    if not hasattr(image, "__arrow_c_array__"):
+        return None
+    try:
+        return arrow_image_view(image)
+    except (ValueError, TypeError, OSError):
+        return None
 
 
 def _is_tensor(value) -> bool:

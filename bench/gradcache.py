@@ -160,6 +160,12 @@ def make_step(method: str, encoder, args):
             loss.backward()
             return loss.detach()
 
+    elif method == "forward":  # timing reference only: both sides, no graph, dropout on
+
+        def step(queries, targets):
+            with torch.no_grad():
+                encoder(**queries), encoder(**targets)
+
     else:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
     autocast = torch.autocast(args.device, dtype=torch.bfloat16) if args.autocast == "bf16" else None
@@ -265,6 +271,11 @@ def time_and_check(args, methods) -> tuple[list[dict], dict]:
     for encoder in encoders.values():
         encoder.train()
 
+    # The floor of any recomputing step: plain autograd plus one more forward without a graph.
+    if "plain" in methods:
+        methods = [*methods, "forward"]
+        steps["forward"] = make_step("forward", encoders["plain"], args)
+
     # Wall time, and on CPU also this process's CPU time: on a shared machine the latter is the
     # steadier measure of a single-threaded step.
     wall, cpu = {m: [] for m in methods}, {m: [] for m in methods}
@@ -338,12 +349,16 @@ def main(argv=None) -> None:
         ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"
         cpu_ms = f"{r['median_cpu_s'] * 1e3:.1f}" if "median_cpu_s" in r else "-"
         cpu_ratio = f"{r['cpu_ratio']:.2f}" if "cpu_ratio" in r else "-"
-        print(
-            f"{r['method']:<11}{r['median_s'] * 1e3:>9.1f}{ratio:>7}{cpu_ms:>9}{cpu_ratio:>7}"
-            f"{losses[r['method']]:>20.6f}"
-        )
+        loss = f"{losses[r['method']]:.6f}" if r["method"] in losses else "-"
+        print(f"{r['method']:<11}{r['median_s'] * 1e3:>9.1f}{ratio:>7}{cpu_ms:>9}{cpu_ratio:>7}{loss:>20}")
     spread = max(losses.values()) - min(losses.values())
     print(f"largest loss difference between methods: {spread:.2e}")
+    forward = next((r for r in timing if r["method"] == "forward"), None)
+    if forward:
+        key = "cpu_ratio" if "cpu_ratio" in forward else "ratio"
+        print(
+            f"recomputation floor (plain + one forward without graph): {1 + forward[key]:.2f}x plain ({key})"
+        )
 
     if args.json:
         config = {k: v for k, v in vars(args).items() if k not in ("json", "point", "point_batch")}

@@ -67,11 +67,13 @@ def bench_embed(tte: UnifiedTTE, decoder: Decoder, context: int, batch: int, rep
     emb = torch.full((batch, 1), tte.embed_token_id, device=device)
     steps = repeats + 2  # warm-up + repeats, each at the next cache slot
     cache = decoder.new_cache(batch, context + steps)
-    width = cache.layers[0].max_cache_len
-    mask = torch.zeros(batch, width, dtype=torch.long, device=device)
+    mask = torch.zeros(batch, decoder.mask_width(context + steps), dtype=torch.long, device=device)
     mask[:, :context] = 1
     positions, deltas = prefill_position_ids(tte.hf_model, prompts)
-    decoder.forward(prompts["input_ids"], positions, mask, cache, decoder.cache_positions(0, context, device))
+    prefill_mask = decoder.visible_mask(mask, context)
+    decoder.forward(
+        prompts["input_ids"], positions, prefill_mask, cache, decoder.cache_positions(0, context, device)
+    )
     slot = [context]
 
     def embed_step():
@@ -80,7 +82,8 @@ def bench_embed(tte: UnifiedTTE, decoder: Decoder, context: int, batch: int, rep
         text_pos = torch.full((batch,), column, device=device)
         # What the decode loop runs when only embedding tokens are left: backbone step, no LM head.
         slot_position = decoder.cache_positions(column, 1, device)
-        hidden = decoder.forward(emb, decode_position_ids(text_pos, deltas), mask, cache, slot_position)
+        step_mask = decoder.visible_mask(mask, column + 1)
+        hidden = decoder.forward(emb, decode_position_ids(text_pos, deltas), step_mask, cache, slot_position)
         pool_normalize(hidden[:, None], torch.ones(batch, 1, dtype=torch.long, device=device))
         slot[0] += 1
 

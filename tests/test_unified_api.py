@@ -196,3 +196,33 @@ def test_default_attention(monkeypatch):
     assert default_attention(cuda, torch.bfloat16, "last_token", True) == "sdpa"  # graphs need a static cache
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     assert default_attention(cuda, torch.bfloat16, "last_token", False) == "sdpa"
+
+
+def _bench_module():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "bench", "unified.py")
+    spec = importlib.util.spec_from_file_location("bench_unified", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_unified_runs(tmp_path):
+    bench = _bench_module()
+    out = tmp_path / "unified.json"
+    args = ["--contexts", "40", "--batch-size", "2", "--prompt-tokens", "12", "--new-tokens", "3"]
+    bench.main([*args, "--repeats", "1", "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert report["embed"][0]["context"] == 40 and report["embed"][0]["speedup"] > 0
+    assert report["decode"]["rows_identical"] == "2/2"
+
+
+def test_bench_embed_on_a_growing_cache(tiny_checkpoints):
+    """The flash-attn layout (growing cache, exact-width mask) runs through the embed benchmark too."""
+    from tte_fast.generate import Decoder
+
+    bench = _bench_module()
+    model = UnifiedTTE.from_pretrained(tiny_checkpoints["qwen2"], device="cpu")
+    row = bench.bench_embed(model, Decoder(model.hf_model, static_cache=False), 24, 2, 1)
+    assert row["embed_step_ms"] > 0

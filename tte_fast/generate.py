@@ -191,6 +191,14 @@ class Decoder:
             cache.reset()
         return cache
 
+    def mask_width(self, total: int) -> int:
+        """Columns of the 2D attention mask for ``total`` positions: the static cache's length, or exact."""
+        return -(-total // CACHE_BUCKET) * CACHE_BUCKET if self.static_mask else total
+
+    def visible_mask(self, mask: torch.Tensor, end: int) -> torch.Tensor:
+        """What a forward that ends at column ``end`` sees: the whole static mask, or the columns so far."""
+        return mask if self.static_mask else mask[:, :end]
+
     def forward(self, input_ids, position_ids, mask, cache, cache_position=None, **extra) -> torch.Tensor:
         """Backbone forward of new tokens onto ``cache``; the final-norm hidden state of the last one.
 
@@ -229,14 +237,13 @@ class Decoder:
         # The last sampled token is fed only before an embedding token; then comes that token.
         total = prompt_len + max_new + (1 if embed_token_id is not None else 0)
         cache = self.new_cache(bsz, total)
-        width = -(-total // CACHE_BUCKET) * CACHE_BUCKET if self.static_mask else total
-        mask = torch.zeros(bsz, width, dtype=prompt_mask.dtype, device=device)
+        mask = torch.zeros(bsz, self.mask_width(total), dtype=prompt_mask.dtype, device=device)
         mask[:, :prompt_len] = prompt_mask
         position_ids, deltas = prefill_position_ids(self.hf_model, batch)
 
         with stage("prefill"):
             extra = model_inputs(self.backbone, batch)
-            prefill_mask = mask if self.static_mask else mask[:, :prompt_len]
+            prefill_mask = self.visible_mask(mask, prompt_len)
             cache_position = self.cache_positions(0, prompt_len, device)
             hidden = self.forward(input_ids, position_ids, prefill_mask, cache, cache_position, **extra)
             logits = self.lm_head(hidden).float()
@@ -258,7 +265,7 @@ class Decoder:
                 if not any_left:
                     break
                 mask[:, column] = rows.feed.to(mask.dtype)
-                step_mask = mask if self.static_mask else mask[:, : column + 1]
+                step_mask = self.visible_mask(mask, column + 1)
                 with stage("decode_step"):
                     positions = decode_position_ids(text_pos, deltas)
                     slot = self.cache_positions(column, 1, device)

@@ -18,7 +18,7 @@ a decode step's three M-RoPE rows are the text position plus the row's ``rope_de
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache, StaticCache
@@ -81,7 +81,6 @@ class DecodeOutput:
     embed_hidden: torch.Tensor | None = None  # [B, D] final-norm hidden state at the embedding token
     embed_token_id: int | None = None
     steps: int = 0
-    extras: dict = field(default_factory=dict)
 
     @property
     def sequences(self) -> list[torch.Tensor]:

@@ -39,7 +39,7 @@ def make_batch(processor, specs, seed):
         content = [{"type": "image"} for _ in sizes] + [{"type": "text", "text": text}]
         texts.append(processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False))
         images += [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in sizes]
-    return dict(processor(text=texts, images=images or None, return_tensors="pt", padding=True))
+    return processor(text=texts, images=images or None, return_tensors="pt", padding=True)  # a BatchFeature
 
 
 QUERIES = [

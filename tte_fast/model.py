@@ -170,10 +170,10 @@ class UnifiedTTE:
             batch = self._batch(batch_items, indices, side, thinking, traces, options)
             if thinking:
                 return self._think_and_embed(batch, options)
-            return self._embed_prefill(batch), None, _unpadded(batch), None
+            return self._embed_prefill(batch), None, _unpadded(batch)
 
         for indices, result in self._batches(items, errors, batch_size, progress, on_error, run, "encode"):
-            emb, batch_traces, seqs, _ = result
+            emb, batch_traces, seqs = result
             for j, i in enumerate(indices):
                 embeddings[i] = emb[j]
                 sequences[i] = seqs[j].cpu()
@@ -334,7 +334,7 @@ class UnifiedTTE:
                 out = self.decoder.decode(batch, options, embed_token_id=self.embed_token_id, compiled=False)
             with stage("embed"), torch.inference_mode():
                 emb = self.head.embed(captured, out.attention_mask)
-        return emb.float().cpu(), self._traces(out.kept), out.sequences, out
+        return emb.float().cpu(), self._traces(out.kept), out.sequences
 
     @torch.inference_mode()
     def _embed_prefill(self, batch: dict) -> torch.Tensor:

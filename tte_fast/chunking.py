@@ -69,7 +69,7 @@ def _media_per_sample(
         )
     patches_per_image = grid.long().prod(dim=1).tolist()
     total = sum(patches_per_image)
-    if patch_key in inputs and inputs[patch_key].shape[0] != total:
+    if inputs.get(patch_key) is not None and inputs[patch_key].shape[0] != total:
         raise ValueError(
             f"{patch_key} has {inputs[patch_key].shape[0]} rows but {grid_key} describes {total} patches"
         )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from tte_fast.chunking import batch_size, split_inputs
+from tte_fast.processing import load_processor
 
 MERGE = 4  # patches per image token (spatial_merge_size ** 2)
 
@@ -112,3 +115,27 @@ def test_errors_name_the_problem():
         split_inputs([torch.zeros(4)], 2)
     with pytest.raises(ValueError, match="batch size"):
         split_inputs({"flag": True}, 2)
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_real_processor_batch_splits_like_processing_each_sample_alone(tiny_checkpoints, model_type):
+    processor = load_processor(tiny_checkpoints[model_type], model_type)
+    rng = np.random.default_rng(0)
+    specs = [("one", [(56, 84)]), ("none", []), ("two", [(112, 56), (64, 64)]), ("tall", [(140, 56)])]
+    texts, images = [], []
+    for text, sizes in specs:
+        content = [{"type": "image"} for _ in sizes] + [{"type": "text", "text": text}]
+        texts.append(processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False))
+        images.append([Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in sizes])
+    batch = processor(
+        text=texts, images=[im for ims in images for im in ims], return_tensors="pt", padding=True
+    )
+    for chunk, text, ims in zip(split_inputs(batch, 1), texts, images):
+        alone = processor(text=[text], images=ims or None, return_tensors="pt")
+        for key in ("pixel_values", "image_grid_thw"):
+            if alone.get(key) is None:
+                assert chunk[key] is None
+            else:
+                torch.testing.assert_close(chunk[key], alone[key], rtol=0, atol=0)
+        n = int(alone["attention_mask"].sum())  # right padding: the sample's own tokens come first
+        torch.testing.assert_close(chunk["input_ids"][0, :n], alone["input_ids"][0])

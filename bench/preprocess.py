@@ -116,12 +116,16 @@ def main() -> None:
     parser.add_argument("--issue-sizes", action="store_true", help="32 x 640x480 and 8 x 2048x1536")
     parser.add_argument("--small-batch", type=int, default=None, help="number of 640x480 images")
     parser.add_argument("--large-batch", type=int, default=None, help="number of 2048x1536 images")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="'all cores' thread count")
+    parser.add_argument("--threads", type=int, default=None, help="'all cores' thread count (default: all)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu", help="cpu, or cuda to include the copy of pixel_values")
     parser.add_argument("--json", help="write the rows to this file")
     parser.add_argument("--point", help=argparse.SUPPRESS)  # internal: run one point, print JSON
     args = parser.parse_args()
+    if args.threads is None:
+        from tte_fast.preprocess import available_cores
+
+        args.threads = available_cores()
     if args.point:
         print(json.dumps(run_point(**json.loads(args.point), repeats=args.repeats, device=args.device)))
         return

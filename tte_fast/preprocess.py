@@ -40,6 +40,14 @@ def pillow_pass_order() -> int | None:
     return None
 
 
+def available_cores() -> int:
+    """Cores this process may run on (the affinity mask, which containers narrow), else all."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _three(values, name: str) -> list[float]:
     values = [float(values)] * 3 if np.isscalar(values) else [float(v) for v in values]
     if len(values) != 3:
@@ -63,11 +71,11 @@ class ImageProcessor(Qwen2VLImageProcessorPil):
     ) -> BatchFeature:
         """``pixel_values`` [sum of patches, 3 * temporal_patch_size * patch_size**2] and
         ``image_grid_thw`` [images, 3], as HF's; ``kwargs`` override the processor's settings for
-        this call. ``num_threads`` defaults to the machine's cores; results do not depend on it."""
+        this call. ``num_threads`` defaults to the cores this process may use; results do not depend on it."""
         unknown = set(kwargs) - set(self.valid_kwargs.__annotations__)
         if unknown:
             raise TypeError(f"unexpected image processor arguments: {sorted(unknown)}")
-        num_threads = (os.cpu_count() or 1) if num_threads is None else num_threads
+        num_threads = available_cores() if num_threads is None else num_threads
         if not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1:
             raise ValueError(f"num_threads must be a positive int, got {num_threads!r}")
         options = {k: getattr(self, k, None) for k in self.valid_kwargs.__annotations__}

@@ -4,6 +4,8 @@ same image_grid_thw, for many sizes, modes, layouts, settings and thread counts.
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import PIL.Image
 import pytest
@@ -105,7 +107,7 @@ def test_call_time_overrides_match_hf():
 
 
 MODES = ["1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "I", "I;16"]
-MODES += ["F"]
+MODES += ["I;16B", "I;16L", "F"]
 
 
 def _in_mode(rgb: PIL.Image.Image, mode: str) -> PIL.Image.Image:
@@ -168,27 +170,31 @@ def test_torch_tensors_are_accepted():
     assert_same(ImageProcessor()(torch.from_numpy(array)), ImageProcessor()(array))
 
 
-def _mixed_batch(rng):
+def _jpeg(image: PIL.Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def _mixed_batch(rng) -> list[tuple]:
+    """(our input, the same image as HF takes it) for every kind of input, size and mode."""
     rgb = PIL.Image.fromarray(random_image(rng, 300, 200))
-    return [
-        rgb,
-        _in_mode(rgb, "RGBA"),
-        random_image(rng, 17, 1000),
-        random_image(rng, 5, 5, 4),
-        PIL.Image.fromarray(random_image(rng, 700, 500)).convert("L"),
-        random_image(rng, 1, 199),
-        random_image(rng, 64, 64, 1),
-    ]
+    big = PIL.Image.fromarray(random_image(rng, 1100, 1500))
+    arrays = [random_image(rng, 17, 1000), random_image(rng, 5, 5, 4), random_image(rng, 1, 199)]
+    arrays += [random_image(rng, 64, 64, 1), random_image(rng, 40, 30, None)]
+    pairs = [(rgb, rgb), (big, big), (_jpeg(rgb), PIL.Image.open(io.BytesIO(_jpeg(rgb))))]
+    pairs += [(image, image) for image in (_in_mode(rgb, m) for m in ("RGBA", "L", "P", "CMYK", "1", "I;16"))]
+    pairs += [(array, np.atleast_3d(array)) for array in arrays]
+    return pairs
 
 
 def test_mixed_batch_matches_hf_and_thread_counts_agree():
-    batch = _mixed_batch(np.random.default_rng(12))
+    pairs = _mixed_batch(np.random.default_rng(12))
     processor = ImageProcessor(min_pixels=8 * 28 * 28, max_pixels=300 * 28 * 28)
     reference = Qwen2VLImageProcessorPil(min_pixels=8 * 28 * 28, max_pixels=300 * 28 * 28)
-    hf_inputs = [np.atleast_3d(x) if isinstance(x, np.ndarray) else x for x in batch]
-    expected = reference(hf_inputs, input_data_format="channels_last")
+    expected = reference([hf for _, hf in pairs], input_data_format="channels_last")
     for threads in (1, 2, 3, 16):
-        assert_same(processor(batch, num_threads=threads), expected)
+        assert_same(processor([ours for ours, _ in pairs], num_threads=threads), expected)
 
 
 def test_nested_lists_and_return_tensors():

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 
-# Triton kernels run on CPU tensors through the interpreter; set before triton is imported.
-os.environ.setdefault("TRITON_INTERPRET", "1")
-
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# Without a GPU, Triton kernels run on CPU tensors through the interpreter; set before triton is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from tte_fast.testing import TINY_MODEL_TYPES, build_tiny_checkpoint  # noqa: E402
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 # Without a GPU, Triton kernels run on CPU tensors through the interpreter; set before triton is imported.
 if not torch.cuda.is_available():

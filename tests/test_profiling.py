@@ -53,3 +53,13 @@ def test_vision_encoder_hooks_time_the_tower():
         model.visual(torch.zeros(1))
     assert rec.counts["vision_encoder"] == 1
     assert set(rec.counts) <= set(STAGES)
+
+
+def test_gradcache_phases_are_ranges():
+    from tte_fast.gradcache import gradcache_step
+
+    encoder = torch.nn.Sequential(torch.nn.Linear(8, 4))
+    normalize = lambda x: torch.nn.functional.normalize(encoder(x), dim=-1)
+    with StageRecorder() as rec:
+        gradcache_step(normalize, torch.randn(6, 8), torch.randn(6, 8), chunk_size=4)
+    assert {"gradcache_forward", "gradcache_loss", "gradcache_backward"} <= set(rec.counts)

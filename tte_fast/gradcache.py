@@ -46,6 +46,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tte_fast.chunking import batch_size, split_inputs
 from tte_fast.distributed import all_reduce_sum, gather_rows, row_counts, world
 from tte_fast.kernels import infonce_loss_and_grads
+from tte_fast.profiling import stage
 
 Encoder = Callable[..., torch.Tensor]
 
@@ -125,7 +126,8 @@ def _loss_and_grads(q: torch.Tensor, t: torch.Tensor, temperature: float, labels
         if size == 1:
             loss, grad_q, grad_t = infonce_loss_and_grads(q, t, temperature=temperature, labels=labels)
             return loss.detach(), grad_q, grad_t
-        all_t, t_rows = gather_rows(t)
+        with stage("gather"):
+            all_t, t_rows = gather_rows(t)
         q_rows = row_counts(q.shape[0], q.device)
         offset = sum(t_rows[:rank])
         loss, grad_q, grad_all_t = infonce_loss_and_grads(
@@ -210,9 +212,11 @@ def gradcache_step(
     # extra peak memory and saves one chunk's recomputation. Not under DDP: there the synced
     # backward must come last and its forward must be the last one outside no_sync.
     keep_last = train_targets and not hasattr(target_encoder, "no_sync")
-    q, q_states, _ = _first_pass(encoder, query_chunks, "query", keep_last_graph=False)
-    t, t_states, kept = _first_pass(target_encoder, target_chunks, "target", keep_last_graph=keep_last)
-    loss, grad_q, grad_t = _loss_and_grads(q, t, temperature, labels.to(q.device))
+    with stage("gradcache_forward"):
+        q, q_states, _ = _first_pass(encoder, query_chunks, "query", keep_last_graph=False)
+        t, t_states, kept = _first_pass(target_encoder, target_chunks, "target", keep_last_graph=keep_last)
+    with stage("gradcache_loss"):
+        loss, grad_q, grad_t = _loss_and_grads(q, t, temperature, labels.to(q.device))
 
     jobs = []
     if train_targets:
@@ -226,5 +230,6 @@ def gradcache_step(
     jobs += [
         (encoder, c, s, g, "query", None) for c, s, g in zip(query_chunks, q_states, grad_q.split(chunk_size))
     ]
-    _replay_and_backward(jobs)
+    with stage("gradcache_backward"):
+        _replay_and_backward(jobs)
     return loss

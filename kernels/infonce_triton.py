@@ -45,7 +45,7 @@ def _logits_tile(
 
 @triton.jit
 def _infonce_fwd_kernel(
-    q_ptr, c_ptr, labels_ptr, lse_ptr, pos_ptr, Nq, Nc, D, stride_q, stride_c, scale,
+    q_ptr, c_ptr, labels_ptr, lse_ptr, pos_ptr, Nq, Nc, D, stride_q, stride_c, scale, size_class,
     BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -93,6 +93,7 @@ def _grad_logits_tile(
 @triton.jit
 def _infonce_bwd_dq_kernel(
     q_ptr, c_ptr, labels_ptr, lse_ptr, grad_scale_ptr, dq_ptr, Nq, Nc, D, stride_q, stride_c, scale,
+    size_class,
     BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -123,6 +124,7 @@ def _infonce_bwd_dq_kernel(
 @triton.jit
 def _infonce_bwd_dc_kernel(
     q_ptr, c_ptr, labels_ptr, lse_ptr, grad_scale_ptr, dc_ptr, Nq, Nc, D, stride_q, stride_c, scale,
+    size_class,
     BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -155,17 +157,52 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _launch_config(q: torch.Tensor) -> dict:
-    """Tile sizes and dot precision. fp32 inputs use exact fp32 dots (TF32 would cost ~3 decimal
-    digits); the interpreter gets small tiles and fp32 dots (its bf16 dot is wrong)."""
-    fp32 = q.dtype == torch.float32
+def _configs(shapes) -> list:
+    return [
+        triton.Config({"BLOCK_Q": bq, "BLOCK_C": bc, "BLOCK_D": bd}, num_warps=w, num_stages=st)
+        for bq, bc, bd, w, st in shapes
+    ]
+
+
+# GPU tile candidates (BLOCK_Q, BLOCK_C, BLOCK_D, warps, stages), tuned once per (D, size class,
+# dtypes). The backward kernels favour a long inner dimension (BLOCK_C for dq, BLOCK_Q for dc): it
+# is the K of each gradient update, so it sets how often the fp32 gradient rows are re-read.
+_HALF = {
+    "fwd": [(128, 128, 64, 8, 3), (64, 128, 64, 4, 3), (128, 64, 64, 4, 4)],
+    "dq": [(64, 128, 64, 4, 3), (64, 256, 64, 8, 2), (128, 128, 64, 8, 3)],
+    "dc": [(128, 64, 64, 4, 3), (256, 64, 64, 8, 2), (128, 128, 64, 8, 3)],
+}
+# fp32 uses exact (IEEE) dots: TF32 would cost ~3 decimal digits of the loss and gradients.
+_FP32 = {name: [(64, 64, 32, 4, 2), (32, 64, 32, 4, 2)] for name in ("fwd", "dq", "dc")}
+# The interpreter: small tiles, one config (autotuning several fails there), fp32 dots (its bf16
+# dot is wrong).
+_INTERPRETER_META = dict(BLOCK_Q=16, BLOCK_C=16, BLOCK_D=32)
+
+_KERNELS = {"fwd": _infonce_fwd_kernel, "dq": _infonce_bwd_dq_kernel, "dc": _infonce_bwd_dc_kernel}
+_RESET = {"fwd": None, "dq": ["dq_ptr"], "dc": ["dc_ptr"]}  # accumulators zeroed between tuning runs
+_TUNED = {
+    (name, family): triton.autotune(
+        configs=_configs(table[name]), key=["D", "size_class"], reset_to_zero=_RESET[name]
+    )(kernel)
+    for name, kernel in _KERNELS.items()
+    for family, table in (("half", _HALF), ("fp32", _FP32))
+}
+
+
+def _size_class(nq: int, nc: int) -> int:
+    return (nq * nc).bit_length() // 4  # retune only when the problem grows ~16x
+
+
+def _launch(name: str, rows: int, block: str, *args) -> None:
+    """Launch kernel `name` over `rows` rows in tiles of meta[block]; args[0] is q."""
     if _interpreting():
-        return dict(BLOCK_Q=16, BLOCK_C=16, BLOCK_D=32, UPCAST=True, PRECISION="ieee")
-    if fp32:
-        return dict(
-            BLOCK_Q=64, BLOCK_C=64, BLOCK_D=32, UPCAST=True, PRECISION="ieee", num_warps=4, num_stages=2
-        )
-    return dict(BLOCK_Q=64, BLOCK_C=64, BLOCK_D=64, UPCAST=False, PRECISION="tf32", num_warps=4, num_stages=3)
+        grid = (triton.cdiv(rows, _INTERPRETER_META[block]),)
+        _KERNELS[name][grid](*args, **_INTERPRETER_META, UPCAST=True, PRECISION="ieee")
+        return
+    fp32 = args[0].dtype == torch.float32
+    kernel = _TUNED[(name, "fp32" if fp32 else "half")]
+    grid = lambda meta: (triton.cdiv(rows, meta[block]),)
+    kernel[grid](*args, UPCAST=fp32, PRECISION="ieee" if fp32 else "tf32")
 
 
 def _prepare(q: torch.Tensor, c: torch.Tensor, labels: torch.Tensor):
@@ -182,32 +219,28 @@ def _prepare(q: torch.Tensor, c: torch.Tensor, labels: torch.Tensor):
     return unit_stride(q), unit_stride(c), labels.contiguous()
 
 
-def _forward(q, c, temperature, labels, config):
+def _forward(q, c, temperature, labels):
     nq, nc, d = q.shape[0], c.shape[0], q.shape[1]
     lse = torch.empty(nq, dtype=torch.float32, device=q.device)
     positive = torch.empty(nq, dtype=torch.float32, device=q.device)
-    grid = (triton.cdiv(nq, config["BLOCK_Q"]),)
-    _infonce_fwd_kernel[grid](
-        q, c, labels, lse, positive, nq, nc, d, q.stride(0), c.stride(0), 1.0 / temperature, **config
-    )
+    sizes = (nq, nc, d, q.stride(0), c.stride(0), 1.0 / temperature, _size_class(nq, nc))
+    _launch("fwd", nq, "BLOCK_Q", q, c, labels, lse, positive, *sizes)
     return (lse - positive).mean(), lse
 
 
-def _backward(q, c, temperature, labels, lse, grad_loss, config, need_q=True, need_c=True):
+def _backward(q, c, temperature, labels, lse, grad_loss, need_q=True, need_c=True):
     """fp32 gradients of grad_loss * mean loss w.r.t. q and c (None where not needed)."""
     nq, nc, d = q.shape[0], c.shape[0], q.shape[1]
     scale = 1.0 / temperature
     grad_scale = (grad_loss.detach().float() * (scale / nq)).reshape(1).contiguous()
-    args = (nq, nc, d, q.stride(0), c.stride(0), scale)
+    sizes = (nq, nc, d, q.stride(0), c.stride(0), scale, _size_class(nq, nc))
     grad_q = grad_c = None
     if need_q:
         grad_q = torch.zeros(nq, d, dtype=torch.float32, device=q.device)
-        grid = (triton.cdiv(nq, config["BLOCK_Q"]),)
-        _infonce_bwd_dq_kernel[grid](q, c, labels, lse, grad_scale, grad_q, *args, **config)
+        _launch("dq", nq, "BLOCK_Q", q, c, labels, lse, grad_scale, grad_q, *sizes)
     if need_c:
         grad_c = torch.zeros(nc, d, dtype=torch.float32, device=q.device)
-        grid = (triton.cdiv(nc, config["BLOCK_C"]),)
-        _infonce_bwd_dc_kernel[grid](q, c, labels, lse, grad_scale, grad_c, *args, **config)
+        _launch("dc", nc, "BLOCK_C", q, c, labels, lse, grad_scale, grad_c, *sizes)
     return grad_q, grad_c
 
 
@@ -217,10 +250,9 @@ class InfoNCETriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, c, temperature, labels):
         q_k, c_k, labels = _prepare(q, c, labels)
-        config = _launch_config(q_k)
-        loss, lse = _forward(q_k, c_k, temperature, labels, config)
+        loss, lse = _forward(q_k, c_k, temperature, labels)
         ctx.save_for_backward(q_k, c_k, labels, lse)
-        ctx.temperature, ctx.config = temperature, config
+        ctx.temperature = temperature
         ctx.dtypes = (q.dtype, c.dtype)
         return loss
 
@@ -229,9 +261,7 @@ class InfoNCETriton(torch.autograd.Function):
     def backward(ctx, grad_loss):
         q_k, c_k, labels, lse = ctx.saved_tensors
         need_q, need_c = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_q, grad_c = _backward(
-            q_k, c_k, ctx.temperature, labels, lse, grad_loss, ctx.config, need_q, need_c
-        )
+        grad_q, grad_c = _backward(q_k, c_k, ctx.temperature, labels, lse, grad_loss, need_q, need_c)
         grad_q = grad_q.to(ctx.dtypes[0]) if need_q else None
         grad_c = grad_c.to(ctx.dtypes[1]) if need_c else None
         return grad_q, grad_c, None, None
@@ -242,8 +272,7 @@ def infonce_forward_backward_triton(q, c, temperature, labels):
     """(loss, grad_q, grad_c) of the mean loss without autograd: forward kernel, then both backward
     kernels with an upstream gradient of one."""
     q_k, c_k, labels = _prepare(q, c, labels)
-    config = _launch_config(q_k)
-    loss, lse = _forward(q_k, c_k, temperature, labels, config)
+    loss, lse = _forward(q_k, c_k, temperature, labels)
     one = torch.ones((), dtype=torch.float32, device=q.device)
-    grad_q, grad_c = _backward(q_k, c_k, temperature, labels, lse, one, config)
+    grad_q, grad_c = _backward(q_k, c_k, temperature, labels, lse, one)
     return loss.float(), grad_q.to(q.dtype), grad_c.to(c.dtype)

@@ -48,7 +48,8 @@ def test_bytes_and_paths_decode_like_pillow(tmp_path, fmt, mode):
     path.write_bytes(data)
     expected = Qwen2VLImageProcessorPil()(PIL.Image.open(io.BytesIO(data)))
     processor = ImageProcessor()
-    for source in (data, bytearray(data), memoryview(data), str(path), path):
+    lazy = PIL.Image.open(io.BytesIO(data))  # not decoded yet
+    for source in (data, bytearray(data), memoryview(data), str(path), path, lazy):
         _same(processor(source), expected)
     _same(
         processor([data, str(path), data], num_threads=3),

@@ -226,3 +226,28 @@ def test_bench_embed_on_a_growing_cache(tiny_checkpoints):
     model = UnifiedTTE.from_pretrained(tiny_checkpoints["qwen2"], device="cpu")
     row = bench.bench_embed(model, Decoder(model.hf_model, static_cache=False), 24, 2, 1)
     assert row["embed_step_ms"] > 0
+
+
+@pytest.mark.parametrize("shape", [(20, 30), (20, 30, 1), (20, 30, 3), (20, 30, 4)])
+def test_image_arrays_become_rgb(shape):
+    image = load_image(0, np.zeros(shape, dtype=np.uint8))
+    assert image.mode == "RGB" and image.size == (30, 20)
+
+
+def test_prompts_per_side(vl_model):
+    from tte_fast.inputs import EmbedInput
+    from tte_fast.prompts import PromptConfig, render_prompt
+
+    config = PromptConfig(system_prompt="SYS")
+    item = EmbedInput(text="a cat", image=None)
+    query = render_prompt(vl_model.processor, item, "query", True, config, vision=True)
+    target = render_prompt(vl_model.processor, item, "target", False, config, vision=True)
+    traced = render_prompt(vl_model.processor, item, "target", False, config, vision=True, trace="<think>\nT")
+    assert "SYS" in query and config.query_instruction in query and config.reasoning_instruction in query
+    assert query.endswith("<|im_start|>assistant\n" + config.think_prefix)
+    assert config.target_instruction in target and config.reasoning_instruction not in target
+    assert target.endswith("<|im_start|>assistant\n")
+    # A given trace answers the reasoning prompt: same user turn as thinking, then the trace.
+    assert config.reasoning_instruction in traced and traced.endswith("assistant\n<think>\nT")
+    own = EmbedInput(text="a cat", instruction="Find the cat.")
+    assert "Find the cat." in render_prompt(vl_model.processor, own, "query", False, config, vision=True)

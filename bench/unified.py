@@ -23,6 +23,7 @@ import tempfile
 import time
 
 import torch
+import transformers
 from tte_fast.kernels import pool_normalize
 
 from tte_fast.generate import DecodeOptions, Decoder, decode_position_ids, prefill_position_ids
@@ -187,9 +188,14 @@ def main(argv: list[str] | None = None) -> None:
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     threads = torch.get_num_threads()
     print(f"model: {name}, {args.dtype} on {device_name}, compile={args.compile}, threads={threads}")
-    print(f"times: median of {args.repeats} runs after a warm-up")
+    versions = f"torch {torch.__version__}, transformers {transformers.__version__}"
+    print(f"times: median of {args.repeats} runs after a warm-up; {versions}")
 
-    report = {"config": {k: v for k, v in vars(args).items() if k != "json"}, "device_name": device_name}
+    report = {
+        "config": {k: v for k, v in vars(args).items() if k != "json"},
+        "device_name": device_name,
+        "versions": versions,
+    }
     if args.skip != "embed":
         rows = [bench_embed(tte, decoder, c, args.embed_batch, args.repeats) for c in args.contexts]
         report["embed"] = rows

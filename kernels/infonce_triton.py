@@ -189,20 +189,28 @@ _TUNED = {
 }
 
 
-def _size_class(nq: int, nc: int) -> int:
-    return (nq * nc).bit_length() // 4  # retune only when the problem grows ~16x
+# Below this many logits a problem takes well under a millisecond: tuning would cost more than it
+# saves, so the first candidate runs untuned.
+AUTOTUNE_MIN_LOGITS = 1 << 22
 
 
-def _launch(name: str, rows: int, block: str, *args) -> None:
-    """Launch kernel `name` over `rows` rows in tiles of meta[block]; args[0] is q."""
+def _launch(name: str, rows: int, block: str, nq: int, nc: int, *args) -> None:
+    """Launch kernel `name` over `rows` rows in tiles of meta[block]. args are the kernel's runtime
+    arguments up to `scale` (args[0] is q); `size_class` and the meta-parameters are added here."""
     if _interpreting():
         grid = (triton.cdiv(rows, _INTERPRETER_META[block]),)
-        _KERNELS[name][grid](*args, **_INTERPRETER_META, UPCAST=True, PRECISION="ieee")
+        _KERNELS[name][grid](*args, 0, **_INTERPRETER_META, UPCAST=True, PRECISION="ieee")
         return
     fp32 = args[0].dtype == torch.float32
-    kernel = _TUNED[(name, "fp32" if fp32 else "half")]
+    flags = dict(UPCAST=fp32, PRECISION="ieee" if fp32 else "tf32")
+    if nq * nc < AUTOTUNE_MIN_LOGITS:
+        block_q, block_c, block_d, warps, stages = (_FP32 if fp32 else _HALF)[name][0]
+        meta = dict(BLOCK_Q=block_q, BLOCK_C=block_c, BLOCK_D=block_d, num_warps=warps, num_stages=stages)
+        _KERNELS[name][(triton.cdiv(rows, meta[block]),)](*args, 0, **meta, **flags)
+        return
+    size_class = (nq * nc).bit_length() // 4  # retune only when the problem grows ~16x
     grid = lambda meta: (triton.cdiv(rows, meta[block]),)
-    kernel[grid](*args, UPCAST=fp32, PRECISION="ieee" if fp32 else "tf32")
+    _TUNED[(name, "fp32" if fp32 else "half")][grid](*args, size_class, **flags)
 
 
 def _prepare(q: torch.Tensor, c: torch.Tensor, labels: torch.Tensor):
@@ -223,8 +231,8 @@ def _forward(q, c, temperature, labels):
     nq, nc, d = q.shape[0], c.shape[0], q.shape[1]
     lse = torch.empty(nq, dtype=torch.float32, device=q.device)
     positive = torch.empty(nq, dtype=torch.float32, device=q.device)
-    sizes = (nq, nc, d, q.stride(0), c.stride(0), 1.0 / temperature, _size_class(nq, nc))
-    _launch("fwd", nq, "BLOCK_Q", q, c, labels, lse, positive, *sizes)
+    sizes = (nq, nc, d, q.stride(0), c.stride(0), 1.0 / temperature)
+    _launch("fwd", nq, "BLOCK_Q", nq, nc, q, c, labels, lse, positive, *sizes)
     return (lse - positive).mean(), lse
 
 
@@ -233,14 +241,14 @@ def _backward(q, c, temperature, labels, lse, grad_loss, need_q=True, need_c=Tru
     nq, nc, d = q.shape[0], c.shape[0], q.shape[1]
     scale = 1.0 / temperature
     grad_scale = (grad_loss.detach().float() * (scale / nq)).reshape(1).contiguous()
-    sizes = (nq, nc, d, q.stride(0), c.stride(0), scale, _size_class(nq, nc))
+    sizes = (nq, nc, d, q.stride(0), c.stride(0), scale)
     grad_q = grad_c = None
     if need_q:
         grad_q = torch.zeros(nq, d, dtype=torch.float32, device=q.device)
-        _launch("dq", nq, "BLOCK_Q", q, c, labels, lse, grad_scale, grad_q, *sizes)
+        _launch("dq", nq, "BLOCK_Q", nq, nc, q, c, labels, lse, grad_scale, grad_q, *sizes)
     if need_c:
         grad_c = torch.zeros(nc, d, dtype=torch.float32, device=q.device)
-        _launch("dc", nc, "BLOCK_C", q, c, labels, lse, grad_scale, grad_c, *sizes)
+        _launch("dc", nc, "BLOCK_C", nq, nc, q, c, labels, lse, grad_scale, grad_c, *sizes)
     return grad_q, grad_c
 
 

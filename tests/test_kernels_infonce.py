@@ -64,6 +64,7 @@ def reference(q, c, temperature, labels):
     c64 = c.detach().cpu().double().requires_grad_(True)
     if labels is None:
         labels = torch.arange(q.shape[0]) * (c.shape[0] // q.shape[0])
+    labels = labels.cpu()
     loss = infonce_loss_reference(q64, c64, temperature, labels)
     grad_q, grad_c = torch.autograd.grad(loss, (q64, c64))
     return loss.detach(), grad_q, grad_c
@@ -188,3 +189,20 @@ def test_row_strided_inputs(backend, device):
     assert_close(grad_c, ref_gc, tol, "grad_c")
     c_t = c.T.contiguous().T  # column-major: stride along D is not 1
     assert_close(kernels.infonce_loss(q, c_t, 0.05, backend=backend), ref_loss, tol, "column-major loss")
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1",
+    reason="compiled Triton kernels need a GPU and TRITON_INTERPRET=0",
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("nq,nc,d", [(2048, 2048, 96), (1024, 4096, 200), (64, 192, 1536)])
+def test_triton_gpu_sizes_match_reference(dtype, nq, nc, d):
+    """Sizes that reach the autotuned launch (>= AUTOTUNE_MIN_LOGITS) and a wide D of many chunks."""
+    q, c, labels = make_inputs(nq, nc, d, True, dtype, "cuda")
+    loss, grad_q, grad_c = kernels.infonce_loss_and_grads(q, c, 0.02, labels, backend="triton")
+    ref_loss, ref_gq, ref_gc = reference(q, c, 0.02, labels)
+    tol = TOLERANCE[dtype]
+    assert_close(loss, ref_loss, tol, "loss")
+    assert_close(grad_q, ref_gq, tol, "grad_q")
+    assert_close(grad_c, ref_gc, tol, "grad_c")

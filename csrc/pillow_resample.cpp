@@ -123,22 +123,30 @@ inline uint8_t clip8(int32_t v) {
 #define TTE_MULTIVERSION
 #endif
 
+// Source rows for the horizontal pass: pixels of C adjacent channels, pixel_stride bytes apart
+// (C for packed rows, 4 for Pillow's RGBX memory), rows row_stride bytes apart.
+struct RowSource {
+  const uint8_t* data;
+  int64_t row_stride;
+  int64_t pixel_stride;
+};
+
 // Rows [row_begin, row_end) of src, resampled along x, into dst (row_end - row_begin rows).
 template <int C>
-void horizontal_pass_scalar(const uint8_t* src, int64_t in_w, int64_t row_begin, int64_t row_end,
-                            const Coeffs& co, int64_t out_w, uint8_t* dst) {
+void horizontal_pass_scalar(const RowSource& src, int64_t row_begin, int64_t row_end, const Coeffs& co,
+                            int64_t out_w, uint8_t* dst) {
   constexpr int32_t kHalf = 1 << (kPrecisionBits - 1);
   for (int64_t y = row_begin; y < row_end; y++) {
-    const uint8_t* row = src + y * in_w * C;
+    const uint8_t* row = src.data + y * src.row_stride;
     uint8_t* out = dst + (y - row_begin) * out_w * C;
     for (int64_t xx = 0; xx < out_w; xx++) {
       const int32_t* k = &co.weights[static_cast<size_t>(xx * co.ksize)];
-      const uint8_t* p = row + co.first[xx] * C;
+      const uint8_t* p = row + co.first[xx] * src.pixel_stride;
       int32_t ss[C];
       for (int c = 0; c < C; c++) ss[c] = kHalf;
       const int64_t n = co.count[xx];
       for (int64_t x = 0; x < n; x++) {
-        for (int c = 0; c < C; c++) ss[c] += static_cast<int32_t>(p[x * C + c]) * k[x];
+        for (int c = 0; c < C; c++) ss[c] += static_cast<int32_t>(p[x * src.pixel_stride + c]) * k[x];
       }
       for (int c = 0; c < C; c++) out[xx * C + c] = clip8(ss[c]);
     }
@@ -153,18 +161,18 @@ typedef uint8_t v4qu __attribute__((vector_size(4), aligned(1)));
 // 4-byte pixels: the same integer sums, a quarter of the multiplies. A pixel load reads 4 bytes, so
 // for 3 channels it touches the next pixel's first byte: callers keep the buffer's last row out.
 TTE_MULTIVERSION
-void horizontal_rows_vec(const uint8_t* src, int channels, int64_t in_w, int64_t row_begin, int64_t row_end,
-                         const int32_t* weights, const int64_t* first, const int64_t* count, int64_t ksize,
-                         int64_t out_w, uint8_t* dst) {
+void horizontal_rows_vec(const uint8_t* src, int64_t row_stride, int64_t pixel_stride, int channels,
+                         int64_t row_begin, int64_t row_end, const int32_t* weights, const int64_t* first,
+                         const int64_t* count, int64_t ksize, int64_t out_w, uint8_t* dst) {
   constexpr int32_t kHalf = 1 << (kPrecisionBits - 1);
   for (int64_t y = row_begin; y < row_end; y++) {
-    const uint8_t* row = src + y * in_w * channels;
+    const uint8_t* row = src + y * row_stride;
     uint8_t* out = dst + (y - row_begin) * out_w * channels;
     for (int64_t xx = 0; xx < out_w; xx++, out += channels) {
       const int32_t* k = weights + xx * ksize;
-      const uint8_t* p = row + first[xx] * channels;
+      const uint8_t* p = row + first[xx] * pixel_stride;
       v4si ss = {kHalf, kHalf, kHalf, kHalf};
-      for (int64_t x = 0; x < count[xx]; x++, p += channels) {
+      for (int64_t x = 0; x < count[xx]; x++, p += pixel_stride) {
         ss += __builtin_convertvector(*reinterpret_cast<const v4qu*>(p), v4si) * k[x];
       }
       for (int c = 0; c < channels; c++) out[c] = clip8(ss[c]);
@@ -179,18 +187,18 @@ void horizontal_rows_vec(const uint8_t* src, int channels, int64_t in_w, int64_t
 // then a tap is C 8-lane AVX2 multiply-adds for 8 output pixels, instead of 8 single-pixel ones.
 // Returns the first row it did not process (it does a multiple of 8 rows).
 template <int C>
-__attribute__((target("avx2"))) int64_t horizontal_block8_avx2(const uint8_t* src, int64_t in_w, int64_t row_begin,
-                                                               int64_t row_end, const Coeffs& co, int64_t out_w,
-                                                               uint8_t* dst) {
+__attribute__((target("avx2"))) int64_t horizontal_block8_avx2(const RowSource& src, int64_t in_w,
+                                                               int64_t row_begin, int64_t row_end,
+                                                               const Coeffs& co, int64_t out_w, uint8_t* dst) {
   constexpr int kLanes = 8 * C;
   std::vector<uint8_t> columns(static_cast<size_t>(in_w * kLanes));
   alignas(32) uint8_t packed[32 * C];
   int64_t y0 = row_begin;
   for (; y0 + 8 <= row_end; y0 += 8) {
     for (int r = 0; r < 8; r++) {
-      const uint8_t* row = src + (y0 + r) * in_w * C;
+      const uint8_t* pixel = src.data + (y0 + r) * src.row_stride;
       uint8_t* col = columns.data() + r * C;
-      for (int64_t x = 0; x < in_w; x++, row += C, col += kLanes) std::memcpy(col, row, C);
+      for (int64_t x = 0; x < in_w; x++, pixel += src.pixel_stride, col += kLanes) std::memcpy(col, pixel, C);
     }
     uint8_t* out = dst + (y0 - row_begin) * out_w * C;
     for (int64_t xx = 0; xx < out_w; xx++) {
@@ -221,7 +229,7 @@ __attribute__((target("avx2"))) int64_t horizontal_block8_avx2(const uint8_t* sr
   return y0;
 }
 
-int64_t horizontal_rows_blocked(const uint8_t* src, int channels, int64_t in_w, int64_t row_begin,
+int64_t horizontal_rows_blocked(const RowSource& src, int channels, int64_t in_w, int64_t row_begin,
                                 int64_t row_end, const Coeffs& co, int64_t out_w, uint8_t* dst) {
   if (!avx2_enabled()) return row_begin;
   switch (channels) {
@@ -232,15 +240,15 @@ int64_t horizontal_rows_blocked(const uint8_t* src, int channels, int64_t in_w, 
   }
 }
 #else
-int64_t horizontal_rows_blocked(const uint8_t*, int, int64_t, int64_t row_begin, int64_t, const Coeffs&, int64_t,
-                                uint8_t*) {
+int64_t horizontal_rows_blocked(const RowSource&, int, int64_t, int64_t row_begin, int64_t, const Coeffs&,
+                                int64_t, uint8_t*) {
   return row_begin;
 }
 #endif
 
-// src_rows: rows in the buffer src points to (the vector path must not read past its end).
+// src_rows: rows the source has (the 4-lane path must not read past the end of its last row).
 template <int C>
-void horizontal_pass(const uint8_t* src, int64_t src_rows, int64_t in_w, int64_t row_begin, int64_t row_end,
+void horizontal_pass(const RowSource& src, int64_t src_rows, int64_t in_w, int64_t row_begin, int64_t row_end,
                      const Coeffs& co, int64_t out_w, uint8_t* dst) {
 #if defined(__GNUC__)
   const int64_t blocked_end = horizontal_rows_blocked(src, C, in_w, row_begin, row_end, co, out_w, dst);
@@ -248,13 +256,13 @@ void horizontal_pass(const uint8_t* src, int64_t src_rows, int64_t in_w, int64_t
   row_begin = blocked_end;
   if constexpr (C >= 3) {
     const int64_t vec_end = std::max(row_begin, std::min(row_end, src_rows - 1));
-    horizontal_rows_vec(src, C, in_w, row_begin, vec_end, co.weights.data(), co.first.data(), co.count.data(),
-                        co.ksize, out_w, dst);
+    horizontal_rows_vec(src.data, src.row_stride, src.pixel_stride, C, row_begin, vec_end, co.weights.data(),
+                        co.first.data(), co.count.data(), co.ksize, out_w, dst);
     dst += (vec_end - row_begin) * out_w * C;
     row_begin = vec_end;
   }
 #endif
-  horizontal_pass_scalar<C>(src, in_w, row_begin, row_end, co, out_w, dst);
+  horizontal_pass_scalar<C>(src, row_begin, row_end, co, out_w, dst);
 }
 
 // Every output row is a weighted sum of whole input rows: accumulate row by row so the inner loop
@@ -326,37 +334,47 @@ std::pair<int64_t, int64_t> ResamplePlan::source_rows(int64_t y0, int64_t y1) co
 }
 
 template <int C>
-void ResamplePlan::run_rows(const uint8_t* src, int64_t y0, int64_t y1, uint8_t* dst,
-                            std::vector<uint8_t>& scratch) const {
+void ResamplePlan::run_rows(const uint8_t* src, int64_t row_stride, int64_t pixel_stride, int64_t y0, int64_t y1,
+                            uint8_t* dst, std::vector<uint8_t>& scratch) const {
   const auto [first, last] = source_rows(y0, y1);
   const int64_t rows = last - first;
+  const RowSource source{src, row_stride, pixel_stride};
   if (!horizontal_ && !vertical_) {
     std::memcpy(dst, src, static_cast<size_t>(rows * in_w * C));
   } else if (!horizontal_) {
     vertical_pass(src, in_w * C, vert_, first, y0, y1, dst);
   } else if (!vertical_) {
-    horizontal_pass<C>(src, rows, in_w, 0, rows, horiz_, out_w, dst);
+    horizontal_pass<C>(source, rows, in_w, 0, rows, horiz_, out_w, dst);
   } else if (vertical_first_) {
     scratch.resize(static_cast<size_t>((y1 - y0) * in_w * C));
     vertical_pass(src, in_w * C, vert_, first, y0, y1, scratch.data());
-    horizontal_pass<C>(scratch.data(), y1 - y0, in_w, 0, y1 - y0, horiz_, out_w, dst);
+    horizontal_pass<C>({scratch.data(), in_w * C, C}, y1 - y0, in_w, 0, y1 - y0, horiz_, out_w, dst);
   } else {
     // Like Pillow, resample horizontally only the rows the vertical pass reads.
     scratch.resize(static_cast<size_t>(rows * out_w * C));
-    horizontal_pass<C>(src, rows, in_w, 0, rows, horiz_, out_w, scratch.data());
+    horizontal_pass<C>(source, rows, in_w, 0, rows, horiz_, out_w, scratch.data());
     vertical_pass(scratch.data(), out_w * C, vert_, first, y0, y1, dst);
   }
 }
 
 void ResamplePlan::run(const uint8_t* src, int channels, int64_t y0, int64_t y1, uint8_t* dst,
                        std::vector<uint8_t>& scratch) const {
+  run_strided(src, in_w * channels, channels, channels, y0, y1, dst, scratch);
+}
+
+void ResamplePlan::run_strided(const uint8_t* src, int64_t row_stride, int64_t pixel_stride, int channels,
+                               int64_t y0, int64_t y1, uint8_t* dst, std::vector<uint8_t>& scratch) const {
   if (y0 < 0 || y1 > out_h || y0 >= y1) {
     throw std::invalid_argument("bad output rows [" + std::to_string(y0) + ", " + std::to_string(y1) + ")");
   }
+  const bool packed = row_stride == in_w * channels && pixel_stride == channels;
+  if (!packed && !(reads_source_horizontally() && pixel_stride >= channels && row_stride > 0)) {
+    throw std::invalid_argument("strided sources are read by the horizontal pass only");
+  }
   switch (channels) {
-    case 1: return run_rows<1>(src, y0, y1, dst, scratch);
-    case 3: return run_rows<3>(src, y0, y1, dst, scratch);
-    case 4: return run_rows<4>(src, y0, y1, dst, scratch);
+    case 1: return run_rows<1>(src, row_stride, pixel_stride, y0, y1, dst, scratch);
+    case 3: return run_rows<3>(src, row_stride, pixel_stride, y0, y1, dst, scratch);
+    case 4: return run_rows<4>(src, row_stride, pixel_stride, y0, y1, dst, scratch);
     default: throw std::invalid_argument("resampling supports 1, 3 or 4 channels, got " + std::to_string(channels));
   }
 }

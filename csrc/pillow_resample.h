@@ -52,11 +52,20 @@ class ResamplePlan {
   void run(const uint8_t* src, int channels, int64_t y0, int64_t y1, uint8_t* dst,
            std::vector<uint8_t>& scratch) const;
 
+  // True when only the horizontal pass reads the source: it may then be strided (run_strided).
+  bool reads_source_horizontally() const { return horizontal_ && !(vertical_ && vertical_first_); }
+
+  // run() on a source whose pixels (C adjacent channels) lie pixel_stride bytes apart and rows
+  // row_stride bytes apart, e.g. Pillow's RGBX memory, read without a packed copy.
+  void run_strided(const uint8_t* src, int64_t row_stride, int64_t pixel_stride, int channels, int64_t y0,
+                   int64_t y1, uint8_t* dst, std::vector<uint8_t>& scratch) const;
+
   int64_t in_h, in_w, out_h, out_w;
 
  private:
   template <int C>
-  void run_rows(const uint8_t* src, int64_t y0, int64_t y1, uint8_t* dst, std::vector<uint8_t>& scratch) const;
+  void run_rows(const uint8_t* src, int64_t row_stride, int64_t pixel_stride, int64_t y0, int64_t y1, uint8_t* dst,
+                std::vector<uint8_t>& scratch) const;
 
   bool horizontal_, vertical_, vertical_first_;
   ResampleCoeffs horiz_, vert_;

@@ -181,11 +181,21 @@ void preprocess_band(const ImageView& image, const QwenParams& p, const Resample
   std::vector<uint8_t> source_buffer, resized, scratch;
   const auto [row_begin, row_end] = plan ? plan->source_rows(y0, y1) : std::pair<int64_t, int64_t>{y0, y1};
   int channels = 3;
-  const uint8_t* pixels = contiguous_rows(image, row_begin, row_end, source_buffer, channels);
-  if (plan) {
+  const uint8_t* pixels = nullptr;
+  // Pillow's RGBX rows go straight into the horizontal pass, without a packed copy.
+  const bool rgbx = image.channels == 3 && image.stride_c == 1 && image.stride_w == 4 && image.stride_h > 0;
+  if (plan && rgbx && plan->reads_source_horizontally()) {
     resized.resize(static_cast<size_t>((y1 - y0) * out_w * channels));
-    plan->run(pixels, channels, y0, y1, resized.data(), scratch);
+    plan->run_strided(image.data + row_begin * image.stride_h, image.stride_h, 4, 3, y0, y1, resized.data(),
+                      scratch);
     pixels = resized.data();
+  } else {
+    pixels = contiguous_rows(image, row_begin, row_end, source_buffer, channels);
+    if (plan) {
+      resized.resize(static_cast<size_t>((y1 - y0) * out_w * channels));
+      plan->run(pixels, channels, y0, y1, resized.data(), scratch);
+      pixels = resized.data();
+    }
   }
   const int64_t block = p.patch_size * p.merge_size;
   write_patches(pixels, channels, out_w, y0 / block, y1 / block, p, out);

@@ -65,12 +65,16 @@ def make_pair(nq: int, nc: int, dim: int, dtype: torch.dtype, device: str):
 
 def infonce_step(impl: str, q: torch.Tensor, c: torch.Tensor):
     """One forward+backward; impl is naive (full logits + F.cross_entropy), fused (autograd through
-    the fast backend of the device) or fused_grads (infonce_loss_and_grads, no autograd)."""
+    the device's fast backend: Triton on CUDA, chunked torch on CPU) or fused_grads
+    (infonce_loss_and_grads, no autograd)."""
     if impl == "fused_grads":
         return infonce_loss_and_grads(q.detach(), c.detach(), TEMPERATURE)
     q.grad = c.grad = None
-    backend = "reference" if impl == "naive" else None
-    infonce_loss(q, c, TEMPERATURE, backend=backend).backward()
+    if impl == "naive":  # the plain formula in the input dtype, as training code writes it
+        labels = torch.arange(q.shape[0], device=q.device) * (c.shape[0] // q.shape[0])
+        F.cross_entropy(q @ c.T / TEMPERATURE, labels).backward()
+    else:
+        infonce_loss(q, c, TEMPERATURE).backward()
 
 
 def time_infonce(impls, q, c, device: str, repeats: int) -> dict:
@@ -148,21 +152,22 @@ def bench_infonce(args) -> list[dict]:
     return rows
 
 
-def matmul_rate(dim: int, dtype: torch.dtype) -> float:
-    """Measured dense matmul flop/s at a large square-ish shape (the roofline the kernel is held to)."""
-    a = torch.randn(8192, dim, device="cuda", dtype=dtype)
-    b = torch.randn(dim, 8192, device="cuda", dtype=dtype)
+def matmul_rate(nq: int, nc: int, dim: int, dtype: torch.dtype) -> float:
+    """Measured flop/s of the logits matmul itself, [Nq, D] @ [D, Nc] (the roofline the kernel is
+    held to)."""
+    a = torch.randn(nq, dim, device="cuda", dtype=dtype)
+    b = torch.randn(dim, nc, device="cuda", dtype=dtype)
     seconds = median_wall(lambda: a @ b, "cuda", 10)
-    return 2 * 8192 * 8192 * dim / seconds
+    return 2 * nq * nc * dim / seconds
 
 
 def bench_cuda_throughput(args) -> dict:
     dtype = DTYPES[args.dtype]
     q, c = make_pair(args.nq, args.nc, args.dim, dtype, "cuda")
     seconds = median_wall(lambda: infonce_step("fused", q, c), "cuda", args.repeats)
-    rate = matmul_rate(args.dim, dtype)
+    rate = matmul_rate(args.nq, args.nc, args.dim, dtype)
     flops = 8 * args.nq * args.nc * args.dim
-    del q, c
+    q = c = None
     result = {"fused_seconds": seconds, "matmul_tflops": rate / 1e12, "fused_tflops": flops / seconds / 1e12}
     result["fraction_of_matmul"] = result["fused_tflops"] / result["matmul_tflops"]
     # The naive loss at the largest size it fits, against the fused one at that size.

@@ -182,7 +182,10 @@ _KERNELS = {"fwd": _infonce_fwd_kernel, "dq": _infonce_bwd_dq_kernel, "dc": _inf
 _RESET = {"fwd": None, "dq": ["dq_ptr"], "dc": ["dc_ptr"]}  # accumulators zeroed between tuning runs
 _TUNED = {
     (name, family): triton.autotune(
-        configs=_configs(table[name]), key=["D", "size_class"], reset_to_zero=_RESET[name]
+        configs=_configs(table[name]),
+        key=["D", "size_class"],
+        reset_to_zero=_RESET[name],
+        cache_results=True,  # tuning results persist on disk: later processes skip the search
     )(kernel)
     for name, kernel in _KERNELS.items()
     for family, table in (("half", _HALF), ("fp32", _FP32))

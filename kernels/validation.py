@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 
@@ -95,9 +96,10 @@ def check_infonce_inputs(q, c, temperature, labels) -> tuple[float, torch.Tensor
 
 
 def resolve_backend(backend, device: torch.device) -> str:
-    """None picks Triton on CUDA and the chunked torch path elsewhere."""
+    """None picks Triton on CUDA (the chunked torch path where Triton is not installed) and the
+    chunked torch path elsewhere."""
     if backend is None:
-        return "triton" if device.type == "cuda" else "torch"
+        return "triton" if device.type == "cuda" and importlib.util.find_spec("triton") else "torch"
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
     if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":

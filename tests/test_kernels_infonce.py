@@ -206,3 +206,14 @@ def test_triton_gpu_sizes_match_reference(dtype, nq, nc, d):
     assert_close(loss, ref_loss, tol, "loss")
     assert_close(grad_q, ref_gq, tol, "grad_q")
     assert_close(grad_c, ref_gc, tol, "grad_c")
+
+
+def test_torch_path_refuses_a_second_backward():
+    """The torch path hands its precomputed gradients to autograd in place; reusing them must fail
+    loudly rather than return scaled-twice gradients."""
+    q, c, _ = make_inputs(4, 8, 16, False, torch.float32)
+    q.requires_grad_(True)
+    loss = kernels.infonce_loss(q, c, 0.1, backend="torch")
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="one backward per forward"):
+        loss.backward()

@@ -42,19 +42,24 @@ def check_pool_inputs(hidden, attention_mask) -> None:
 
 
 def check_mask_values(attention_mask: torch.Tensor) -> None:
+    """0/1 values and a real token in every row. Both checks cost one device sync together; the
+    offending value or row is looked up only once something is wrong."""
     if attention_mask.dim() != 2 or attention_mask.numel() == 0:
         shape = _shape(attention_mask)
         raise ValueError(f"attention_mask must be a non-empty [B, T] tensor, got shape {shape}")
     if attention_mask.dtype.is_complex:
         raise ValueError(f"attention_mask must hold 0/1 values, got dtype {attention_mask.dtype}")
-    if attention_mask.dtype != torch.bool:
+    if attention_mask.dtype == torch.bool:
+        bad = torch.zeros((), dtype=torch.bool, device=attention_mask.device)
+    else:
         bad = (attention_mask != 0) & (attention_mask != 1)
-        if bool(bad.any()):
-            value = attention_mask[bad][0].item()
-            raise ValueError(f"attention_mask must hold only 0 and 1, found {value}")
-    empty_rows = (attention_mask == 0).all(dim=1).nonzero().flatten()
-    if empty_rows.numel():
-        raise ValueError(f"attention_mask row {int(empty_rows[0])} has no real token (all zeros)")
+    empty = (attention_mask == 0).all(dim=1)
+    any_bad, any_empty = torch.stack([bad.any(), empty.any()]).tolist()
+    if any_bad:
+        raise ValueError(f"attention_mask must hold only 0 and 1, found {attention_mask[bad][0].item()}")
+    if any_empty:
+        row = int(empty.nonzero()[0, 0])
+        raise ValueError(f"attention_mask row {row} has no real token (all zeros)")
 
 
 def check_infonce_inputs(q, c, temperature, labels) -> tuple[float, torch.Tensor]:

@@ -139,3 +139,13 @@ def test_poisoned_allocations_are_overwritten(backend, device, monkeypatch):
     assert torch.isfinite(out).all() and torch.isfinite(hidden.grad).all()
     expected = pool_normalize_reference(hidden.detach().cpu().double(), mask)
     assert_close(out, expected, 1e-6, "output")
+
+
+@on_every_backend
+def test_bool_and_float_masks(backend, device):
+    hidden = torch.randn(3, 5, 24, device=device)
+    mask = random_mask(3, 5, "mixed")
+    expected = pool_normalize_reference(hidden.cpu().double(), mask)
+    for variant in (mask.bool(), mask.float(), mask.int()):
+        out = kernels.pool_normalize(hidden, variant.to(device), backend=backend)
+        assert_close(out, expected, 1e-6, f"mask dtype {variant.dtype}")

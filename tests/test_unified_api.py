@@ -11,7 +11,8 @@ import torch
 from test_unified import _StopFirstRow  # a sibling test module (pytest puts tests/ on sys.path)
 
 from tte_fast.inputs import InputError, InputTypeError, load_image
-from tte_fast.model import UnifiedTTE, default_attention
+from tte_fast.loading import default_attention
+from tte_fast.model import UnifiedTTE
 from tte_fast.tte_config import TTE_CONFIG_FILE
 
 ATOL = 1e-4

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from tte_fast.generate import DecodeOptions, Decoder, model_inputs, prefill_position_ids
 from tte_fast.inputs import EmbedInput, InputError, as_input_list, check_input, load_input
+from tte_fast.loading import build_head, default_attention, load_backbone, resolve_device, resolve_dtype
 from tte_fast.processing import CHAT_TEMPLATE_FILE, QWEN_VL_MODEL_TYPES, load_processor
 from tte_fast.profiling import stage
 from tte_fast.prompts import PromptConfig, check_side, render_prompt
@@ -108,7 +109,7 @@ class UnifiedTTE:
             attn_implementation = default_attention(device, dtype, config.head, compile)
         hf_model, model_type = load_backbone(path_or_id, dtype, device, attn_implementation)
         processor = load_processor(path_or_id, model_type, image_processor)
-        head_module = _build_head(config, path_or_id, hf_model)
+        head_module = build_head(config, path_or_id, hf_model)
         return cls(hf_model, processor, model_type, config, head=head_module, compile=compile)
 
     def save_pretrained(self, directory: str) -> None:
@@ -438,78 +439,3 @@ def _eos_token_ids(hf_model, tokenizer) -> tuple[int, ...]:
             "the checkpoint defines no EOS token (generation_config.eos_token_id or the tokenizer's)"
         )
     return tuple(ids)
-
-
-def _build_head(config: TTEConfig, path_or_id: str, hf_model):
-    if config.head == "last_token":
-        return None
-    from tte_fast.heads import HEAD_WEIGHTS_NAME, TTEUHead
-
-    if os.path.isdir(path_or_id) and os.path.isfile(os.path.join(path_or_id, HEAD_WEIGHTS_NAME)):
-        head = TTEUHead.from_pretrained(path_or_id, hf_model)
-        if head.num_layers != config.head_layers:
-            raise ValueError(
-                f"the saved TTE_u head has {head.num_layers} layers; head_layers={config.head_layers}"
-            )
-    else:
-        head = TTEUHead.from_backbone(hf_model, num_layers=config.head_layers)
-    param = next(hf_model.parameters())
-    return head.to(device=param.device, dtype=param.dtype).eval()
-
-
-# ------------------------------------------------------------------------------------------- loading
-def resolve_dtype(dtype):
-    """None keeps the checkpoint's dtype; a torch.dtype or its name (``"bfloat16"``, ``"bf16"``) picks one."""
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype if dtype is not None else "auto"
-    names = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
-    if isinstance(dtype, str):
-        if dtype == "auto":
-            return dtype
-        value = getattr(torch, names.get(dtype, dtype), None)
-        if isinstance(value, torch.dtype) and value.is_floating_point:
-            return value
-    raise ValueError(f"unknown dtype {dtype!r}; use a torch floating dtype or its name, e.g. 'bfloat16'")
-
-
-def resolve_device(device) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def default_attention(device: torch.device, dtype, head: str, compile) -> str:
-    """flash-attn 2 when it is installed and usable (CUDA, half precision, last-token head, no
-    compiled step: it decodes on a growing cache); SDPA otherwise."""
-    import importlib.util
-
-    half = dtype in (torch.float16, torch.bfloat16)
-    usable = device.type == "cuda" and half and head == "last_token" and not compile
-    if usable and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
-
-
-def load_backbone(path_or_id: str, dtype, device: torch.device, attn_implementation: str):
-    """The HF model (Qwen-VL, or any text-only causal LM) and its model type; unsupported types fail early."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    try:
-        hf_config = AutoConfig.from_pretrained(path_or_id)
-    except (ValueError, KeyError) as e:
-        raise ValueError(f"cannot load {path_or_id!r}: {e}") from e
-    model_type = hf_config.model_type
-    if model_type in QWEN_VL_MODEL_TYPES:
-        auto = AutoModelForImageTextToText
-    elif (
-        model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and getattr(hf_config, "vision_config", None) is None
-    ):
-        auto = AutoModelForCausalLM
-    else:
-        raise ValueError(
-            f"unsupported model type {model_type!r} in {path_or_id!r}: expected one of {QWEN_VL_MODEL_TYPES} "
-            "or a text-only causal LM"
-        )
-    hf_model = auto.from_pretrained(path_or_id, dtype=dtype, attn_implementation=attn_implementation)
-    return hf_model.to(device).eval(), model_type

@@ -100,6 +100,12 @@ def test_matches_hf_with_settings(settings):
     assert_same(ImageProcessor(**settings)(images), Qwen2VLImageProcessorPil(**settings)(images))
 
 
+def test_without_resizing_matches_hf():
+    rng = np.random.default_rng(6)
+    images = [PIL.Image.fromarray(random_image(rng, h, w)) for h, w in [(56, 84), (28, 280)]]
+    assert_same(ImageProcessor(do_resize=False)(images), Qwen2VLImageProcessorPil(do_resize=False)(images))
+
+
 def test_call_time_overrides_match_hf():
     image = PIL.Image.fromarray(random_image(np.random.default_rng(3), 120, 90))
     overrides = dict(size={"shortest_edge": 56 * 56, "longest_edge": 8 * 28 * 28}, do_normalize=False)

@@ -61,6 +61,10 @@ class ImageProcessor(Qwen2VLImageProcessorPil):
     ``images``: a PIL image (any mode), uint8 numpy array or tensor (HxW, HxWxC channels-last,
     or CxHxW when the last axis cannot be channels; ``input_data_format`` forces a layout), encoded
     bytes or a file path, or (nested) lists of these.
+
+    Where it differs from HF on purpose: it also takes bytes, paths and 2-D arrays; an array whose
+    first and last axes could both be channels is read channels-last (HF guesses channels-first);
+    unknown arguments, a zero ``image_std`` and float arrays raise instead of being accepted.
     """
 
     def __call__(self, images, return_tensors=None, num_threads: int | None = None, **kwargs) -> BatchFeature:

@@ -16,6 +16,10 @@ import torch
 import triton
 import triton.language as tl
 
+# Sizes that only bound loops and masks: specialising on them (== 1, % 16) would compile a new
+# variant for every batch shape. D and the row strides stay specialised: alignment enables wide loads.
+_SIZES_ONLY = ["Nq", "Nc", "size_class"]
+
 
 @triton.jit
 def _load_tile(ptr, rows, row_ok, stride, dd, d_ok, UPCAST: tl.constexpr):
@@ -43,7 +47,7 @@ def _logits_tile(
     return acc * scale
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SIZES_ONLY)
 def _infonce_fwd_kernel(
     q_ptr, c_ptr, labels_ptr, lse_ptr, pos_ptr, Nq, Nc, D, stride_q, stride_c, scale, size_class,
     BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -90,7 +94,7 @@ def _grad_logits_tile(
     return tl.where(row_ok[:, None] & col_ok[None, :], grad, 0.0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SIZES_ONLY)
 def _infonce_bwd_dq_kernel(
     q_ptr, c_ptr, labels_ptr, lse_ptr, grad_scale_ptr, dq_ptr, Nq, Nc, D, stride_q, stride_c, scale,
     size_class,
@@ -121,7 +125,7 @@ def _infonce_bwd_dq_kernel(
             tl.store(out, acc + update * grad_scale, mask=out_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SIZES_ONLY)
 def _infonce_bwd_dc_kernel(
     q_ptr, c_ptr, labels_ptr, lse_ptr, grad_scale_ptr, dc_ptr, Nq, Nc, D, stride_q, stride_c, scale,
     size_class,

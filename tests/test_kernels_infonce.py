@@ -196,7 +196,7 @@ def test_row_strided_inputs(backend, device):
     reason="compiled Triton kernels need a GPU and TRITON_INTERPRET=0",
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("nq,nc,d", [(2048, 2048, 96), (1024, 4096, 200), (64, 192, 1536)])
+@pytest.mark.parametrize("nq,nc,d", [(1024, 4096, 96), (64, 192, 1536)])
 def test_triton_gpu_sizes_match_reference(dtype, nq, nc, d):
     """Sizes that reach the autotuned launch (>= AUTOTUNE_MIN_LOGITS) and a wide D of many chunks."""
     q, c, labels = make_inputs(nq, nc, d, True, dtype, "cuda")

@@ -161,28 +161,34 @@ def matmul_rate(nq: int, nc: int, dim: int, dtype: torch.dtype) -> float:
     return 2 * nq * nc * dim / seconds
 
 
-def bench_cuda_throughput(args) -> dict:
-    dtype = DTYPES[args.dtype]
-    q, c = make_pair(args.nq, args.nc, args.dim, dtype, "cuda")
-    seconds = median_wall(lambda: infonce_step("fused", q, c), "cuda", args.repeats)
-    rate = matmul_rate(args.nq, args.nc, args.dim, dtype)
-    flops = 8 * args.nq * args.nc * args.dim
-    q = c = None
-    result = {"fused_seconds": seconds, "matmul_tflops": rate / 1e12, "fused_tflops": flops / seconds / 1e12}
-    result["fraction_of_matmul"] = result["fused_tflops"] / result["matmul_tflops"]
-    # The naive loss at the largest size it fits, against the fused one at that size.
-    n = args.nq
-    while n >= 1024:
+def largest_naive_fit(args) -> int:
+    """Largest square size (halving from Nq) at which the naive loss runs without running out of memory."""
+    n = min(args.nq, args.nc)
+    while n > 256:
+        q = c = None
         try:
-            q, c = make_pair(n, n, args.dim, dtype, "cuda")
-            timings = time_infonce(("naive", "fused"), q, c, "cuda", args.repeats)
-            naive, fused = timings["naive"][0], timings["fused"][0]
-            result.update(naive_fit_n=n, naive_seconds=naive, fused_seconds_at_n=fused, speedup=naive / fused)
-            break
+            q, c = make_pair(n, n, args.dim, DTYPES[args.dtype], "cuda")
+            infonce_step("naive", q, c)
+            torch.cuda.synchronize()
+            return n
         except torch.OutOfMemoryError:
             q = c = None
             torch.cuda.empty_cache()
             n //= 2
+    return n
+
+
+def bench_cuda_throughput(nq: int, nc: int, args, fused_seconds: float | None) -> dict:
+    """Fused forward+backward flop rate (8 * Nq * Nc * D) against the measured matmul rate."""
+    dtype = DTYPES[args.dtype]
+    if fused_seconds is None:  # not timed by bench_infonce at this size
+        q, c = make_pair(nq, nc, args.dim, dtype, "cuda")
+        fused_seconds = median_wall(lambda: infonce_step("fused", q, c), "cuda", args.repeats)
+        q = c = None
+    rate = matmul_rate(nq, nc, args.dim, dtype)
+    result = {"nq": nq, "nc": nc, "fused_seconds": fused_seconds, "matmul_tflops": rate / 1e12}
+    result["fused_tflops"] = 8 * nq * nc * args.dim / fused_seconds / 1e12
+    result["fraction_of_matmul"] = result["fused_tflops"] / result["matmul_tflops"]
     return result
 
 
@@ -236,10 +242,15 @@ def main() -> None:
         return
 
     results = {"config": {k: v for k, v in vars(args).items() if k not in ("json", "memory_point")}}
-    if cuda:  # the naive path cannot hold 32768^2 logits next to its gradient: compare it where it fits
-        results["cuda_throughput"] = bench_cuda_throughput(args)
-        args.nq = args.nc = min(args.nq, results["cuda_throughput"].get("naive_fit_n", args.nq))
+    full = (args.nq, args.nc)
+    if cuda:  # compare with the naive loss at the largest size it fits
+        fit = largest_naive_fit(args)
+        if fit < min(full):
+            args.nq = args.nc = fit
     results["infonce"] = bench_infonce(args)
+    if cuda:
+        timed = results["infonce"][1]["seconds"] if (args.nq, args.nc) == full else None
+        results["cuda_throughput"] = bench_cuda_throughput(*full, args, timed)
     if not args.skip_pool:
         results["pool_normalize"] = bench_pool(args)
 
@@ -252,8 +263,8 @@ def main() -> None:
     if cuda:
         t = results["cuda_throughput"]
         print(
-            f"fused at {t.get('naive_fit_n', '?')}: {t.get('speedup', float('nan')):.2f}x the naive loss; "
-            f"fused {t['fused_tflops']:.0f} TFLOP/s = {t['fraction_of_matmul']:.2f} of bf16 matmul "
+            f"fused at Nq={t['nq']} Nc={t['nc']}: {t['fused_tflops']:.0f} TFLOP/s for 8*Nq*Nc*D flops = "
+            f"{t['fraction_of_matmul']:.2f} of the {args.dtype} matmul rate "
             f"({t['matmul_tflops']:.0f} TFLOP/s)"
         )
     if "pool_normalize" in results:

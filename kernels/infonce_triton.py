@@ -1,11 +1,15 @@
-"""Tiled InfoNCE in Triton (flash-attention style): the Nq x Nc logits never exist in memory.
+"""Tiled InfoNCE in Triton: the Nq x Nc logits never exist in memory.
 
-Forward: one program per query block streams over candidate blocks, keeping an online log-sum-exp
-and the positive logit; it stores only lse[Nq] and pos[Nq]. Backward recomputes each logits tile
-from q and c, turns it into dS = (softmax - one_hot) * g / (t * Nq) with the stored lse, and
-accumulates dq = dS @ c (one program per query block) and dc = dS.T @ q (one program per candidate
-block). D can be large (1536 and more), so every matmul loops over D in BLOCK_D chunks and each
-program accumulates its own gradient rows in an fp32 buffer: no atomics, deterministic.
+Forward (flash-attention style): one program per query block streams over candidate blocks,
+keeping an online log-sum-exp and the positive logit; it stores only lse[Nq] and pos[Nq].
+
+Backward: a kernel recomputes logits tiles from q and c and writes the logits gradient
+dS = softmax - one_hot (with the stored lse) for one strip of query rows at a time, in the input
+dtype; cuBLAS then takes dq[strip] = dS @ c and dc += dS.T @ q[strip], scaled by g / (t * Nq).
+Peak extra memory is one strip (STRIP_BYTES), whatever Nq and Nc. Why not accumulate dq and dc
+inside the tile loop as flash attention does: with D in the thousands the gradient rows do not fit
+in registers, and re-reading them from memory for every tile makes the update bandwidth-bound
+(BLOCK_C / 4 flop per byte); the strip keeps both gradient matmuls at cuBLAS speed.
 """
 
 from __future__ import annotations
@@ -75,14 +79,18 @@ def _infonce_fwd_kernel(
     tl.store(pos_ptr + rows, positive, mask=row_ok)
 
 
-@triton.jit
-def _grad_logits_tile(
-    q_ptr, c_ptr, labels_ptr, lse_ptr, rows, cols, row_ok, col_ok, D, stride_q, stride_c,
-    scale, BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
+@triton.jit(do_not_specialize=_SIZES_ONLY)
+def _infonce_grad_logits_kernel(
+    q_ptr, c_ptr, labels_ptr, lse_ptr, ds_ptr, Nq, Nc, D, stride_q, stride_c, stride_ds, scale,
+    size_class, BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """Unscaled dS tile = softmax - one_hot(label), zero outside the matrix. The tiny factor
-    g / (t * Nq) is applied after the matmul, so a half-precision tile does not underflow."""
+    """ds[i, j] = exp(q_i . c_j * scale - lse_i) - [j == label_i] for one [BLOCK_Q, BLOCK_C] tile.
+    Unscaled (values in [-1, 1]), so a half-precision strip neither overflows nor underflows."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    cols = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    row_ok = rows < Nq
+    col_ok = cols < Nc
     logits = _logits_tile(
         q_ptr, c_ptr, rows, cols, row_ok, col_ok, D, stride_q, stride_c, scale,
         BLOCK_Q, BLOCK_C, BLOCK_D, UPCAST, PRECISION,
@@ -91,70 +99,8 @@ def _grad_logits_tile(
     lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
     probs = tl.exp(logits - lse[:, None])
     grad = tl.where(cols[None, :] == label[:, None], probs - 1.0, probs)
-    return tl.where(row_ok[:, None] & col_ok[None, :], grad, 0.0)
-
-
-@triton.jit(do_not_specialize=_SIZES_ONLY)
-def _infonce_bwd_dq_kernel(
-    q_ptr, c_ptr, labels_ptr, lse_ptr, grad_scale_ptr, dq_ptr, Nq, Nc, D, stride_q, stride_c, scale,
-    size_class,
-    BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-):  # fmt: skip
-    """dq[rows] = sum over candidate blocks of dS @ c; dq is fp32 [Nq, D], zero-initialised."""
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    row_ok = rows < Nq
-    grad_scale = tl.load(grad_scale_ptr)
-    for c0 in range(0, Nc, BLOCK_C):
-        cols = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
-        col_ok = cols < Nc
-        grad = _grad_logits_tile(
-            q_ptr, c_ptr, labels_ptr, lse_ptr, rows, cols, row_ok, col_ok, D, stride_q,
-            stride_c, scale, BLOCK_Q, BLOCK_C, BLOCK_D, UPCAST, PRECISION,
-        )  # fmt: skip
-        if not UPCAST:
-            grad = grad.to(c_ptr.dtype.element_ty)
-        for d0 in range(0, D, BLOCK_D):
-            dd = d0 + tl.arange(0, BLOCK_D)
-            d_ok = dd < D
-            ct = _load_tile(c_ptr, cols, col_ok, stride_c, dd, d_ok, UPCAST)
-            out = dq_ptr + rows[:, None] * D + dd[None, :]
-            out_ok = row_ok[:, None] & d_ok[None, :]
-            acc = tl.load(out, mask=out_ok, other=0.0)
-            update = tl.dot(grad, ct, input_precision=PRECISION)
-            tl.store(out, acc + update * grad_scale, mask=out_ok)
-
-
-@triton.jit(do_not_specialize=_SIZES_ONLY)
-def _infonce_bwd_dc_kernel(
-    q_ptr, c_ptr, labels_ptr, lse_ptr, grad_scale_ptr, dc_ptr, Nq, Nc, D, stride_q, stride_c, scale,
-    size_class,
-    BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-):  # fmt: skip
-    """dc[cols] = sum over query blocks of dS.T @ q; dc is fp32 [Nc, D], zero-initialised."""
-    cols = tl.program_id(0).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
-    col_ok = cols < Nc
-    grad_scale = tl.load(grad_scale_ptr)
-    for q0 in range(0, Nq, BLOCK_Q):
-        rows = q0 + tl.arange(0, BLOCK_Q).to(tl.int64)
-        row_ok = rows < Nq
-        grad = _grad_logits_tile(
-            q_ptr, c_ptr, labels_ptr, lse_ptr, rows, cols, row_ok, col_ok, D, stride_q,
-            stride_c, scale, BLOCK_Q, BLOCK_C, BLOCK_D, UPCAST, PRECISION,
-        )  # fmt: skip
-        grad_t = tl.trans(grad)
-        if not UPCAST:
-            grad_t = grad_t.to(q_ptr.dtype.element_ty)
-        for d0 in range(0, D, BLOCK_D):
-            dd = d0 + tl.arange(0, BLOCK_D)
-            d_ok = dd < D
-            qt = _load_tile(q_ptr, rows, row_ok, stride_q, dd, d_ok, UPCAST)
-            out = dc_ptr + cols[:, None] * D + dd[None, :]
-            out_ok = col_ok[:, None] & d_ok[None, :]
-            acc = tl.load(out, mask=out_ok, other=0.0)
-            update = tl.dot(grad_t, qt, input_precision=PRECISION)
-            tl.store(out, acc + update * grad_scale, mask=out_ok)
+    out = ds_ptr + rows[:, None] * stride_ds + cols[None, :]
+    tl.store(out, grad.to(ds_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
 def _interpreting() -> bool:
@@ -169,55 +115,46 @@ def _configs(shapes) -> list:
 
 
 # GPU tile candidates (BLOCK_Q, BLOCK_C, BLOCK_D, warps, stages), tuned once per (D, size class,
-# dtypes). The backward kernels favour a long inner dimension (BLOCK_C for dq, BLOCK_Q for dc): it
-# is the K of each gradient update, so it sets how often the fp32 gradient rows are re-read.
-_HALF = {
-    "fwd": [(128, 128, 64, 8, 3), (64, 128, 64, 4, 3), (128, 64, 64, 4, 4)],
-    "dq": [(64, 128, 64, 4, 3), (64, 256, 64, 8, 2), (128, 128, 64, 8, 3)],
-    "dc": [(128, 64, 64, 4, 3), (256, 64, 64, 8, 2), (128, 128, 64, 8, 3)],
-}
+# dtypes). Both kernels are GEMM-shaped (a logits tile with a K = D loop) with a cheap epilogue.
+_HALF_TILES = [(128, 128, 64, 8, 3), (64, 128, 64, 4, 3), (128, 64, 64, 4, 4)]
 # fp32 uses exact (IEEE) dots: TF32 would cost ~3 decimal digits of the loss and gradients.
-_FP32 = {name: [(64, 64, 32, 4, 2), (32, 64, 32, 4, 2)] for name in ("fwd", "dq", "dc")}
+_FP32_TILES = [(64, 64, 32, 4, 2), (32, 64, 32, 4, 2)]
 # The interpreter: small tiles, one config (autotuning several fails there), fp32 dots (its bf16
 # dot is wrong).
 _INTERPRETER_META = dict(BLOCK_Q=16, BLOCK_C=16, BLOCK_D=32)
+# Below this many logits a call takes well under a millisecond: tuning would cost more than it
+# saves, so the first candidate runs untuned.
+AUTOTUNE_MIN_LOGITS = 1 << 22
+# Bytes of one backward strip of dS rows (input dtype): the backward's peak extra memory.
+STRIP_BYTES = 256 << 20
 
-_KERNELS = {"fwd": _infonce_fwd_kernel, "dq": _infonce_bwd_dq_kernel, "dc": _infonce_bwd_dc_kernel}
-_RESET = {"fwd": None, "dq": ["dq_ptr"], "dc": ["dc_ptr"]}  # accumulators zeroed between tuning runs
+_KERNELS = {"fwd": _infonce_fwd_kernel, "grad": _infonce_grad_logits_kernel}
 _TUNED = {
-    (name, family): triton.autotune(
-        configs=_configs(table[name]),
+    (name, fp32): triton.autotune(
+        configs=_configs(_FP32_TILES if fp32 else _HALF_TILES),
         key=["D", "size_class"],
-        reset_to_zero=_RESET[name],
         cache_results=True,  # tuning results persist on disk: later processes skip the search
     )(kernel)
     for name, kernel in _KERNELS.items()
-    for family, table in (("half", _HALF), ("fp32", _FP32))
+    for fp32 in (False, True)
 }
 
 
-# Below this many logits a problem takes well under a millisecond: tuning would cost more than it
-# saves, so the first candidate runs untuned.
-AUTOTUNE_MIN_LOGITS = 1 << 22
-
-
-def _launch(name: str, rows: int, block: str, nq: int, nc: int, *args) -> None:
-    """Launch kernel `name` over `rows` rows in tiles of meta[block]. args are the kernel's runtime
-    arguments up to `scale` (args[0] is q); `size_class` and the meta-parameters are added here."""
+def _launch(name: str, grid, nq: int, nc: int, *args) -> None:
+    """Launch kernel `name` on grid(meta); args are its runtime arguments up to `scale` (args[0] is
+    q). `size_class`, tile sizes and dot flags are added here."""
     if _interpreting():
-        grid = (triton.cdiv(rows, _INTERPRETER_META[block]),)
-        _KERNELS[name][grid](*args, 0, **_INTERPRETER_META, UPCAST=True, PRECISION="ieee")
+        _KERNELS[name][grid(_INTERPRETER_META)](*args, 0, **_INTERPRETER_META, UPCAST=True, PRECISION="ieee")
         return
     fp32 = args[0].dtype == torch.float32
     flags = dict(UPCAST=fp32, PRECISION="ieee" if fp32 else "tf32")
     if nq * nc < AUTOTUNE_MIN_LOGITS:
-        block_q, block_c, block_d, warps, stages = (_FP32 if fp32 else _HALF)[name][0]
-        meta = dict(BLOCK_Q=block_q, BLOCK_C=block_c, BLOCK_D=block_d, num_warps=warps, num_stages=stages)
-        _KERNELS[name][(triton.cdiv(rows, meta[block]),)](*args, 0, **meta, **flags)
+        block_q, block_c, block_d, warps, stages = (_FP32_TILES if fp32 else _HALF_TILES)[0]
+        meta = dict(BLOCK_Q=block_q, BLOCK_C=block_c, BLOCK_D=block_d)
+        _KERNELS[name][grid(meta)](*args, 0, **meta, **flags, num_warps=warps, num_stages=stages)
         return
     size_class = (nq * nc).bit_length() // 4  # retune only when the problem grows ~16x
-    grid = lambda meta: (triton.cdiv(rows, meta[block]),)
-    _TUNED[(name, "fp32" if fp32 else "half")][grid](*args, size_class, **flags)
+    _TUNED[(name, fp32)][grid](*args, size_class, **flags)
 
 
 def _prepare(q: torch.Tensor, c: torch.Tensor, labels: torch.Tensor):
@@ -238,29 +175,44 @@ def _forward(q, c, temperature, labels):
     nq, nc, d = q.shape[0], c.shape[0], q.shape[1]
     lse = torch.empty(nq, dtype=torch.float32, device=q.device)
     positive = torch.empty(nq, dtype=torch.float32, device=q.device)
+    grid = lambda meta: (triton.cdiv(nq, meta["BLOCK_Q"]),)
     sizes = (nq, nc, d, q.stride(0), c.stride(0), 1.0 / temperature)
-    _launch("fwd", nq, "BLOCK_Q", nq, nc, q, c, labels, lse, positive, *sizes)
+    _launch("fwd", grid, nq, nc, q, c, labels, lse, positive, *sizes)
     return (lse - positive).mean(), lse
 
 
+def _strip_rows(nq: int, nc: int, element_size: int) -> int:
+    rows = STRIP_BYTES // (nc * element_size)
+    rows = rows // 128 * 128 if rows >= 128 else max(rows, 1)  # whole tiles per strip
+    return min(nq, rows)
+
+
 def _backward(q, c, temperature, labels, lse, grad_loss, need_q=True, need_c=True):
-    """fp32 gradients of grad_loss * mean loss w.r.t. q and c (None where not needed)."""
+    """fp32 gradients of grad_loss * mean loss w.r.t. q and c (None where not needed), one strip of
+    query rows at a time."""
     nq, nc, d = q.shape[0], c.shape[0], q.shape[1]
     scale = 1.0 / temperature
-    grad_scale = (grad_loss.detach().float() * (scale / nq)).reshape(1).contiguous()
-    sizes = (nq, nc, d, q.stride(0), c.stride(0), scale)
-    grad_q = grad_c = None
-    if need_q:
-        grad_q = torch.zeros(nq, d, dtype=torch.float32, device=q.device)
-        _launch("dq", nq, "BLOCK_Q", nq, nc, q, c, labels, lse, grad_scale, grad_q, *sizes)
-    if need_c:
-        grad_c = torch.zeros(nc, d, dtype=torch.float32, device=q.device)
-        _launch("dc", nc, "BLOCK_C", nq, nc, q, c, labels, lse, grad_scale, grad_c, *sizes)
+    grad_scale = grad_loss.detach().float() * (scale / nq)  # stays on the device: no sync
+    grad_q = torch.empty(nq, d, dtype=torch.float32, device=q.device) if need_q else None
+    grad_c = torch.zeros(nc, d, dtype=torch.float32, device=q.device) if need_c else None
+    step = _strip_rows(nq, nc, q.element_size())
+    strip = torch.empty(step, nc, dtype=q.dtype, device=q.device)
+    for start in range(0, nq, step):
+        stop = min(start + step, nq)
+        rows, ds = stop - start, strip[: stop - start]
+        grid = lambda meta, rows=rows: (triton.cdiv(rows, meta["BLOCK_Q"]), triton.cdiv(nc, meta["BLOCK_C"]))
+        q_rows = q[start:stop]
+        sizes = (rows, nc, d, q.stride(0), c.stride(0), ds.stride(0), scale)
+        _launch("grad", grid, nq, nc, q_rows, c, labels[start:stop], lse[start:stop], ds, *sizes)
+        if need_q:
+            torch.mul(torch.mm(ds, c), grad_scale, out=grad_q[start:stop])
+        if need_c:
+            grad_c.addcmul_(torch.mm(ds.T, q_rows), grad_scale)
     return grad_q, grad_c
 
 
 class InfoNCETriton(torch.autograd.Function):
-    """Forward keeps only lse[Nq]; backward recomputes the logits tiles."""
+    """Forward keeps only lse[Nq]; backward recomputes the logits tiles strip by strip."""
 
     @staticmethod
     def forward(ctx, q, c, temperature, labels):
@@ -284,8 +236,8 @@ class InfoNCETriton(torch.autograd.Function):
 
 @torch.no_grad()
 def infonce_forward_backward_triton(q, c, temperature, labels):
-    """(loss, grad_q, grad_c) of the mean loss without autograd: forward kernel, then both backward
-    kernels with an upstream gradient of one."""
+    """(loss, grad_q, grad_c) of the mean loss without autograd: the forward, then the backward
+    with an upstream gradient of one."""
     q_k, c_k, labels = _prepare(q, c, labels)
     loss, lse = _forward(q_k, c_k, temperature, labels)
     one = torch.ones((), dtype=torch.float32, device=q.device)

@@ -36,7 +36,7 @@ def test_kernels_compile_for_sm90():
         assert 0 <= shared <= 227 * 1024, f"{name} needs {shared} bytes of shared memory (H100: 227 KiB)"
 
 
-EXPECTED = [f"{k}-{d}" for k in ("fwd", "dq", "dc", "pool") for d in ("bf16", "fp32")]
+EXPECTED = [f"{k}-{d}" for k in ("fwd", "grad", "pool") for d in ("bf16", "fp32")]
 
 
 def _compile(kernel, types: dict, constexprs: dict, num_warps: int = 4, num_stages: int = 3):
@@ -63,20 +63,19 @@ def _main() -> None:
     from tte_fast.kernels import infonce_triton, pool_normalize_triton
 
     shared = {}
-    for dtype, (table, upcast, precision) in {
-        "bf16": (infonce_triton._HALF, False, "tf32"),  # UPCAST / PRECISION as the launcher picks them
-        "fp32": (infonce_triton._FP32, True, "ieee"),
+    for dtype, (tiles, upcast, precision) in {
+        "bf16": (infonce_triton._HALF_TILES, False, "tf32"),  # UPCAST / PRECISION as the launcher picks
+        "fp32": (infonce_triton._FP32_TILES, True, "ieee"),
     }.items():
         types = {
             "q_ptr": f"*{dtype}", "c_ptr": f"*{dtype}", "labels_ptr": "*i64", "lse_ptr": "*fp32",
-            "pos_ptr": "*fp32", "grad_scale_ptr": "*fp32", "dq_ptr": "*fp32", "dc_ptr": "*fp32",
-            "Nq": "i32", "Nc": "i32", "D": "i32", "stride_q": "i32", "stride_c": "i32", "scale": "fp32",
-            "size_class": "i32",
+            "pos_ptr": "*fp32", "ds_ptr": f"*{dtype}", "Nq": "i32", "Nc": "i32", "D": "i32",
+            "stride_q": "i32", "stride_c": "i32", "stride_ds": "i32", "scale": "fp32", "size_class": "i32",
         }  # fmt: skip
+        block_q, block_c, block_d, warps, stages = max(tiles, key=lambda t: t[0] * t[1])
+        constexprs = dict(BLOCK_Q=block_q, BLOCK_C=block_c, BLOCK_D=block_d)
+        constexprs.update(UPCAST=upcast, PRECISION=precision)
         for name, kernel in infonce_triton._KERNELS.items():
-            block_q, block_c, block_d, warps, stages = max(table[name], key=lambda t: t[0] * t[1])
-            constexprs = dict(BLOCK_Q=block_q, BLOCK_C=block_c, BLOCK_D=block_d)
-            constexprs.update(UPCAST=upcast, PRECISION=precision)
             shared[f"{name}-{dtype}"] = _compile(kernel, types, constexprs, warps, stages).metadata.shared
         types = {
             "hidden_ptr": f"*{dtype}", "index_ptr": "*i64", "out_ptr": "*fp32", "inv_norm_ptr": "*fp32",

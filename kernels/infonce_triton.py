@@ -188,12 +188,12 @@ def _strip_rows(nq: int, nc: int, element_size: int) -> int:
 
 
 def _backward(q, c, temperature, labels, lse, grad_loss, need_q=True, need_c=True):
-    """fp32 gradients of grad_loss * mean loss w.r.t. q and c (None where not needed), one strip of
-    query rows at a time."""
+    """Gradients of grad_loss * mean loss w.r.t. q and c (None where not needed), one strip of query
+    rows at a time: dq (complete per strip) in q's dtype, dc (summed over strips) in fp32."""
     nq, nc, d = q.shape[0], c.shape[0], q.shape[1]
     scale = 1.0 / temperature
     grad_scale = grad_loss.detach().float() * (scale / nq)  # stays on the device: no sync
-    grad_q = torch.empty(nq, d, dtype=torch.float32, device=q.device) if need_q else None
+    grad_q = torch.empty(nq, d, dtype=q.dtype, device=q.device) if need_q else None
     grad_c = torch.zeros(nc, d, dtype=torch.float32, device=q.device) if need_c else None
     step = _strip_rows(nq, nc, q.element_size())
     strip = torch.empty(step, nc, dtype=q.dtype, device=q.device)

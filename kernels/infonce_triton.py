@@ -1,7 +1,8 @@
 """Tiled InfoNCE in Triton: the Nq x Nc logits never exist in memory.
 
-Forward (flash-attention style): one program per query block streams over candidate blocks,
-keeping an online log-sum-exp and the positive logit; it stores only lse[Nq] and pos[Nq].
+Forward (flash-attention style): one program per query block (and candidate split, when there are
+too few query blocks to fill the GPU) streams over candidate blocks, keeping an online log-sum-exp
+and the positive logit; it stores only lse[Nq] and pos[Nq] (per split, then combined).
 
 Backward: a kernel recomputes logits tiles from q and c and writes the logits gradient
 dS = softmax - one_hot (with the stored lse) for one strip of query rows at a time, in the input
@@ -22,7 +23,7 @@ import triton.language as tl
 
 # Sizes that only bound loops and masks: specialising on them (== 1, % 16) would compile a new
 # variant for every batch shape. D and the row strides stay specialised: alignment enables wide loads.
-_SIZES_ONLY = ["Nq", "Nc", "size_class"]
+_SIZES_ONLY = ["Nq", "Nc", "cols_per_split", "size_class"]
 
 
 @triton.jit
@@ -53,19 +54,24 @@ def _logits_tile(
 
 @triton.jit(do_not_specialize=_SIZES_ONLY)
 def _infonce_fwd_kernel(
-    q_ptr, c_ptr, labels_ptr, lse_ptr, pos_ptr, Nq, Nc, D, stride_q, stride_c, scale, size_class,
-    BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
+    q_ptr, c_ptr, labels_ptr, lse_ptr, pos_ptr, Nq, Nc, D, stride_q, stride_c, scale, cols_per_split,
+    size_class, BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
+    """Program (i, s): log-sum-exp and positive logit of query block i over candidate split s,
+    stored at [s, rows]; the host combines the splits."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     row_ok = rows < Nq
+    split = tl.program_id(1).to(tl.int64)
+    c_begin = split * cols_per_split
+    c_end = tl.minimum(c_begin + cols_per_split, Nc)
     label = tl.load(labels_ptr + rows, mask=row_ok, other=-1)
     row_max = tl.full((BLOCK_Q,), float("-inf"), dtype=tl.float32)
     sum_exp = tl.zeros((BLOCK_Q,), dtype=tl.float32)
     positive = tl.zeros((BLOCK_Q,), dtype=tl.float32)
-    for c0 in range(0, Nc, BLOCK_C):
+    for c0 in range(c_begin, c_end, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
-        col_ok = cols < Nc
+        col_ok = cols < c_end
         logits = _logits_tile(
             q_ptr, c_ptr, rows, cols, row_ok, col_ok, D, stride_q, stride_c, scale,
             BLOCK_Q, BLOCK_C, BLOCK_D, UPCAST, PRECISION,
@@ -75,8 +81,8 @@ def _infonce_fwd_kernel(
         new_max = tl.maximum(row_max, tl.max(logits, axis=1))
         sum_exp = sum_exp * tl.exp(row_max - new_max) + tl.sum(tl.exp(logits - new_max[:, None]), axis=1)
         row_max = new_max
-    tl.store(lse_ptr + rows, row_max + tl.log(sum_exp), mask=row_ok)
-    tl.store(pos_ptr + rows, positive, mask=row_ok)
+    tl.store(lse_ptr + split * Nq + rows, row_max + tl.log(sum_exp), mask=row_ok)
+    tl.store(pos_ptr + split * Nq + rows, positive, mask=row_ok)
 
 
 @triton.jit(do_not_specialize=_SIZES_ONLY)
@@ -125,6 +131,8 @@ _INTERPRETER_META = dict(BLOCK_Q=16, BLOCK_C=16, BLOCK_D=32)
 # Below this many logits a call takes well under a millisecond: tuning would cost more than it
 # saves, so the first candidate runs untuned.
 AUTOTUNE_MIN_LOGITS = 1 << 22
+# Forward candidate splits start at multiples of this (the largest BLOCK_Q / BLOCK_C candidate).
+SPLIT_ALIGN = 128
 # Bytes of one backward strip of dS rows (input dtype): the backward's peak extra memory.
 STRIP_BYTES = 256 << 20
 
@@ -141,8 +149,8 @@ _TUNED = {
 
 
 def _launch(name: str, grid, nq: int, nc: int, *args) -> None:
-    """Launch kernel `name` on grid(meta); args are its runtime arguments up to `scale` (args[0] is
-    q). `size_class`, tile sizes and dot flags are added here."""
+    """Launch kernel `name` on grid(meta); args are its runtime arguments before `size_class`
+    (args[0] is q). `size_class`, tile sizes and dot flags are added here."""
     if _interpreting():
         _KERNELS[name][grid(_INTERPRETER_META)](*args, 0, **_INTERPRETER_META, UPCAST=True, PRECISION="ieee")
         return
@@ -171,14 +179,33 @@ def _prepare(q: torch.Tensor, c: torch.Tensor, labels: torch.Tensor):
     return unit_stride(q), unit_stride(c), labels.contiguous()
 
 
+def _target_programs(device: torch.device) -> int:
+    """Programs the forward should launch to fill the device: two per SM on a GPU."""
+    if device.type != "cuda":
+        return 1
+    return 2 * torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _candidate_splits(nq: int, nc: int, device: torch.device) -> tuple[int, int]:
+    """(candidates per split, splits) for the forward. Few query blocks (a GradCache chunk against
+    many candidates) would leave most SMs idle, so the candidates are split too. Split edges are
+    multiples of SPLIT_ALIGN, hence of every BLOCK_C."""
+    query_blocks = triton.cdiv(nq, SPLIT_ALIGN)
+    splits = max(1, min(triton.cdiv(nc, SPLIT_ALIGN), triton.cdiv(_target_programs(device), query_blocks)))
+    per_split = triton.cdiv(triton.cdiv(nc, splits), SPLIT_ALIGN) * SPLIT_ALIGN
+    return per_split, triton.cdiv(nc, per_split)
+
+
 def _forward(q, c, temperature, labels):
     nq, nc, d = q.shape[0], c.shape[0], q.shape[1]
-    lse = torch.empty(nq, dtype=torch.float32, device=q.device)
-    positive = torch.empty(nq, dtype=torch.float32, device=q.device)
-    grid = lambda meta: (triton.cdiv(nq, meta["BLOCK_Q"]),)
-    sizes = (nq, nc, d, q.stride(0), c.stride(0), 1.0 / temperature)
+    per_split, splits = _candidate_splits(nq, nc, q.device)
+    lse = torch.empty(splits, nq, dtype=torch.float32, device=q.device)
+    positive = torch.empty(splits, nq, dtype=torch.float32, device=q.device)
+    grid = lambda meta: (triton.cdiv(nq, meta["BLOCK_Q"]), splits)
+    sizes = (nq, nc, d, q.stride(0), c.stride(0), 1.0 / temperature, per_split)
     _launch("fwd", grid, nq, nc, q, c, labels, lse, positive, *sizes)
-    return (lse - positive).mean(), lse
+    lse = torch.logsumexp(lse, dim=0) if splits > 1 else lse[0]
+    return (lse - positive.sum(dim=0)).mean(), lse
 
 
 def _strip_rows(nq: int, nc: int, element_size: int) -> int:

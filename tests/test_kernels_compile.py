@@ -70,7 +70,8 @@ def _main() -> None:
         types = {
             "q_ptr": f"*{dtype}", "c_ptr": f"*{dtype}", "labels_ptr": "*i64", "lse_ptr": "*fp32",
             "pos_ptr": "*fp32", "ds_ptr": f"*{dtype}", "Nq": "i32", "Nc": "i32", "D": "i32",
-            "stride_q": "i32", "stride_c": "i32", "stride_ds": "i32", "scale": "fp32", "size_class": "i32",
+            "stride_q": "i32", "stride_c": "i32", "stride_ds": "i32", "scale": "fp32",
+            "cols_per_split": "i32", "size_class": "i32",
         }  # fmt: skip
         block_q, block_c, block_d, warps, stages = max(tiles, key=lambda t: t[0] * t[1])
         constexprs = dict(BLOCK_Q=block_q, BLOCK_C=block_c, BLOCK_D=block_d)

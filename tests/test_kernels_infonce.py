@@ -240,3 +240,25 @@ def test_triton_backward_in_strips(dtype, monkeypatch):
     assert_close(loss, ref_loss, tol, "loss")
     assert_close(grad_q, ref_gq, tol, "grad_q")
     assert_close(grad_c, ref_gc, tol, "grad_c")
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="Triton on CPU needs the interpreter")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_forward_split_over_candidates(dtype, monkeypatch):
+    """Few queries against many candidates: the forward splits the candidates (as it does to fill a
+    GPU) and combines the per-split log-sum-exps; positives fall in different splits."""
+    from tte_fast.kernels import infonce_triton
+
+    monkeypatch.setattr(infonce_triton, "SPLIT_ALIGN", 16)
+    monkeypatch.setattr(infonce_triton, "_target_programs", lambda device: 64)
+    assert infonce_triton._candidate_splits(11, 70, torch.device("cpu")) == (16, 5)
+    q, c, labels = make_inputs(11, 70, 24, True, dtype)
+    q.requires_grad_(True)
+    c.requires_grad_(True)
+    loss = kernels.infonce_loss(q, c, 0.05, labels, backend="triton")
+    loss.backward()
+    ref_loss, ref_gq, ref_gc = reference(q, c, 0.05, labels)
+    tol = TOLERANCE[dtype]
+    assert_close(loss.detach(), ref_loss, tol, "loss")
+    assert_close(q.grad, ref_gq, tol, "q.grad")
+    assert_close(c.grad, ref_gc, tol, "c.grad")

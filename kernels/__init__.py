@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from tte_fast.profiling import ranged
+
 from .indexing import last_token_index
 from .infonce_torch import InfoNCETorch, infonce_forward_backward_torch
 from .pool_normalize_torch import pool_normalize_torch
@@ -19,6 +21,7 @@ from .validation import check_infonce_inputs, check_pool_inputs, resolve_backend
 __all__ = ["infonce_loss", "infonce_loss_and_grads", "last_token_index", "pool_normalize"]
 
 
+@ranged("pool_normalize")
 def pool_normalize(hidden: torch.Tensor, attention_mask: torch.Tensor, backend: str | None = None):
     """L2-normalised hidden state of each row's last real token: float32 [B, D], differentiable
     w.r.t. ``hidden``. ``hidden`` is [B, T, D]; ``attention_mask`` [B, T] of 0/1, padded on either
@@ -34,6 +37,7 @@ def pool_normalize(hidden: torch.Tensor, attention_mask: torch.Tensor, backend: 
     return pool_normalize_reference(hidden, attention_mask).float()
 
 
+@ranged("loss")
 def infonce_loss(
     q: torch.Tensor,
     c: torch.Tensor,
@@ -55,6 +59,7 @@ def infonce_loss(
     return infonce_loss_reference(q, c, temperature, labels).float()
 
 
+@ranged("loss")
 def infonce_loss_and_grads(
     q: torch.Tensor,
     c: torch.Tensor,

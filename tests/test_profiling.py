@@ -55,6 +55,15 @@ def test_vision_encoder_hooks_time_the_tower():
     assert set(rec.counts) <= set(STAGES)
 
 
+def test_kernels_are_ranges():
+    from tte_fast.kernels import infonce_loss, pool_normalize
+
+    with StageRecorder() as rec:
+        pool_normalize(torch.randn(2, 3, 4), torch.ones(2, 3))
+        infonce_loss(torch.randn(2, 4), torch.randn(2, 4))
+    assert rec.counts == {"pool_normalize": 1, "loss": 1}
+
+
 def test_gradcache_phases_are_ranges():
     from tte_fast.gradcache import gradcache_step
 

@@ -18,6 +18,8 @@ _EXPORTS = {
     "gradcache_step": "tte_fast.gradcache",
     "pool_normalize": "tte_fast.kernels",
     "infonce_loss": "tte_fast.kernels",
+    "infonce_loss_and_grads": "tte_fast.kernels",
+    "last_token_index": "tte_fast.kernels",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

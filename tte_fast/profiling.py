@@ -8,6 +8,7 @@ are stable: ``nsys profile python bench/latency.py`` shows them on the timeline.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections import defaultdict
 
@@ -26,7 +27,7 @@ STAGES = {
     "embed": "the embedding step: embedding token on the cache (or the TTE_u head)",
     "re_encode": "a from-scratch forward over prompt + trace (two-pass and baseline paths)",
     "pool_normalize": "last-token pooling + L2 normalisation",
-    "loss": "InfoNCE loss (and gradients in the cached step)",
+    "loss": "InfoNCE loss forward (and both gradients, in infonce_loss_and_grads)",
     "gradcache_forward": "GradCache pass 1: chunked forward without a graph",
     "gradcache_loss": "GradCache pass 2: loss and representation gradients",
     "gradcache_backward": "GradCache pass 3: chunk re-forward and backward with cached gradients",
@@ -94,6 +95,22 @@ def stage(name: str):
     if recorder is not None:
         recorder.seconds[name] += time.perf_counter() - start
         recorder.counts[name] += 1
+
+
+def ranged(name: str):
+    """Decorator: run the function inside ``stage(name)``."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            with stage(name):
+                return fn(*args, **kwargs)
+
+        return inner
+
+    if name not in STAGES:
+        raise ValueError(f"unknown stage {name!r}; known stages: {sorted(STAGES)}")
+    return wrap
 
 
 def instrument_vision_encoder(hf_model: torch.nn.Module) -> list:

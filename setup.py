@@ -38,7 +38,15 @@ def _check_environment() -> None:
 
 
 # Metadata commands included: pip resolves (and downloads) dependencies right after them.
-_BUILD_COMMANDS = ("egg_info", "dist_info", "build_ext", "bdist_wheel", "develop", "editable_wheel", "install")
+_BUILD_COMMANDS = (
+    "egg_info",
+    "dist_info",
+    "build_ext",
+    "bdist_wheel",
+    "develop",
+    "editable_wheel",
+    "install",
+)
 if any(cmd in sys.argv for cmd in _BUILD_COMMANDS):
     _check_environment()
 

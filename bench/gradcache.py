@@ -37,9 +37,9 @@ import time
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tte_fast.kernels import infonce_loss
 
 from tte_fast.gradcache import gradcache_step
+from tte_fast.kernels import infonce_loss
 
 METHODS = ("plain", "gradcache", "st_cached")
 TEMPERATURE = 0.05  # CachedMultipleNegativesRankingLoss's default scale of 20

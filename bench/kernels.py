@@ -24,6 +24,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+
 from tte_fast.kernels import infonce_loss, infonce_loss_and_grads, pool_normalize
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

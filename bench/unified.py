@@ -24,9 +24,9 @@ import time
 
 import torch
 import transformers
-from tte_fast.kernels import pool_normalize
 
 from tte_fast.generate import DecodeOptions, Decoder, decode_position_ids, prefill_position_ids
+from tte_fast.kernels import pool_normalize
 from tte_fast.model import UnifiedTTE
 
 

@@ -17,6 +17,15 @@ from tte_fast.testing import TINY_MODEL_TYPES, build_tiny_checkpoint  # noqa: E4
 VL_MODEL_TYPES = [t for t in TINY_MODEL_TYPES if t != "qwen2"]
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models are overhead-bound; one thread avoids OpenMP spin-waits on shared CI cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory) -> dict[str, str]:
     """model type -> folder of a saved tiny checkpoint (built lazily, once per session)."""

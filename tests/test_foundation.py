@@ -9,9 +9,8 @@ from tte_fast.testing import TINY_MODEL_TYPES, tiny_config
 
 
 def test_package_and_kernels_import():
-    import tte_fast.kernels  # noqa: F401
-
     import tte_fast
+    import tte_fast.kernels  # noqa: F401
 
     assert tte_fast.__version__
 

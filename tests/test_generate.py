@@ -16,13 +16,7 @@ from tte_fast.testing import TINY_MODEL_TYPES
 NEW_TOKENS = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models are overhead-bound; one thread avoids OpenMP spin-waits on shared CI cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _image(h: int, w: int, seed: int) -> Image.Image:

@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tte_fast.kernels import pool_normalize
 
 from tte_fast.gradcache import gradcache_step
+from tte_fast.kernels import pool_normalize
 from tte_fast.processing import load_processor
 
 # fp32: relative error of the whole gradient (all parameters as one vector) below 1e-5. Single

@@ -7,25 +7,12 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from kernel_cases import on_every_backend
+
+from tte_fast import kernels
 from tte_fast.kernels import infonce_torch
 from tte_fast.kernels.reference import infonce_loss_reference
 
-from tte_fast import kernels
-
-
-def backend_cases() -> list[tuple[str, str]]:
-    """(backend, device) pairs: the CPU paths always, Triton on CPU tensors under the interpreter,
-    and on a GPU the compiled kernels (run with TRITON_INTERPRET=0 there)."""
-    interpreting = os.environ.get("TRITON_INTERPRET") == "1"
-    cases = [("torch", "cpu"), ("reference", "cpu")] + ([("triton", "cpu")] if interpreting else [])
-    if torch.cuda.is_available():
-        cases += [("torch", "cuda")] + ([] if interpreting else [("triton", "cuda")])
-    return cases
-
-
-CASES = backend_cases()
-CASE_IDS = [f"{backend}-{device}" for backend, device in CASES]
-on_every_backend = pytest.mark.parametrize("backend,device", CASES, ids=CASE_IDS)
 # Relative error allowed (max abs error / max abs value), in units of the input dtype's epsilon.
 # fp32: logits carry 1 / temperature (up to 100x) of rounding; measured worst ~16 eps. bf16: the
 # gradients pass through bf16 up to three times (the Triton backward's dS strip, its matmul output,

@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
-from tte_fast.kernels.reference import last_token_index_reference, pool_normalize_reference
+from kernel_cases import on_every_backend
 
 from tte_fast import kernels
+from tte_fast.kernels.reference import last_token_index_reference, pool_normalize_reference
 
-
-def backend_cases() -> list[tuple[str, str]]:
-    """(backend, device) pairs: the CPU paths always, Triton on CPU tensors under the interpreter,
-    and on a GPU the compiled kernels (run with TRITON_INTERPRET=0 there)."""
-    interpreting = os.environ.get("TRITON_INTERPRET") == "1"
-    cases = [("torch", "cpu"), ("reference", "cpu")] + ([("triton", "cpu")] if interpreting else [])
-    if torch.cuda.is_available():
-        cases += [("torch", "cuda")] + ([] if interpreting else [("triton", "cuda")])
-    return cases
-
-
-CASES = backend_cases()
-on_every_backend = pytest.mark.parametrize("backend,device", CASES, ids=[f"{b}-{d}" for b, d in CASES])
 # Gradients come back in the input dtype: 2 eps of it (fp32 normalises in fp32: 8 eps).
 GRAD_TOLERANCE = {torch.float32: 8 * torch.finfo(torch.float32).eps}
 GRAD_TOLERANCE.update({dt: 2 * torch.finfo(dt).eps for dt in (torch.float16, torch.bfloat16)})

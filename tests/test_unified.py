@@ -16,13 +16,7 @@ THINK = 5
 ATOL = 1e-4  # fp32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models are overhead-bound; one thread avoids OpenMP spin-waits on shared CI cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sample_inputs(model_type: str) -> list:

@@ -1,0 +1,21 @@
+"""The (backend, device) pairs every kernel test runs on."""
+
+import os
+
+import pytest
+import torch
+
+
+def backend_cases() -> list[tuple[str, str]]:
+    """(backend, device) pairs: the CPU paths always, Triton on CPU tensors under the interpreter,
+    and on a GPU the compiled kernels (run with TRITON_INTERPRET=0 there)."""
+    interpreting = os.environ.get("TRITON_INTERPRET") == "1"
+    cases = [("torch", "cpu"), ("reference", "cpu")] + ([("triton", "cpu")] if interpreting else [])
+    if torch.cuda.is_available():
+        cases += [("torch", "cuda")] + ([] if interpreting else [("triton", "cuda")])
+    return cases
+
+
+CASES = backend_cases()
+CASE_IDS = [f"{backend}-{device}" for backend, device in CASES]
+on_every_backend = pytest.mark.parametrize("backend,device", CASES, ids=CASE_IDS)

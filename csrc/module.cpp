@@ -21,7 +21,7 @@ namespace py = pybind11;
 namespace {
 
 // Largest pixel budget accepted: keeps every size computation far from integer overflow.
-constexpr int64_t kMaxPixelBudget = int64_t{1} << 40;
+constexpr int64_t kMaxPixelBudget = tte::kMaxPixels;
 
 [[noreturn]] void raise_memory_error(const std::string& message) {
   PyErr_SetString(PyExc_MemoryError, message.c_str());
@@ -183,7 +183,9 @@ py::array_t<uint8_t> resize_uint8(const py::array& image, int64_t height, int64_
                                   int pass_order) {
   tte::ImageView v = view_of(image, 0);
   if (v.channels == 4) throw py::value_error("resize_uint8 takes grey or RGB images, got 4 channels");
-  if (v.height <= 0 || v.width <= 0 || height <= 0 || width <= 0 || height * width > kMaxPixelBudget) {
+  // Division, not height * width: the product of two huge sides would overflow before the test.
+  if (v.height <= 0 || v.width <= 0 || v.height > tte::kMaxSide || v.width > tte::kMaxSide || height <= 0 ||
+      width <= 0 || height > kMaxPixelBudget / width) {
     throw py::value_error("resize_uint8: bad sizes " + std::to_string(v.height) + "x" + std::to_string(v.width) +
                           " -> " + std::to_string(height) + "x" + std::to_string(width));
   }

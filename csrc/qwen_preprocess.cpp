@@ -152,6 +152,10 @@ std::pair<int64_t, int64_t> target_size(const ImageView& image, const QwenParams
     throw std::invalid_argument("image has zero size: height=" + std::to_string(image.height) +
                                 ", width=" + std::to_string(image.width));
   }
+  if (image.height > kMaxSide || image.width > kMaxSide) {
+    throw std::invalid_argument("image sides must be at most " + std::to_string(kMaxSide) + ", got height=" +
+                                std::to_string(image.height) + ", width=" + std::to_string(image.width));
+  }
   const int64_t factor = p.patch_size * p.merge_size;
   if (p.do_resize) {
     const auto hw = smart_resize(image.height, image.width, factor, p.min_pixels, p.max_pixels);

@@ -15,7 +15,19 @@ std::pair<long, long> smart_resize(long height, long width, long factor, long mi
     throw std::invalid_argument("image has zero size: height=" + std::to_string(height) +
                                 ", width=" + std::to_string(width));
   }
-  if (factor <= 0) throw std::invalid_argument("factor must be positive, got " + std::to_string(factor));
+  // Bounds that keep h_bar * w_bar and the casts below inside a long (Pillow sides are ints too).
+  if (height > kMaxSide || width > kMaxSide) {
+    throw std::invalid_argument("image sides must be at most " + std::to_string(kMaxSide) +
+                                ", got height=" + std::to_string(height) + ", width=" + std::to_string(width));
+  }
+  if (factor <= 0 || factor > kMaxFactor) {
+    throw std::invalid_argument("factor must be in [1, " + std::to_string(kMaxFactor) + "], got " +
+                                std::to_string(factor));
+  }
+  if (min_pixels < 0 || min_pixels > kMaxPixels || max_pixels < 1 || max_pixels > kMaxPixels) {
+    throw std::invalid_argument("min_pixels must be in [0, 2^40] and max_pixels in [1, 2^40], got " +
+                                std::to_string(min_pixels) + " and " + std::to_string(max_pixels));
+  }
   const double ratio = static_cast<double>(std::max(height, width)) / std::min(height, width);
   if (ratio > 200.0) {
     throw std::invalid_argument("absolute aspect ratio must be smaller than 200, got " + std::to_string(ratio));

@@ -128,3 +128,46 @@ def test_random_and_damaged_bytes_decode_or_raise_clearly(data):
         return
     got = ImageProcessor()(data)
     np.testing.assert_array_equal(got["pixel_values"], reference["pixel_values"])
+
+
+def _extension_kwargs(**overrides) -> dict:
+    kwargs = dict(
+        patch_size=14, temporal_patch_size=2, merge_size=2, min_pixels=56 * 56, max_pixels=28 * 28 * 1280,
+        do_resize=True, resample=3, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
+        image_mean=[0.5] * 3, image_std=[0.5] * 3, pass_order=1, num_threads=1,
+    )  # fmt: skip
+    return {**kwargs, **overrides}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (100, 100, 28, 3136, -5),  # negative budget: would take the square root of a negative number
+        (100, 100, 28, 2**62, 2**63 - 1),  # budgets whose products overflow
+        (100, 100, 2**40, 3136, 2**40),  # a factor whose square overflows
+        (2**40, 2**40 // 100, 28, 3136, 2**40),  # sides whose product overflows
+    ],
+)
+def test_smart_resize_refuses_values_that_would_overflow(args):
+    from tte_fast import _C
+
+    with pytest.raises(ValueError, match="must be"):
+        _C.smart_resize(*args)
+
+
+def test_resize_refuses_an_output_size_whose_product_overflows():
+    from tte_fast import _C
+
+    with pytest.raises(ValueError, match="bad sizes"):
+        _C.resize_uint8(np.zeros((4, 4, 3), np.uint8), 2**62, 4)  # 2**64 pixels wraps to 0
+
+
+@pytest.mark.parametrize("do_resize", [True, False])
+def test_broadcast_image_with_a_side_over_int32_raises_naming_it(do_resize):
+    """A stride-0 view can claim sides beyond Pillow's int: refused before any allocation."""
+    from tte_fast import _C
+
+    side = 2**31 + 56
+    huge = np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (side, side // 150 // 56 * 56, 3))
+    with pytest.raises(ValueError, match=f"image 1: .*height={side}"):
+        _C.preprocess_batch([np.zeros((56, 56, 3), np.uint8), huge], **_extension_kwargs(do_resize=do_resize))

@@ -220,6 +220,8 @@ def test_arrow_view_is_the_image_memory(mode):
     view = arrow_image_view(image)
     assert not view.flags.owndata
     np.testing.assert_array_equal(view, expected)
+    with pytest.raises(ValueError, match="read-only"):
+        view[0, 0] = 0  # writing through the view would edit the caller's image
     del image
     gc.collect()
     filler = [np.full((37, 53, 4), 7, np.uint8) for _ in range(50)]  # reuse of freed memory would show

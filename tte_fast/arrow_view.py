@@ -2,8 +2,8 @@
 
 Pillow (11.2+) exports an image's memory as an Arrow array: "L" as uint8 values, "RGB" as
 fixed-size lists of 4 uint8 (RGBX). The structs are read with ctypes, following the Arrow C data
-interface specification; the returned view keeps the exported capsules (and so the image memory)
-alive for as long as it exists.
+interface specification; the returned read-only view keeps the exported capsules (and so the image
+memory) alive for as long as it exists.
 """
 
 from __future__ import annotations
@@ -60,11 +60,13 @@ def _values(array: _ArrowArray, count: int, capsules) -> np.ndarray:
         raise ValueError(f"Arrow export holds {array.length} values, expected {count}")
     buffer = (ctypes.c_uint8 * count).from_address(array.buffers[1])
     buffer._capsules = capsules  # the view's base chain keeps the exported memory alive
-    return np.frombuffer(buffer, dtype=np.uint8)
+    view = np.frombuffer(buffer, dtype=np.uint8)
+    view.flags.writeable = False  # it is the image's own memory: a write would silently edit the image
+    return view
 
 
 def arrow_image_view(image: PIL.Image.Image) -> np.ndarray:
-    """HxW (mode L) or HxWx3 (mode RGB, strided over RGBX) uint8 view of the image's memory."""
+    """HxW (mode L) or HxWx3 (mode RGB, strided over RGBX) read-only uint8 view of the image's memory."""
     if image.mode not in ("L", "RGB"):
         raise ValueError(f"only L and RGB images are exported as plain bytes, got mode {image.mode!r}")
     width, height = image.size

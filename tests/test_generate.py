@@ -123,14 +123,17 @@ def test_per_row_stop_equals_hf_generate(loaded):
     assert len(out.sequences[0]) == int(out.attention_mask[0].sum())
 
 
-def test_answer_budget_after_think_end(loaded):
-    """Closing ``</think>`` switches a row to the answer budget."""
+@pytest.mark.parametrize("answer_tokens", [0, 2])
+def test_answer_budget_after_think_end(loaded, answer_tokens):
+    """Closing ``</think>`` switches a row to the answer budget: exactly ``answer_tokens`` follow it."""
     _, model, batch, free = loaded
     think_end = int(free[0, 1])  # pretend row 0's second token closes the thought
     closed_at = free[0].tolist().index(think_end)
-    options = DecodeOptions(max_think_tokens=NEW_TOKENS, max_answer_tokens=2, think_end_token_id=think_end)
+    options = DecodeOptions(
+        max_think_tokens=NEW_TOKENS, max_answer_tokens=answer_tokens, think_end_token_id=think_end
+    )
     out = Decoder(model).decode(batch, options)
-    assert out.generated[0].tolist() == free[0, : closed_at + 3].tolist()
+    assert out.generated[0].tolist() == free[0, : closed_at + 1 + answer_tokens].tolist()
     assert out.stop_reasons[0] == "answer_budget"
 
 

@@ -351,7 +351,8 @@ class _Rows:
             self.closed |= sampling & (token == opts.think_end_token_id)
         self.n_answer += (sampling & was_closed).long()
         think_out = ~self.closed & (step + 1 >= opts.max_think_tokens)
-        answer_out = was_closed & (self.n_answer >= opts.max_answer_tokens)
+        # Counted from the closing token itself, so max_answer_tokens=0 stops right at ``</think>``.
+        answer_out = self.closed & (self.n_answer >= opts.max_answer_tokens)
         budget = sampling & ~is_eos & (think_out | answer_out | (step + 1 >= self.max_new))
         self.n_kept = torch.where(sampling & ~is_eos, step + 1, self.n_kept)
         self.reason = torch.where(is_eos, 1, torch.where(budget, torch.where(answer_out, 3, 2), self.reason))

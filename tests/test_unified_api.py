@@ -246,3 +246,23 @@ def test_prompts_per_side(vl_model):
     assert config.reasoning_instruction in traced and traced.endswith("assistant\n<think>\nT")
     own = EmbedInput(text="a cat", instruction="Find the cat.")
     assert "Find the cat." in render_prompt(vl_model.processor, own, "query", False, config, vision=True)
+
+
+def test_eos_ids_of_a_tokenizer_without_end_of_turn_token():
+    """A non-Qwen tokenizer with an <unk>: the missing <|im_end|> must not make <unk> a stop token."""
+    from types import SimpleNamespace
+
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from tte_fast.model import _eos_token_ids
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "hello": 3}
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<unk>")),
+        unk_token="<unk>",
+        eos_token="</s>",
+    )
+    assert tokenizer.convert_tokens_to_ids("<|im_end|>") == 0  # what the lookup must not use
+    model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=None))
+    assert _eos_token_ids(model, tokenizer) == (2,)

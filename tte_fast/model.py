@@ -429,7 +429,8 @@ def _eos_token_ids(hf_model, tokenizer) -> tuple[int, ...]:
     for source in (
         getattr(gen, "eos_token_id", None),
         tokenizer.eos_token_id,
-        tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        # A vocab lookup, not convert_tokens_to_ids: that maps a missing token to <unk>.
+        tokenizer.get_vocab().get("<|im_end|>"),
     ):
         for value in source if isinstance(source, (list, tuple)) else [source]:
             if isinstance(value, int) and value >= 0 and value not in ids:

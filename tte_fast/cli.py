@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
-def _read_jsonl(path: str) -> list:
-    inputs = []
+def _read_jsonl(path: str) -> tuple[list, list[int]]:
+    """The inputs of a JSONL file and the line number of each; relative image paths are taken
+    relative to the file's folder, so a JSONL file and its images can move together."""
+    inputs, line_numbers = [], []
+    folder = os.path.dirname(os.path.abspath(path))
     with open(path, encoding="utf-8") as f:
         for line_number, line in enumerate(f, 1):
             if not line.strip():
@@ -21,22 +25,33 @@ def _read_jsonl(path: str) -> list:
                 raise SystemExit(
                     f"{path}:{line_number}: expected a string or an object, got {type(item).__name__}"
                 )
+            image = item.get("image") if isinstance(item, dict) else None
+            if isinstance(image, str) and not os.path.isabs(image):
+                item = {**item, "image": os.path.join(folder, image)}
             inputs.append(item)
+            line_numbers.append(line_number)
     if not inputs:
         raise SystemExit(f"{path}: no inputs")
-    return inputs
+    return inputs, line_numbers
 
 
 def encode_command(args: argparse.Namespace) -> None:
     from safetensors.torch import save_file
 
     from tte_fast import UnifiedTTE
+    from tte_fast.inputs import InputError
 
-    inputs = _read_jsonl(args.inputs)
+    inputs, line_numbers = _read_jsonl(args.inputs)
     model = UnifiedTTE.from_pretrained(args.model, device=args.device, dtype=args.dtype)
-    result = model.encode(
-        inputs, think=not args.no_think, max_think_tokens=args.max_think_tokens, batch_size=args.batch_size
-    )
+    try:
+        result = model.encode(
+            inputs,
+            think=not args.no_think,
+            max_think_tokens=args.max_think_tokens,
+            batch_size=args.batch_size,
+        )
+    except InputError as err:
+        raise SystemExit(f"{args.inputs}:{line_numbers[err.index]}: {err}") from None
     save_file({"embeddings": result.embeddings.contiguous()}, args.output)
     if result.traces is not None:
         with open(args.output + ".traces.json", "w", encoding="utf-8") as f:
@@ -51,7 +66,10 @@ def main(argv: list[str] | None = None) -> None:
     enc = commands.add_parser("encode", help="embed a JSONL file of inputs into a safetensors file")
     enc.add_argument("--model", required=True, help="checkpoint folder or id")
     enc.add_argument(
-        "--inputs", required=True, help='JSONL: one string or {"text", "image", "instruction"} a line'
+        "--inputs",
+        required=True,
+        help='JSONL: one string or {"text", "image", "instruction"} a line; relative image paths '
+        "start at the file's folder",
     )
     enc.add_argument("--output", required=True, help="output .safetensors (traces go to OUTPUT.traces.json)")
     enc.add_argument("--no-think", action="store_true", help="embed without a reasoning trace")

@@ -1,0 +1,85 @@
+"""``tte-fast encode``: a JSONL file in, a safetensors file of embeddings (and the traces) out."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from tte_fast.cli import main
+from tte_fast.model import UnifiedTTE
+
+THINK = "3"
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def model(tiny_checkpoints):
+    return tiny_checkpoints["qwen2_vl"], UnifiedTTE.from_pretrained(
+        tiny_checkpoints["qwen2_vl"], device="cpu"
+    )
+
+
+def _jsonl(folder, items: list) -> str:
+    """Write ``items`` one a line (a None leaves a blank line) next to a small image ``cat.png``."""
+    image = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    Image.fromarray(image).save(folder / "cat.png")
+    path = folder / "inputs.jsonl"
+    path.write_text("".join("\n" if x is None else json.dumps(x) + "\n" for x in items), encoding="utf-8")
+    return str(path)
+
+
+def _encode(model_path, inputs_file, output, *flags):
+    main(["encode", "--model", model_path, "--inputs", inputs_file, "--output", output, *flags])
+
+
+@pytest.mark.parametrize("think", [True, False])
+def test_encode_writes_embeddings_and_traces(model, tmp_path, monkeypatch, capsys, think):
+    path, tte = model
+    cat = {"text": "a cat", "image": "cat.png", "instruction": "Find the picture."}
+    inputs_file = _jsonl(tmp_path, ["a red car", None, cat])
+    monkeypatch.chdir(tmp_path.parent)  # relative image paths start at the JSONL file's folder
+    output = str(tmp_path / "out.safetensors")
+    _encode(path, inputs_file, output, "--max-think-tokens", THINK, *([] if think else ["--no-think"]))
+    assert "wrote (2, " in capsys.readouterr().out
+
+    expected = tte.encode(
+        ["a red car", {**cat, "image": str(tmp_path / "cat.png")}], think=think, max_think_tokens=int(THINK)
+    )
+    got = load_file(output)["embeddings"]
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.norm(dim=-1), torch.ones(2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(got, expected.embeddings, atol=1e-5, rtol=0)
+    traces_file = tmp_path / "out.safetensors.traces.json"
+    if think:
+        assert json.loads(traces_file.read_text(encoding="utf-8")) == expected.traces
+    else:
+        assert not traces_file.exists()
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (["ok", {"image": "missing.png"}], r"inputs.jsonl:2: input 1: image file not found"),
+        (["ok", None, {"txt": "typo"}], r"inputs.jsonl:3: input 1: unknown keys"),
+        (["ok", 7], r"inputs.jsonl:2: expected a string or an object, got int"),
+        ([None], r"inputs.jsonl: no inputs"),
+    ],
+)
+def test_bad_input_names_its_line(model, tmp_path, lines, message):
+    inputs_file = _jsonl(tmp_path, lines)
+    with pytest.raises(SystemExit, match=message):
+        _encode(model[0], inputs_file, str(tmp_path / "out.safetensors"), "--no-think")
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_invalid_json_names_its_line(model, tmp_path):
+    inputs_file = tmp_path / "inputs.jsonl"
+    inputs_file.write_text('"ok"\n{"text": \n', encoding="utf-8")
+    with pytest.raises(SystemExit, match=r"inputs.jsonl:2: not valid JSON"):
+        _encode(model[0], str(inputs_file), str(tmp_path / "out.safetensors"))

@@ -266,3 +266,20 @@ def test_eos_ids_of_a_tokenizer_without_end_of_turn_token():
     assert tokenizer.convert_tokens_to_ids("<|im_end|>") == 0  # what the lookup must not use
     model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=None))
     assert _eos_token_ids(model, tokenizer) == (2,)
+
+
+def test_tte_u_prefill_skips_the_backbones_last_k_layers(tiny_checkpoints):
+    """Without thinking the TTE_u head replaces the backbone's last k layers: they never run."""
+    from tte_fast.heads import find_decoder
+
+    model = UnifiedTTE.from_pretrained(tiny_checkpoints["qwen2"], device="cpu", head="tte_u", head_layers=2)
+    decoder = find_decoder(model.hf_model)
+    calls = []
+    hooks = [m.register_forward_hook(lambda *_: calls.append(1)) for m in (decoder.layers[-2], decoder.norm)]
+    try:
+        result = model.encode(["a query", "a longer query about cats"], think=False)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert not calls
+    torch.testing.assert_close(result.embeddings.norm(dim=-1), torch.ones(2), atol=1e-5, rtol=0)

@@ -356,10 +356,10 @@ class UnifiedTTE:
                 from tte_fast.kernels import pool_normalize
 
                 return pool_normalize(hidden, batch["attention_mask"]).cpu()
-        with self.head.capture(self.hf_model) as captured, stage("prefill"):
-            backbone(**kwargs)
+        with stage("prefill"):  # stops at layer L-k: the head replaces the backbone's last k layers
+            hidden, position_embeddings = self.head.source_states(backbone, **kwargs)
         with stage("embed"):
-            return self.head.embed(captured, batch["attention_mask"]).float().cpu()
+            return self.head(hidden, batch["attention_mask"], position_embeddings).float().cpu()
 
     def _traces(self, kept: list[torch.Tensor]) -> list[str]:
         prefix = self.config.prompts.think_prefix

@@ -87,10 +87,11 @@ Coeffs precompute_coeffs(int64_t in_size, int64_t out_size, const FilterSpec& sp
     const double center = in0 + (xx + 0.5) * scale;
     const double ss = 1.0 / filterscale;
     double ww = 0.0;
-    // Pillow rounds with (int)(v + 0.5), which truncates toward zero.
-    int64_t xmin = static_cast<int64_t>(static_cast<int>(center - support + 0.5));
+    // Pillow rounds with (int)(v + 0.5), which truncates toward zero; int64 truncates the same way
+    // and cannot overflow where center + support passes INT_MAX (sides near 2^31 shrunk a lot).
+    int64_t xmin = static_cast<int64_t>(center - support + 0.5);
     if (xmin < 0) xmin = 0;
-    int64_t xmax = static_cast<int64_t>(static_cast<int>(center + support + 0.5));
+    int64_t xmax = static_cast<int64_t>(center + support + 0.5);
     if (xmax > in_size) xmax = in_size;
     xmax -= xmin;
     for (int64_t x = 0; x < xmax; x++) {

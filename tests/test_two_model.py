@@ -99,7 +99,7 @@ def test_without_thinking_and_with_given_traces_the_reasoner_is_not_used(pipelin
     def no_thinking(*args, **kwargs):
         raise AssertionError("the reasoner must not run")
 
-    monkeypatch.setattr(two.reasoner, "think", no_thinking)
+    monkeypatch.setattr(two.reasoner.decoder, "decode", no_thinking)
     plain = two.encode(inputs, think=False)
     assert plain.traces is None
     torch.testing.assert_close(
@@ -116,18 +116,18 @@ def test_without_thinking_and_with_given_traces_the_reasoner_is_not_used(pipelin
 def test_bad_input_is_skipped_and_named(pipelines):
     two, _ = pipelines("vl")
     good = make_inputs("vl", seed=2)
-    inputs = [good[0], {"image": b"not an image", "text": "x"}, good[1], good[2]]
+    too_long = "x " * 5000  # past the reasoner's context: the reasoner's own message is kept
+    inputs = [good[0], {"image": b"not an image", "text": "x"}, good[1], too_long, good[2]]
     result = two.encode(inputs, max_think_tokens=THINK, on_error="skip")
-    assert (
-        list(result.errors) == [1]
-        and "input 1" in result.errors[1]
-        and "cannot read image" in result.errors[1]
-    )
-    assert result.traces[1] is None and result.sequences[1] is None
-    assert torch.count_nonzero(result.embeddings[1]) == 0
+    assert list(result.errors) == [1, 3]
+    assert result.errors[1].startswith("input 1: cannot read image")
+    assert result.errors[3].startswith("input 3: prompt of") and "exceeds" in result.errors[3]
+    for bad in (1, 3):
+        assert result.traces[bad] is None and result.sequences[bad] is None
+        assert torch.count_nonzero(result.embeddings[bad]) == 0
     alone = two.encode(good, max_think_tokens=THINK)
-    torch.testing.assert_close(result.embeddings[[0, 2, 3]], alone.embeddings, atol=ATOL, rtol=0)
-    assert [result.traces[i] for i in (0, 2, 3)] == alone.traces
+    torch.testing.assert_close(result.embeddings[[0, 2, 4]], alone.embeddings, atol=ATOL, rtol=0)
+    assert [result.traces[i] for i in (0, 2, 4)] == alone.traces
     with pytest.raises(ValueError, match="input 1"):
         two.encode(inputs, max_think_tokens=THINK)
 

@@ -206,12 +206,17 @@ class UnifiedTTE:
         progress: bool | None = None,
         on_error: str = "raise",
     ) -> list[str | None]:
-        """Reasoning traces (think prefix + generated text, stop token dropped) in input order."""
-        items, errors = self._check(inputs, on_error)
-        check_side(side)
+        """Reasoning traces (think prefix + generated text, stop token dropped) in input order; with
+        ``on_error="skip"`` a failed input's trace is None."""
         options = self._options(
             max_think_tokens, max_answer_tokens, do_sample, temperature, top_k, top_p, seed
         )
+        return self._think(inputs, options, batch_size, side, progress, on_error)[0]
+
+    def _think(self, inputs, options: DecodeOptions, batch_size, side, progress, on_error):
+        """(traces in input order, {index: message} of the inputs that failed)."""
+        items, errors = self._check(inputs, on_error)
+        check_side(side)
         out: list[str | None] = [None] * len(items)
 
         def run(batch_items, indices):
@@ -222,7 +227,7 @@ class UnifiedTTE:
         for indices, traces in self._batches(items, errors, batch_size, progress, on_error, run, "think"):
             for j, i in enumerate(indices):
                 out[i] = traces[j]
-        return out
+        return out, errors
 
     # ---------------------------------------------------------------------------------- internals
     def _check(self, inputs, on_error: str):
@@ -241,10 +246,21 @@ class UnifiedTTE:
             items.append(item)
         return items, errors
 
-    def _options(self, max_think, max_answer, do_sample, temperature, top_k, top_p, seed) -> DecodeOptions:
+    def _options(
+        self,
+        max_think_tokens: int | None = None,
+        max_answer_tokens: int | None = None,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> DecodeOptions:
+        """Decode options from ``encode`` / ``think`` arguments; None budgets take the config's."""
+        config = self.config
         return DecodeOptions(
-            max_think_tokens=self.config.max_think_tokens if max_think is None else max_think,
-            max_answer_tokens=self.config.max_answer_tokens if max_answer is None else max_answer,
+            max_think_tokens=config.max_think_tokens if max_think_tokens is None else max_think_tokens,
+            max_answer_tokens=config.max_answer_tokens if max_answer_tokens is None else max_answer_tokens,
             eos_token_ids=self.eos_token_ids,
             think_end_token_id=self.think_end_token_id,
             pad_token_id=self.pad_token_id,

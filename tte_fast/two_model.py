@@ -13,7 +13,7 @@ import os
 
 import torch
 
-from tte_fast.inputs import InputError, as_input_list, check_input, load_input
+from tte_fast.inputs import as_input_list
 from tte_fast.model import EncodeResult, UnifiedTTE
 
 REASONER_DIR = "reasoner"
@@ -94,29 +94,16 @@ class TwoModelTTE:
             return self.embedder.encode(inputs, think=False, traces=traces, **common)
 
         items = as_input_list(inputs)
-        traces = self.think(items, max_think_tokens=max_think_tokens, **common, **generation)
-        ok = [i for i, trace in enumerate(traces) if trace is not None]
-        if len(ok) == len(items):
+        options = self.reasoner._options(max_think_tokens, **generation)
+        traces, errors = self.reasoner._think(items, options, batch_size, side, progress, on_error)
+        if not errors:
             return self.embedder.encode(items, think=False, traces=traces, **common)
         # on_error="skip" and the reasoner dropped some inputs: embed the rest, keep input order.
+        ok = [i for i in range(len(items)) if i not in errors]
         part = self.embedder.encode(
             [items[i] for i in ok], think=False, traces=[traces[i] for i in ok], **common
         )
-        return _scatter(part, ok, len(items), _reasoner_errors(items, traces))
-
-
-def _reasoner_errors(items: list, traces: list[str | None]) -> dict[int, str]:
-    """Messages for the inputs the reasoner gave no trace for (it reports only which ones)."""
-    errors = {}
-    for i, (raw, trace) in enumerate(zip(items, traces)):
-        if trace is not None:
-            continue
-        try:
-            load_input(i, check_input(i, raw))
-            errors[i] = f"input {i}: the reasoner could not think about it"
-        except InputError as e:
-            errors[i] = str(e)
-    return errors
+        return _scatter(part, ok, len(items), errors)
 
 
 def _scatter(part: EncodeResult, indices: list[int], n: int, errors: dict[int, str]) -> EncodeResult:

@@ -171,9 +171,12 @@ def test_channels_first_arrays_match_hf():
 
 
 def test_torch_tensors_are_accepted():
+    """One HxWxC tensor, and a 4-D tensor that is a batch of images, as HF reads them."""
     torch = pytest.importorskip("torch")
     array = random_image(np.random.default_rng(9), 64, 64)
-    assert_same(ImageProcessor()(torch.from_numpy(array)), ImageProcessor()(array))
+    assert_same(ImageProcessor()(torch.from_numpy(array)), Qwen2VLImageProcessorPil()(array))
+    batch = torch.from_numpy(np.stack([array, random_image(np.random.default_rng(10), 64, 64)]))
+    assert_same(ImageProcessor()(batch), Qwen2VLImageProcessorPil()(batch))
 
 
 def _jpeg(image: PIL.Image.Image) -> bytes:

@@ -24,10 +24,10 @@ _ENCODED = (bytes, bytearray, memoryview)
 
 def flatten_images(images) -> list:
     """One flat list of images from a single image or (nested) lists/tuples of them, as HF does;
-    a 4-D array is a batch of images."""
+    a 4-D array or tensor is a batch of images."""
     if isinstance(images, (list, tuple)):
         return [image for item in images for image in flatten_images(item)]
-    if isinstance(images, np.ndarray) and images.ndim == 4:
+    if (isinstance(images, np.ndarray) or _is_tensor(images)) and images.ndim == 4:
         return list(images)
     return [images]
 

@@ -283,3 +283,21 @@ def test_tte_u_prefill_skips_the_backbones_last_k_layers(tiny_checkpoints):
             hook.remove()
     assert not calls
     torch.testing.assert_close(result.embeddings.norm(dim=-1), torch.ones(2), atol=1e-5, rtol=0)
+
+
+def test_image_files_are_closed(tmp_path):
+    """A multi-frame file (PIL keeps those open after load) is closed once decoded."""
+    import gc
+    import warnings
+
+    from PIL import Image
+
+    frames = [Image.fromarray(np.full((8, 10, 3), 40 * i, dtype=np.uint8)) for i in range(3)]
+    path = tmp_path / "frames.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        image = load_image(0, str(path))
+        gc.collect()
+    assert image.mode == "RGB" and image.size == (10, 8)
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]

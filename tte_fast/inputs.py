@@ -105,18 +105,19 @@ def load_image(index: int, image) -> Image.Image:
         array = image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image
         return Image.fromarray(array).convert("RGB")
     if isinstance(image, Image.Image):
-        opened = image
+        rgb = image.convert("RGB")
     else:
         source = io.BytesIO(bytes(image)) if isinstance(image, (bytes, bytearray, memoryview)) else image
         try:
-            opened = Image.open(source)
-            opened.load()
+            # Closed on exit: PIL keeps multi-frame files (GIF, TIFF) open after load().
+            with Image.open(source) as opened:
+                rgb = opened.convert("RGB")
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             what = "bytes" if isinstance(source, io.BytesIO) else repr(os.fspath(image))
             raise InputError(index, f"cannot read image from {what}: {e}") from e
-    if min(opened.size) == 0:
-        raise InputError(index, f"image has zero size {opened.size}")
-    return opened.convert("RGB")
+    if min(rgb.size) == 0:
+        raise InputError(index, f"image has zero size {rgb.size}")
+    return rgb
 
 
 def load_input(index: int, item: EmbedInput) -> EmbedInput:

@@ -301,3 +301,32 @@ def test_image_files_are_closed(tmp_path):
         gc.collect()
     assert image.mode == "RGB" and image.size == (10, 8)
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+def test_transparency_is_composited_onto_white_as_hf_does():
+    """Every transparent form (RGBA, LA, palette with a transparent index, HxWx4 arrays, PNG bytes)
+    gives the pixels transformers' ``convert_to_rgb`` gives, which HF's Qwen-VL processors use."""
+    import io
+
+    from PIL import Image
+    from transformers.image_transforms import convert_to_rgb
+
+    rng = np.random.default_rng(int.from_bytes(os.urandom(4), "little"))
+    rgba = rng.integers(0, 256, (12, 17, 4), dtype=np.uint8)
+    rgba[:4, :, 3] = 0  # fully transparent rows over random colour
+    pil_rgba = Image.fromarray(rgba)
+    palette = Image.fromarray(rgba[..., :3]).quantize(8)
+    palette.info["transparency"] = 0
+    png = io.BytesIO()
+    pil_rgba.save(png, format="PNG")
+    cases = {
+        "RGBA": (pil_rgba, pil_rgba),
+        "LA": (pil_rgba.convert("LA"), pil_rgba.convert("LA")),
+        "P": (palette, palette),
+        "array": (rgba, pil_rgba),
+        "bytes": (png.getvalue(), pil_rgba),
+    }
+    for name, (given, reference) in cases.items():
+        expected = convert_to_rgb(reference, return_numpy=True)
+        np.testing.assert_array_equal(np.asarray(load_image(0, given)), expected, err_msg=name)
+    assert (np.asarray(load_image(0, pil_rgba))[:4] == 255).all()  # white, not the hidden colour

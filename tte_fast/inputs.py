@@ -99,19 +99,29 @@ def _check_image(index: int, image) -> None:
     )
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB as transformers' ``convert_to_rgb`` makes it: transparency is composited onto white
+    (a plain ``convert("RGB")`` would drop alpha and keep whatever colour lies under it)."""
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 def load_image(index: int, image) -> Image.Image:
     """Decode a checked image to an RGB PIL image."""
     if isinstance(image, np.ndarray):
         array = image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image
-        return Image.fromarray(array).convert("RGB")
+        return to_rgb(Image.fromarray(array))
     if isinstance(image, Image.Image):
-        rgb = image.convert("RGB")
+        rgb = to_rgb(image)
     else:
         source = io.BytesIO(bytes(image)) if isinstance(image, (bytes, bytearray, memoryview)) else image
         try:
             # Closed on exit: PIL keeps multi-frame files (GIF, TIFF) open after load().
             with Image.open(source) as opened:
-                rgb = opened.convert("RGB")
+                rgb = to_rgb(opened)
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             what = "bytes" if isinstance(source, io.BytesIO) else repr(os.fspath(image))
             raise InputError(index, f"cannot read image from {what}: {e}") from e

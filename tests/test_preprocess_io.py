@@ -198,15 +198,27 @@ def test_gil_is_released_during_the_batch():
         do_resize=True, resample=3, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
         image_mean=[0.5] * 3, image_std=[0.5] * 3, pass_order=1, num_threads=1,
     )  # fmt: skip
-    worker = threading.Thread(target=lambda: _C.preprocess_batch(batch, **settings))
-    stamps = [time.perf_counter()]
-    worker.start()
-    while worker.is_alive():  # this thread keeps running Python only if the call let go of the GIL
-        stamps.append(time.perf_counter())
-    worker.join()
-    duration = stamps[-1] - stamps[0]
-    assert duration > 0.05
-    assert max(np.diff(stamps)) < 0.5 * duration
+
+    def longest_stall() -> tuple[float, float]:
+        """(longest pause of this thread, call duration) while the batch runs in another thread."""
+        worker = threading.Thread(target=lambda: _C.preprocess_batch(batch, **settings))
+        stamps = [time.perf_counter()]
+        worker.start()
+        while worker.is_alive():  # this thread keeps running Python only if the call let go of the GIL
+            stamps.append(time.perf_counter())
+        worker.join()
+        return max(np.diff(stamps)), stamps[-1] - stamps[0]
+
+    # A held GIL stalls this thread for the whole call every time; a busy shared machine may
+    # deschedule it once in a while, so one clean run out of three is proof enough.
+    runs = []
+    for _ in range(3):
+        stall, duration = longest_stall()
+        assert duration > 0.05
+        runs.append((stall, duration))
+        if stall < 0.5 * duration:
+            return
+    pytest.fail(f"this thread stalled for most of every call (stall, duration in s): {runs}")
 
 
 HAS_ARROW_EXPORT = hasattr(PIL.Image.Image, "__arrow_c_array__")

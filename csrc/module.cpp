@@ -66,6 +66,20 @@ tte::ImageView view_of(const py::array& array, int64_t index) {
   return v;
 }
 
+void check_filter(int resample) {
+  if (!tte::is_convolution_filter(resample)) {
+    throw py::value_error("resample must be one of PIL's convolution filters (LANCZOS=1, BILINEAR=2, "
+                          "BICUBIC=3, BOX=4, HAMMING=5), got " + std::to_string(resample));
+  }
+}
+
+void check_pass_order(int pass_order) {
+  if (pass_order != 0 && pass_order != 1) {
+    throw py::value_error("pass_order must be 0 (horizontal first) or 1 (Pillow 13 rule), got " +
+                          std::to_string(pass_order));
+  }
+}
+
 std::array<double, 3> three_values(const std::vector<double>& values, const char* name) {
   if (values.size() != 3) {
     throw py::value_error(std::string(name) + " must have 3 values (one per RGB channel), got " +
@@ -93,14 +107,8 @@ tte::QwenParams make_params(int64_t patch_size, int64_t temporal_patch_size, int
     throw py::value_error("min_pixels must be in [0, " + std::to_string(kMaxPixelBudget) + "], got " +
                           std::to_string(min_pixels));
   }
-  if (do_resize && !tte::is_convolution_filter(resample)) {
-    throw py::value_error("resample must be one of PIL's convolution filters (LANCZOS=1, BILINEAR=2, "
-                          "BICUBIC=3, BOX=4, HAMMING=5), got " + std::to_string(resample));
-  }
-  if (pass_order != 0 && pass_order != 1) {
-    throw py::value_error("pass_order must be 0 (horizontal first) or 1 (Pillow 13 rule), got " +
-                          std::to_string(pass_order));
-  }
+  if (do_resize) check_filter(resample);
+  check_pass_order(pass_order);
   tte::QwenParams p;
   p.pass_order = static_cast<tte::PassOrder>(pass_order);
   p.patch_size = patch_size;
@@ -189,12 +197,8 @@ py::array_t<uint8_t> resize_uint8(const py::array& image, int64_t height, int64_
     throw py::value_error("resize_uint8: bad sizes " + std::to_string(v.height) + "x" + std::to_string(v.width) +
                           " -> " + std::to_string(height) + "x" + std::to_string(width));
   }
-  if (!tte::is_convolution_filter(resample)) {
-    throw py::value_error("resample must be a PIL convolution filter (1..5), got " + std::to_string(resample));
-  }
-  if (pass_order != 0 && pass_order != 1) {
-    throw py::value_error("pass_order must be 0 or 1, got " + std::to_string(pass_order));
-  }
+  check_filter(resample);
+  check_pass_order(pass_order);
   const int channels = static_cast<int>(v.channels);
   std::vector<uint8_t> copy;
   const uint8_t* source = v.data;

@@ -81,7 +81,7 @@ const uint8_t* contiguous_rows(const ImageView& im, int64_t row_begin, int64_t r
       rgbx_row_to_rgb(im.data + y * im.stride_h, im.width, out);
     }
   } else if (im.stride_c == 1 || channels == 1) {
-    // Rows of pixels with adjacent channels (RGBX exports, grey rows): copy pixel by pixel.
+    // Pixels with adjacent channels at any pixel stride (e.g. every other pixel), grey rows.
     for (int64_t y = row_begin; y < row_end; y++) {
       const uint8_t* pixel = im.data + y * im.stride_h;
       for (int64_t x = 0; x < im.width; x++, out += channels, pixel += im.stride_w) {

@@ -34,8 +34,9 @@ std::array<std::array<float, 256>, 3> value_lut(bool do_rescale, double rescale_
                                                 const std::array<double, 3>& mean,
                                                 const std::array<double, 3>& std);
 
-// (height, width) after resizing; throws std::invalid_argument for zero-size images, aspect ratios
-// over 200, or (without resizing) sizes that are not multiples of patch_size * merge_size.
+// (height, width) after resizing; throws std::invalid_argument for zero-size images, sides over
+// kMaxSide, aspect ratios over 200, or (without resizing) sizes that are not multiples of
+// patch_size * merge_size.
 std::pair<int64_t, int64_t> target_size(const ImageView& image, const QwenParams& params);
 
 // Output rows per parallel task: a multiple of patch_size * merge_size (whole merge blocks), near

@@ -83,3 +83,25 @@ def test_invalid_json_names_its_line(model, tmp_path):
     inputs_file.write_text('"ok"\n{"text": \n', encoding="utf-8")
     with pytest.raises(SystemExit, match=r"inputs.jsonl:2: not valid JSON"):
         _encode(model[0], str(inputs_file), str(tmp_path / "out.safetensors"))
+
+
+def test_saved_think_budget_is_the_default(model, tmp_path):
+    """Without --max-think-tokens the checkpoint's saved ``max_think_tokens`` applies."""
+    path, _ = model
+    saved = UnifiedTTE.from_pretrained(path, device="cpu", max_think_tokens=2)
+    saved.save_pretrained(str(tmp_path / "ckpt"))
+    inputs_file = _jsonl(tmp_path, ["a red car"])
+    output = str(tmp_path / "out.safetensors")
+    _encode(str(tmp_path / "ckpt"), inputs_file, output)
+    expected = saved.encode(["a red car"])
+    one_token = saved.encode(["a red car"], max_think_tokens=1)
+    assert len(expected.sequences[0]) == len(one_token.sequences[0]) + 1  # the saved budget of 2 applied
+    traces = json.loads((tmp_path / "out.safetensors.traces.json").read_text(encoding="utf-8"))
+    assert traces == expected.traces
+    torch.testing.assert_close(load_file(output)["embeddings"], expected.embeddings, atol=1e-5, rtol=0)
+
+
+def test_demo_help_lists_the_demo_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    assert "--max-think-tokens" in capsys.readouterr().out

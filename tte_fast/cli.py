@@ -62,7 +62,10 @@ def encode_command(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="tte-fast", description="Think-Then-Embed runtime")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("demo", help="think-then-embed over built-in samples (tiny untrained model)")
+    # No help flag of its own: ``demo --help`` reaches the demo's parser, which lists its options.
+    commands.add_parser(
+        "demo", help="think-then-embed over built-in samples (tiny untrained model)", add_help=False
+    )
     enc = commands.add_parser("encode", help="embed a JSONL file of inputs into a safetensors file")
     enc.add_argument("--model", required=True, help="checkpoint folder or id")
     enc.add_argument(
@@ -73,10 +76,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     enc.add_argument("--output", required=True, help="output .safetensors (traces go to OUTPUT.traces.json)")
     enc.add_argument("--no-think", action="store_true", help="embed without a reasoning trace")
-    enc.add_argument("--max-think-tokens", type=int, default=256)
+    enc.add_argument(
+        "--max-think-tokens", type=int, default=None, help="default: the checkpoint's saved setting, else 256"
+    )
     enc.add_argument("--batch-size", type=int, default=8)
     enc.add_argument("--device", default=None)
-    enc.add_argument("--dtype", default=None, choices=[None, "float32", "bfloat16", "float16"])
+    enc.add_argument(
+        "--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="default: the checkpoint's"
+    )
     args, rest = parser.parse_known_args(argv)
     if args.command == "demo":
         from tte_fast.demo import main as demo_main

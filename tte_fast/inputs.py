@@ -2,7 +2,7 @@
 
 An input is a str (text) or a dict with any of ``text``, ``image`` and ``instruction``; an image is
 a PIL image, a numpy ``HxWxC`` (or ``HxW``) uint8 array, a file path or encoded bytes. Checks that
-need no decoding run over the whole list first (``check_inputs``), so a bad input fails before any
+need no decoding run over the whole list first (``check_input``), so a bad input fails before any
 model work; images are decoded batch by batch (``load_input``). Every error names the input's index.
 """
 
@@ -69,10 +69,6 @@ def check_input(index: int, raw) -> EmbedInput:
     if image is not None:
         _check_image(index, image)
     return EmbedInput(text=text or None, image=image, instruction=instruction or None)
-
-
-def check_inputs(inputs) -> list[EmbedInput]:
-    return [check_input(i, raw) for i, raw in enumerate(as_input_list(inputs))]
 
 
 def _check_image(index: int, image) -> None:

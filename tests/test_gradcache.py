@@ -146,6 +146,18 @@ def test_separate_target_encoder_and_frozen_target_encoder():
     assert len(calls) == 2 * 4  # reference: 4 chunks; cached step: 4 chunks in the first pass only
 
 
+def test_frozen_query_encoder_is_not_rerun():
+    torch.manual_seed(5)
+    q_model, t_model = Encoder(), Encoder(d_in=10, dropout=0.1)
+    q_model.requires_grad_(False)
+    calls = []
+    q_model.register_forward_hook(lambda *_: calls.append(1))
+    queries, targets = torch.randn(9, 12), torch.randn(18, 10)
+    _, _, (_, got_t), (_, want_t) = run_both(q_model, queries, targets, 4, 5, t_model=t_model)
+    assert_grads_close(got_t, want_t, FP32_RTOL)
+    assert len(calls) == 3 + 3  # reference: 3 query chunks; cached step: 3 in the first pass only
+
+
 class SyncingEncoder(Encoder):
     """Has DDP's ``no_sync``; records whether each forward ran inside it."""
 

@@ -186,7 +186,7 @@ def gradcache_step(
             query i's positive is target ``i * k``.
         chunk_size: samples per chunk for queries (and targets unless ``target_chunk_size``).
         target_encoder: encoder of the targets; the query encoder when None. A module without
-            trainable parameters is not re-run.
+            trainable parameters (either side) is not re-run.
         temperature: InfoNCE temperature (logits are scores / temperature).
         labels: [Nq] indices of each query's positive among this rank's targets.
     """
@@ -227,9 +227,11 @@ def gradcache_step(
             : len(grads) - (kept is not None)
         ]:
             jobs.append((target_encoder, chunk, state, grad, "target", None))
-    jobs += [
-        (encoder, c, s, g, "query", None) for c, s, g in zip(query_chunks, q_states, grad_q.split(chunk_size))
-    ]
+    if _trainable(encoder):  # a frozen query encoder (training targets only) is not re-run either
+        jobs += [
+            (encoder, c, s, g, "query", None)
+            for c, s, g in zip(query_chunks, q_states, grad_q.split(chunk_size))
+        ]
     with stage("gradcache_backward"):
         _replay_and_backward(jobs)
     return loss

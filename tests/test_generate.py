@@ -155,6 +155,7 @@ def test_sampling_top_k1_is_greedy_and_seeded(loaded):
         ({"do_sample": True, "temperature": 0.0}, "temperature"),
         ({"top_p": 1.5}, "top_p"),
         ({"top_k": -2}, "top_k"),
+        ({"top_k": 1.5}, "top_k"),
     ],
 )
 def test_bad_options(kwargs, word):

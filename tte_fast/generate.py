@@ -60,8 +60,8 @@ class DecodeOptions:
             raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature!r}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be a non-negative int (0: off), got {self.top_k!r}")
 
     @property
     def max_new_tokens(self) -> int:

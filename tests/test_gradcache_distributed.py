@@ -72,12 +72,24 @@ def _one_step(rank: int, mode: str) -> dict:
     return {"loss": loss, "grads": grads, "reduce_calls": reduce_calls}
 
 
+def _failing_step(rank: int) -> str:
+    """Rank 1 passes a label out of range: both ranks must raise, neither may wait forever."""
+    q, t = torch.randn(2, 12), torch.randn(4, 12)
+    labels = torch.tensor([0, 99]) if rank == 1 else None
+    try:
+        gradcache_step(Encoder(), q, t, chunk_size=CHUNK, labels=labels)
+    except (ValueError, RuntimeError) as e:
+        return f"{type(e).__name__}: {e}"
+    return "no error"
+
+
 def _worker(rank: int, port: int, out_dir: str):
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2, timeout=timedelta(seconds=120)
     )
     try:
         results = {mode: _one_step(rank, mode) for mode in MODES}
+        results["failure"] = _failing_step(rank)
         torch.save(results, os.path.join(out_dir, f"{rank}.pt"))
         dist.barrier()
     finally:
@@ -96,7 +108,7 @@ def two_rank_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("gloo")
     mp.spawn(_worker, args=(free_port(), str(out)), nprocs=2, join=True)
     ranks = [torch.load(out / f"{r}.pt") for r in range(2)]
-    return {mode: [r[mode] for r in ranks] for mode in MODES}
+    return {mode: [r[mode] for r in ranks] for mode in (*MODES, "failure")}
 
 
 def single_process_reference(mode):
@@ -135,3 +147,9 @@ def test_ddp_leaves_the_full_batch_gradient_on_every_rank_with_one_all_reduce(tw
         # One reduction per gradient bucket per step (the tiny model fits one bucket), though the
         # ranks ran 3 + 6 and 2 + 3 chunks.
         assert r["reduce_calls"] == [0]
+
+
+def test_an_error_on_one_process_fails_every_process(two_rank_results):
+    rank0, rank1 = two_rank_results["failure"]
+    assert rank1.startswith("ValueError") and "99" in rank1
+    assert rank0.startswith("RuntimeError") and "another process" in rank0

@@ -6,6 +6,8 @@ needs autograd. They work with gloo (CPU tensors) and NCCL (CUDA tensors) alike.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.distributed as dist
 
@@ -52,3 +54,23 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     if world()[1] > 1:
         dist.all_reduce(x, op=dist.ReduceOp.SUM)
     return x
+
+
+@contextlib.contextmanager
+def fail_together():
+    """Ranks agree after the block whether it succeeded everywhere: a rank whose block raised tells
+    the others, which raise too instead of waiting forever in the next collective."""
+    if world()[1] == 1:
+        yield
+        return
+    nccl = dist.get_backend() == "nccl"
+    failed = torch.zeros(1, device=torch.device("cuda", torch.cuda.current_device()) if nccl else "cpu")
+    try:
+        yield
+    except BaseException:
+        failed.fill_(1)
+        dist.all_reduce(failed)
+        raise
+    dist.all_reduce(failed)
+    if failed.item():
+        raise RuntimeError("gradcache_step failed on another process of this step (see its error)")

@@ -44,7 +44,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from tte_fast.chunking import batch_size, split_inputs
-from tte_fast.distributed import all_reduce_sum, gather_rows, row_counts, world
+from tte_fast.distributed import all_reduce_sum, fail_together, gather_rows, row_counts, world
 from tte_fast.kernels import infonce_loss_and_grads
 from tte_fast.profiling import stage
 
@@ -118,8 +118,6 @@ def _check_labels(labels, n_queries: int, n_targets: int) -> torch.Tensor:
 
 def _loss_and_grads(q: torch.Tensor, t: torch.Tensor, temperature: float, labels: torch.Tensor):
     """Global mean loss and this rank's share of its gradient w.r.t. q and t (fp32)."""
-    if q.shape[1] != t.shape[1]:
-        raise ValueError(f"query and target embeddings differ in width: {q.shape[1]} vs {t.shape[1]}")
     rank, size = world()
     with torch.autocast(q.device.type, enabled=False):
         q, t = q.float(), t.float()
@@ -139,6 +137,16 @@ def _loss_and_grads(q: torch.Tensor, t: torch.Tensor, temperature: float, labels
         # Every rank's queries score this rank's targets: sum those contributions.
         grad_t = all_reduce_sum(grad_all_t * share)[offset : offset + t.shape[0]]
         return all_reduce_sum(loss.detach() * share), grad_q, grad_t
+
+
+def _check_arguments(encoder, target_encoder, chunk_size, target_chunk_size, temperature) -> None:
+    for name, value in (("chunk_size", chunk_size), ("target_chunk_size", target_chunk_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
+    if not callable(encoder) or not callable(target_encoder):
+        raise TypeError("encoder and target_encoder must be callables mapping inputs to embeddings")
 
 
 def _trainable(encoder: Encoder) -> bool:
@@ -190,31 +198,30 @@ def gradcache_step(
         temperature: InfoNCE temperature (logits are scores / temperature).
         labels: [Nq] indices of each query's positive among this rank's targets.
     """
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    target_chunk_size = chunk_size if target_chunk_size is None else target_chunk_size
-    if isinstance(target_chunk_size, bool) or not isinstance(target_chunk_size, int) or target_chunk_size < 1:
-        raise ValueError(f"target_chunk_size must be a positive int, got {target_chunk_size!r}")
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
-    target_encoder = encoder if target_encoder is None else target_encoder
-    if not callable(encoder) or not callable(target_encoder):
-        raise TypeError("encoder and target_encoder must be callables mapping inputs to embeddings")
-    n_queries, n_targets = batch_size(queries), batch_size(targets)
-    if n_queries == 0 or n_targets == 0:
-        raise ValueError(f"need at least one query and one target, got {n_queries} and {n_targets}")
-
-    labels = _check_labels(labels, n_queries, n_targets)
-    query_chunks = split_inputs(queries, chunk_size)
-    target_chunks = split_inputs(targets, target_chunk_size)
-    train_targets = _trainable(target_encoder)
-    # The last target chunk's graph outlives only the loss computation, so keeping it costs no
-    # extra peak memory and saves one chunk's recomputation. Not under DDP: there the synced
-    # backward must come last and its forward must be the last one outside no_sync.
-    keep_last = train_targets and not hasattr(target_encoder, "no_sync")
-    with stage("gradcache_forward"):
-        q, q_states, _ = _first_pass(encoder, query_chunks, "query", keep_last_graph=False)
-        t, t_states, kept = _first_pass(target_encoder, target_chunks, "target", keep_last_graph=keep_last)
+    # Everything before the first collective sits in fail_together, so a bad batch on one process
+    # fails every process instead of leaving the others waiting in the all-gather.
+    with fail_together():
+        target_encoder = encoder if target_encoder is None else target_encoder
+        target_chunk_size = chunk_size if target_chunk_size is None else target_chunk_size
+        _check_arguments(encoder, target_encoder, chunk_size, target_chunk_size, temperature)
+        n_queries, n_targets = batch_size(queries), batch_size(targets)
+        if n_queries == 0 or n_targets == 0:
+            raise ValueError(f"need at least one query and one target, got {n_queries} and {n_targets}")
+        labels = _check_labels(labels, n_queries, n_targets)
+        query_chunks = split_inputs(queries, chunk_size)
+        target_chunks = split_inputs(targets, target_chunk_size)
+        train_targets = _trainable(target_encoder)
+        # The last target chunk's graph outlives only the loss computation, so keeping it costs no
+        # extra peak memory and saves one chunk's recomputation. Not under DDP: there the synced
+        # backward must come last and its forward must be the last one outside no_sync.
+        keep_last = train_targets and not hasattr(target_encoder, "no_sync")
+        with stage("gradcache_forward"):
+            q, q_states, _ = _first_pass(encoder, query_chunks, "query", keep_last_graph=False)
+            t, t_states, kept = _first_pass(
+                target_encoder, target_chunks, "target", keep_last_graph=keep_last
+            )
+        if q.shape[1] != t.shape[1]:
+            raise ValueError(f"query and target embeddings differ in width: {q.shape[1]} vs {t.shape[1]}")
     with stage("gradcache_loss"):
         loss, grad_q, grad_t = _loss_and_grads(q, t, temperature, labels.to(q.device))
 

@@ -330,3 +330,17 @@ def test_transparency_is_composited_onto_white_as_hf_does():
         expected = convert_to_rgb(reference, return_numpy=True)
         np.testing.assert_array_equal(np.asarray(load_image(0, given)), expected, err_msg=name)
     assert (np.asarray(load_image(0, pil_rgba))[:4] == 255).all()  # white, not the hidden colour
+
+
+def test_rgb_files_and_bytes_load_to_usable_images(tmp_path):
+    """Encoded RGB images come back loaded: their file is closed once decoded."""
+    import io
+
+    from PIL import Image
+
+    pixels = np.random.default_rng(int.from_bytes(os.urandom(4), "little")).integers(0, 256, (9, 13, 3))
+    png = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).save(png, format="PNG")
+    (tmp_path / "x.png").write_bytes(png.getvalue())
+    for given in (png.getvalue(), str(tmp_path / "x.png")):
+        np.testing.assert_array_equal(np.asarray(load_image(0, given)), pixels)

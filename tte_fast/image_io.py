@@ -32,16 +32,23 @@ def flatten_images(images) -> list:
     return [images]
 
 
-def pil_to_array(image: PIL.Image.Image) -> np.ndarray:
-    """transformers' convert_to_rgb for PIL images, returned as an array. Grey ("L") images stay
-    one channel: Pillow's L -> RGB only replicates it, which the C++ core does for free."""
-    has_alpha = "A" in image.getbands() or image.info.get("transparency") is not None
-    if has_alpha:
+def to_rgb(image: PIL.Image.Image, keep_grey: bool = False) -> PIL.Image.Image:
+    """RGB as transformers' ``convert_to_rgb`` makes it: transparency is composited onto white (a
+    plain ``convert("RGB")`` would drop alpha and keep whatever colour lies under it). With
+    ``keep_grey``, "L" images stay one channel."""
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
         rgba = image.convert("RGBA")
         white = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = PIL.Image.alpha_composite(white, rgba).convert("RGB")
-    elif image.mode not in ("RGB", "L"):
-        image = image.convert("RGB")
+        return PIL.Image.alpha_composite(white, rgba).convert("RGB")
+    if image.mode == "RGB" or (keep_grey and image.mode == "L"):
+        return image
+    return image.convert("RGB")
+
+
+def pil_to_array(image: PIL.Image.Image) -> np.ndarray:
+    """``to_rgb`` as an array. Grey ("L") images stay one channel: Pillow's L -> RGB only
+    replicates it, which the C++ core does for free."""
+    image = to_rgb(image, keep_grey=True)
     pixels = pil_pixels_view(image)
     return np.asarray(image) if pixels is None else pixels
 

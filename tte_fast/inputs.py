@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from tte_fast.image_io import to_rgb
+
 INPUT_KEYS = ("text", "image", "instruction")
 
 
@@ -95,16 +97,6 @@ def _check_image(index: int, image) -> None:
     )
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB as transformers' ``convert_to_rgb`` makes it: transparency is composited onto white
-    (a plain ``convert("RGB")`` would drop alpha and keep whatever colour lies under it)."""
-    if "A" in image.getbands() or image.info.get("transparency") is not None:
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
 def load_image(index: int, image) -> Image.Image:
     """Decode a checked image to an RGB PIL image."""
     if isinstance(image, np.ndarray):
@@ -118,6 +110,8 @@ def load_image(index: int, image) -> Image.Image:
             # Closed on exit: PIL keeps multi-frame files (GIF, TIFF) open after load().
             with Image.open(source) as opened:
                 rgb = to_rgb(opened)
+                if rgb is opened:  # already RGB: keep a loaded copy, the file image closes on exit
+                    rgb = opened.copy()
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             what = "bytes" if isinstance(source, io.BytesIO) else repr(os.fspath(image))
             raise InputError(index, f"cannot read image from {what}: {e}") from e

@@ -175,7 +175,6 @@ def main(argv: list[str] | None = None) -> None:
             print("model: built-in tiny Qwen2-VL (random weights)")
             path = build_tiny_checkpoint("qwen2_vl", tmp)
         tte = UnifiedTTE.from_pretrained(path, dtype=dtype, device=device)
-        instrument_vision_encoder(tte.hf_model)
         hf = HFBaseline(tte, path, dtype, device)
         inputs = make_inputs(args.batch_size, args.image_size, tte.vision)
         n = args.think_tokens

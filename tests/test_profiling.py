@@ -72,3 +72,17 @@ def test_gradcache_phases_are_ranges():
     with StageRecorder() as rec:
         gradcache_step(normalize, torch.randn(6, 8), torch.randn(6, 8), chunk_size=4)
     assert {"gradcache_forward", "gradcache_loss", "gradcache_backward"} <= set(rec.counts)
+
+
+def test_unified_encode_shows_every_stage(tiny_checkpoints):
+    import numpy as np
+
+    from tte_fast import UnifiedTTE
+
+    model = UnifiedTTE.from_pretrained(tiny_checkpoints["qwen2_vl"])
+    image = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    with StageRecorder() as rec:
+        model.encode([{"image": image, "text": "a query"}, "another"], max_think_tokens=3)
+    expected = {"preprocess", "vision_encoder", "prefill", "decode", "decode_step", "embed", "pool_normalize"}
+    assert expected <= set(rec.counts)
+    assert rec.counts["decode_step"] >= 3

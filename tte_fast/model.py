@@ -18,7 +18,7 @@ from tte_fast.generate import DecodeOptions, Decoder, model_inputs, prefill_posi
 from tte_fast.inputs import EmbedInput, InputError, as_input_list, check_input, load_input
 from tte_fast.loading import build_head, default_attention, load_backbone, resolve_device, resolve_dtype
 from tte_fast.processing import CHAT_TEMPLATE_FILE, QWEN_VL_MODEL_TYPES, load_processor
-from tte_fast.profiling import stage
+from tte_fast.profiling import instrument_vision_encoder, stage
 from tte_fast.prompts import PromptConfig, check_side, render_prompt
 from tte_fast.tte_config import TTEConfig
 
@@ -65,6 +65,7 @@ class UnifiedTTE:
         self.eos_token_ids = _eos_token_ids(hf_model, self.tokenizer)
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else self.eos_token_ids[0]
+        instrument_vision_encoder(self.hf_model)  # its own NVTX range inside prefill
         self.decoder = Decoder(hf_model, compile=compile)
         self.context_length = getattr(hf_model.config.get_text_config(), "max_position_embeddings", None)
 

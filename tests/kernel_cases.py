@@ -19,3 +19,16 @@ def backend_cases() -> list[tuple[str, str]]:
 CASES = backend_cases()
 CASE_IDS = [f"{backend}-{device}" for backend, device in CASES]
 on_every_backend = pytest.mark.parametrize("backend,device", CASES, ids=CASE_IDS)
+
+
+def poison_empty(monkeypatch) -> None:
+    """Make every ``torch.empty`` allocation start as NaN (floats) or a huge negative (ints), so a
+    kernel that leaves part of an output unwritten shows up in the result; ``monkeypatch.undo()``
+    restores it."""
+    real_empty = torch.empty
+
+    def poisoned_empty(*args, **kwargs):
+        out = real_empty(*args, **kwargs)
+        return out.fill_(float("nan")) if out.is_floating_point() else out.fill_(-(2**30))
+
+    monkeypatch.setattr(torch, "empty", poisoned_empty)

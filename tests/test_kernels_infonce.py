@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from kernel_cases import on_every_backend
+from kernel_cases import on_every_backend, poison_empty
 
 from tte_fast import kernels
 from tte_fast.kernels import infonce_torch
@@ -142,14 +142,8 @@ def test_torch_path_chunks_and_never_builds_full_logits(monkeypatch):
 @on_every_backend
 def test_poisoned_allocations_are_overwritten(backend, device, monkeypatch):
     """Every buffer the kernels allocate uninitialised starts as NaN: none may leak into results."""
-    real_empty = torch.empty
-
-    def poisoned_empty(*args, **kwargs):
-        out = real_empty(*args, **kwargs)
-        return out.fill_(float("nan")) if out.is_floating_point() else out.fill_(-(2**30))
-
     q, c, labels = make_inputs(7, 21, 36, False, torch.float32, device)
-    monkeypatch.setattr(torch, "empty", poisoned_empty)
+    poison_empty(monkeypatch)
     loss, grad_q, grad_c = kernels.infonce_loss_and_grads(q, c, 0.02, labels, backend=backend)
     monkeypatch.undo()
     for name, t in (("loss", loss), ("grad_q", grad_q), ("grad_c", grad_c)):

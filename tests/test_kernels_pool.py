@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_cases import on_every_backend
+from kernel_cases import on_every_backend, poison_empty
 
 from tte_fast import kernels
 from tte_fast.kernels.reference import last_token_index_reference, pool_normalize_reference
@@ -114,15 +114,9 @@ def test_strided_and_float64_hidden(backend, device):
 
 @on_every_backend
 def test_poisoned_allocations_are_overwritten(backend, device, monkeypatch):
-    real_empty = torch.empty
-
-    def poisoned_empty(*args, **kwargs):
-        out = real_empty(*args, **kwargs)
-        return out.fill_(float("nan")) if out.is_floating_point() else out.fill_(-(2**30))
-
     hidden = torch.randn(4, 6, 40, device=device, requires_grad=True)
     mask = random_mask(4, 6, "mixed")
-    monkeypatch.setattr(torch, "empty", poisoned_empty)
+    poison_empty(monkeypatch)
     out = kernels.pool_normalize(hidden, mask.to(device), backend=backend)
     out.sum().backward()
     monkeypatch.undo()

@@ -46,8 +46,8 @@ def infonce_loss(
     backend: str | None = None,
 ) -> torch.Tensor:
     """Mean over queries of the cross-entropy of ``q @ c.T / temperature`` against ``labels``
-    (default: query i's positive is candidate ``i * (Nc // Nq)``). Float32 scalar, differentiable
-    w.r.t. ``q`` and ``c``; the fast paths never hold the Nq x Nc logits matrix."""
+    (default: query i's positive is candidate ``i * (Nc // Nq)``, Nc a multiple of Nq). Float32
+    scalar, differentiable w.r.t. ``q`` and ``c``; the fast paths never hold the Nq x Nc logits."""
     temperature, labels = check_infonce_inputs(q, c, temperature, labels)
     backend = resolve_backend(backend, q.device)
     if backend == "triton":

@@ -80,10 +80,11 @@ def check_infonce_inputs(q, c, temperature, labels) -> tuple[float, torch.Tensor
         raise ValueError(f"temperature must be finite and > 0, got {temperature}")
     nq, nc = q.shape[0], c.shape[0]
     if labels is None:
-        if nc < nq:
+        if nc < nq or nc % nq:
+            # A floor would silently pair queries with the wrong candidates.
             raise ValueError(
-                f"default labels need at least as many candidates as queries (got Nq={nq}, Nc={nc}); "
-                "pass labels explicitly"
+                f"default labels need Nc to be a multiple of Nq (got Nq={nq}, Nc={nc}): query i's "
+                f"positive is candidate i * (Nc // Nq); pass labels explicitly"
             )
         return float(temperature), torch.arange(nq, device=q.device, dtype=torch.int64) * (nc // nq)
     if not isinstance(labels, torch.Tensor):

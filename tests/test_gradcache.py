@@ -13,6 +13,7 @@ from tte_fast.gradcache import gradcache_step
 
 FP32_RTOL = 1e-5  # relative error (norm of difference / norm) of fp32 parameter gradients
 BF16_RTOL = 2e-2
+FP16_RTOL = 5e-3
 
 
 class Encoder(nn.Module):
@@ -245,6 +246,55 @@ def test_bf16_autocast_around_the_step():
         loss, ref_loss, (got, _), (want, _) = run_both(model, queries, targets, 3)
     torch.testing.assert_close(loss, ref_loss, rtol=BF16_RTOL, atol=BF16_RTOL)
     assert_grads_close(got, want, BF16_RTOL)
+
+
+def test_grad_scaler_scales_the_cached_gradients():
+    """The backward runs inside the step, so the scaler must scale it: the gradients left are the
+    full-batch ones times the scale, and ``unscale_`` brings them back."""
+    torch.manual_seed(8)
+    model = Encoder(dropout=0.0)
+    queries, targets = torch.randn(6, 12), torch.randn(6, 12)
+    reference_step(model, model, queries, targets, 6, 6, 0.02, torch.arange(6))
+    want = grads_of(model)
+    model.zero_grad(set_to_none=True)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    gradcache_step(model, queries, targets, chunk_size=4, scaler=scaler)
+    assert_grads_close(grads_of(model), {n: g * 1024 for n, g in want.items()}, FP32_RTOL)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler.unscale_(optimizer)
+    assert_grads_close(grads_of(model), want, FP32_RTOL)
+
+
+def test_float16_training_with_a_scaler_matches_fp32():
+    torch.manual_seed(9)
+    model = Encoder(dropout=0.0)
+    queries, targets = torch.randn(6, 12), torch.randn(6, 12)
+    reference_step(model, model, queries, targets, 6, 6, 0.02, torch.arange(6))
+    want = grads_of(model)
+    model.zero_grad(set_to_none=True)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    with torch.autocast("cpu", dtype=torch.float16):  # fp32 weights, fp16 activations: standard AMP
+        gradcache_step(model, queries, targets, chunk_size=4, scaler=scaler)
+    scaler.unscale_(torch.optim.SGD(model.parameters(), lr=0.1))
+    assert_grads_close(grads_of(model), want, FP16_RTOL)
+
+
+def test_float16_without_a_scaler_is_refused():
+    model = Encoder()
+    x = torch.randn(4, 12)
+    with pytest.raises(ValueError, match="scaler=torch.amp.GradScaler"), torch.autocast("cpu", torch.float16):
+        gradcache_step(model, x, x, chunk_size=2)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_fsdp1_is_refused():
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    # FSDP1 cannot be built without an accelerator; the check only looks at the type.
+    wrapped = FullyShardedDataParallel.__new__(FullyShardedDataParallel)
+    x = torch.randn(2, 12)
+    with pytest.raises(TypeError, match="FSDP1.*fully_shard"):
+        gradcache_step(wrapped, x, x, chunk_size=1)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -1,7 +1,8 @@
 """Two gloo processes on CPU: same loss and gradients as one process holding the concatenated batch.
 
 Rank 0 holds 5 queries and rank 1 holds 3 (uneven, so chunk counts differ), with 2 targets per
-query; every query sees both ranks' targets as negatives.
+query; every query sees both ranks' targets as negatives. Encoders run plain, wrapped in DDP (with
+and without a buffer, as every HF model has one) and sharded with FSDP2's ``fully_shard``.
 """
 
 from __future__ import annotations
@@ -26,13 +27,29 @@ FP32_RTOL = 1e-5
 
 
 class Encoder(nn.Module):
-    def __init__(self):
+    def __init__(self, with_buffer: bool = False):
         super().__init__()
         self.proj_in = nn.Linear(12, 32)
         self.proj_out = nn.Linear(32, 16)
+        if with_buffer:  # like the rotary inv_freq of HF models: DDP broadcasts it in forward
+            self.register_buffer("gain", torch.linspace(0.5, 1.5, 32))
 
     def forward(self, x):
-        return F.normalize(self.proj_out(F.gelu(self.proj_in(x))), dim=-1)
+        hidden = F.gelu(self.proj_in(x))
+        if hasattr(self, "gain"):
+            hidden = hidden * self.gain
+        return F.normalize(self.proj_out(hidden), dim=-1)
+
+
+def wrap(model: nn.Module, mode: str) -> nn.Module:
+    if mode.startswith("ddp"):
+        return nn.parallel.DistributedDataParallel(model)
+    if mode == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        fully_shard(model.proj_in)
+        return fully_shard(model)
+    return model
 
 
 def global_batch():
@@ -44,21 +61,22 @@ def global_batch():
     return queries, targets, local_labels
 
 
-MODES = ("plain", "labels", "ddp")
+MODES = ("plain", "labels", "ddp", "ddp_buffers", "fsdp")
+FAILURE_MODES = ("plain", "ddp_buffers", "fsdp")
+# A hang shows up as a collective timing out after this long, not as a stuck test run.
+GROUP_TIMEOUT = timedelta(seconds=60)
 
 
 def _one_step(rank: int, mode: str) -> dict:
     torch.manual_seed(0)
-    model = Encoder()
+    model = Encoder(with_buffer=mode in ("ddp_buffers", "fsdp"))
     queries, targets, local_labels = global_batch()
     start = sum(QUERY_ROWS[:rank])
     stop = start + QUERY_ROWS[rank]
     q, t = queries[start:stop], targets[start * K : stop * K]
-    encoder, reduce_calls = model, []
+    encoder, reduce_calls = wrap(model, mode), []
     if mode == "ddp":
         from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
-
-        encoder = nn.parallel.DistributedDataParallel(model)
 
         def counting_hook(state, bucket):
             reduce_calls.append(bucket.index())
@@ -67,29 +85,35 @@ def _one_step(rank: int, mode: str) -> dict:
         encoder.register_comm_hook(None, counting_hook)
     labels = local_labels[rank] if mode == "labels" else None
     loss = gradcache_step(encoder, q, t, chunk_size=CHUNK, labels=labels)
-    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    # FSDP holds a shard of each gradient: gather the whole one to compare.
+    grads = {
+        n: p.grad.full_tensor() if mode == "fsdp" else p.grad.clone() for n, p in model.named_parameters()
+    }
     del encoder  # a DDP reducer goes before the process group it uses
     return {"loss": loss, "grads": grads, "reduce_calls": reduce_calls}
 
 
-def _failing_step(rank: int) -> str:
+def _failing_step(rank: int, mode: str) -> str:
     """Rank 1 passes a label out of range: both ranks must raise, neither may wait forever."""
     q, t = torch.randn(2, 12), torch.randn(4, 12)
     labels = torch.tensor([0, 99]) if rank == 1 else None
+    encoder = wrap(Encoder(with_buffer=mode != "plain"), mode)
     try:
-        gradcache_step(Encoder(), q, t, chunk_size=CHUNK, labels=labels)
+        gradcache_step(encoder, q, t, chunk_size=CHUNK, labels=labels)
     except (ValueError, RuntimeError) as e:
         return f"{type(e).__name__}: {e}"
+    finally:
+        del encoder
     return "no error"
 
 
 def _worker(rank: int, port: int, out_dir: str):
     dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2, timeout=timedelta(seconds=120)
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2, timeout=GROUP_TIMEOUT
     )
     try:
         results = {mode: _one_step(rank, mode) for mode in MODES}
-        results["failure"] = _failing_step(rank)
+        results["failure"] = {mode: _failing_step(rank, mode) for mode in FAILURE_MODES}
         torch.save(results, os.path.join(out_dir, f"{rank}.pt"))
         dist.barrier()
     finally:
@@ -113,7 +137,7 @@ def two_rank_results(tmp_path_factory):
 
 def single_process_reference(mode):
     torch.manual_seed(0)
-    model = Encoder()
+    model = Encoder(with_buffer=mode in ("ddp_buffers", "fsdp"))
     queries, targets, local_labels = global_batch()
     if mode == "labels":
         labels = torch.cat([lab + sum(QUERY_ROWS[:r]) * K for r, lab in enumerate(local_labels)])
@@ -149,7 +173,20 @@ def test_ddp_leaves_the_full_batch_gradient_on_every_rank_with_one_all_reduce(tw
         assert r["reduce_calls"] == [0]
 
 
-def test_an_error_on_one_process_fails_every_process(two_rank_results):
-    rank0, rank1 = two_rank_results["failure"]
+@pytest.mark.parametrize("mode", ["ddp_buffers", "fsdp"])
+def test_ddp_with_buffers_and_fsdp2_leave_the_full_batch_gradient(two_rank_results, mode):
+    """FSDP2 averages over ranks like DDP, and the ranks run 3 + 6 and 2 + 3 chunks: without the
+    world-size scale and the padded re-runs, gradients come out halved or the collectives abort."""
+    ref_loss, ref_grads = single_process_reference(mode)
+    for r in two_rank_results[mode]:
+        torch.testing.assert_close(r["loss"], ref_loss, rtol=1e-6, atol=1e-6)
+        assert_close_rel(r["grads"], ref_grads)
+
+
+@pytest.mark.parametrize("mode", FAILURE_MODES)
+def test_an_error_on_one_process_fails_every_process(two_rank_results, mode):
+    """With a buffer, DDP's forward broadcasts it: the healthy rank must not reach that collective
+    while the failing rank reports its error (both would wait until the group timeout)."""
+    rank0, rank1 = (r[mode] for r in two_rank_results["failure"])
     assert rank1.startswith("ValueError") and "99" in rank1
     assert rank0.startswith("RuntimeError") and "another process" in rank0

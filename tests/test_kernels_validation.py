@@ -35,7 +35,9 @@ def qc():
         (lambda q, c: (q, c, {"temperature": 0.0}), "temperature must be finite and > 0, got 0.0"),
         (lambda q, c: (q, c, {"temperature": float("nan")}), "got nan"),
         (lambda q, c: (q, c, {"temperature": "hot"}), "temperature must be a number"),
-        (lambda q, c: (c, q[:3], {}), "at least as many candidates"),
+        (lambda q, c: (c, q[:3], {}), "Nc to be a multiple of Nq"),
+        # 6 candidates for 4 queries: a floor (6 // 4 = 1) would pair them silently and wrongly.
+        (lambda q, c: (q, c[:6], {}), r"multiple of Nq \(got Nq=4, Nc=6\)"),
         (lambda q, c: (q.numpy(), c, {}), "q must be a torch.Tensor"),
     ],
 )

@@ -10,6 +10,7 @@ import contextlib
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 def world() -> tuple[int, int]:
@@ -19,12 +20,39 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
-def row_counts(n: int, device: torch.device) -> list[int]:
-    """Every rank's ``n``, in rank order (a tensor on ``device``, as NCCL needs CUDA tensors)."""
+def collective_device() -> torch.device:
+    """Where small bookkeeping tensors of a collective live: NCCL needs CUDA tensors, gloo CPU ones."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def sync_mode(module) -> str:
+    """How a module's gradients are synchronised: ``"ddp"``, ``"fsdp"`` (FSDP2) or ``"local"``."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(module, DistributedDataParallel):
+        return "ddp"
+    if isinstance(module, FullyShardedDataParallel):
+        raise TypeError(
+            "FullyShardedDataParallel (FSDP1) is not supported by gradcache_step: shard the model with "
+            "torch.distributed.fsdp.fully_shard (FSDP2) instead"
+        )
+    if isinstance(module, nn.Module):
+        from torch.distributed.fsdp import FSDPModule
+
+        if isinstance(module, FSDPModule):
+            return "fsdp"
+    return "local"
+
+
+def row_counts(n: int) -> list[int]:
+    """Every rank's ``n``, in rank order."""
     _, size = world()
     if size == 1:
         return [n]
-    count = torch.tensor([n], device=device, dtype=torch.long)
+    count = torch.tensor([n], device=collective_device(), dtype=torch.long)
     counts = [torch.empty_like(count) for _ in range(size)]
     dist.all_gather(counts, count)
     return [int(c.item()) for c in counts]
@@ -40,7 +68,7 @@ def gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
     x = x.detach().contiguous()
     if size == 1:
         return x, [x.shape[0]]
-    rows = row_counts(x.shape[0], x.device)
+    rows = row_counts(x.shape[0])
     longest = max(rows)
     if x.shape[0] < longest:
         x = torch.cat([x, x.new_zeros(longest - x.shape[0], *x.shape[1:])])
@@ -63,8 +91,7 @@ def fail_together():
     if world()[1] == 1:
         yield
         return
-    nccl = dist.get_backend() == "nccl"
-    failed = torch.zeros(1, device=torch.device("cuda", torch.cuda.current_device()) if nccl else "cpu")
+    failed = torch.zeros(1, device=collective_device())
     try:
         yield
     except BaseException:

@@ -17,18 +17,24 @@ a decode step's three M-RoPE rows are the text position plus the row's ``rope_de
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import threading
 from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache, StaticCache
 
+from tte_fast.chunking import split_inputs
+from tte_fast.decode_cache import CachePool, CompiledShapes, compiled_batch, compiled_length, eager_length
 from tte_fast.profiling import stage
 
 # Row states of the decode loop.
 ALIVE, KEEP_LAST, EMBED, DONE = 0, 1, 2, 3
-# Round cache lengths up so compiled decode steps are reused across batches of similar length.
-CACHE_BUCKET = 64
+# Static caches kept allocated between eager decodes (alternating batch shapes reuse them).
+EAGER_CACHES = 2
+# Per-row processor outputs that padding rows extend (media tensors are per image, not per row).
+_ROW_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,22 @@ class DecodeOutput:
     embed_hidden: torch.Tensor | None = None  # [B, D] final-norm hidden state at the embedding token
     embed_token_id: int | None = None
     steps: int = 0
+
+    def first_rows(self, n: int) -> DecodeOutput:
+        """The output of the first ``n`` rows (drops rows that only padded a compiled batch)."""
+        if n == len(self.prompt_ids):
+            return self
+        embed = None if self.embed_hidden is None else self.embed_hidden[:n]
+        return DecodeOutput(
+            self.prompt_ids[:n],
+            self.generated[:n],
+            self.kept[:n],
+            self.stop_reasons[:n],
+            self.attention_mask[:n],
+            embed,
+            self.embed_token_id,
+            self.steps,
+        )
 
     @property
     def sequences(self) -> list[torch.Tensor]:
@@ -148,11 +170,15 @@ class Decoder:
     """Greedy or sampled batched decoding for one HF model (Qwen-VL or a text-only causal LM).
 
     ``compile=True`` wraps the decode step in ``torch.compile`` (CUDA graphs on GPU via
-    ``mode="reduce-overhead"``); a string names the compile backend. Static KV caches are kept per
-    (batch, length bucket) so compiled steps see the same buffers again.
+    ``mode="reduce-overhead"``); a string (or a backend callable) names the compile backend.
+    Compiled decoding pads batches and cache lengths to powers of two, so the number of graphs stays
+    bounded (see ``tte_fast.decode_cache``); its static caches stay allocated for replay, eager
+    decoding keeps the last ``EAGER_CACHES``. ``release()`` frees them.
+
+    One decode runs at a time per decoder (a lock): the caches are shared state.
     """
 
-    def __init__(self, hf_model, compile: bool | str = False, static_cache: bool | None = None):
+    def __init__(self, hf_model, compile=False, static_cache: bool | None = None):
         self.hf_model = hf_model
         self.backbone = hf_model.base_model
         self.lm_head = hf_model.get_output_embeddings()
@@ -163,36 +189,36 @@ class Decoder:
         # step's shapes fixed. flash-attn unpads by a 2D mask as long as the keys seen so far, which a
         # static cache's tail would break: it gets a growing cache and mask, as in HF generate.
         self.static_mask = attn != "flash_attention_2" if static_cache is None else static_cache
-        self._caches: dict[tuple, StaticCache] = {}
+        self.compiled = bool(compile)
+        self.caches = CachePool(hf_model.config, capacity=None if self.compiled else EAGER_CACHES)
+        self._lock = threading.RLock()
         self.step = self.decode_step
         if compile:
-            backend = compile if isinstance(compile, str) else "inductor"
+            backend = "inductor" if compile is True else compile
             graphs = backend == "inductor" and self._device().type == "cuda"
             compiled = torch.compile(
                 self.decode_step, backend=backend, mode="reduce-overhead" if graphs else None, dynamic=False
             )
             self.step = _graph_step(compiled) if graphs else compiled
+            context = getattr(hf_model.config.get_text_config(), "max_position_embeddings", 32768)
+            self.shapes = CompiledShapes(max_length=context)
 
     def _device(self) -> torch.device:
         return next(self.hf_model.parameters()).device
 
+    def release(self) -> None:
+        """Free the static KV caches (the next decode allocates what it needs)."""
+        with self._lock:
+            self.caches.release()
+
+    def cache_length(self, total: int, padded: bool) -> int:
+        """Columns of the static cache and the 2D mask for ``total`` positions."""
+        return compiled_length(total) if padded else eager_length(total)
+
     def new_cache(self, batch_size: int, length: int) -> StaticCache | DynamicCache:
         if not self.static_mask:
             return DynamicCache(config=self.hf_model.config)
-        length = -(-length // CACHE_BUCKET) * CACHE_BUCKET
-        key = (batch_size, length)
-        cache = self._caches.get(key)
-        if cache is None:
-            self._caches = {}  # keep one cache alive: a new shape replaces the old buffers
-            cache = StaticCache(config=self.hf_model.config, max_cache_len=length)
-            self._caches[key] = cache
-        else:
-            cache.reset()
-        return cache
-
-    def mask_width(self, total: int) -> int:
-        """Columns of the 2D attention mask for ``total`` positions: the static cache's length, or exact."""
-        return -(-total // CACHE_BUCKET) * CACHE_BUCKET if self.static_mask else total
+        return self.caches.get(batch_size, length)
 
     def visible_mask(self, mask: torch.Tensor, end: int) -> torch.Tensor:
         """What a forward that ends at column ``end`` sees: the whole static mask, or the columns so far."""
@@ -227,16 +253,31 @@ class Decoder:
 
         ``compiled=False`` runs the eager step even when compiling was asked for (forward hooks,
         such as the TTE_u head's capture, do not run inside CUDA-graph replays)."""
-        input_ids, prompt_mask = batch["input_ids"], batch["attention_mask"]
+        prompt_mask = batch["attention_mask"]
         if bool((prompt_mask[:, -1] == 0).any()):
             raise ValueError("decode needs left-padded prompts (the last column of attention_mask must be 1)")
+        with self._lock:
+            use_compiled = compiled and self.compiled
+            rows = batch["input_ids"].shape[0]
+            padded = _pad_rows(batch, compiled_batch(rows), options.pad_token_id) if use_compiled else batch
+            generators = _row_generators(batch, options)
+            out = self._decode(padded, options, embed_token_id, use_compiled, rows, generators)
+            return out.first_rows(rows)
+
+    def mask_width(self, total: int, padded: bool = False) -> int:
+        """Columns of the 2D attention mask for ``total`` positions: the static cache's, or exact."""
+        return self.cache_length(total, padded) if self.static_mask else total
+
+    def _decode(self, batch, options, embed_token_id, use_compiled, real_rows, generators) -> DecodeOutput:
+        input_ids, prompt_mask = batch["input_ids"], batch["attention_mask"]
         device = input_ids.device
         bsz, prompt_len = input_ids.shape
         max_new = options.max_new_tokens
         # The last sampled token is fed only before an embedding token; then comes that token.
         total = prompt_len + max_new + (1 if embed_token_id is not None else 0)
-        cache = self.new_cache(bsz, total)
-        mask = torch.zeros(bsz, self.mask_width(total), dtype=prompt_mask.dtype, device=device)
+        length = self.cache_length(total, padded=use_compiled)
+        cache = self.new_cache(bsz, length)
+        mask = torch.zeros(bsz, self.mask_width(total, use_compiled), dtype=prompt_mask.dtype, device=device)
         mask[:, :prompt_len] = prompt_mask
         position_ids, deltas = prefill_position_ids(self.hf_model, batch)
 
@@ -247,17 +288,16 @@ class Decoder:
             hidden = self.forward(input_ids, position_ids, prefill_mask, cache, cache_position, **extra)
             logits = self.lm_head(hidden).float()
 
-        rows = _Rows(bsz, options, embed_token_id, device)
+        rows = _Rows(bsz, options, embed_token_id, device, real_rows)
         embed_hidden = torch.zeros_like(hidden) if embed_token_id is not None else None
-        generator = None
-        if options.do_sample and options.seed is not None:
-            generator = torch.Generator(device=device).manual_seed(options.seed)
-        run_step = self.step if compiled else self.decode_step
+        run_step = self.step if use_compiled else self.decode_step
+        if use_compiled:
+            self.shapes.record((bsz, length))
         text_pos = prompt_mask.long().sum(-1)
         step, column = 0, prompt_len
         with stage("decode"):
             while True:
-                token = _pick(logits, options, generator) if step < max_new else None
+                token = _pick(logits, options, generators) if step < max_new else None
                 next_token = rows.advance(token, step)
                 # One host sync per step: is any row left, and does any row still need logits?
                 any_left, any_sampling = torch.stack([rows.feed.any(), rows.sampling.any()]).tolist()
@@ -301,14 +341,15 @@ class _Rows:
     then the embedding token). Without an embedding token a stopping row is DONE at once.
     """
 
-    REASONS = {1: "eos", 2: "think_budget", 3: "answer_budget"}
+    REASONS = {0: "padding", 1: "eos", 2: "think_budget", 3: "answer_budget"}  # 0: never sampled
 
-    def __init__(self, bsz: int, options: DecodeOptions, embed_token_id: int | None, device):
+    def __init__(self, bsz: int, options: DecodeOptions, embed_token_id: int | None, device, real_rows: int):
         self.options = options
         self.max_new = options.max_new_tokens
         self.embedding_on = embed_token_id is not None
         zeros = torch.zeros(bsz, dtype=torch.long, device=device)
-        self.state = zeros + ALIVE
+        # Rows past real_rows only pad a compiled step's batch: they never feed a token.
+        self.state = torch.where(torch.arange(bsz, device=device) < real_rows, ALIVE, DONE)
         self.tokens = torch.full((bsz, self.max_new), options.pad_token_id, dtype=torch.long, device=device)
         self.n_kept, self.n_answer, self.reason = zeros.clone(), zeros.clone(), zeros.clone()
         self.closed = torch.zeros(bsz, dtype=torch.bool, device=device)
@@ -380,10 +421,47 @@ def _graph_step(compiled):
     return step
 
 
-def _pick(logits: torch.Tensor, options: DecodeOptions, generator) -> torch.Tensor:
-    """Greedy argmax, or a sample after temperature, top-k and top-p filtering."""
-    if not options.do_sample:
-        return logits.argmax(-1)
+def _pad_rows(batch: dict, size: int, pad_token_id: int) -> dict:
+    """``batch`` with rows appended up to ``size``: one real pad token each (last column), so their
+    attention is never empty; media tensors are per image and stay as they are."""
+    extra = size - batch["input_ids"].shape[0]
+    if extra == 0:
+        return batch
+    out = dict(batch)
+    for key in _ROW_KEYS:
+        value = batch.get(key)
+        if value is None:
+            continue
+        fill = torch.zeros(extra, *value.shape[1:], dtype=value.dtype, device=value.device)
+        if key == "input_ids":
+            fill.fill_(pad_token_id)
+        elif key == "attention_mask":
+            fill[:, -1] = 1
+        out[key] = torch.cat([value, fill])
+    return out
+
+
+def _row_generators(batch: dict, options: DecodeOptions) -> list[torch.Generator] | None:
+    """With a seed, one generator per row seeded from (seed, the row's prompt and pixels): a row
+    draws the same tokens whatever batch it lands in and wherever it sits."""
+    if not (options.do_sample and options.seed is not None):
+        return None
+    device = batch["input_ids"].device
+    generators = []
+    for row in split_inputs(batch, 1):
+        digest = hashlib.blake2b(str(options.seed).encode(), digest_size=8)
+        digest.update(row["input_ids"][row["attention_mask"].bool()].cpu().numpy().tobytes())
+        for key in ("pixel_values", "pixel_values_videos"):
+            if row.get(key) is not None:
+                digest.update(row[key].float().cpu().numpy().tobytes())
+        seed = int.from_bytes(digest.digest(), "little") & (2**63 - 1)
+        generators.append(torch.Generator(device=device).manual_seed(seed))
+    return generators
+
+
+def sampling_probs(logits: torch.Tensor, options: DecodeOptions) -> torch.Tensor:
+    """[B, V] probabilities a sampled token is drawn from: temperature, then top-k, then top-p
+    (the order of HF's logits warpers)."""
     scores = logits / options.temperature
     if options.top_k:
         kth = torch.topk(scores, min(options.top_k, scores.shape[-1]), dim=-1).values[:, -1:]
@@ -395,5 +473,18 @@ def _pick(logits: torch.Tensor, options: DecodeOptions, generator) -> torch.Tens
         drop_sorted = cumulative - sorted_scores.softmax(-1) >= options.top_p
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         scores = scores.masked_fill(drop, float("-inf"))
-    probs = scores.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return scores.softmax(-1)
+
+
+def _pick(logits: torch.Tensor, options: DecodeOptions, generators) -> torch.Tensor:
+    """Greedy argmax, or a sample from ``sampling_probs`` (one generator per real row when seeded;
+    padding rows past them take the argmax)."""
+    if not options.do_sample:
+        return logits.argmax(-1)
+    probs = sampling_probs(logits, options)
+    if generators is None:
+        return torch.multinomial(probs, 1).squeeze(-1)
+    tokens = probs.argmax(-1)
+    for row, generator in enumerate(generators):
+        tokens[row] = torch.multinomial(probs[row], 1, generator=generator)[0]
+    return tokens

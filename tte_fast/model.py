@@ -9,6 +9,7 @@ while generating. Without thinking (or with given traces) it is one prefill per 
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field, fields, replace
 
 import torch
@@ -23,6 +24,16 @@ from tte_fast.prompts import PromptConfig, check_side, render_prompt
 from tte_fast.tte_config import TTEConfig
 
 ON_ERROR = ("raise", "skip")
+# The decode options a caller sets (DecodeOptions' other fields come from the checkpoint).
+GENERATION_OPTIONS = (
+    "max_think_tokens",
+    "max_answer_tokens",
+    "do_sample",
+    "temperature",
+    "top_k",
+    "top_p",
+    "seed",
+)
 
 
 @dataclass
@@ -67,6 +78,8 @@ class UnifiedTTE:
         self.pad_token_id = pad if pad is not None else self.eos_token_ids[0]
         instrument_vision_encoder(self.hf_model)  # its own NVTX range inside prefill
         self.decoder = Decoder(hf_model, compile=compile)
+        # One encode / think at a time: they share the decoder's caches and the head's capture hooks.
+        self._lock = threading.RLock()
         self.context_length = getattr(hf_model.config.get_text_config(), "max_position_embeddings", None)
 
     # ----------------------------------------------------------------------------------- loading
@@ -139,20 +152,56 @@ class UnifiedTTE:
         batch_size: int = 8,
         traces: list[str] | None = None,
         side: str = "query",
-        max_answer_tokens: int | None = None,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        seed: int | None = None,
         progress: bool | None = None,
         on_error: str = "raise",
+        **generation,
     ) -> EncodeResult:
-        """Embed ``inputs`` (str or dicts with ``text`` / ``image`` / ``instruction``).
+        """Embed ``inputs``, thinking first where asked; results in input order.
 
-        ``think=None`` follows the side's setting (queries think, targets do not, by default);
-        ``traces`` embeds with given traces in one prefill (think must then not be True).
+        Args:
+            inputs: a list of inputs (or one): a str is text; a dict takes ``text``, ``image`` (PIL
+                image, HxWxC uint8 array, path or encoded bytes) and ``instruction`` (overrides the
+                side's task instruction).
+            think: True decodes a reasoning trace per input and embeds from the generation cache;
+                False embeds with one prefill; None follows the side's setting
+                (``config.prompts.think_query`` / ``think_target``: queries think, targets do not).
+            max_think_tokens: budget of the trace before ``</think>``; None takes the checkpoint's.
+            batch_size: inputs per batch (similar lengths are batched together).
+            traces: given traces (teacher traces, offline target traces), one str per input:
+                embedded in one prefill after the same prompt thinking uses; ``think`` must not be True.
+            side: ``"query"`` or ``"target"``: picks the instruction and the default of ``think``.
+            progress: show a progress bar (None: when there are more than 4 batches).
+            on_error: ``"raise"`` stops at the first bad input (``InputError`` naming its index);
+                ``"skip"`` embeds the rest, leaves zero rows and lists messages in ``result.errors``.
+            **generation: decode options, see :meth:`decode_options`: ``max_answer_tokens`` (answer
+                budget after ``</think>``), ``do_sample``, ``temperature``, ``top_k``, ``top_p`` and
+                ``seed`` (the same seed and input give the same sampled trace in any batch).
+
+        Returns:
+            ``EncodeResult`` with ``embeddings`` (float32 [N, D], unit norm), ``traces`` (None when
+            nothing thought or was given), ``sequences`` (token ids each embedding was read at) and
+            ``errors``.
+
+        Safe to call from several threads: calls on one model run one at a time.
+
+        Example::
+
+            model = UnifiedTTE.from_pretrained("path/to/checkpoint")
+            result = model.encode(
+                [{"image": "cat.jpg", "instruction": "Find the caption."}, "a cat on a mat"],
+                think=True,
+                max_think_tokens=128,
+            )
+            scores = result.embeddings[0] @ result.embeddings[1]
         """
+        with self._lock:
+            return self._encode(
+                inputs, think, max_think_tokens, batch_size, traces, side, progress, on_error, generation
+            )
+
+    def _encode(
+        self, inputs, think, max_think_tokens, batch_size, traces, side, progress, on_error, generation
+    ):
         items, errors = self._check(inputs, on_error)
         check_side(side)
         if traces is not None:
@@ -160,9 +209,7 @@ class UnifiedTTE:
                 raise ValueError("pass either think=True or traces, not both")
             traces = _check_traces(traces, len(items))
         thinking = traces is None and (self.config.prompts.thinks(side) if think is None else bool(think))
-        options = self._options(
-            max_think_tokens, max_answer_tokens, do_sample, temperature, top_k, top_p, seed
-        )
+        options = self.decode_options(max_think_tokens=max_think_tokens, **generation)
         n = len(items)
         out_traces: list[str | None] = [None] * n
         sequences: list[torch.Tensor | None] = [None] * n
@@ -198,21 +245,41 @@ class UnifiedTTE:
         max_think_tokens: int | None = None,
         batch_size: int = 8,
         side: str = "query",
-        max_answer_tokens: int | None = None,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        seed: int | None = None,
         progress: bool | None = None,
         on_error: str = "raise",
-    ) -> list[str | None]:
-        """Reasoning traces (think prefix + generated text, stop token dropped) in input order; with
-        ``on_error="skip"`` a failed input's trace is None."""
-        options = self._options(
-            max_think_tokens, max_answer_tokens, do_sample, temperature, top_k, top_p, seed
+        return_errors: bool = False,
+        **generation,
+    ):
+        """Reasoning traces (think prefix + generated text, stop token dropped) in input order.
+
+        Arguments as in :meth:`encode`. With ``on_error="skip"`` a failed input's trace is None;
+        ``return_errors=True`` returns ``(traces, {index: message})`` instead of the traces alone."""
+        options = self.decode_options(max_think_tokens=max_think_tokens, **generation)
+        with self._lock:
+            traces, errors = self._think(inputs, options, batch_size, side, progress, on_error)
+        return (traces, errors) if return_errors else traces
+
+    def decode_options(self, **options) -> DecodeOptions:
+        """The ``DecodeOptions`` for ``encode`` / ``think`` keyword options (``GENERATION_OPTIONS``;
+        None or absent budgets take the checkpoint's ``max_think_tokens`` / ``max_answer_tokens``)."""
+        unknown = sorted(set(options) - set(GENERATION_OPTIONS))
+        if unknown:
+            raise TypeError(
+                f"unknown generation options {unknown}; expected some of {list(GENERATION_OPTIONS)}"
+            )
+        for budget in ("max_think_tokens", "max_answer_tokens"):
+            if options.get(budget) is None:
+                options[budget] = getattr(self.config, budget)
+        return DecodeOptions(
+            eos_token_ids=self.eos_token_ids,
+            think_end_token_id=self.think_end_token_id,
+            pad_token_id=self.pad_token_id,
+            **options,
         )
-        return self._think(inputs, options, batch_size, side, progress, on_error)[0]
+
+    def release_memory(self) -> None:
+        """Free the decoder's static KV caches (kept between calls so batches reuse them)."""
+        self.decoder.release()
 
     def _think(self, inputs, options: DecodeOptions, batch_size, side, progress, on_error):
         """(traces in input order, {index: message} of the inputs that failed)."""
@@ -246,31 +313,6 @@ class UnifiedTTE:
                 errors[i], item = str(e), None
             items.append(item)
         return items, errors
-
-    def _options(
-        self,
-        max_think_tokens: int | None = None,
-        max_answer_tokens: int | None = None,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-    ) -> DecodeOptions:
-        """Decode options from ``encode`` / ``think`` arguments; None budgets take the config's."""
-        config = self.config
-        return DecodeOptions(
-            max_think_tokens=config.max_think_tokens if max_think_tokens is None else max_think_tokens,
-            max_answer_tokens=config.max_answer_tokens if max_answer_tokens is None else max_answer_tokens,
-            eos_token_ids=self.eos_token_ids,
-            think_end_token_id=self.think_end_token_id,
-            pad_token_id=self.pad_token_id,
-            do_sample=do_sample,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
-        )
 
     def _batches(self, items, errors, batch_size, progress, on_error, run, desc):
         """Yield (input indices, run's result) per batch; similar lengths share a batch."""

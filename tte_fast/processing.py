@@ -8,13 +8,18 @@ built here accept ``video_processor=None`` and are otherwise the HF classes, unc
 from __future__ import annotations
 
 import functools
+import json
 import os
+import warnings
 
 from transformers import AutoTokenizer, ProcessorMixin
 
 QWEN_VL_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
+# The older processor template file many published Qwen-VL checkpoints ship: {"chat_template": "..."}.
+LEGACY_CHAT_TEMPLATE_FILE = "chat_template.json"
 _PACKAGED_TEMPLATE = os.path.join(os.path.dirname(__file__), "configs", "qwen_vl_chat_template.jinja")
+_PROBE = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "probe"}]}]
 
 
 def packaged_chat_template() -> str:
@@ -65,16 +70,52 @@ def default_image_processor(path: str):
     return ImageProcessor.from_pretrained(path)
 
 
+def saved_chat_template(path: str) -> str | None:
+    """The processor chat template a checkpoint folder ships: ``chat_template.jinja``, else the
+    older ``chat_template.json``; None when it has neither."""
+    if not os.path.isdir(path):
+        return None
+    jinja, legacy = (os.path.join(path, name) for name in (CHAT_TEMPLATE_FILE, LEGACY_CHAT_TEMPLATE_FILE))
+    if os.path.isfile(jinja):
+        with open(jinja, encoding="utf-8") as f:
+            return f.read()
+    if os.path.isfile(legacy):
+        with open(legacy, encoding="utf-8") as f:
+            try:
+                template = json.load(f).get("chat_template")
+            except (json.JSONDecodeError, AttributeError) as e:
+                raise ValueError(f"{legacy} is not a JSON object with a 'chat_template' string: {e}") from e
+        if not isinstance(template, str):
+            raise ValueError(f"{legacy} has no 'chat_template' string")
+        return template
+    return None
+
+
+def renders_images(processor) -> bool:
+    """Whether the processor's chat template turns an image part into the image placeholder."""
+    image_token = getattr(processor, "image_token", None) or "<|image_pad|>"
+    try:
+        text = processor.apply_chat_template(_PROBE, add_generation_prompt=True, tokenize=False)
+    except Exception:  # jinja raises UndefinedError, TypeError, ... on list-of-parts content
+        return False
+    return isinstance(text, str) and image_token in text
+
+
 def load_processor(path: str, model_type: str, image_processor=None):
-    """Tokenizer for text-only models; an images-only Qwen-VL processor for Qwen-VL checkpoints."""
+    """Tokenizer for text-only models; an images-only Qwen-VL processor for Qwen-VL checkpoints.
+
+    A Qwen-VL chat template that cannot render image parts (a text-only tokenizer template, say)
+    is replaced by the packaged Qwen-VL template, with a warning, instead of failing in ``encode``."""
     tokenizer = AutoTokenizer.from_pretrained(path)
     if model_type not in QWEN_VL_MODEL_TYPES:
         return tokenizer
-    template_path = os.path.join(path, CHAT_TEMPLATE_FILE) if os.path.isdir(path) else None
-    chat_template = None
-    if template_path and os.path.exists(template_path):
-        with open(template_path, encoding="utf-8") as f:
-            chat_template = f.read()
-    return build_processor(
-        model_type, tokenizer, image_processor or default_image_processor(path), chat_template
-    )
+    image_processor = image_processor or default_image_processor(path)
+    processor = build_processor(model_type, tokenizer, image_processor, saved_chat_template(path))
+    if not renders_images(processor):
+        warnings.warn(
+            f"the chat template of {path!r} cannot render image parts; using the packaged Qwen-VL template",
+            UserWarning,
+            stacklevel=2,
+        )
+        processor = build_processor(model_type, tokenizer, image_processor, packaged_chat_template())
+    return processor

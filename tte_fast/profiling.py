@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 import time
 from collections import defaultdict
 
@@ -48,13 +49,14 @@ _COLORS = {
 
 
 class StageRecorder:
-    """Sums wall time per stage for the stages entered while it is active.
+    """Sums wall time per stage for the stages entered while it is active, on its own thread (a
+    recorder in one thread never sees another thread's stages).
 
     With ``sync_device`` set to a CUDA device, the device is synchronised at each range boundary so
     the times are the GPU work's, not the launch's (use only for measuring: it serialises the stream).
     """
 
-    _active: StageRecorder | None = None
+    _local = threading.local()
 
     def __init__(self, sync_device: torch.device | str | None = None):
         device = torch.device(sync_device) if sync_device is not None else None
@@ -66,14 +68,18 @@ class StageRecorder:
         if self._sync:
             torch.cuda.synchronize()
 
+    @classmethod
+    def active(cls) -> StageRecorder | None:
+        return getattr(cls._local, "recorder", None)
+
     def __enter__(self) -> StageRecorder:
-        if StageRecorder._active is not None:
+        if StageRecorder.active() is not None:
             raise RuntimeError("a StageRecorder is already active; nest stages, not recorders")
-        StageRecorder._active = self
+        StageRecorder._local.recorder = self
         return self
 
     def __exit__(self, *exc) -> None:
-        StageRecorder._active = None
+        StageRecorder._local.recorder = None
 
     def milliseconds(self) -> dict[str, float]:
         return {name: 1e3 * s for name, s in self.seconds.items()}
@@ -84,7 +90,7 @@ def stage(name: str):
     """An NVTX range named ``name`` (one of ``STAGES``), timed by the active StageRecorder if any."""
     if name not in STAGES:
         raise ValueError(f"unknown stage {name!r}; known stages: {sorted(STAGES)}")
-    recorder = StageRecorder._active
+    recorder = StageRecorder.active()
     if recorder is not None:
         recorder.synchronize()
         start = time.perf_counter()
@@ -116,21 +122,25 @@ def ranged(name: str):
 def instrument_vision_encoder(hf_model: torch.nn.Module) -> list:
     """Wrap the model's vision tower (if it has one) in a ``vision_encoder`` range via forward hooks.
 
-    Returns the hook handles (call ``.remove()`` on them to undo). Idempotent per model.
+    The closing hook runs even when the tower raises, so no range stays open. Returns the hook
+    handles (call ``.remove()`` on them to undo). Idempotent per model.
     """
     visual = getattr(hf_model, "visual", None) or getattr(getattr(hf_model, "model", None), "visual", None)
     if visual is None or getattr(visual, "_tte_fast_instrumented", False):
         return []
-    ranges: list[contextlib.AbstractContextManager] = []
+    open_ranges = threading.local()  # per thread: each thread's forward opens and closes its own
 
     def enter(module, args):
         ctx = stage("vision_encoder")
         ctx.__enter__()
-        ranges.append(ctx)
+        open_ranges.__dict__.setdefault("stack", []).append(ctx)
 
     def leave(module, args, output):
-        ranges.pop().__exit__(None, None, None)
+        open_ranges.stack.pop().__exit__(None, None, None)
 
-    handles = [visual.register_forward_pre_hook(enter), visual.register_forward_hook(leave)]
+    handles = [
+        visual.register_forward_pre_hook(enter),
+        visual.register_forward_hook(leave, always_call=True),
+    ]
     visual._tte_fast_instrumented = True
     return handles

@@ -18,7 +18,6 @@ from tte_fast.model import EncodeResult, UnifiedTTE
 
 REASONER_DIR = "reasoner"
 EMBEDDER_DIR = "embedder"
-_GENERATION_OPTIONS = ("max_answer_tokens", "do_sample", "temperature", "top_k", "top_p", "seed")
 
 
 class TwoModelTTE:
@@ -77,13 +76,9 @@ class TwoModelTTE:
         """Embed ``inputs``: the reasoner thinks (unless ``think=False`` or ``traces`` are given), then
         the embedder encodes each input with its trace in one prefill.
 
-        ``think=None`` follows the reasoner's setting for ``side``; ``generation`` takes the sampling
-        options of ``UnifiedTTE.think`` (``max_answer_tokens``, ``do_sample``, ``temperature``, ...)."""
-        unknown = sorted(set(generation) - set(_GENERATION_OPTIONS))
-        if unknown:
-            raise TypeError(
-                f"unknown encode options {unknown}; generation options are {list(_GENERATION_OPTIONS)}"
-            )
+        ``think=None`` follows the reasoner's setting for ``side``; ``generation`` takes the decode
+        options of ``UnifiedTTE.encode`` (``max_answer_tokens``, ``do_sample``, ``temperature``, ...)."""
+        self.reasoner.decode_options(max_think_tokens=max_think_tokens, **generation)  # checked up front
         if traces is not None and think:
             raise ValueError("pass either think=True or traces, not both")
         common = {"batch_size": batch_size, "side": side, "progress": progress, "on_error": on_error}
@@ -94,8 +89,9 @@ class TwoModelTTE:
             return self.embedder.encode(inputs, think=False, traces=traces, **common)
 
         items = as_input_list(inputs)
-        options = self.reasoner._options(max_think_tokens, **generation)
-        traces, errors = self.reasoner._think(items, options, batch_size, side, progress, on_error)
+        traces, errors = self.reasoner.think(
+            items, max_think_tokens, return_errors=True, **common, **generation
+        )
         if not errors:
             return self.embedder.encode(items, think=False, traces=traces, **common)
         # on_error="skip" and the reasoner dropped some inputs: embed the rest, keep input order.

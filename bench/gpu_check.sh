@@ -49,7 +49,7 @@ step unified_tiny 60 $PY bench/unified.py --model-type qwen2_vl --device cuda --
 step latency_tiny 60 $PY bench/latency.py --device cuda --json "$OUT/latency_tiny.json"
 step bench_gradcache 60 $PY bench/gradcache.py --device cuda --autocast bf16 --batches 16,256,1024 \
   --time-batch 256 --layers 6 --hidden 512 --seq-len 128 --json "$OUT/gradcache.json"
-step preprocess_16cores 60 $PY bench/preprocess.py --issue-sizes --repeats 3 --json "$OUT/preprocess.json"
+step preprocess_16cores 60 $PY bench/preprocess.py --target-sizes --repeats 3 --json "$OUT/preprocess.json"
 
 echo; echo "== summary ($(cat "$OUT/device.txt" | tail -n 1)) =="
 printf '%s\n' "${status[@]}"

@@ -18,7 +18,7 @@ The encoder is a randomly initialised BERT (``--layers``, ``--hidden``) with mea
 3. a check that the three compute the same loss (dropout off).
 
     python bench/gradcache.py                                  # quick CPU run
-    python bench/gradcache.py --batches 16,64,256,1024         # the issue's memory sizes
+    python bench/gradcache.py --batches 16,64,256,1024         # the sizes of the memory goal
     python bench/gradcache.py --device cuda --autocast bf16 --layers 6 --hidden 512 --seq-len 128
 """
 
@@ -26,13 +26,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 
 import torch
 import torch.nn.functional as F
@@ -41,13 +37,18 @@ from torch import nn
 from tte_fast.gradcache import gradcache_step
 from tte_fast.kernels import infonce_loss
 
+# harness.py lies beside this file; found also when this file is loaded by path (tests). Appended,
+# so that bench/ shadows no other module.
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+
 METHODS = ("plain", "gradcache", "st_cached")
 TEMPERATURE = 0.05  # CachedMultipleNegativesRankingLoss's default scale of 20
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    harness.add_common_args(p, repeats=5, devices=["cpu", "cuda"], dtype_flag=False, point=True)
     p.add_argument(
         "--autocast", default="none", choices=["none", "bf16"], help="torch.autocast around every step"
     )
@@ -57,7 +58,6 @@ def parse_args(argv=None):
     p.add_argument("--chunk", type=int, default=16, help="GradCache chunk / peer mini-batch size")
     p.add_argument("--time-batch", type=int, default=64, help="batch of the timing table (plain must fit)")
     p.add_argument("--plain-max", type=int, default=256, help="largest batch at which plain autograd is run")
-    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--seq-len", type=int, default=32)
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=2)
@@ -69,9 +69,6 @@ def parse_args(argv=None):
         help="torch CPU threads (1 keeps shared CPU machines from thrashing)",
     )
     p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--json", help="also write the results to this file")
-    p.add_argument("--point", help=argparse.SUPPRESS)  # internal: measure one memory point
-    p.add_argument("--point-batch", type=int, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -178,56 +175,15 @@ def make_step(method: str, encoder, args):
     return run
 
 
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def current_rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def peak_rss() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
-def reset_peak_rss() -> None:
-    """Restart the RSS high-water mark (Linux >= 4.0) so that set-up does not count."""
-    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
 def measure_point(args) -> dict:
-    """Run in a fresh process: memory of one step of ``args.point`` at ``args.point_batch``."""
+    """Run in a fresh process: memory of one step of ``point["method"]`` at ``point["batch"]``."""
+    method, batch = args.point["method"], args.point["batch"]
     with tempfile.TemporaryDirectory() as folder:
-        encoder = load_encoder(args.point, save_random_bert(args, folder), args)
-    step = make_step(args.point, encoder, args)
-    queries, targets = make_batch(args.point_batch, args, 1), make_batch(args.point_batch, args, 2)
-    if args.device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        step(queries, targets)
-        sync(args.device)
-        peak = torch.cuda.max_memory_allocated()
-        return {"total_bytes": peak, "step_bytes": peak - base}
-    base = current_rss()
-    reset_peak_rss()
-    step(queries, targets)
-    peak = peak_rss()
-    return {"total_bytes": peak, "step_bytes": peak - base}
-
-
-def forwarded_flags(args) -> list[str]:
-    flags = ["--device", args.device, "--autocast", args.autocast, "--chunk", str(args.chunk)]
-    for name in ("seq_len", "hidden", "layers", "vocab", "threads"):
-        flags += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
-    return flags
+        encoder = load_encoder(method, save_random_bert(args, folder), args)
+    step = make_step(method, encoder, args)
+    queries, targets = make_batch(batch, args, 1), make_batch(batch, args, 2)
+    peak = harness.measure_peak(lambda: step(queries, targets), args.device)
+    return {"total_bytes": peak.peak_bytes, "step_bytes": peak.growth_bytes}
 
 
 def memory_table(args, methods, batches) -> list[dict]:
@@ -235,25 +191,19 @@ def memory_table(args, methods, batches) -> list[dict]:
     # grows with the number of chunk-sized alloc/free cycles; serving blocks of 64 KiB and more from
     # mmap returns them on free and makes peak RSS track the live tensors (the same for every method).
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    flags = harness.forward_flags(
+        args, "device", "autocast", "chunk", "seq_len", "hidden", "layers", "vocab", "threads"
+    )
     rows = []
     for batch in batches:
         for method in methods:
             if method == "plain" and batch > args.plain_max:
                 continue
-            cmd = [
-                sys.executable,
-                __file__,
-                "--point",
-                method,
-                "--point-batch",
-                str(batch),
-                *forwarded_flags(args),
-            ]
-            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if out.returncode != 0:
-                print(f"memory point {method} @ {batch} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
-                continue
-            rows.append({"method": method, "batch": batch, **json.loads(out.stdout.strip().splitlines()[-1])})
+            point = {"method": method, "batch": batch}
+            try:
+                rows.append({**point, **harness.run_point(__file__, point, flags, env=env)})
+            except harness.PointFailed as failure:
+                print(failure, file=sys.stderr)
     return rows
 
 
@@ -278,22 +228,13 @@ def time_and_check(args, methods) -> tuple[list[dict], dict]:
 
     # Wall time, and on CPU also this process's CPU time: on a shared machine the latter is the
     # steadier measure of a single-threaded step.
-    wall, cpu = {m: [] for m in methods}, {m: [] for m in methods}
-    for m in methods:
-        steps[m](queries, targets)  # warm-up
-    for _ in range(args.repeats):
-        for m in methods:
-            sync(args.device)
-            start, start_cpu = time.perf_counter(), time.process_time()
-            steps[m](queries, targets)
-            sync(args.device)
-            wall[m].append(time.perf_counter() - start)
-            cpu[m].append(time.process_time() - start_cpu)
+    fns = {m: (lambda m=m: steps[m](queries, targets)) for m in methods}
+    times = harness.median_times(fns, args.device, args.repeats)
     rows = []
     for m in methods:
-        row = {"method": m, "batch": args.time_batch, "median_s": statistics.median(wall[m])}
+        row = {"method": m, "batch": args.time_batch, "median_s": times[m].wall_s}
         if args.device == "cpu":
-            row["median_cpu_s"] = statistics.median(cpu[m])
+            row["median_cpu_s"] = times[m].cpu_s
         rows.append(row)
     base = next((r for r in rows if r["method"] == "plain"), None)
     for r in rows:
@@ -305,26 +246,53 @@ def time_and_check(args, methods) -> tuple[list[dict], dict]:
 
 def print_memory(memory: list[dict], batches: list[int], args) -> None:
     mib = 1 << 20
-    print(
-        f"\npeak memory of one step (chunk {args.chunk}, {args.layers}x{args.hidden} BERT, "
-        f"seq {args.seq_len}, "
-        f"{args.device}, autocast {args.autocast}); fresh process per point"
-    )
-    print(
-        f"{'method':<11}{'batch':>7}{'total MiB':>11}{'step MiB':>10}{'step / step@' + str(batches[0]):>16}"
-    )
     first = {r["method"]: r["step_bytes"] for r in memory if r["batch"] == batches[0]}
+    rows = []
     for r in memory:
         ratio = r["step_bytes"] / first[r["method"]] if first.get(r["method"]) else float("nan")
-        total, step = r["total_bytes"] / mib, r["step_bytes"] / mib
-        print(f"{r['method']:<11}{r['batch']:>7}{total:>11.1f}{step:>10.1f}{ratio:>16.2f}")
+        rows.append((r["method"], r["batch"], f"{r['total_bytes'] / mib:.1f}", f"{r['step_bytes'] / mib:.1f}",
+                     f"{ratio:.2f}"))  # fmt: skip
+    harness.print_table(
+        ("method", "batch", "total MiB", "step MiB", f"step / step@{batches[0]}"),
+        rows,
+        title=(
+            f"peak memory of one step (chunk {args.chunk}, {args.layers}x{args.hidden} BERT, "
+            f"seq {args.seq_len}, {args.device}, autocast {args.autocast}); fresh process per point"
+        ),
+    )
+
+
+def print_timing(timing: list[dict], losses: dict, args) -> None:
+    rows = []
+    for r in timing:
+        rows.append((
+            r["method"],
+            f"{r['median_s'] * 1e3:.1f}",
+            f"{r['ratio']:.2f}" if r["ratio"] is not None else "-",
+            f"{r['median_cpu_s'] * 1e3:.1f}" if "median_cpu_s" in r else "-",
+            f"{r['cpu_ratio']:.2f}" if "cpu_ratio" in r else "-",
+            f"{losses[r['method']]:.6f}" if r["method"] in losses else "-",
+        ))  # fmt: skip
+    harness.print_table(
+        ("method", "wall ms", "ratio", "cpu ms", "ratio", "loss (dropout off)"),
+        rows,
+        title=f"step time at batch {args.time_batch} (median of {args.repeats}, ratio to plain autograd)",
+    )
+    spread = max(losses.values()) - min(losses.values())
+    print(f"largest loss difference between methods: {spread:.2e}")
+    forward = next((r for r in timing if r["method"] == "forward"), None)
+    if forward:
+        key = "cpu_ratio" if "cpu_ratio" in forward else "ratio"
+        print(
+            f"recomputation floor (plain + one forward without graph): {1 + forward[key]:.2f}x plain ({key})"
+        )
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.point:
-        print(json.dumps(measure_point(args)))
+        harness.emit_point(measure_point(args))
         return
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for m in methods:
@@ -341,29 +309,9 @@ def main(argv=None) -> None:
     memory = memory_table(args, methods, batches) if batches else []
     if memory:
         print_memory(memory, batches, args)
-
     timing, losses = time_and_check(args, methods)
-    print(f"\nstep time at batch {args.time_batch} (median of {args.repeats}, ratio to plain autograd)")
-    print(f"{'method':<11}{'wall ms':>9}{'ratio':>7}{'cpu ms':>9}{'ratio':>7}{'loss (dropout off)':>20}")
-    for r in timing:
-        ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"
-        cpu_ms = f"{r['median_cpu_s'] * 1e3:.1f}" if "median_cpu_s" in r else "-"
-        cpu_ratio = f"{r['cpu_ratio']:.2f}" if "cpu_ratio" in r else "-"
-        loss = f"{losses[r['method']]:.6f}" if r["method"] in losses else "-"
-        print(f"{r['method']:<11}{r['median_s'] * 1e3:>9.1f}{ratio:>7}{cpu_ms:>9}{cpu_ratio:>7}{loss:>20}")
-    spread = max(losses.values()) - min(losses.values())
-    print(f"largest loss difference between methods: {spread:.2e}")
-    forward = next((r for r in timing if r["method"] == "forward"), None)
-    if forward:
-        key = "cpu_ratio" if "cpu_ratio" in forward else "ratio"
-        print(
-            f"recomputation floor (plain + one forward without graph): {1 + forward[key]:.2f}x plain ({key})"
-        )
-
-    if args.json:
-        config = {k: v for k, v in vars(args).items() if k not in ("json", "point", "point_batch")}
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"config": config, "memory": memory, "timing": timing, "losses": losses}, f, indent=2)
+    print_timing(timing, losses, args)
+    harness.save_report(args, {"memory": memory, "timing": timing, "losses": losses})
 
 
 if __name__ == "__main__":

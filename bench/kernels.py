@@ -14,48 +14,21 @@ fits, and pool_normalize bandwidth against a device-to-device copy.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
-import statistics
-import subprocess
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
 from tte_fast.kernels import infonce_loss, infonce_loss_and_grads, pool_normalize
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# harness.py lies beside this file; found also when this file is loaded by path (tests). Appended,
+# so that bench/ shadows no other module.
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+
+DTYPES = harness.DTYPES
 TEMPERATURE = 0.02
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def median_seconds(fns: dict, device: str, repeats: int) -> dict:
-    """Median wall and process-CPU seconds of each callable. Runs are interleaved (a, b, c, a, b, c,
-    ...) so that load from other processes on a shared machine hits every candidate alike."""
-    for fn in fns.values():
-        fn()  # warm-up: compilation, allocator, BLAS thread pools
-    wall = {name: [] for name in fns}
-    cpu = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            sync(device)
-            start, start_cpu = time.perf_counter(), time.process_time()
-            fn()
-            sync(device)
-            wall[name].append(time.perf_counter() - start)
-            cpu[name].append(time.process_time() - start_cpu)
-    return {name: (statistics.median(wall[name]), statistics.median(cpu[name])) for name in fns}
-
-
-def median_wall(fn, device: str, repeats: int) -> float:
-    return median_seconds({"fn": fn}, device, repeats)["fn"][0]
 
 
 def make_pair(nq: int, nc: int, dim: int, dtype: torch.dtype, device: str):
@@ -80,59 +53,25 @@ def infonce_step(impl: str, q: torch.Tensor, c: torch.Tensor):
 
 def time_infonce(impls, q, c, device: str, repeats: int) -> dict:
     fns = {impl: (lambda impl=impl, q=q, c=c: infonce_step(impl, q, c)) for impl in impls}
-    return median_seconds(fns, device, repeats)
-
-
-def current_rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def reset_peak_rss() -> None:
-    """Restart the kernel's RSS high-water mark (Linux >= 4.0), so set-up transients do not count."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass  # the peak then includes set-up, which only makes every point look worse
-
-
-def peak_rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return harness.median_times(fns, device, repeats)
 
 
 def memory_point(args) -> dict:
     """Run in a fresh process: extra peak bytes of one forward+backward above inputs + gradients."""
-    dtype = DTYPES[args.dtype]
-    infonce_step(args.memory_point, *make_pair(64, 64, 32, dtype, args.device))  # lazy library set-up
+    dtype, impl = DTYPES[args.dtype], args.point["impl"]
+    infonce_step(impl, *make_pair(64, 64, 32, dtype, args.device))  # lazy library set-up
     q, c = make_pair(args.nq, args.nc, args.dim, dtype, args.device)
     grad_bytes = q.numel() * q.element_size() + c.numel() * c.element_size()
     if args.device == "cuda":
-        infonce_step(args.memory_point, q, c)  # Triton autotuning at this size (its buffers would count)
+        infonce_step(impl, q, c)  # Triton autotuning at this size (its buffers would count)
         q.grad = c.grad = None
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        infonce_step(args.memory_point, q, c)
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        reset_peak_rss()
-        base = current_rss_bytes()
-        infonce_step(args.memory_point, q, c)
-        peak = peak_rss_bytes()
-    return {"impl": args.memory_point, "extra_bytes": max(peak - base - grad_bytes, 0)}
+    peak = harness.measure_peak(lambda: infonce_step(impl, q, c), args.device)
+    return {"impl": impl, "extra_bytes": max(peak.growth_bytes - grad_bytes, 0)}
 
 
 def measure_memory(impl: str, args) -> int:
-    cmd = [sys.executable, __file__, "--memory-point", impl, "--device", args.device, "--dtype", args.dtype]
-    cmd += ["--nq", str(args.nq), "--nc", str(args.nc), "--dim", str(args.dim)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["extra_bytes"]
+    flags = harness.forward_flags(args, "device", "dtype", "nq", "nc", "dim")
+    return harness.run_point(__file__, {"impl": impl}, flags)["extra_bytes"]
 
 
 def bench_infonce(args) -> list[dict]:
@@ -143,8 +82,8 @@ def bench_infonce(args) -> list[dict]:
     q = c = None  # free before the memory points run
     rows = []
     for impl in impls:
-        wall, cpu = timings[impl]
-        rows.append({"impl": impl, "seconds": wall, "cpu_seconds": cpu})
+        timing = timings[impl]
+        rows.append({"impl": impl, "seconds": timing.wall_s, "cpu_seconds": timing.cpu_s})
         rows[-1]["extra_mib"] = measure_memory(impl, args) / 2**20
     for row in rows:
         row["time_vs_naive"] = row["seconds"] / rows[0]["seconds"]
@@ -158,7 +97,7 @@ def matmul_rate(nq: int, nc: int, dim: int, dtype: torch.dtype) -> float:
     held to)."""
     a = torch.randn(nq, dim, device="cuda", dtype=dtype)
     b = torch.randn(dim, nc, device="cuda", dtype=dtype)
-    seconds = median_wall(lambda: a @ b, "cuda", 10)
+    seconds = harness.median_seconds(lambda: a @ b, "cuda", 10)
     return 2 * nq * nc * dim / seconds
 
 
@@ -184,7 +123,7 @@ def bench_cuda_throughput(nq: int, nc: int, args, fused_seconds: float | None) -
     dtype = DTYPES[args.dtype]
     if fused_seconds is None:  # not timed by bench_infonce at this size
         q, c = make_pair(nq, nc, args.dim, dtype, "cuda")
-        fused_seconds = median_wall(lambda: infonce_step("fused", q, c), "cuda", args.repeats)
+        fused_seconds = harness.median_seconds(lambda: infonce_step("fused", q, c), "cuda", args.repeats)
         q = c = None
     rate = matmul_rate(nq, nc, args.dim, dtype)
     result = {"nq": nq, "nc": nc, "fused_seconds": fused_seconds, "matmul_tflops": rate / 1e12}
@@ -209,59 +148,19 @@ def bench_pool(args) -> dict:
         "reference": lambda: pool_normalize(hidden, mask, backend="reference"),
         "fused": lambda: pool_normalize(hidden, mask),
     }
-    for name, (seconds, _) in median_seconds(fns, args.device, max(args.repeats, 10)).items():
-        result[f"{name}_gbps"] = moved / seconds / 1e9
+    for name, timing in harness.median_times(fns, args.device, max(args.repeats, 10)).items():
+        result[f"{name}_gbps"] = moved / timing.wall_s / 1e9
     result["fused_vs_copy"] = result["fused_gbps"] / result["copy_gbps"]
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+def print_results(results: dict, args) -> None:
+    harness.print_table(
+        ("impl", "wall s", "x naive", "cpu s", "x naive", "extra MiB", "x naive"),
+        [[row["impl"]] + [f"{row[key]:.3f}" for key in ROW_KEYS] for row in results["infonce"]],
+        title=f"infonce fwd+bwd  Nq={args.nq} Nc={args.nc} D={args.dim} {args.dtype} on {args.device}",
     )
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--nq", type=int, help="queries (default 4096 on CPU, 32768 on CUDA)")
-    parser.add_argument("--nc", type=int, help="candidates (default: --nq)")
-    parser.add_argument("--dim", type=int, help="feature size (default 512 on CPU, 1536 on CUDA)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), help="default float32 on CPU, bfloat16 on CUDA")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--pool-batch", type=int, help="pool_normalize rows (default 4096 CPU, 65536 CUDA)")
-    parser.add_argument("--pool-tokens", type=int, default=8)
-    parser.add_argument("--skip-pool", action="store_true")
-    parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--memory-point", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    cuda = args.device == "cuda"
-    args.nq = args.nq or (32768 if cuda else 4096)
-    args.nc = args.nc or args.nq
-    args.dim = args.dim or (1536 if cuda else 512)
-    args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
-    args.pool_batch = args.pool_batch or (65536 if cuda else 4096)
-    torch.manual_seed(0)
-    if args.memory_point:
-        print(json.dumps(memory_point(args)))
-        return
-
-    results = {"config": {k: v for k, v in vars(args).items() if k not in ("json", "memory_point")}}
-    full = (args.nq, args.nc)
-    if cuda:  # compare with the naive loss at the largest size it fits
-        fit = largest_naive_fit(args)
-        if fit < min(full):
-            args.nq = args.nc = fit
-    results["infonce"] = bench_infonce(args)
-    if cuda:
-        timed = results["infonce"][1]["seconds"] if (args.nq, args.nc) == full else None
-        results["cuda_throughput"] = bench_cuda_throughput(*full, args, timed)
-    if not args.skip_pool:
-        results["pool_normalize"] = bench_pool(args)
-
-    print(f"infonce fwd+bwd  Nq={args.nq} Nc={args.nc} D={args.dim} {args.dtype} on {args.device}")
-    columns = ("wall s", "x naive", "cpu s", "x naive", "extra MiB", "x naive")
-    keys = ("seconds", "time_vs_naive", "cpu_seconds", "cpu_time_vs_naive", "extra_mib", "memory_vs_naive")
-    print(f"{'impl':<12}" + "".join(f"{name:>11}" for name in columns))
-    for row in results["infonce"]:
-        print(f"{row['impl']:<12}" + "".join(f"{row[key]:>11.3f}" for key in keys))
-    if cuda:
+    if "cuda_throughput" in results:
         t = results["cuda_throughput"]
         print(
             f"fused at Nq={t['nq']} Nc={t['nc']}: {t['fused_tflops']:.0f} TFLOP/s for 8*Nq*Nc*D flops = "
@@ -275,9 +174,55 @@ def main() -> None:
             f"reference {p['reference_gbps']:.2f} GB/s, copy {p['copy_gbps']:.2f} GB/s "
             f"(fused/copy {p['fused_vs_copy']:.2f})"
         )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+
+
+ROW_KEYS = ("seconds", "time_vs_naive", "cpu_seconds", "cpu_time_vs_naive", "extra_mib", "memory_vs_naive")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    harness.add_common_args(
+        parser,
+        repeats=3,
+        devices=["cpu", "cuda"],
+        dtype=None,
+        dtype_help="default float32 on CPU, bfloat16 on CUDA",
+        point=True,
+    )
+    parser.add_argument("--nq", type=int, help="queries (default 4096 on CPU, 32768 on CUDA)")
+    parser.add_argument("--nc", type=int, help="candidates (default: --nq)")
+    parser.add_argument("--dim", type=int, help="feature size (default 512 on CPU, 1536 on CUDA)")
+    parser.add_argument("--pool-batch", type=int, help="pool_normalize rows (default 4096 CPU, 65536 CUDA)")
+    parser.add_argument("--pool-tokens", type=int, default=8)
+    parser.add_argument("--skip-pool", action="store_true")
+    args = parser.parse_args()
+    cuda = args.device == "cuda"
+    args.nq = args.nq or (32768 if cuda else 4096)
+    args.nc = args.nc or args.nq
+    args.dim = args.dim or (1536 if cuda else 512)
+    args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
+    args.pool_batch = args.pool_batch or (65536 if cuda else 4096)
+    torch.manual_seed(0)
+    if args.point:
+        harness.emit_point(memory_point(args))
+        return
+
+    results = {"config": harness.config(args)}  # the sizes asked for, before any fitting below
+    full = (args.nq, args.nc)
+    if cuda:  # compare with the naive loss at the largest size it fits
+        fit = largest_naive_fit(args)
+        if fit < min(full):
+            args.nq = args.nc = fit
+    results["infonce"] = bench_infonce(args)
+    if cuda:
+        timed = results["infonce"][1]["seconds"] if (args.nq, args.nc) == full else None
+        results["cuda_throughput"] = bench_cuda_throughput(*full, args, timed)
+    if not args.skip_pool:
+        results["pool_normalize"] = bench_pool(args)
+    print_results(results, args)
+    harness.save_report(args, results)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,10 @@ range, so ``nsys profile python bench/latency.py ...`` shows the pipeline on a t
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import statistics
 import sys
 import tempfile
-import time
 
 import numpy as np
 import torch
@@ -27,6 +26,11 @@ from tte_fast.inputs import check_input, load_input
 from tte_fast.processing import QWEN_VL_MODEL_TYPES, load_processor
 from tte_fast.profiling import StageRecorder, instrument_vision_encoder, stage
 from tte_fast.prompts import render_prompt
+
+# harness.py lies beside this file; found also when this file is loaded by path (tests). Appended,
+# so that bench/ shadows no other module.
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
 
 ROWS = ("preprocess", "prefill", "vision_encoder", "decode", "embed", "re_encode", "pool_normalize")
 PATHS = ("unified", "two_pass", "hf")
@@ -116,18 +120,22 @@ def run_two_pass(tte: UnifiedTTE, inputs: list, think_tokens: int, recorder: Sta
     return emb
 
 
-def time_path(name: str, fn, device: torch.device, repeats: int, warmup: int) -> dict:
+def time_path(fn, device: torch.device, repeats: int, warmup: int) -> dict:
+    """End-to-end and per-stage medians of one path, its runs in a row after ``warmup`` untimed ones."""
     totals, stages = [], {row: [] for row in ROWS}
-    for i in range(warmup + repeats):
+
+    def run():
         with StageRecorder(sync_device=device) as recorder:
-            start = time.perf_counter()
             fn(recorder)
             recorder.synchronize()
-            total = time.perf_counter() - start
+        return recorder.seconds
+
+    for i in range(warmup + repeats):
+        timing, seconds = harness.timed(run, device)
         if i >= warmup:
-            totals.append(total)
+            totals.append(timing.wall_s)
             for row in ROWS:
-                stages[row].append(recorder.seconds.get(row, 0.0))
+                stages[row].append(seconds.get(row, 0.0))
     return {
         "total_ms": 1e3 * statistics.median(totals),
         "stages_ms": {row: 1e3 * statistics.median(v) for row, v in stages.items()},
@@ -136,15 +144,15 @@ def time_path(name: str, fn, device: torch.device, repeats: int, warmup: int) ->
 
 def print_table(results: dict) -> None:
     base = results["hf"]["total_ms"]
-    header = f"{'stage (median ms)':<22}" + "".join(f"{p:>12}" for p in PATHS)
-    print(header + "\n" + "-" * len(header))
+    rows = []
     for row in ROWS:
         cells = [results[p]["stages_ms"][row] for p in PATHS]
         if any(cells):
             label = "  vision (in prefill)" if row == "vision_encoder" else row
-            print(f"{label:<22}" + "".join(f"{c:12.1f}" if c else f"{'-':>12}" for c in cells))
-    print(f"{'end to end':<22}" + "".join(f"{results[p]['total_ms']:12.1f}" for p in PATHS))
-    print(f"{'speed-up vs hf':<22}" + "".join(f"{base / results[p]['total_ms']:11.2f}x" for p in PATHS))
+            rows.append([label] + [f"{c:.1f}" if c else "-" for c in cells])
+    rows.append(["end to end"] + [f"{results[p]['total_ms']:.1f}" for p in PATHS])
+    rows.append(["speed-up vs hf"] + [f"{base / results[p]['total_ms']:.2f}x" for p in PATHS])
+    harness.print_table(("stage (median ms)", *PATHS), rows)
     print("hf: decode is generate() (prefill + decode)")
     print("unified: the embedding-token step runs as the last decode step")
 
@@ -154,17 +162,14 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default=None, help="checkpoint folder (default: built-in tiny Qwen2-VL)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    harness.add_common_args(parser, repeats=3)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--think-tokens", type=int, default=16)
     parser.add_argument("--image-size", type=int, default=224, help="side of the random query images")
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     args = parser.parse_args(argv)
 
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    device, dtype = torch.device(args.device), harness.DTYPES[args.dtype]
     with tempfile.TemporaryDirectory() as tmp:
         path = args.model
         if path is None:
@@ -181,20 +186,13 @@ def main(argv: list[str] | None = None) -> None:
             "two_pass": lambda rec: run_two_pass(tte, inputs, n, rec),
             "hf": lambda rec: hf.encode(inputs, n),
         }
-        results = {name: time_path(name, fn, device, args.repeats, args.warmup) for name, fn in runs.items()}
+        results = {name: time_path(fn, device, args.repeats, args.warmup) for name, fn in runs.items()}
 
     print(
         f"\nbatch {args.batch_size}, {n} think tokens, images {args.image_size}px, {args.dtype} on {device}"
     )
     print_table(results)
-    if args.json:
-        config = {k: v for k, v in vars(args).items() if k != "json"}
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"config": config, "device_name": _device_name(device), "paths": results}, f, indent=2)
-
-
-def _device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    harness.save_report(args, {"paths": results})
 
 
 if __name__ == "__main__":

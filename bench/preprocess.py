@@ -2,7 +2,7 @@
 ImageProcessor with 1 thread and with all cores, on decoded PIL images and end to end from JPEG bytes.
 
     python bench/preprocess.py                  # quick: 8 x 640x480 and 2 x 2048x1536
-    python bench/preprocess.py --issue-sizes    # 32 x 640x480 and 8 x 2048x1536 (Qwen2-VL default pixels)
+    python bench/preprocess.py --target-sizes   # 32 x 640x480 and 8 x 2048x1536 (Qwen2-VL default pixels)
     python bench/preprocess.py --json out.json --device cuda   # also copy pixel_values to the GPU
 
 Each point (workload x method) runs in a fresh process so its peak RSS is its own; the time is the
@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
-import resource
-import statistics
-import subprocess
 import sys
-import time
+
+# harness.py lies beside this file; found also when this file is loaded by path (tests). Appended,
+# so that bench/ shadows no other module.
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
 
 WORKLOADS = {  # name -> (height, width); batch sizes come from the flags
     "640x480": (480, 640),
@@ -54,7 +54,6 @@ def _jpeg(images) -> list[bytes]:
 def run_point(workload: str, count: int, method: str, threads: int, source: str, repeats: int, device: str):
     """Time one point in this process; returns a result row."""
     import PIL.Image
-    import torch
     from transformers import Qwen2VLImageProcessorPil
 
     from tte_fast.preprocess import ImageProcessor
@@ -74,71 +73,85 @@ def run_point(workload: str, count: int, method: str, threads: int, source: str,
         def step():
             return processor(encoded or images, return_tensors="pt", num_threads=threads)
 
-    def timed():
-        start, cpu_start = time.perf_counter(), time.process_time()
+    def step_to_device():
         out = step()
         if device != "cpu":
             out["pixel_values"].to(device, non_blocking=False)
-            torch.cuda.synchronize()
-        return time.perf_counter() - start, time.process_time() - cpu_start
 
-    timed()  # warm-up
-    runs = [timed() for _ in range(repeats)]
-    seconds = statistics.median(wall for wall, _ in runs)
+    timing = harness.median_times({"step": step_to_device}, device, repeats)["step"]
     return {
         "workload": workload,
         "images": count,
         "source": source,
         "method": method,
         "threads": threads,
-        "median_ms": seconds * 1e3,
+        "median_ms": timing.wall_s * 1e3,
         # CPU time of the whole process (all threads): on a shared machine, where other jobs take
         # cores, this shows the work done even when the wall-clock time cannot.
-        "median_cpu_ms": statistics.median(cpu for _, cpu in runs) * 1e3,
-        "images_per_s": count / seconds,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "median_cpu_ms": timing.cpu_s * 1e3,
+        "images_per_s": count / timing.wall_s,
+        "peak_rss_mb": harness.peak_rss() / 2**20,
     }
 
 
-def _run_in_fresh_process(args, **point) -> dict:
-    command = [sys.executable, __file__, "--point", json.dumps(point), "--repeats", str(args.repeats)]
-    command += ["--device", args.device]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"benchmark point {point} failed:\n{result.stderr}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+def print_rows(rows: list[dict], device: str) -> None:
+    harness.print_table(
+        ("input", "workload", "method", "thr", "ms/batch", "img/s", "vs HF", "vs 1thr", "cpu ms", "RSS MB"),
+        [
+            (
+                r["source"],
+                f"{r['images']}x{r['workload']}",
+                r["method"],
+                r["threads"],
+                f"{r['median_ms']:.1f}",
+                f"{r['images_per_s']:.1f}",
+                f"{r['speedup_vs_hf']:.1f}x",
+                f"{r['speedup_vs_1_thread']:.2f}x",
+                f"{r['median_cpu_ms']:.1f}",
+                f"{r['peak_rss_mb']:.0f}",
+            )
+            for r in rows
+        ],  # fmt: skip
+        title=f"image preprocessing, Qwen2-VL default pixels, device={device}, cpu_count={os.cpu_count()}",
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--issue-sizes", action="store_true", help="32 x 640x480 and 8 x 2048x1536")
+    harness.add_common_args(
+        parser,
+        repeats=5,
+        dtype_flag=False,
+        device_help="cpu, or cuda to include the copy of pixel_values",
+        point=True,
+    )
+    parser.add_argument(
+        "--target-sizes", "--issue-sizes", action="store_true", help="32 x 640x480 and 8 x 2048x1536"
+    )
     parser.add_argument("--small-batch", type=int, default=None, help="number of 640x480 images")
     parser.add_argument("--large-batch", type=int, default=None, help="number of 2048x1536 images")
     parser.add_argument("--threads", type=int, default=None, help="'all cores' thread count (default: all)")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="cpu", help="cpu, or cuda to include the copy of pixel_values")
-    parser.add_argument("--json", help="write the rows to this file")
-    parser.add_argument("--point", help=argparse.SUPPRESS)  # internal: run one point, print JSON
     args = parser.parse_args()
     if args.threads is None:
         from tte_fast.preprocess import available_cores
 
         args.threads = available_cores()
     if args.point:
-        print(json.dumps(run_point(**json.loads(args.point), repeats=args.repeats, device=args.device)))
+        harness.emit_point(run_point(**args.point, repeats=args.repeats, device=args.device))
         return
 
-    small = args.small_batch or (32 if args.issue_sizes else 8)
-    large = args.large_batch or (8 if args.issue_sizes else 2)
+    small = args.small_batch or (32 if args.target_sizes else 8)
+    large = args.large_batch or (8 if args.target_sizes else 2)
     methods = [("hf", 1), ("tte_fast", 1)] + ([("tte_fast", args.threads)] if args.threads > 1 else [])
+    flags = harness.forward_flags(args, "repeats", "device")
     rows = []
     for source in ("decoded", "jpeg"):
         for workload, count in (("640x480", small), ("2048x1536", large)):
             for method, threads in methods:
                 point = dict(workload=workload, count=count, method=method, threads=threads, source=source)
-                rows.append(_run_in_fresh_process(args, **point))
+                rows.append(harness.run_point(__file__, point, flags))
                 baseline = next(r for r in rows if r["method"] == "hf" and r["workload"] == workload
                                 and r["source"] == source)  # fmt: skip
                 rows[-1]["speedup_vs_hf"] = baseline["median_ms"] / rows[-1]["median_ms"]
@@ -147,20 +160,8 @@ def main() -> None:
         single = next(x for x in rows if x["method"] == r["method"] and x["threads"] == 1
                       and x["workload"] == r["workload"] and x["source"] == r["source"])  # fmt: skip
         r["speedup_vs_1_thread"] = single["median_ms"] / r["median_ms"]
-    print(f"image preprocessing, Qwen2-VL default pixels, device={args.device}, cpu_count={os.cpu_count()}")
-    print(
-        f"{'input':8} {'workload':>14} {'method':>9} {'thr':>3} {'ms/batch':>9} {'img/s':>8} {'vs HF':>6} "
-        f"{'vs 1thr':>7} {'cpu ms':>8} {'RSS MB':>7}"
-    )
-    for r in rows:
-        print(
-            f"{r['source']:8} {str(r['images']) + 'x' + r['workload']:>14} {r['method']:>9} "
-            f"{r['threads']:>3} {r['median_ms']:9.1f} {r['images_per_s']:8.1f} {r['speedup_vs_hf']:5.1f}x "
-            f"{r['speedup_vs_1_thread']:6.2f}x {r['median_cpu_ms']:8.1f} {r['peak_rss_mb']:7.0f}"
-        )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": args.device, "cpu_count": os.cpu_count(), "rows": rows}, f, indent=1)
+    print_rows(rows, args.device)
+    harness.save_report(args, {"device": args.device, "cpu_count": os.cpu_count(), "rows": rows})
 
 
 if __name__ == "__main__":

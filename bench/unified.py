@@ -8,7 +8,7 @@
    ``--compile`` (CUDA graphs).
 
 Times are medians of ``--repeats`` runs after a warm-up; ratios are against the baseline of the same
-run. Defaults are small (tiny random Qwen2 model); the issue's sizes:
+run. Defaults are small (tiny random Qwen2 model); the sizes of the goals:
 ``--contexts 256 1024 2048 --batch-size 8 --new-tokens 128``.
 """
 
@@ -16,55 +16,52 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import statistics
+import os
 import sys
 import tempfile
-import time
 
 import torch
-import transformers
 
 from tte_fast.generate import DecodeOptions, Decoder, decode_position_ids, prefill_position_ids
 from tte_fast.kernels import pool_normalize
 from tte_fast.model import UnifiedTTE
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _median_seconds(fn, device: torch.device, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+# harness.py lies beside this file; found also when this file is loaded by path (tests). Appended,
+# so that bench/ shadows no other module.
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
 
 
-def _random_prompts(batch: int, length: int, device, seed: int, ragged: bool) -> dict:
-    """Left-padded random text prompts (ids below the special-token range); ragged rows differ in length."""
+def prompt_token_ids(tte: UnifiedTTE) -> torch.Tensor:
+    """The ids a random prompt may hold: rows of the model's embedding matrix that are ordinary
+    tokens, i.e. inside the tokenizer's base vocabulary (special tokens and added tokens, such as
+    Qwen's vision and ``<think>`` tokens, left out, wherever in the range they lie)."""
+    rows = tte.hf_model.get_input_embeddings().num_embeddings
+    tokenizer = tte.tokenizer
+    high = min(rows, getattr(tokenizer, "vocab_size", None) or rows)
+    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+    ids = torch.arange(high)
+    return ids[~torch.isin(ids, torch.tensor(sorted(special), dtype=torch.long))]
+
+
+def random_prompts(tte: UnifiedTTE, batch: int, length: int, seed: int, ragged: bool) -> dict:
+    """Left-padded random text prompts drawn from ``prompt_token_ids``; ragged rows differ in length."""
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1000, 100_000, (batch, length), generator=g)
+    vocabulary = prompt_token_ids(tte)
+    ids = vocabulary[torch.randint(0, len(vocabulary), (batch, length), generator=g)]
     mask = torch.ones(batch, length, dtype=torch.long)
     if ragged:
         for row in range(batch):
             mask[row, : row * max(1, length // (4 * batch))] = 0
     ids = ids.masked_fill(mask == 0, 0)
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+    return {"input_ids": ids.to(tte.device), "attention_mask": mask.to(tte.device)}
 
 
 @torch.inference_mode()
 def bench_embed(tte: UnifiedTTE, decoder: Decoder, context: int, batch: int, repeats: int) -> dict:
     """One embedding-token step on a cache holding ``context`` tokens vs a forward over context + 1."""
     device = tte.device
-    prompts = _random_prompts(batch, context, device, seed=context, ragged=False)
+    prompts = random_prompts(tte, batch, context, seed=context, ragged=False)
     emb = torch.full((batch, 1), tte.embed_token_id, device=device)
     steps = repeats + 2  # warm-up + repeats, each at the next cache slot
     cache = decoder.new_cache(batch, context + steps)
@@ -103,8 +100,8 @@ def bench_embed(tte: UnifiedTTE, decoder: Decoder, context: int, batch: int, rep
         ).last_hidden_state
         pool_normalize(hidden, full["attention_mask"])
 
-    step_s = _median_seconds(embed_step, device, repeats)
-    full_s = _median_seconds(re_encode, device, repeats)
+    step_s = harness.median_seconds(embed_step, device, repeats)
+    full_s = harness.median_seconds(re_encode, device, repeats)
     return {
         "context": context,
         "batch": batch,
@@ -120,7 +117,7 @@ def bench_decode(
 ) -> dict:
     """Tokens per second of the decode loop and of HF generate, every row decoding ``new_tokens``."""
     device = tte.device
-    prompts = _random_prompts(batch, prompt_len, device, seed=1, ragged=True)
+    prompts = random_prompts(tte, batch, prompt_len, seed=1, ragged=True)
     options = DecodeOptions(max_think_tokens=new_tokens, pad_token_id=tte.pad_token_id)  # no EOS: full budget
     hf_config = copy.deepcopy(tte.hf_model.generation_config)
     hf_config.eos_token_id = None
@@ -135,8 +132,8 @@ def bench_decode(
             **prompts, generation_config=hf_config, max_new_tokens=new_tokens, do_sample=False
         )
 
-    ours_s = _median_seconds(ours, device, repeats)
-    hf_s = _median_seconds(hf, device, repeats)
+    ours_s = harness.median_seconds(ours, device, repeats)
+    hf_s = harness.median_seconds(hf, device, repeats)
     hf_tokens = results["hf"][:, prompt_len:]
     same = sum(int(a.tolist() == b.tolist()) for a, b in zip(results["ours"].generated, hf_tokens))
     total = batch * new_tokens
@@ -157,20 +154,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--model", default=None, help="checkpoint folder (default: built-in tiny model)")
     parser.add_argument("--model-type", default="qwen2", help="tiny fixture type when --model is not given")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    harness.add_common_args(parser, repeats=5)
     parser.add_argument("--contexts", type=int, nargs="+", default=[256, 1024])
     parser.add_argument("--embed-batch", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the decode step (CUDA graphs on GPU)"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--skip", choices=["embed", "decode"], default=None)
-    parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -182,44 +176,50 @@ def main(argv: list[str] | None = None) -> None:
             from tte_fast.testing import build_tiny_checkpoint
 
             path = build_tiny_checkpoint(args.model_type, tmp)
-        tte = UnifiedTTE.from_pretrained(path, dtype=getattr(torch, args.dtype), device=device)
+        tte = UnifiedTTE.from_pretrained(path, dtype=harness.DTYPES[args.dtype], device=device)
     decoder = Decoder(tte.hf_model, compile=args.compile)
     name = args.model or f"tiny {args.model_type} (random weights)"
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     threads = torch.get_num_threads()
-    print(f"model: {name}, {args.dtype} on {device_name}, compile={args.compile}, threads={threads}")
-    versions = f"torch {torch.__version__}, transformers {transformers.__version__}"
+    print(
+        f"model: {name}, {args.dtype} on {harness.device_name(device)}, compile={args.compile}, "
+        f"threads={threads}"
+    )
+    versions = ", ".join(f"{k} {v}" for k, v in harness.versions().items() if k in ("torch", "transformers"))
     print(f"times: median of {args.repeats} runs after a warm-up; {versions}")
 
-    report = {
-        "config": {k: v for k, v in vars(args).items() if k != "json"},
-        "device_name": device_name,
-        "versions": versions,
-    }
+    report = {}
     if args.skip != "embed":
         rows = [bench_embed(tte, decoder, c, args.embed_batch, args.repeats) for c in args.contexts]
         report["embed"] = rows
-        print(f"\nembed after thinking, batch {args.embed_batch}: cache step vs re-encode of query + trace")
-        print(f"{'context':>8} {'embed step ms':>14} {'re-encode ms':>13} {'speedup':>8}")
-        for r in rows:
-            print(
-                f"{r['context']:>8} {r['embed_step_ms']:>14.2f} {r['re_encode_ms']:>13.2f}"
-                f" {r['speedup']:>7.1f}x"
-            )
+        harness.print_table(
+            ("context", "embed step ms", "re-encode ms", "speedup"),
+            [
+                (
+                    r["context"],
+                    f"{r['embed_step_ms']:.2f}",
+                    f"{r['re_encode_ms']:.2f}",
+                    f"{r['speedup']:.1f}x",
+                )
+                for r in rows
+            ],  # fmt: skip
+            title=f"embed after thinking, batch {args.embed_batch}: cache step vs re-encode of query + trace",
+        )
     if args.skip != "decode":
         r = bench_decode(tte, decoder, args.batch_size, args.prompt_tokens, args.new_tokens, args.repeats)
         report["decode"] = r
-        print(
-            f"\ndecode, batch {r['batch']}, {r['new_tokens']} new tokens,"
-            f" prompts of at most {r['prompt_tokens']} tokens"
+        harness.print_table(
+            ("path", "tokens/s", "ratio"),
+            [
+                ("HF generate", f"{r['hf_tok_s']:.1f}", "1.00x"),
+                ("tte_fast", f"{r['ours_tok_s']:.1f}", f"{r['speedup']:.2f}x"),
+            ],
+            title=(
+                f"decode, batch {r['batch']}, {r['new_tokens']} new tokens, "
+                f"prompts of at most {r['prompt_tokens']} tokens"
+            ),
         )
-        print(f"{'path':>12} {'tokens/s':>10} {'ratio':>6}")
-        print(f"{'HF generate':>12} {r['hf_tok_s']:>10.1f} {1.0:>5.2f}x")
-        print(f"{'tte_fast':>12} {r['ours_tok_s']:>10.1f} {r['speedup']:>5.2f}x")
         print(f"greedy rows identical to HF generate: {r['rows_identical']}")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
+    harness.save_report(args, report)
 
 
 if __name__ == "__main__":

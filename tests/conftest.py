@@ -1,5 +1,5 @@
 """Shared fixtures: tiny random-weight checkpoints, built once per session and loaded back
-through the project's own loading code."""
+through the project's own loading code. Plain helpers (image builders, assertions) are in helpers.py."""
 
 from __future__ import annotations
 
@@ -37,3 +37,11 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, str]:
             return self[model_type]
 
     return _Lazy()
+
+
+@pytest.fixture(scope="module")
+def vl_model(tiny_checkpoints):
+    """A tiny Qwen2-VL UnifiedTTE on CPU, loaded once per module (tests must not change it)."""
+    from tte_fast.model import UnifiedTTE
+
+    return UnifiedTTE.from_pretrained(tiny_checkpoints["qwen2_vl"], device="cpu")

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from helpers import random_image
 from torch._dynamo.utils import counters
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
@@ -17,10 +16,6 @@ NEW_TOKENS = 8
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _image(h: int, w: int, seed: int) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
 
 
 @pytest.fixture(scope="module", params=TINY_MODEL_TYPES)
@@ -58,7 +53,7 @@ def loaded(request, tiny_checkpoints):
         texts = [
             processor.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in messages
         ]
-        images = [_image(60, 90, 0), _image(120, 44, 1)]
+        images = [random_image(0, 60, 90), random_image(1, 120, 44)]
         batch = processor(text=texts, images=images, padding=True, padding_side="left", return_tensors="pt")
     batch = dict(batch)
     model.eval()

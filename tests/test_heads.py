@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import random_image
 from PIL import Image
 
 from tte_fast.heads import HEAD_CONFIG_NAME, HEAD_WEIGHTS_NAME, TTEUHead, find_decoder
@@ -42,10 +43,6 @@ def loaded(tiny_checkpoints):
     return get
 
 
-def _random_image(rng, height, width):
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
-
-
 def batch_inputs(model_type, processor, seed=0):
     """Three left-padded prompts of different lengths; Qwen-VL rows carry images of different sizes."""
     rng = np.random.default_rng(seed)
@@ -58,7 +55,7 @@ def batch_inputs(model_type, processor, seed=0):
             for t in texts
         ]
         return processor(prompts, return_tensors="pt", padding=True)
-    images = [_random_image(rng, 60, 90), _random_image(rng, 120, 50)]
+    images = [random_image(rng, 60, 90), random_image(rng, 120, 50)]
     contents = [
         [{"type": "image"}, {"type": "text", "text": texts[0]}],
         [{"type": "image"}, {"type": "text", "text": texts[1]}],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import assert_rel_close
 from kernel_cases import on_every_backend, poison_empty
 
 from tte_fast import kernels
@@ -35,12 +36,6 @@ def random_mask(batch: int, length: int, padding: str) -> torch.Tensor:
     return mask
 
 
-def assert_close(actual, expected, tol, what):
-    err = (actual.detach().cpu().double() - expected).abs().max().item()
-    scale = max(expected.abs().max().item(), 1e-3)
-    assert err <= tol * scale, f"{what}: relative error {err / scale:.3g} > {tol:.3g}"
-
-
 @on_every_backend
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("padding", ["left", "right", "mixed"])
@@ -57,9 +52,9 @@ def test_pool_normalize_matches_reference(backend, device, dtype, padding, batch
     expected = pool_normalize_reference(hidden64, mask)
     expected.backward(upstream)
     # Output: hidden values are exact in fp32, so only the fp32 normalisation rounds.
-    assert_close(out.detach(), expected.detach(), OUTPUT_TOLERANCE, "output")
+    assert_rel_close(out.detach(), expected.detach(), OUTPUT_TOLERANCE, "output")
     assert hidden.grad.dtype == dtype and hidden.grad.shape == hidden.shape
-    assert_close(hidden.grad, hidden64.grad, GRAD_TOLERANCE[dtype], "grad")
+    assert_rel_close(hidden.grad, hidden64.grad, GRAD_TOLERANCE[dtype], "grad")
     pooled = torch.zeros(batch, length, dtype=torch.bool)
     pooled[torch.arange(batch), last_token_index_reference(mask)] = True
     assert (hidden.grad.cpu()[~pooled] == 0).all(), "gradient leaked onto non-pooled positions"
@@ -109,7 +104,7 @@ def test_strided_and_float64_hidden(backend, device):
         mask_t[:, -1] = 1  # keep every row non-empty after slicing
         out = kernels.pool_normalize(hidden, mask_t, backend=backend)
         expected = pool_normalize_reference(hidden.cpu().double(), mask_t.cpu())
-        assert_close(out, expected, OUTPUT_TOLERANCE, f"stride {hidden.stride()}")
+        assert_rel_close(out, expected, OUTPUT_TOLERANCE, f"stride {hidden.stride()}")
 
 
 @on_every_backend
@@ -122,7 +117,7 @@ def test_poisoned_allocations_are_overwritten(backend, device, monkeypatch):
     monkeypatch.undo()
     assert torch.isfinite(out).all() and torch.isfinite(hidden.grad).all()
     expected = pool_normalize_reference(hidden.detach().cpu().double(), mask)
-    assert_close(out, expected, OUTPUT_TOLERANCE, "output")
+    assert_rel_close(out, expected, OUTPUT_TOLERANCE, "output")
 
 
 @on_every_backend
@@ -132,4 +127,4 @@ def test_bool_and_float_masks(backend, device):
     expected = pool_normalize_reference(hidden.cpu().double(), mask)
     for variant in (mask.bool(), mask.float(), mask.int()):
         out = kernels.pool_normalize(hidden, variant.to(device), backend=backend)
-        assert_close(out, expected, OUTPUT_TOLERANCE, f"mask dtype {variant.dtype}")
+        assert_rel_close(out, expected, OUTPUT_TOLERANCE, f"mask dtype {variant.dtype}")

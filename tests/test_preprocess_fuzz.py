@@ -1,10 +1,11 @@
 """Fuzzing the C++ preprocessing: random shapes, dtypes, channel counts, strides, pixel budgets and
 bytes. Every input either gives exactly the HF result or raises ValueError/TypeError naming the
-image; nothing crashes (a crash would take the test process down)."""
+input; nothing crashes (a crash would take the test process down)."""
 
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import PIL.Image
@@ -70,7 +71,8 @@ def test_random_arrays_match_hf_or_raise_clearly(array, budget, threads):
         try:
             ours([np.zeros((28, 28, 3), np.uint8), array], num_threads=threads)
         except (ValueError, TypeError) as error:
-            assert "image 1" in str(error)
+            # Loading checks name the input; the C++ core's resize limits (aspect ratio) the image.
+            assert str(error).startswith(("input 1: ", "image 1: "))
             return
         raise AssertionError(f"accepted an invalid image: shape {array.shape}, dtype {array.dtype}")
     hwc = np.atleast_3d(_channels_last(array))
@@ -115,7 +117,7 @@ def test_random_and_damaged_bytes_decode_or_raise_clearly(data):
         try:
             ImageProcessor()(data)
         except ValueError as error:
-            assert str(error).startswith("image 0: cannot decode")
+            assert re.match("input 0: (cannot read image|image bytes are empty)", str(error))
             return
         raise AssertionError("undecodable bytes were accepted")
     try:
@@ -123,7 +125,7 @@ def test_random_and_damaged_bytes_decode_or_raise_clearly(data):
     except ValueError:  # e.g. an aspect ratio over 200 after damage to the header
         reference = None
     if reference is None:
-        with pytest.raises(ValueError, match="image 0"):
+        with pytest.raises(ValueError, match="(input|image) 0: "):
             ImageProcessor()(data)
         return
     got = ImageProcessor()(data)

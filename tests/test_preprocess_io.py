@@ -13,6 +13,7 @@ import time
 import numpy as np
 import PIL.Image
 import pytest
+from helpers import assert_same_features, encode_image, random_image
 from transformers import AutoTokenizer, Qwen2VLImageProcessorPil
 
 from tte_fast import _C
@@ -23,35 +24,19 @@ from tte_fast.processing import build_processor, default_image_processor
 from tte_fast.testing import qwen_tokenizer_dir
 
 
-def _image(seed=0, height=60, width=80, mode="RGB") -> PIL.Image.Image:
-    array = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    return PIL.Image.fromarray(array).convert(mode)
-
-
-def _encode(image: PIL.Image.Image, fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
-def _same(a, b):
-    np.testing.assert_array_equal(a["image_grid_thw"], b["image_grid_thw"])
-    np.testing.assert_array_equal(a["pixel_values"], b["pixel_values"])
-
-
 @pytest.mark.parametrize(
     "fmt,mode", [("JPEG", "RGB"), ("PNG", "RGB"), ("PNG", "RGBA"), ("PNG", "P"), ("JPEG", "L")]
 )
 def test_bytes_and_paths_decode_like_pillow(tmp_path, fmt, mode):
-    data = _encode(_image(1, 90, 70, mode), fmt)
+    data = encode_image(random_image(1, 90, 70, mode), fmt)
     path = tmp_path / f"image.{fmt.lower()}"
     path.write_bytes(data)
     expected = Qwen2VLImageProcessorPil()(PIL.Image.open(io.BytesIO(data)))
     processor = ImageProcessor()
     lazy = PIL.Image.open(io.BytesIO(data))  # not decoded yet
     for source in (data, bytearray(data), memoryview(data), str(path), path, lazy):
-        _same(processor(source), expected)
-    _same(
+        assert_same_features(processor(source), expected)
+    assert_same_features(
         processor([data, str(path), data], num_threads=3),
         Qwen2VLImageProcessorPil()([PIL.Image.open(path)] * 3),
     )
@@ -60,21 +45,25 @@ def test_bytes_and_paths_decode_like_pillow(tmp_path, fmt, mode):
 @pytest.mark.parametrize(
     "images,error,pattern",
     [
-        ([np.zeros((4, 4, 3), np.uint8), np.zeros((0, 5, 3), np.uint8)], ValueError, "image 1: .*zero size"),
-        ([np.zeros((4, 4, 3), np.float32)], TypeError, "image 0: .*uint8.*float32"),
-        ([np.zeros((4, 4, 3), np.uint8), np.zeros((8, 8, 2), np.uint8)], ValueError, "image 1: .*channels"),
-        ([np.zeros((2, 2, 2, 2, 2), np.uint8)], ValueError, "image 0: .*shape"),
+        ([np.zeros((4, 4, 3), np.uint8), np.zeros((0, 5, 3), np.uint8)], ValueError, "input 1: .*zero size"),
+        ([np.zeros((4, 4, 3), np.float32)], TypeError, "input 0: .*uint8.*float32"),
+        ([np.zeros((4, 4, 3), np.uint8), np.zeros((8, 8, 2), np.uint8)], ValueError, "input 1: .*channels"),
+        ([np.zeros((2, 2, 2, 2, 2), np.uint8)], ValueError, "input 0: .*shape"),
         (
             [np.zeros((4, 4, 3), np.uint8)] * 2 + [np.zeros((2, 500, 3), np.uint8)],
             ValueError,
             "image 2: .*aspect",
         ),
-        ([b"not an image at all"], ValueError, "image 0: cannot decode"),
-        ([_encode(_image(), "PNG")[:40]], ValueError, "image 0: cannot decode"),
-        ([np.zeros((4, 4, 3), np.uint8), "/no/such/file.png"], FileNotFoundError, "image 1: no such image"),
-        (["https://example.com/a.png"], ValueError, "image 0: URLs are not fetched"),
-        ([3.5], TypeError, "image 0: expected a PIL image"),
-        ([_image().convert("RGB").convert("La")], ValueError, "image 0: cannot convert mode 'La'"),
+        ([b"not an image at all"], ValueError, "input 0: cannot read image from bytes"),
+        (
+            [encode_image(random_image(0, 60, 80), "PNG")[:40]],
+            ValueError,
+            "input 0: cannot read image from bytes",
+        ),
+        ([np.zeros((4, 4, 3), np.uint8), "/no/such/file.png"], ValueError, "input 1: image file not found"),
+        (["https://example.com/a.png"], ValueError, "input 0: URLs are not fetched"),
+        ([3.5], TypeError, "input 0: image must be a PIL image"),
+        ([random_image(0, 60, 80, "La")], ValueError, "input 0: cannot convert mode 'La'"),
         ([], ValueError, "no images"),
     ],
 )
@@ -84,7 +73,7 @@ def test_bad_inputs_raise_naming_the_image(images, error, pattern):
 
 
 def test_bad_settings_raise_clearly():
-    image = _image()
+    image = random_image(0, 60, 80)
     with pytest.raises(ValueError, match="num_threads"):
         ImageProcessor()(image, num_threads=0)
     with pytest.raises(TypeError, match="unexpected image processor arguments"):
@@ -126,9 +115,9 @@ def test_save_pretrained_is_readable_by_hf(tmp_path):
         assert json.load(f)["image_processor_type"] == "Qwen2VLImageProcessor"
     hf = Qwen2VLImageProcessorPil.from_pretrained(tmp_path)
     again = ImageProcessor.from_pretrained(tmp_path)
-    image = _image(2, 300, 100)
-    _same(ours(image), hf(image))
-    _same(again(image), hf(image))
+    image = random_image(2, 300, 100)
+    assert_same_features(ours(image), hf(image))
+    assert_same_features(again(image), hf(image))
     assert again.size == ours.size and again.merge_size == ours.merge_size
 
 
@@ -137,8 +126,8 @@ def test_from_pretrained_checkpoint_matches_hf(tiny_checkpoints, model_type):
     path = tiny_checkpoints[model_type]
     ours = default_image_processor(path)
     assert isinstance(ours, ImageProcessor)
-    images = [_image(3, 200, 130), _image(4, 31, 77, "L")]
-    _same(ours(images), Qwen2VLImageProcessorPil.from_pretrained(path)(images))
+    images = [random_image(3, 200, 130), random_image(4, 31, 77, "L")]
+    assert_same_features(ours(images), Qwen2VLImageProcessorPil.from_pretrained(path)(images))
 
 
 @pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
@@ -153,7 +142,7 @@ def test_inside_the_hf_qwen_vl_processor(model_type):
         "<|vision_start|><|image_pad|><|vision_end|>What is shown?",
         "two <|vision_start|><|image_pad|><|vision_end|>",
     ]
-    images = [_image(5, 150, 90), _image(6, 40, 300)]
+    images = [random_image(5, 150, 90), random_image(6, 40, 300)]
     got = ours(text=text, images=images, padding=True, return_tensors="pt")
     expected = reference(text=text, images=images, padding=True, return_tensors="pt")
     assert set(got.keys()) == set(expected.keys())
@@ -227,7 +216,7 @@ HAS_ARROW_EXPORT = hasattr(PIL.Image.Image, "__arrow_c_array__")
 @pytest.mark.skipif(not HAS_ARROW_EXPORT, reason="Pillow < 11.2 has no Arrow export")
 @pytest.mark.parametrize("mode", ["RGB", "L"])
 def test_arrow_view_is_the_image_memory(mode):
-    image = _image(8, 37, 53, mode)
+    image = random_image(8, 37, 53, mode)
     expected = np.asarray(image).copy()
     view = arrow_image_view(image)
     assert not view.flags.owndata
@@ -242,7 +231,7 @@ def test_arrow_view_is_the_image_memory(mode):
 
 
 def test_pixels_fall_back_to_a_copy_when_the_export_fails(monkeypatch):
-    image = _image(9, 20, 30)
+    image = random_image(9, 20, 30)
     expected = np.asarray(image).copy()
 
     def refuse(*args, **kwargs):
@@ -250,4 +239,4 @@ def test_pixels_fall_back_to_a_copy_when_the_export_fails(monkeypatch):
 
     monkeypatch.setattr(PIL.Image.Image, "__arrow_c_array__", refuse, raising=False)
     np.testing.assert_array_equal(pil_to_array(image), expected)
-    _same(ImageProcessor()(image), Qwen2VLImageProcessorPil()(image))
+    assert_same_features(ImageProcessor()(image), Qwen2VLImageProcessorPil()(image))

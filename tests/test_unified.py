@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import StopFirstRow
 
 from tte_fast.inputs import load_image
 from tte_fast.model import UnifiedTTE
@@ -137,27 +138,11 @@ def test_think_returns_traces_in_order(setup):
     assert traces == batched.traces
 
 
-class _StopFirstRow(torch.nn.Module):
-    """LM head wrapper that makes batch row 0 emit ``stop`` at decode call ``at``: a per-row early stop
-    (tiny random models never emit EOS). The embedding path reads hidden states, never these logits."""
-
-    def __init__(self, head: torch.nn.Module, stop: int, at: int):
-        super().__init__()
-        self.head, self.stop, self.at, self.calls = head, stop, at, 0
-
-    def forward(self, hidden):
-        logits = self.head(hidden)
-        if self.calls == self.at:
-            logits[0, self.stop] = logits.max() + 100.0
-        self.calls += 1
-        return logits
-
-
 def test_row_stopped_early_embeds_its_own_sequence(setup, monkeypatch):
     """One row stops on EOS while the others decode on: what the batch decodes after its stop never
     reaches its embedding, and its positions stay contiguous (it equals the re-encode)."""
     _, model, inputs, batched = setup
-    forced = _StopFirstRow(model.decoder.lm_head, model.eos_token_ids[0], at=2)
+    forced = StopFirstRow(model.decoder.lm_head, model.eos_token_ids[0], at=2)
     monkeypatch.setattr(model.decoder, "lm_head", forced)
     result = model.encode(inputs, max_think_tokens=THINK, batch_size=3)
     shorter = [i for i in range(len(inputs)) if len(result.sequences[i]) < len(batched.sequences[i])]

@@ -62,6 +62,12 @@ class ImageProcessor(Qwen2VLImageProcessorPil):
     or CxHxW when the last axis cannot be channels; ``input_data_format`` forces a layout), encoded
     bytes or a file path, or (nested) lists of these.
 
+    Images are checked, decoded and made RGB by ``tte_fast.image_io``, as ``encode`` does: a bad
+    one raises ``tte_fast.inputs.InputError`` (a ValueError; ``InputTypeError`` is also a TypeError)
+    whose ``index`` is its position in the flattened list. Errors of the resize itself (an aspect
+    ratio over 200, sides not a multiple of patch_size without resizing) come from the C++ core
+    and name "image N".
+
     Where it differs from HF on purpose: it also takes bytes, paths and 2-D arrays; an array whose
     first and last axes could both be channels is read channels-last (HF guesses channels-first);
     unknown arguments, a zero ``image_std`` and float arrays raise instead of being accepted.

@@ -1,0 +1,64 @@
+"""Plain helpers shared by the test modules: small image builders and assertions.
+
+pytest puts tests/ on sys.path, so test modules import these as ``from helpers import ...``;
+fixtures live in conftest.py, the kernel backends every kernel test runs on in kernel_cases.py.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import PIL.Image
+import torch
+
+
+def random_pixels(seed, height: int, width: int, channels: int | None = 3) -> np.ndarray:
+    """Random uint8 pixels, HxWxC (HxW when ``channels`` is None); ``seed`` is an int or a
+    numpy Generator (then successive calls draw different images)."""
+    shape = (height, width) if channels is None else (height, width, channels)
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def random_image(seed, height: int, width: int, mode: str = "RGB") -> PIL.Image.Image:
+    """A random RGB image converted to ``mode``."""
+    return PIL.Image.fromarray(random_pixels(seed, height, width)).convert(mode)
+
+
+def encode_image(image: PIL.Image.Image, fmt: str, **save_options) -> bytes:
+    """The image encoded as ``fmt`` (PNG, JPEG, ...) bytes."""
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **save_options)
+    return buffer.getvalue()
+
+
+def assert_same_features(ours, reference) -> None:
+    """Two image processor outputs are identical: the same grids and the same float32 bytes."""
+    assert ours["pixel_values"].dtype == np.float32
+    np.testing.assert_array_equal(ours["image_grid_thw"], reference["image_grid_thw"])
+    np.testing.assert_allclose(ours["pixel_values"], reference["pixel_values"], rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(ours["pixel_values"], reference["pixel_values"])  # the same bytes
+
+
+def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str) -> None:
+    """max |actual - expected| within ``tol`` of expected's largest magnitude (floored at 1e-3, and
+    at 1 for a scalar such as a loss), compared in float64."""
+    scale = expected.abs().max().clamp_min(1.0 if expected.dim() == 0 else 1e-3)
+    err = ((actual.detach().cpu().double() - expected.double()).abs().max() / scale).item()
+    assert err <= tol, f"{what}: relative error {err:.3g} > {tol:.3g}"
+
+
+class StopFirstRow(torch.nn.Module):
+    """LM head wrapper that makes batch row 0 emit ``stop`` at decode call ``at``: a per-row early stop
+    (tiny random models never emit EOS). The embedding path reads hidden states, never these logits."""
+
+    def __init__(self, head: torch.nn.Module, stop: int, at: int):
+        super().__init__()
+        self.head, self.stop, self.at, self.calls = head, stop, at, 0
+
+    def forward(self, hidden):
+        logits = self.head(hidden)
+        if self.calls == self.at:
+            logits[0, self.stop] = logits.max() + 100.0
+        self.calls += 1
+        return logits

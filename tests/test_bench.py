@@ -1,0 +1,54 @@
+"""The benchmark scripts in bench/ run end to end on the tiny models (smoke tests, no timings checked)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+from tte_fast.generate import Decoder
+from tte_fast.model import UnifiedTTE
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+BENCH_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "bench")
+
+
+def _bench_module(name: str):
+    """A bench script loaded as a module (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(BENCH_DIR, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_unified_runs(tmp_path):
+    bench = _bench_module("unified")
+    out = tmp_path / "unified.json"
+    args = ["--contexts", "40", "--batch-size", "2", "--prompt-tokens", "12", "--new-tokens", "3"]
+    bench.main([*args, "--repeats", "1", "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert report["embed"][0]["context"] == 40 and report["embed"][0]["speedup"] > 0
+    assert report["decode"]["rows_identical"] == "2/2"
+
+
+def test_bench_embed_on_a_growing_cache(tiny_checkpoints):
+    """The flash-attn layout (growing cache, exact-width mask) runs through the embed benchmark too."""
+    bench = _bench_module("unified")
+    model = UnifiedTTE.from_pretrained(tiny_checkpoints["qwen2"], device="cpu")
+    row = bench.bench_embed(model, Decoder(model.hf_model, static_cache=False), 24, 2, 1)
+    assert row["embed_step_ms"] > 0
+
+
+def test_bench_prompts_fit_a_small_vocabulary(tiny_checkpoints):
+    """Random prompt ids come from the model's own vocabulary: a model with fewer than 100,000 tokens
+    (SmolLM2 has 49,152) embeds them without an index error, and no special token is drawn."""
+    bench = _bench_module("unified")
+    model = UnifiedTTE.from_pretrained(tiny_checkpoints["qwen2"], device="cpu")
+    model.hf_model.resize_token_embeddings(5000, mean_resizing=False)
+    prompts = bench.random_prompts(model, 4, 256, seed=0, ragged=True)
+    assert int(prompts["input_ids"].max()) < 5000
+    model.hf_model(**prompts)
+    assert not set(model.tokenizer.all_special_ids) & set(bench.prompt_token_ids(model).tolist())

@@ -38,6 +38,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
         ({"text": 3}, InputTypeError, "input 1: 'text' must be a str"),
         (42, InputTypeError, "input 1: expected a str or a dict"),
         ("x " * 5000, InputError, "input 1: prompt of \\d+ tokens plus \\d+ generated tokens exceeds"),
+        # Checked at load, so the error names the input, not the image's place in its batch.
+        ({"image": random_pixels(0, 2, 500)}, InputError, "input 1: image aspect ratio 250.0"),
     ],
 )
 def test_bad_input_names_its_index(vl_model, bad, error, words):

@@ -37,6 +37,10 @@ class InputTypeError(InputError, TypeError):
     """An input (or part of it) of the wrong type."""
 
 
+# Qwen-VL smart_resize refuses longer sides over 200 times the shorter (HF and the C++ core alike).
+MAX_ASPECT_RATIO = 200
+
+
 def flatten_images(images) -> list:
     """One flat list of images from a single image or (nested) lists/tuples of them, as HF does;
     a 4-D array or tensor is a batch of images."""
@@ -177,12 +181,21 @@ def _to_rgb(index: int, image: PIL.Image.Image, keep_grey: bool = False) -> PIL.
 
 
 def load_image(index: int, image) -> PIL.Image.Image:
-    """Any accepted image as an RGB PIL image (what ``encode`` hands the processor)."""
+    """Any accepted image as an RGB PIL image (what ``encode`` hands the processor). Its aspect
+    ratio is checked here, so the error names the input rather than its place in a batch."""
     opened = _open(index, image)
     if isinstance(opened, PIL.Image.Image):
-        return _to_rgb(index, opened)
-    grey = opened.ndim == 3 and opened.shape[-1] == 1
-    return to_rgb(PIL.Image.fromarray(opened[:, :, 0] if grey else opened))
+        rgb = _to_rgb(index, opened)
+    else:
+        grey = opened.ndim == 3 and opened.shape[-1] == 1
+        rgb = to_rgb(PIL.Image.fromarray(opened[:, :, 0] if grey else opened))
+    ratio = max(rgb.size) / min(rgb.size)
+    if ratio > MAX_ASPECT_RATIO:
+        raise InputError(
+            index,
+            f"image aspect ratio {ratio:.1f} ({rgb.width}x{rgb.height}) exceeds Qwen-VL's {MAX_ASPECT_RATIO}",
+        )
+    return rgb
 
 
 def pil_to_array(image: PIL.Image.Image) -> np.ndarray:

@@ -67,16 +67,16 @@ def test_compiled_step_meets_only_bucketed_shapes(text_model):
     assert compiled.shapes.seen == keys
 
 
-def test_a_shape_past_the_recompile_limit_warns(text_model, monkeypatch):
+def test_a_shape_past_the_recompile_limit_warns(text_model):
     torch._dynamo.reset()
     decoder = Decoder(text_model.hf_model, compile=CompileCounter())
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
     options = DecodeOptions(max_think_tokens=2, eos_token_ids=text_model.eos_token_ids)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        decoder.decode(prompts(text_model, ["one"]), options)
-    with pytest.warns(RuntimeWarning, match="run eagerly"):
-        decoder.decode(prompts(text_model, ["one", "two"]), options)
+    with torch._dynamo.config.patch(recompile_limit=1):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            decoder.decode(prompts(text_model, ["one"]), options)
+        with pytest.warns(RuntimeWarning, match="run eagerly"):
+            decoder.decode(prompts(text_model, ["one", "two"]), options)
 
 
 def test_alternating_batch_sizes_reuse_their_caches_and_release_frees_them(text_model):
@@ -95,10 +95,11 @@ def test_alternating_batch_sizes_reuse_their_caches_and_release_frees_them(text_
 
 
 def test_release_memory_frees_the_models_caches(text_model):
-    text_model.encode(["hello"], think=True, max_think_tokens=2)
-    assert len(text_model.decoder.caches) > 0
+    text_model.encode(["hello"], think=True, max_think_tokens=2, scheduler="static")
+    text_model.encode(["hello"], think=True, max_think_tokens=2, scheduler="continuous")
+    assert len(text_model.decoder.caches) > 0 and text_model._engine is not None
     text_model.release_memory()
-    assert len(text_model.decoder.caches) == 0
+    assert len(text_model.decoder.caches) == 0 and text_model._engine is None
 
 
 def _image(seed: int) -> np.ndarray:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 import torch
 from tqdm.auto import tqdm
 
+from tte_fast.engine import Engine, run_requests
 from tte_fast.generate import DecodeOptions, Decoder, model_inputs, prefill_position_ids
 from tte_fast.inputs import EmbedInput, InputError, as_input_list, check_input, load_input
 from tte_fast.loading import build_head, default_attention, load_backbone, resolve_device, resolve_dtype
@@ -24,6 +25,7 @@ from tte_fast.prompts import PromptConfig, check_side, render_prompt
 from tte_fast.tte_config import TTEConfig
 
 ON_ERROR = ("raise", "skip")
+SCHEDULERS = ("continuous", "static")
 # The decode options a caller sets (DecodeOptions' other fields come from the checkpoint).
 GENERATION_OPTIONS = (
     "max_think_tokens",
@@ -80,6 +82,7 @@ class UnifiedTTE:
         self.decoder = Decoder(hf_model, compile=compile)
         # One encode / think at a time: they share the decoder's caches and the head's capture hooks.
         self._lock = threading.RLock()
+        self._engine: Engine | None = None
         self.context_length = getattr(hf_model.config.get_text_config(), "max_position_embeddings", None)
 
     # ----------------------------------------------------------------------------------- loading
@@ -154,6 +157,7 @@ class UnifiedTTE:
         side: str = "query",
         progress: bool | None = None,
         on_error: str = "raise",
+        scheduler: str = "continuous",
         **generation,
     ) -> EncodeResult:
         """Embed ``inputs``, thinking first where asked; results in input order.
@@ -173,6 +177,10 @@ class UnifiedTTE:
             progress: show a progress bar (None: when there are more than 4 batches).
             on_error: ``"raise"`` stops at the first bad input (``InputError`` naming its index);
                 ``"skip"`` embeds the rest, leaves zero rows and lists messages in ``result.errors``.
+            scheduler: how thinking inputs are batched: ``"continuous"`` (``batch_size`` slots, an
+                input enters as soon as another finishes: ``tte_fast.engine``) or ``"static"``
+                (batches of ``batch_size`` decode until their longest trace ends). The TTE_u head
+                always embeds in static batches.
             **generation: decode options, see :meth:`decode_options`: ``max_answer_tokens`` (answer
                 budget after ``</think>``), ``do_sample``, ``temperature``, ``top_k``, ``top_p`` and
                 ``seed`` (the same seed and input give the same sampled trace in any batch).
@@ -196,14 +204,34 @@ class UnifiedTTE:
         """
         with self._lock:
             return self._encode(
-                inputs, think, max_think_tokens, batch_size, traces, side, progress, on_error, generation
+                inputs,
+                think,
+                max_think_tokens,
+                batch_size,
+                traces,
+                side,
+                progress,
+                on_error,
+                scheduler,
+                generation,
             )
 
     def _encode(
-        self, inputs, think, max_think_tokens, batch_size, traces, side, progress, on_error, generation
+        self,
+        inputs,
+        think,
+        max_think_tokens,
+        batch_size,
+        traces,
+        side,
+        progress,
+        on_error,
+        scheduler,
+        generation,
     ):
         items, errors = self._check(inputs, on_error)
         check_side(side)
+        _check_scheduler(scheduler)
         if traces is not None:
             if think:
                 raise ValueError("pass either think=True or traces, not both")
@@ -221,7 +249,14 @@ class UnifiedTTE:
                 return self._think_and_embed(batch, options)
             return self._embed_prefill(batch), None, _unpadded(batch)
 
-        for indices, result in self._batches(items, errors, batch_size, progress, on_error, run, "encode"):
+        if thinking and scheduler == "continuous" and self.head is None:
+            for i, r in self._run_engine(
+                items, errors, batch_size, progress, on_error, options, side, True
+            ).items():
+                embeddings[i], sequences[i], out_traces[i] = r.embedding, r.sequence, r.trace
+            run = None
+        batches = self._batches(items, errors, batch_size, progress, on_error, run, "encode") if run else ()
+        for indices, result in batches:
             emb, batch_traces, seqs = result
             for j, i in enumerate(indices):
                 embeddings[i] = emb[j]
@@ -248,6 +283,7 @@ class UnifiedTTE:
         progress: bool | None = None,
         on_error: str = "raise",
         return_errors: bool = False,
+        scheduler: str = "continuous",
         **generation,
     ):
         """Reasoning traces (think prefix + generated text, stop token dropped) in input order.
@@ -255,8 +291,9 @@ class UnifiedTTE:
         Arguments as in :meth:`encode`. With ``on_error="skip"`` a failed input's trace is None;
         ``return_errors=True`` returns ``(traces, {index: message})`` instead of the traces alone."""
         options = self.decode_options(max_think_tokens=max_think_tokens, **generation)
+        _check_scheduler(scheduler)
         with self._lock:
-            traces, errors = self._think(inputs, options, batch_size, side, progress, on_error)
+            traces, errors = self._think(inputs, options, batch_size, side, progress, on_error, scheduler)
         return (traces, errors) if return_errors else traces
 
     def decode_options(self, **options) -> DecodeOptions:
@@ -278,14 +315,47 @@ class UnifiedTTE:
         )
 
     def release_memory(self) -> None:
-        """Free the decoder's static KV caches (kept between calls so batches reuse them)."""
+        """Free the KV caches of the decoder and the batching engine (kept between calls for reuse)."""
         self.decoder.release()
+        self._engine = None
 
-    def _think(self, inputs, options: DecodeOptions, batch_size, side, progress, on_error):
+    def engine(self, slots: int) -> Engine:
+        """The continuous-batching engine with ``slots`` slots (kept, and its cache, for reuse)."""
+        if self._engine is None or len(self._engine.slots) != slots:
+            self._engine = Engine(self, slots=slots)
+        return self._engine
+
+    def _run_engine(self, items, errors, slots, progress, on_error, options, side, embed) -> dict:
+        """{index: EngineResult} of the thinking inputs run through the engine."""
+        if not isinstance(slots, int) or isinstance(slots, bool) or slots < 1:
+            raise ValueError(f"batch_size must be a positive int, got {slots!r}")
+        order = [i for i, item in enumerate(items) if item is not None]
+        show = progress if progress is not None else len(order) > 4 * slots
+        desc = "encode" if embed else "think"
+        with tqdm(total=len(order), desc=desc, disable=not show, unit="input") as bar:
+            return run_requests(
+                self.engine(slots),
+                items,
+                order,
+                options,
+                side=side,
+                embed=embed,
+                on_error=on_error,
+                errors=errors,
+                bar=bar,
+            )
+
+    def _think(self, inputs, options: DecodeOptions, batch_size, side, progress, on_error, scheduler):
         """(traces in input order, {index: message} of the inputs that failed)."""
         items, errors = self._check(inputs, on_error)
         check_side(side)
         out: list[str | None] = [None] * len(items)
+        if scheduler == "continuous":
+            for i, r in self._run_engine(
+                items, errors, batch_size, progress, on_error, options, side, False
+            ).items():
+                out[i] = r.trace
+            return out, errors
 
         def run(batch_items, indices):
             batch = self._batch(batch_items, indices, side, True, None, options)
@@ -339,20 +409,24 @@ class UnifiedTTE:
 
     def _batch(self, items: list[EmbedInput], indices, side, think, traces, options) -> dict:
         """Tokenized, left-padded prompts on the model's device; prompts without thinking end in
-        the embedding token."""
+        the embedding token. ``side`` and ``options`` are one for all or a list (one per item);
+        ``traces`` (None, or indexable by input index) gives each input's trace."""
+        n = len(items)
+        sides = side if isinstance(side, list) else [side] * n
+        all_options = options if isinstance(options, list) else [options] * n
         with stage("preprocess"):
             owner = self.processor
             texts = [
                 render_prompt(
                     owner,
                     item,
-                    side,
+                    item_side,
                     think,
                     self.config.prompts,
                     self.vision,
                     trace=None if traces is None else traces[i],
                 )
-                for item, i in zip(items, indices)
+                for item, i, item_side in zip(items, indices, sides)
             ]
             if self.vision:
                 images = [item.image for item in items if item.image is not None]
@@ -367,9 +441,9 @@ class UnifiedTTE:
             if not think:
                 batch = _append_token(batch, self.embed_token_id)
             lengths = batch["attention_mask"].sum(-1).tolist()
-            budget = options.max_new_tokens + 1 if think else 0
             if self.context_length is not None:
-                for i, length in zip(indices, lengths):
+                for i, length, opts in zip(indices, lengths, all_options):
+                    budget = opts.max_new_tokens + 1 if think else 0
                     if length + budget > self.context_length:
                         raise InputError(
                             i,
@@ -468,6 +542,11 @@ def _append_token(batch: dict, token_id: int) -> dict:
 
 def _unpadded(batch: dict) -> list[torch.Tensor]:
     return [ids[mask.bool()] for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
+
+
+def _check_scheduler(scheduler: str) -> None:
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
 
 
 def _check_traces(traces, n: int) -> list[str]:

@@ -1,0 +1,161 @@
+"""The continuous-batching engine against static batches and HF: same traces, sequences and
+embeddings for every input whatever the slot count, arrival order and mix; slots reused at once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tte_fast.engine import Engine
+from tte_fast.inputs import InputError, check_input
+from tte_fast.model import UnifiedTTE
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ATOL = 1e-5
+
+
+def _image(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (36 + 10 * seed, 60, 3), dtype=np.uint8)
+
+
+INPUTS = [
+    "short",
+    {"image": _image(0), "text": "what is shown"},
+    "a rather longer text about several different things at once",
+    {"image": _image(1)},
+    "x",
+    {"image": _image(2), "text": "and this one", "instruction": "Find the caption."},
+]
+
+
+@pytest.fixture(scope="module", params=["qwen2_vl", "qwen2"])
+def model(request, tiny_checkpoints):
+    return UnifiedTTE.from_pretrained(tiny_checkpoints[request.param], device="cpu")
+
+
+def _inputs(model):
+    return INPUTS if model.vision else [x for x in INPUTS if isinstance(x, str)]
+
+
+@pytest.fixture(scope="module")
+def static(model):
+    return model.encode(_inputs(model), think=True, max_think_tokens=6, batch_size=8, scheduler="static")
+
+
+@pytest.mark.parametrize("slots", [1, 2, 5])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_engine_equals_static_batches(model, static, slots, reverse):
+    inputs = _inputs(model)
+    order = list(range(len(inputs)))[:: -1 if reverse else 1]
+    got = model.encode([inputs[i] for i in order], think=True, max_think_tokens=6, batch_size=slots)
+    for j, i in enumerate(order):
+        assert got.traces[j] == static.traces[i]
+        assert got.sequences[j].tolist() == static.sequences[i].tolist()
+        torch.testing.assert_close(got.embeddings[j], static.embeddings[i], atol=ATOL, rtol=0)
+
+
+def test_think_equals_static_and_per_request_budgets(model):
+    inputs = _inputs(model)
+    engine = Engine(model, slots=2)
+    budgets = [2, 7, 3, 1, 5, 4][: len(inputs)]
+    futures = [
+        engine.submit(check_input(i, x), model.decode_options(max_think_tokens=b), embed=False, index=i)
+        for i, (x, b) in enumerate(zip(inputs, budgets))
+    ]
+    engine.run_until_done()
+    for i, (x, b) in enumerate(zip(inputs, budgets)):
+        want = model.think([x], max_think_tokens=b, scheduler="static")[0]
+        result = futures[i].result()
+        assert result.trace == want and result.embedding is None
+        assert result.generated_tokens == b  # random weights never close </think> or stop
+
+
+def test_a_freed_slot_takes_the_next_request_at_once(model):
+    """One long request and three short ones on two slots: the short ones pass through the second
+    slot one after another while the long one still decodes."""
+    engine = Engine(model, slots=2)
+    inputs = ["a long one", "s1", "s2", "s3"]
+    budgets = [12, 2, 2, 2]
+    futures = [
+        engine.submit(check_input(i, x), model.decode_options(max_think_tokens=b), index=i)
+        for i, (x, b) in enumerate(zip(inputs, budgets))
+    ]
+    engine.run_until_done()
+    results = [f.result() for f in futures]
+    long_one = results[0]
+    for short in results[1:]:
+        assert short.finished_step < long_one.finished_step
+    assert results[3].admitted_step > 0  # it waited for a slot, and entered while the long one ran
+    # Each short request needs its first sample (prefill), one more token, its last-token feed and
+    # its embedding step: the engine finishes in the long request's own time, not 12 + 3 * 3 steps.
+    assert engine.steps == long_one.finished_step <= 12 + 2
+
+
+def test_stale_cache_columns_never_leak(model):
+    engine = Engine(model, slots=2)
+    options = model.decode_options(max_think_tokens=4)
+    clean = [engine.submit(check_input(0, x), options) for x in ("first", "second")]
+    engine.run_until_done()
+    for layer in range(len(engine.cache.keys)):  # garbage where earlier requests left their columns
+        engine.cache.keys[layer].normal_(0, 50)
+        engine.cache.values[layer].normal_(0, 50)
+    again = [engine.submit(check_input(0, x), options) for x in ("first", "second")]
+    engine.run_until_done()
+    for a, b in zip(clean, again):
+        assert a.result().trace == b.result().trace
+        torch.testing.assert_close(a.result().embedding, b.result().embedding, atol=ATOL, rtol=0)
+
+
+def test_the_engine_never_re_encodes(model):
+    """Every forward through the first decoder layer is an admission prefill or a one-token step
+    for all slots: thinking then embedding costs the prompts once plus one column per step."""
+    layer = model.hf_model.get_decoder().layers[0]
+    shapes = []
+    handle = layer.register_forward_pre_hook(lambda module, args: shapes.append(tuple(args[0].shape[:2])))
+    try:
+        engine = Engine(model, slots=3)
+        options = model.decode_options(max_think_tokens=5)
+        for i, x in enumerate(_inputs(model)):
+            engine.submit(check_input(i, x), options, index=i)
+        engine.run_until_done()
+    finally:
+        handle.remove()
+    long_calls = [s for s in shapes if s[1] > 1]
+    assert len(long_calls) == engine.prefills
+    assert [s for s in shapes if s[1] == 1] == [(3, 1)] * engine.steps
+
+
+def test_same_seed_samples_as_static_batches(model):
+    inputs = _inputs(model)
+    sample = dict(do_sample=True, temperature=1.3, top_k=20, seed=5, max_think_tokens=5)
+    static = model.think(inputs, batch_size=4, scheduler="static", **sample)
+    continuous = model.think(inputs, batch_size=2, **sample)
+    assert continuous == static
+
+
+def test_bad_inputs_fail_alone(model):
+    inputs = ["fine", "x " * 5000, "also fine"]
+    if model.vision:
+        inputs.insert(1, {"image": b"not an image"})
+    result = model.encode(inputs, think=True, max_think_tokens=3, on_error="skip", batch_size=2)
+    bad = {1, 2} if model.vision else {1}
+    assert set(result.errors) == bad
+    clean = model.encode(["fine", "also fine"], think=True, max_think_tokens=3, scheduler="static")
+    good = [i for i in range(len(inputs)) if i not in bad]
+    torch.testing.assert_close(result.embeddings[good], clean.embeddings, atol=ATOL, rtol=0)
+    with pytest.raises(InputError, match="input 1:"):
+        model.encode(inputs, think=True, max_think_tokens=3, batch_size=2)
+
+
+def test_a_cancelled_request_frees_its_slot(model):
+    engine = Engine(model, slots=1)
+    options = model.decode_options(max_think_tokens=30)
+    doomed = engine.submit(check_input(0, "long and doomed"), options)
+    engine.step()  # admitted: it holds the only slot
+    assert doomed.cancel()  # as a disconnected client's request is
+    kept = engine.submit(check_input(1, "next"), model.decode_options(max_think_tokens=2))
+    engine.run_until_done()
+    assert kept.result().generated_tokens == 2
+    assert engine.steps < 10

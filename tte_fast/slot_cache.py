@@ -1,0 +1,92 @@
+"""A KV cache of fixed slots, each with its own write position: the continuous-batching engine's.
+
+Every layer holds keys and values of shape ``[slots, kv_heads, length, head_dim]``. A slot's tokens
+sit compactly in columns ``0 .. position - 1``: a prompt is copied in without its left padding, and
+each decode step writes one column per slot at that slot's own position. A slot attends to columns
+``0 .. position`` only (``attention_bias``), so whatever an earlier request left past that point
+never reaches a new one. The decode step's shapes depend only on (slots, length), never on which
+slots are busy, so a compiled step replays.
+
+It implements the part of transformers' ``Cache`` interface that a forward with explicit
+``position_ids`` and a 4-D attention mask uses: ``update`` per layer.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import Cache
+
+
+class SlotCache(Cache):
+    def __init__(self, num_layers: int, slots: int, kv_heads: int, head_dim: int, length: int, dtype, device):
+        super().__init__(layers=[])
+        shape = (slots, kv_heads, length, head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.positions = torch.zeros(slots, dtype=torch.long, device=device)  # next column per slot
+        self._rows = torch.arange(slots, device=device)
+
+    @classmethod
+    def for_model(cls, hf_model, slots: int, length: int) -> SlotCache:
+        text = hf_model.config.get_text_config()
+        heads = text.num_attention_heads
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+        kv_heads = getattr(text, "num_key_value_heads", None) or heads
+        param = next(hf_model.parameters())
+        return cls(text.num_hidden_layers, slots, kv_heads, head_dim, length, param.dtype, param.device)
+
+    @property
+    def length(self) -> int:
+        return self.keys[0].shape[2]
+
+    @property
+    def slots(self) -> int:
+        return self.keys[0].shape[0]
+
+    def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
+        """Write one new column per slot (a decode step) and return the layer's whole cache."""
+        if key_states.shape[0] != self.slots or key_states.shape[2] != 1:
+            raise ValueError(
+                f"a slot cache takes one token per slot ({self.slots} slots), "
+                f"got keys {tuple(key_states.shape)}"
+            )
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        keys[self._rows, :, self.positions] = key_states[:, :, 0]
+        values[self._rows, :, self.positions] = value_states[:, :, 0]
+        return keys, values
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0  # positions are always passed explicitly; each slot has its own length
+
+    def attention_bias(self, dtype) -> torch.Tensor:
+        """Additive mask ``[slots, 1, 1, length]``: 0 on columns ``0 .. position`` of each slot (its
+        tokens and the one being written), the dtype's minimum elsewhere (finite: never a NaN row)."""
+        columns = torch.arange(self.length, device=self.positions.device)
+        allowed = columns[None, :] <= self.positions[:, None]
+        bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+        return bias.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None, None, :]
+
+    def write_prompt(self, slot: int, prefill_cache, row: int, n_tokens: int) -> None:
+        """Copy the last ``n_tokens`` columns of ``row`` of a prefill's cache (a left-padded batch:
+        its real tokens) into ``slot`` at columns 0 .. n_tokens - 1; the slot's position follows."""
+        if n_tokens > self.length:
+            raise ValueError(f"a prompt of {n_tokens} tokens does not fit slots of {self.length} columns")
+        for layer, (keys, values) in enumerate(_layer_states(prefill_cache)):
+            self.keys[layer][slot, :, :n_tokens] = keys[row, :, -n_tokens:]
+            self.values[layer][slot, :, :n_tokens] = values[row, :, -n_tokens:]
+        self.positions[slot] = n_tokens
+
+    def grow(self, length: int) -> None:
+        """Longer slots, keeping what they hold (rare: the engine doubles the length when needed)."""
+        if length <= self.length:
+            return
+        for store in (self.keys, self.values):
+            for i, old in enumerate(store):
+                new = old.new_zeros(*old.shape[:2], length, old.shape[3])
+                new[:, :, : old.shape[2]] = old
+                store[i] = new
+
+
+def _layer_states(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(keys, values) per layer of a transformers DynamicCache."""
+    return [(layer.keys, layer.values) for layer in cache.layers]

@@ -1,0 +1,60 @@
+"""``tte-fast eval CONFIG.yaml [key=value ...]``: run an evaluation config.
+
+Overrides use dotted keys into the YAML (``model.path=CKPT tasks.0.sample_cap=10
+search.backend=faiss_flat``). Data paths in the config start at the config file's folder; the model
+path, ``output_dir`` and ``cache_dir`` at the working directory. The resolved config is saved as
+``OUTPUT_DIR/config.yaml``. Under ``torchrun`` the process group is set up here (NCCL on GPUs, gloo
+otherwise) and the work is shared across processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+import torch.distributed as dist
+
+from tte_fast.yaml_config import ConfigError, load_config, save_config
+
+
+def _init_distributed() -> bool:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
+    return True
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        prog="tte-fast eval", description="MMEB-style retrieval evaluation of a TTE model"
+    )
+    parser.add_argument("config", help="evaluation YAML (see docs/eval.md)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted-key overrides")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or table")
+    args = parser.parse_args(argv)
+
+    from tte_fast.eval.config import EvalConfigError, parse_config
+    from tte_fast.eval.data import EvalDataError
+    from tte_fast.eval.runner import evaluate
+
+    try:
+        raw = load_config(args.config, args.overrides)
+        config = parse_config(raw, base_dir=os.path.dirname(os.path.abspath(args.config)))
+    except (ConfigError, EvalConfigError) as err:
+        raise SystemExit(f"tte-fast eval: {err}") from None
+    started = _init_distributed()
+    try:
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            save_config(raw, os.path.join(config.output_dir, "config.yaml"))
+        try:
+            return evaluate(config, verbose=not args.quiet)
+        except EvalDataError as err:
+            raise SystemExit(f"tte-fast eval: {err}") from None
+    finally:
+        if started:
+            dist.destroy_process_group()

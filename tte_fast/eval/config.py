@@ -1,0 +1,201 @@
+"""The evaluation config: the model, how to encode and search, and the tasks (VLM2Vec V2 layout).
+
+```yaml
+model: {path: CKPT}                    # UnifiedTTE; or {reasoner: A, embedder: B} for TwoModelTTE
+encode: {batch_size: 8, max_think_tokens: null, think_queries: null, think_targets: null}
+search: {backend: exact}               # exact | faiss_flat | faiss_ivf | faiss_hnsw
+output_dir: eval_out                   # results.json, predictions/, the resolved config
+cache_dir: null                        # default: OUTPUT_DIR/cache
+tasks:                                 # a list, or a mapping name -> task (as VLM2Vec's YAMLs)
+  - name: MSCOCO_i2t
+    dataset_parser: mmeb               # mmeb (qry_text, tgt_text[], ...) or tte (queries, corpus, qrels)
+    data_path: data/MSCOCO_i2t.parquet
+    image_root: images/
+    eval_type: local                   # local | global
+    meta_task: retrieval               # classification, vqa, retrieval, grounding, video, visdoc
+    metrics: [hit, ndcg_linear]        # default: all
+    sample_cap: 1000                   # alias: num_sample_per_subset
+```
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+
+from tte_fast.eval.metrics import METRICS, check_metrics
+
+PARSERS = ("mmeb", "tte")
+EVAL_TYPES = ("local", "global")
+# meta-task -> modality; the headline metric follows the modality (MMEB-V2).
+META_TASKS = {
+    "classification": "image",
+    "vqa": "image",
+    "retrieval": "image",
+    "grounding": "image",
+    "video": "video",
+    "video_classification": "video",
+    "video_qa": "video",
+    "video_retrieval": "video",
+    "moment_retrieval": "video",
+    "visdoc": "visdoc",
+}
+HEADLINES = {"image": "hit@1", "video": "hit@1", "visdoc": "ndcg_linear@5"}
+
+
+class EvalConfigError(ValueError):
+    """A config the evaluation cannot run; the message names the bad key."""
+
+
+@dataclass
+class TaskConfig:
+    name: str
+    data_path: str
+    dataset_parser: str = "mmeb"
+    image_root: str | None = None
+    eval_type: str = "local"
+    meta_task: str = "retrieval"
+    modality: str | None = None
+    metrics: list[str] = field(default_factory=lambda: list(METRICS))
+    sample_cap: int | None = None
+    query_instruction: str | None = None
+    target_instruction: str | None = None
+
+    def __post_init__(self):
+        where = f"task {self.name!r}"
+        if self.dataset_parser not in PARSERS:
+            raise EvalConfigError(
+                f"{where}: dataset_parser must be one of {PARSERS}, got {self.dataset_parser!r}"
+            )
+        if self.eval_type not in EVAL_TYPES:
+            raise EvalConfigError(f"{where}: eval_type must be one of {EVAL_TYPES}, got {self.eval_type!r}")
+        if self.modality is None:
+            if self.meta_task not in META_TASKS:
+                raise EvalConfigError(
+                    f"{where}: unknown meta_task {self.meta_task!r}; use one of {sorted(META_TASKS)} "
+                    f"or also set modality (one of {sorted(HEADLINES)})"
+                )
+            self.modality = META_TASKS[self.meta_task]
+        if self.modality not in HEADLINES:
+            raise EvalConfigError(
+                f"{where}: modality must be one of {sorted(HEADLINES)}, got {self.modality!r}"
+            )
+        try:
+            self.metrics = check_metrics(self.metrics)
+        except ValueError as err:
+            raise EvalConfigError(f"{where}: {err}") from None
+        metric = self.headline.split("@")[0]
+        if metric not in self.metrics:
+            self.metrics.append(metric)  # the headline is always computed
+        if self.sample_cap is not None and (not isinstance(self.sample_cap, int) or self.sample_cap < 1):
+            raise EvalConfigError(f"{where}: sample_cap must be a positive int, got {self.sample_cap!r}")
+
+    @property
+    def headline(self) -> str:
+        return HEADLINES[self.modality]
+
+
+@dataclass
+class EncodeConfig:
+    batch_size: int = 8
+    max_think_tokens: int | None = None  # None: the model's saved setting
+    max_answer_tokens: int | None = None
+    think_queries: bool | None = None  # None: the model's setting (queries think)
+    think_targets: bool | None = None  # None: the model's setting (candidates do not)
+    progress: bool | None = None
+
+
+@dataclass
+class SearchConfig:
+    backend: str = "exact"
+    chunk_size: int = 65536
+    nlist: int | None = None
+    nprobe: int = 16
+    hnsw_m: int = 32
+    ef_search: int = 128
+
+    def options(self) -> dict:
+        if self.backend == "exact":
+            return {"chunk_size": self.chunk_size}
+        if self.backend == "faiss_ivf":
+            return {"nlist": self.nlist, "nprobe": self.nprobe}
+        if self.backend == "faiss_hnsw":
+            return {"hnsw_m": self.hnsw_m, "ef_search": self.ef_search}
+        return {}
+
+
+@dataclass
+class EvalConfig:
+    tasks: list[TaskConfig]
+    model: dict = field(default_factory=dict)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    output_dir: str = "eval_out"
+    cache_dir: str | None = None
+    cache: bool = True
+    top_k: int = 10  # predictions kept per query
+    base_dir: str = "."  # relative data paths start here (the config file's folder)
+
+    @property
+    def cache_path(self) -> str:
+        return self.cache_dir or os.path.join(self.output_dir, "cache")
+
+
+def _build(cls, data, where: str):
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        raise EvalConfigError(f"{where} must be a mapping, got {type(data).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise EvalConfigError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
+    try:
+        return cls(**data)
+    except TypeError as err:
+        raise EvalConfigError(f"{where}: {err}") from None
+
+
+def _task_list(tasks) -> list[dict]:
+    if isinstance(tasks, dict):  # VLM2Vec style: name -> settings
+        return [{"name": name, **(spec or {})} for name, spec in tasks.items()]
+    if isinstance(tasks, list):
+        return tasks
+    raise EvalConfigError(f"tasks must be a list or a mapping, got {type(tasks).__name__}")
+
+
+def parse_config(data: dict, base_dir: str = ".") -> EvalConfig:
+    """An :class:`EvalConfig` from a loaded YAML mapping; relative paths start at ``base_dir``."""
+    data = dict(data)
+    known = {f.name for f in fields(EvalConfig)} - {"base_dir"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise EvalConfigError(f"unknown top-level keys {unknown}; known: {sorted(known)}")
+    if not data.get("tasks"):
+        raise EvalConfigError("the config has no tasks")
+    tasks = []
+    for i, raw in enumerate(_task_list(data.pop("tasks"))):
+        if not isinstance(raw, dict):
+            raise EvalConfigError(f"tasks.{i} must be a mapping, got {type(raw).__name__}")
+        raw = dict(raw)
+        if "num_sample_per_subset" in raw:
+            raw.setdefault("sample_cap", raw.pop("num_sample_per_subset"))
+        for key in ("name", "data_path"):
+            if not raw.get(key):
+                raise EvalConfigError(f"tasks.{i} has no {key}")
+        tasks.append(_build(TaskConfig, raw, f"tasks.{i} ({raw['name']})"))
+    names = [t.name for t in tasks]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise EvalConfigError(f"task names must be unique; repeated: {duplicates}")
+    model = data.pop("model", None) or {}
+    if not isinstance(model, dict):
+        raise EvalConfigError("model must be a mapping")
+    encode = _build(EncodeConfig, data.pop("encode", None), "encode")
+    search = _build(SearchConfig, data.pop("search", None), "search")
+    config = EvalConfig(tasks=tasks, model=model, encode=encode, search=search, base_dir=base_dir, **data)
+    from tte_fast.eval.search import BACKENDS
+
+    if config.search.backend not in BACKENDS:
+        raise EvalConfigError(f"search.backend must be one of {BACKENDS}, got {config.search.backend!r}")
+    return config

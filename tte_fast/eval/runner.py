@@ -1,0 +1,94 @@
+"""The evaluation job: load the model, then per task read, encode (through the caches), score; then
+aggregate, print the table and write ``results.json``, ``predictions/*.jsonl`` and ``timings.json``.
+
+Under torch.distributed every process encodes its share and scores the gathered embeddings;
+process 0 prints and writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from tqdm.auto import tqdm
+
+from tte_fast.distributed import world
+from tte_fast.eval.config import EvalConfig
+from tte_fast.eval.data import read_task
+from tte_fast.eval.encoder import ModelRunner
+from tte_fast.eval.report import build_results, format_table, write_outputs
+from tte_fast.eval.scoring import score_task
+
+MODEL_KEYS = {"path", "reasoner", "embedder", "device", "dtype", "options"}
+TINY_PREFIX = "tiny:"  # as in the training configs
+
+
+def _resolve(path: str, scratch_dir: str) -> str:
+    """``tiny:MODEL_TYPE``: a tiny RANDOM-weight model (to try the pipeline), built once under
+    ``scratch_dir``; anything else is a checkpoint folder or id, returned as is."""
+    if not path.startswith(TINY_PREFIX):
+        return path
+    from tte_fast.testing import build_tiny_checkpoint
+
+    model_type = path[len(TINY_PREFIX) :]
+    folder = os.path.join(scratch_dir, "tiny_models", model_type)
+    if not os.path.exists(os.path.join(folder, "config.json")):
+        build_tiny_checkpoint(model_type, folder)
+    print(f"NOTE: {path} is a tiny model with RANDOM, UNTRAINED weights: expect chance-level scores.")
+    return folder
+
+
+def load_model(spec: dict, scratch_dir: str):
+    """A model from the config's ``model`` mapping: ``path`` (UnifiedTTE) or ``reasoner`` +
+    ``embedder`` (TwoModelTTE), each a checkpoint or ``tiny:qwen2_vl``; ``device``, ``dtype`` and
+    ``options`` (more ``from_pretrained`` arguments) apply to either."""
+    unknown = sorted(set(spec) - MODEL_KEYS)
+    if unknown:
+        raise ValueError(f"model: unknown keys {unknown}; known: {sorted(MODEL_KEYS)}")
+    kwargs = {"device": spec.get("device"), "dtype": spec.get("dtype"), **(spec.get("options") or {})}
+    if spec.get("reasoner") or spec.get("embedder"):
+        if not (spec.get("reasoner") and spec.get("embedder")):
+            raise ValueError("model: a two-model pipeline needs both reasoner and embedder")
+        from tte_fast import TwoModelTTE
+
+        reasoner, embedder = (_resolve(str(spec[k]), scratch_dir) for k in ("reasoner", "embedder"))
+        return TwoModelTTE.from_pretrained(reasoner, embedder, **kwargs)
+    if not spec.get("path"):
+        raise ValueError("model: set path (UnifiedTTE) or reasoner and embedder (TwoModelTTE)")
+    from tte_fast import UnifiedTTE
+
+    return UnifiedTTE.from_pretrained(_resolve(str(spec["path"]), scratch_dir), **kwargs)
+
+
+def evaluate(config: EvalConfig, model=None, verbose: bool = True) -> dict:
+    """Run every task of ``config`` with ``model`` (loaded from ``config.model`` when None) and
+    return the results (the content of ``results.json``)."""
+    rank, _ = world()
+    if model is None:
+        model = load_model(config.model, config.cache_path)
+    runner = ModelRunner(model, config.encode, config.cache_path if config.cache else None)
+    summaries, predictions, timings = {}, {}, {}
+    for task in tqdm(config.tasks, desc="tasks", unit="task", disable=not verbose or rank != 0):
+        start = time.perf_counter()
+        data = read_task(task, config.base_dir)
+        q_emb, q_stats = runner.encode(task.name, "query", data.queries, data.query_ids)
+        c_emb, c_stats = runner.encode(task.name, "target", data.corpus, data.corpus_ids)
+        scored = score_task(task, data, q_emb, c_emb, config.search, config.top_k)
+        scored.summary["encode"] = {"query": q_stats.to_dict(), "target": c_stats.to_dict()}
+        summaries[task.name], predictions[task.name] = scored.summary, scored.predictions
+        timings[task.name] = time.perf_counter() - start
+    settings = {
+        "search": config.search.backend,
+        "top_k": config.top_k,
+        "batch_size": config.encode.batch_size,
+    }
+    results = build_results(summaries, runner.describe(), settings)
+    if rank == 0:
+        write_outputs(config.output_dir, results, predictions)
+        with open(os.path.join(config.output_dir, "timings.json"), "w", encoding="utf-8") as f:
+            json.dump({"seconds": timings}, f, indent=2)
+        if verbose:
+            print(format_table(results, timings))
+            print(f"results: {os.path.join(config.output_dir, 'results.json')}")
+    return results

@@ -49,6 +49,8 @@ step unified_tiny 60 $PY bench/unified.py --model-type qwen2_vl --device cuda --
 step latency_tiny 60 $PY bench/latency.py --device cuda --json "$OUT/latency_tiny.json"
 step bench_gradcache 60 $PY bench/gradcache.py --device cuda --autocast bf16 --batches 16,256,1024 \
   --time-batch 256 --layers 6 --hidden 512 --seq-len 128 --json "$OUT/gradcache.json"
+step bench_train 60 $PY bench/train.py --device cuda --batches 64,256,1024 --plain-max 1024 --repeats 2 \
+  --sft-batch 16 --json "$OUT/train.json"
 step preprocess_16cores 60 $PY bench/preprocess.py --target-sizes --repeats 3 --json "$OUT/preprocess.json"
 
 echo; echo "== summary ($(cat "$OUT/device.txt" | tail -n 1)) =="

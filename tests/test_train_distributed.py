@@ -1,0 +1,106 @@
+"""Two gloo processes train exactly what one process with the concatenated batch trains, and a process
+whose batch has no image does not hang the other (vision tower trained, so DDP needs its gradients)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.train_cases import example, losses, run_config, weights
+from tte_fast.train import parse_config, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+PROCESS = """
+import json, sys
+import torch
+torch.set_num_threads(1)
+from tte_fast.train import parse_config, train
+train(parse_config(json.loads(sys.argv[1])))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _raw(model, output_dir, data, batch_size):
+    return run_config(
+        "embedder",
+        model,
+        output_dir,
+        data={"datasets": [{"path": data}]},
+        train={"steps": 2, "batch_size": batch_size, "lr": 1e-4, "freeze_vision": False},
+        lora={"enabled": False},
+        contrastive={"chunk_size": 1},
+    )
+
+
+def test_two_processes_equal_one_and_image_free_process_does_not_hang(tiny_checkpoints, tmp_path):
+    # Every global batch of 2 holds one record with images and one without: one process of the two
+    # sees no image at all in a step, the other does.
+    data = tmp_path / "mixed.jsonl"
+    rows = [
+        {
+            "query": {"image": example("images/red_square.png"), "text": "red"},
+            "pos": {"image": example("images/blue_circle.png")},
+        },
+        {"query": "a text-only query", "pos": "a text-only target"},
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    model = tiny_checkpoints["qwen2_vl"]
+    two = tmp_path / "two"
+    raw = json.dumps(_raw(model, two, str(data), 1))
+    port = str(_free_port())
+    procs = []
+    for rank in range(2):
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.getcwd(),
+            "OMP_NUM_THREADS": "1",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "LOCAL_WORLD_SIZE": "2",
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", PROCESS, raw],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    try:
+        outputs = [p.communicate(timeout=240)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+
+    one = tmp_path / "one"
+    train(parse_config(_raw(model, one, str(data), 2)))
+    want, got = losses(one), losses(two)
+    assert want.keys() == got.keys() == {1, 2}
+    for step in want:
+        assert got[step] == pytest.approx(want[step], rel=1e-5, abs=1e-5)
+    a, b = weights(two / "final"), weights(one / "final")
+    assert a.keys() == b.keys()
+    for name in a:
+        # Adam's first steps move each weight by about lr * sign(grad): weights whose gradient is
+        # ~0 may move either way under rounding, so the bound is half of lr (a real gradient
+        # difference flips signs and moves weights by up to 2 lr).
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=5e-5)
+    base = weights(model)
+    assert any(not torch.equal(a[k], base[k]) for k in a if "visual" in k)  # the vision tower trained

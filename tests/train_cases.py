@@ -1,0 +1,56 @@
+"""Shared by the training tests: run configs over the example dataset in examples/train."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import torch
+from safetensors.torch import load_file
+
+from tte_fast.train.config import parse_config
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "train")
+
+
+def example(name: str) -> str:
+    return os.path.join(EXAMPLES, name)
+
+
+def run_config(job: str, model: str, output_dir: str, **sections) -> dict:
+    """A small raw config for ``job`` on the example data; ``sections`` update it (dicts merge)."""
+    data = example("sft.jsonl" if job == "reasoner" else "pairs.jsonl")
+    raw = {
+        "job": job,
+        "model": model,
+        "output_dir": str(output_dir),
+        "data": {"datasets": [{"path": data}]},
+        "train": {"steps": 4, "batch_size": 4, "lr": 1e-3, "warmup_steps": 0, "mixed_precision": "no"},
+        "contrastive": {"chunk_size": 2},
+        "head": {"layers": 2},
+        "log": {"progress": False},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key] = {**raw[key], **copy.deepcopy(value)}
+        else:
+            raw[key] = copy.deepcopy(value)
+    return raw
+
+
+def config(job: str, model: str, output_dir: str, **sections):
+    return parse_config(run_config(job, model, output_dir, **sections))
+
+
+def losses(output_dir: str) -> dict[int, float]:
+    with open(os.path.join(output_dir, "log.jsonl"), encoding="utf-8") as f:
+        return {r["step"]: r["loss"] for r in map(json.loads, f)}
+
+
+def weights(folder: str) -> dict[str, torch.Tensor]:
+    out = {}
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".safetensors"):
+            out.update({f"{name}:{k}": v for k, v in load_file(os.path.join(folder, name)).items()})
+    return out

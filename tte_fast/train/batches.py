@@ -1,0 +1,212 @@
+"""Records to model-input batches, rendered exactly as ``UnifiedTTE`` renders them at inference.
+
+- contrastive (embedder, head): each side is a left-padded processor batch of
+  ``render_prompt(..., think=False, trace=...)`` plus the embedding token, as ``encode(traces=...)``
+  (query with its trace) and ``encode(side="target")`` build it. Targets are laid out per query:
+  the positive, then its hard negatives, as ``infonce_loss`` expects.
+- reasoner: the prompt ``think`` renders (reasoning instruction, generation prompt) and, as labels,
+  the assistant turn: think prefix, trace, think-end token, answer and the stop token. Every other
+  position (system, user, image, padding) has label -100. Rows are right-padded.
+
+:class:`StepBatches` is a map-style dataset over steps, so DataLoader workers decode images and run
+the processor; a missing or corrupt image follows the bad-data policy (``fail``: an error naming the
+file and the record; ``skip``: the record leaves the batch and is counted).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tte_fast.inputs import EmbedInput, InputError, check_input, load_input
+from tte_fast.prompts import PromptConfig, render_prompt
+from tte_fast.train.records import DataError, PairRecord, SFTRecord
+from tte_fast.train.schedule import Schedule
+
+IGNORE_INDEX = -100
+ANSWER_SEPARATOR = "\n\n"
+
+
+class Renderer:
+    """Prompts and batches for one model: its processor (or tokenizer), prompts and special tokens."""
+
+    def __init__(self, processor, vision: bool, prompts: PromptConfig, embed_token_id: int, think_end: str):
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.vision = vision
+        self.prompts = prompts
+        self.embed_token_id = embed_token_id
+        self.think_end = think_end
+        vocab = self.tokenizer.get_vocab()
+        stop = vocab.get("<|im_end|>", self.tokenizer.eos_token_id)
+        if stop is None:
+            raise ValueError(
+                "the tokenizer has neither <|im_end|> nor an EOS token to end the assistant turn"
+            )
+        self.stop_token_id = stop
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id = pad if pad is not None else stop
+
+    def _tokenize(self, texts: list[str], items: list[EmbedInput]) -> dict:
+        if self.vision:
+            images = [item.image for item in items if item.image is not None]
+            batch = self.processor(
+                text=texts, images=images or None, padding=True, padding_side="left", return_tensors="pt"
+            )
+        else:
+            batch = self.tokenizer(
+                texts, padding=True, padding_side="left", return_tensors="pt", add_special_tokens=False
+            )
+        return dict(batch)
+
+    def embed_batch(self, items: list[EmbedInput], side: str, traces: list[str | None]) -> dict:
+        """Left-padded prompts (with their traces) ending in the embedding token."""
+        texts = [
+            render_prompt(self.processor, item, side, False, self.prompts, self.vision, trace=trace)
+            for item, trace in zip(items, traces)
+        ]
+        batch = self._tokenize(texts, items)
+        mask = batch["attention_mask"]
+        ones = torch.ones_like(mask[:, :1])
+        for key, value in list(batch.items()):
+            if key == "input_ids":
+                batch[key] = torch.cat([value, ones * self.embed_token_id], dim=1)
+            elif key == "attention_mask":
+                batch[key] = torch.cat([value, ones], dim=1)
+            elif _per_token(value, mask):  # token types: the embedding token is text
+                batch[key] = torch.cat([value, torch.zeros_like(value[:, :1])], dim=1)
+        return batch
+
+    def completion(self, trace: str, answer: str) -> str:
+        """The assistant turn's text after the generation prompt (the stop token follows it)."""
+        return (
+            f"{self.prompts.think_prefix}{trace.strip()}\n{self.think_end}{ANSWER_SEPARATOR}{answer.strip()}"
+        )
+
+    def sft_batch(self, items: list[EmbedInput], traces: list[str], answers: list[str]) -> dict:
+        """Right-padded prompt + assistant turn with labels on the assistant turn only."""
+        prefix = self.prompts.think_prefix
+        chats = []
+        for item in items:
+            text = render_prompt(self.processor, item, "query", True, self.prompts, self.vision)
+            chats.append(text[: len(text) - len(prefix)])  # the think prefix is labelled: it is generated
+        prompt = self._tokenize(chats, items)
+        mask = prompt["attention_mask"].bool()
+        rows, labels = [], []
+        for i, (trace, answer) in enumerate(zip(traces, answers)):
+            done = self.tokenizer(self.completion(trace, answer), add_special_tokens=False)["input_ids"]
+            done = torch.tensor(list(done) + [self.stop_token_id], dtype=torch.long)
+            real = prompt["input_ids"][i][mask[i]]
+            rows.append(torch.cat([real, done]))
+            labels.append(torch.cat([torch.full_like(real, IGNORE_INDEX), done]))
+        length = max(len(r) for r in rows)
+        batch = {k: v for k, v in prompt.items() if not _per_token(v, prompt["attention_mask"])}
+        batch["input_ids"] = _right_pad(rows, length, self.pad_token_id)
+        batch["labels"] = _right_pad(labels, length, IGNORE_INDEX)
+        batch["attention_mask"] = _right_pad([torch.ones_like(r) for r in rows], length, 0)
+        for key, value in prompt.items():  # token types: the prompt's, then zeros (text)
+            if key not in ("input_ids", "attention_mask") and _per_token(value, prompt["attention_mask"]):
+                parts = [value[i][mask[i]] for i in range(len(rows))]
+                batch[key] = _right_pad(parts, length, 0)
+        return batch
+
+
+def _per_token(value, mask: torch.Tensor) -> bool:
+    return isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape == mask.shape
+
+
+def _right_pad(rows: list[torch.Tensor], length: int, value: int) -> torch.Tensor:
+    out = torch.full((len(rows), length), value, dtype=rows[0].dtype)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+def load_item(source: str, name: str, raw: dict, vision: bool) -> EmbedInput:
+    """One record input, checked and with its image decoded; errors name the record and the part."""
+    try:
+        item = load_input(0, check_input(0, {k: v for k, v in raw.items() if v is not None}))
+    except InputError as e:
+        raise DataError(f"{source}: {name}: {str(e).split(': ', 1)[-1]}") from None
+    if item.image is not None and not vision:
+        raise DataError(f"{source}: {name} has an image, but the model is text-only")
+    return item
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item ``step`` is this process's batch of that step (see ``tte_fast.train.schedule``)."""
+
+    def __init__(
+        self, job, datasets, schedule: Schedule, rank, per_process, renderer, bad_data, negatives, max_length
+    ):
+        self.job, self.datasets, self.schedule = job, datasets, schedule
+        self.rank, self.per_process, self.renderer = rank, per_process, renderer
+        self.bad_data, self.negatives, self.max_length = bad_data, negatives, max_length
+
+    def __len__(self) -> int:
+        return len(self.schedule.datasets)
+
+    def __getitem__(self, step: int) -> dict:
+        d, rows = self.schedule.rank_slice(step, self.rank, self.per_process)
+        records, skipped = [], []
+        for r in rows:
+            record = self.datasets[d][r]
+            try:
+                records.append((record, self._load(record)))
+            except DataError as e:
+                if self.bad_data == "fail":
+                    raise
+                skipped.append(str(e))
+        while records:
+            batch = self._build(records)
+            too_long = self._too_long(batch, len(records))
+            if not too_long:
+                break
+            message = (
+                f"{records[too_long[0]][0].source}: longer than data.max_length={self.max_length} tokens"
+            )
+            if self.bad_data == "fail":
+                raise DataError(message)
+            skipped += [f"{records[i][0].source}: too long" for i in too_long]
+            records = [r for i, r in enumerate(records) if i not in too_long]
+        if not records:
+            raise DataError(f"step {step}: every record of this process's batch was skipped: {skipped}")
+        batch["samples"], batch["skipped"] = len(records), skipped
+        return batch
+
+    def _load(self, record):
+        vision = self.renderer.vision
+        if isinstance(record, SFTRecord):
+            return [load_item(record.source, "input", record.input, vision)]
+        assert isinstance(record, PairRecord)
+        if len(record.negs) < self.negatives:
+            raise DataError(
+                f"{record.source}: has {len(record.negs)} negatives, data.negatives={self.negatives}"
+            )
+        parts = [("query", record.query), ("pos", record.pos)]
+        parts += [(f"negs.{i}", n) for i, n in enumerate(record.negs[: self.negatives])]
+        return [load_item(record.source, name, raw, vision) for name, raw in parts]
+
+    def _build(self, records) -> dict:
+        r = self.renderer
+        if self.job == "reasoner":
+            batch = r.sft_batch(
+                [i[0] for _, i in records], [s.trace for s, _ in records], [s.answer for s, _ in records]
+            )
+            return {"inputs": batch, "tokens": int(batch["attention_mask"].sum())}
+        queries = r.embed_batch([i[0] for _, i in records], "query", [s.query_trace for s, _ in records])
+        targets, traces = [], []
+        for record, items in records:
+            targets += items[1:]
+            traces += [record.pos_trace] + [None] * (len(items) - 2)
+        targets = r.embed_batch(targets, "target", traces)
+        tokens = int(queries["attention_mask"].sum() + targets["attention_mask"].sum())
+        return {"queries": queries, "targets": targets, "tokens": tokens}
+
+    def _too_long(self, batch: dict, n: int) -> list[int]:
+        if self.max_length is None:
+            return []
+        per_record = [b["attention_mask"].sum(-1) for k, b in batch.items() if k in ("inputs", "queries")]
+        if "targets" in batch:  # targets hold (1 + negatives) rows per record
+            per_record.append(batch["targets"]["attention_mask"].sum(-1).view(n, -1).max(-1).values)
+        longest = torch.stack(per_record).max(0).values
+        return [i for i, length in enumerate(longest.tolist()) if length > self.max_length]

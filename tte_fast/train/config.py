@@ -1,0 +1,203 @@
+"""The training config: one YAML mapping per run, checked into dataclasses before any work starts.
+
+Sections and their defaults are the fields below; an unknown key anywhere is an error naming it.
+``docs/train.md`` describes every setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+
+from tte_fast.yaml_config import ConfigError
+
+JOBS = ("reasoner", "embedder", "head")
+FORMATS = ("jsonl", "mmeb")
+BAD_DATA = ("fail", "skip")
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+LANGUAGE_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class DatasetConfig:
+    """One dataset of the mixture: a JSONL file of our records, or the MMEB layout (parquet or JSONL)."""
+
+    path: str
+    format: str = "jsonl"
+    name: str | None = None  # default: the file name
+    image_root: str | None = None  # default: the data file's folder
+    weight: float = 1.0
+    max_samples: int | None = None  # VLM2Vec's num_sample_per_subset
+    instruction: str | None = None  # query instruction for every record of this dataset
+
+
+@dataclass
+class DataConfig:
+    datasets: list[DatasetConfig] = field(default_factory=list)
+    bad_data: str = "fail"  # a missing / corrupt image or an over-long record: fail | skip
+    num_workers: int = 0
+    max_length: int | None = None  # tokens per sequence; longer records follow bad_data
+    negatives: int = 0  # hard negatives per query (embedder, head); records must carry that many
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    batch_size: int = 8  # per process; the global batch is batch_size x processes
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    max_grad_norm: float | None = 1.0
+    mixed_precision: str = "auto"  # auto: bf16 on CUDA, none on CPU
+    gradient_checkpointing: bool = False
+    freeze_vision: bool = True  # the reasoner's vision tower is always frozen
+    cpu: bool = False  # train on CPU even when CUDA is there
+
+
+@dataclass
+class ContrastiveConfig:
+    temperature: float = 0.02
+    chunk_size: int = 8
+    target_chunk_size: int | None = None
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = True
+    r: int = 16
+    alpha: int = 64
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: list(LANGUAGE_PROJECTIONS))
+    merge: bool = True  # merge into the weights on save; false writes the adapter alone
+
+
+@dataclass
+class HeadConfig:
+    layers: int = 8
+    traces: str = "data"  # data: the records' query_trace; generate: the frozen model writes them once
+    max_think_tokens: int | None = None
+    generate_batch_size: int = 8
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 0  # steps between checkpoints; 0: none
+    keep: int = 2
+
+
+@dataclass
+class LogConfig:
+    every: int = 1
+    progress: bool = True
+
+
+@dataclass
+class RunConfig:
+    job: str
+    model: str
+    output_dir: str
+    data: DataConfig
+    seed: int = 0
+    model_dtype: str = "float32"  # the trained weights' dtype (mixed precision computes in bf16)
+    prompts: dict = field(default_factory=dict)  # PromptConfig overrides, saved with the model
+    train: TrainConfig = field(default_factory=TrainConfig)
+    contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    @property
+    def contrastive_job(self) -> bool:
+        return self.job in ("embedder", "head")
+
+
+def parse_config(raw: dict) -> RunConfig:
+    """A checked :class:`RunConfig` from a resolved YAML mapping."""
+    config = _build(RunConfig, raw, "")
+    _check(config)
+    return config
+
+
+def _build(cls, raw, where: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'the config'} must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {[where + k for k in unknown]}; known: {sorted(names)}")
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"missing setting {where + f.name!r}")
+            continue
+        values[f.name] = _value(hints[f.name], raw[f.name], where + f.name)
+    return cls(**values)
+
+
+def _value(hint, value, where: str):
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        return _value(hint, value, where)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where + ".")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        return [_value(args[0], v, f"{where}.{i}") for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{where} must be a list of {len(args)} values, got {value!r}")
+        return tuple(_value(a, v, f"{where}.{i}") for i, (a, v) in enumerate(zip(args, value)))
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads 5e-5 as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if hint is dict and isinstance(value, dict):
+        return dict(value)
+    if hint in (int, str, bool) and isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{where} must be {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def _check(c: RunConfig) -> None:
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    need(c.job in JOBS, f"job must be one of {JOBS}, got {c.job!r}")
+    need(bool(c.data.datasets), "data.datasets must list at least one dataset")
+    for i, d in enumerate(c.data.datasets):
+        need(d.format in FORMATS, f"data.datasets.{i}.format must be one of {FORMATS}, got {d.format!r}")
+        need(d.weight > 0 and math.isfinite(d.weight), f"data.datasets.{i}.weight must be positive")
+        need(d.max_samples is None or d.max_samples > 0, f"data.datasets.{i}.max_samples must be positive")
+    need(c.data.bad_data in BAD_DATA, f"data.bad_data must be one of {BAD_DATA}, got {c.data.bad_data!r}")
+    need(c.data.num_workers >= 0 and c.data.negatives >= 0, "data.num_workers and data.negatives are >= 0")
+    t = c.train
+    need(t.steps >= 1 and t.batch_size >= 1, "train.steps and train.batch_size must be positive")
+    need(t.lr > 0 and t.warmup_steps >= 0, "train.lr must be positive and train.warmup_steps >= 0")
+    need(
+        t.mixed_precision in MIXED_PRECISION,
+        f"train.mixed_precision must be one of {MIXED_PRECISION}, got {t.mixed_precision!r}",
+    )
+    need(c.contrastive.temperature > 0, "contrastive.temperature must be positive")
+    need(c.contrastive.chunk_size >= 1, "contrastive.chunk_size must be positive")
+    need(
+        c.head.traces in ("data", "generate"), f"head.traces must be data or generate, got {c.head.traces!r}"
+    )
+    need(c.checkpoint.every >= 0 and c.checkpoint.keep >= 1, "checkpoint.every >= 0 and checkpoint.keep >= 1")
+    need(c.log.every >= 1, "log.every must be positive")
+    need(c.job != "reasoner" or c.data.negatives == 0, "data.negatives applies to the embedder and head jobs")

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from tte_fast.batching import normalize, unpadded
 from tte_fast.chunking import split_inputs
 from tte_fast.generate import (
     DecodeOptions,
@@ -36,7 +37,6 @@ from tte_fast.generate import (
     uses_mrope,
 )
 from tte_fast.inputs import EmbedInput, InputError, load_input
-from tte_fast.kernels import pool_normalize
 from tte_fast.profiling import stage
 from tte_fast.slot_cache import SlotCache
 
@@ -107,10 +107,12 @@ class _Slot:
 class Engine:
     """Continuous batching over ``slots`` rows for one :class:`~tte_fast.model.UnifiedTTE`."""
 
-    def __init__(self, model, slots: int = 8, length: int = 256):
+    def __init__(self, model, slots: int = 8, length: int = 256, admit_at: int | None = None):
         if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
             raise ValueError(f"slots must be a positive int, got {slots!r}")
         self.model = model
+        # Free slots that trigger an admission prefill while others decode (a quarter by default).
+        self.admit_at = max(1, slots // 4) if admit_at is None else admit_at
         self.cache = SlotCache.for_model(model.hf_model, slots, self._length(length))
         self.slots: list[_Slot | None] = [None] * slots
         self.waiting: deque[_Request] = deque()
@@ -207,7 +209,8 @@ class Engine:
             self._drop_cancelled()
             finished = self._admit()
             if any(s is not None for s in self.slots):
-                finished += self._decode()
+                with stage("decode"):
+                    finished += self._decode()
             return finished
 
     def _drop_cancelled(self) -> None:
@@ -217,8 +220,14 @@ class Engine:
 
     def _admit(self) -> int:
         """Take waiting requests in arrival order while slots are free (a request that does not
-        think needs none: it is embedded by the admission prefill). Returns how many finished."""
+        think needs none: it is embedded by the admission prefill). Returns how many finished.
+
+        Thinking requests wait until ``admit_at`` slots are free (or as many as are waiting, or
+        nothing runs): one prefill of several prompts costs far less than several of one."""
         free = [i for i, s in enumerate(self.slots) if s is None]
+        running = len(free) < len(self.slots)
+        if running and len(free) < min(self.admit_at, len(self.waiting)):
+            free = []  # not yet: non-thinking requests still pass below
         thinking: list[_Request] = []
         embed_only: list[_Request] = []
         with self._queue_lock:
@@ -265,7 +274,7 @@ class Engine:
         if batch is None:
             return 0
         embeddings = self.model._embed_prefill(batch)
-        for request, emb, ids in zip(requests, embeddings, _unpadded(batch)):
+        for request, emb, ids in zip(requests, embeddings, unpadded(batch)):
             result = EngineResult(emb.float(), request.trace, ids.cpu(), len(ids), 0)
             _resolve(request.future, result)
         return len(requests)
@@ -353,8 +362,8 @@ class Engine:
         return finished
 
     def _finish_embedded(self, index: int, slot: _Slot, hidden: torch.Tensor) -> None:
-        ones = torch.ones(1, 1, dtype=torch.long, device=hidden.device)
-        embedding = pool_normalize(hidden[None, None], ones)[0].float().cpu()
+        with stage("embed"):
+            embedding = normalize(hidden[None])[0].float().cpu()
         kept = torch.tensor(slot.kept, dtype=slot.prompt_ids.dtype)
         sequence = torch.cat([slot.prompt_ids, kept, torch.tensor([self.model.embed_token_id])])
         result = EngineResult(
@@ -407,10 +416,6 @@ def _slot_generator(batch: dict, row: int, options: DecodeOptions):
     if not (options.do_sample and options.seed is not None):
         return None
     return _row_generators(split_inputs(batch, 1)[row], options)[0]
-
-
-def _unpadded(batch: dict) -> list[torch.Tensor]:
-    return [ids[mask.bool()] for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
 
 
 def run_requests(

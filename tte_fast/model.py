@@ -15,13 +15,14 @@ from dataclasses import dataclass, field, fields, replace
 import torch
 from tqdm.auto import tqdm
 
+from tte_fast.batching import embed_batch, normalize, prompt_batch, unpadded
 from tte_fast.engine import Engine, run_requests
-from tte_fast.generate import DecodeOptions, Decoder, model_inputs, prefill_position_ids
+from tte_fast.generate import DecodeOptions, Decoder
 from tte_fast.inputs import EmbedInput, InputError, as_input_list, check_input, load_input
 from tte_fast.loading import build_head, default_attention, load_backbone, resolve_device, resolve_dtype
 from tte_fast.processing import CHAT_TEMPLATE_FILE, QWEN_VL_MODEL_TYPES, load_processor
 from tte_fast.profiling import instrument_vision_encoder, stage
-from tte_fast.prompts import PromptConfig, check_side, render_prompt
+from tte_fast.prompts import PromptConfig, check_side
 from tte_fast.tte_config import TTEConfig
 
 ON_ERROR = ("raise", "skip")
@@ -247,7 +248,7 @@ class UnifiedTTE:
             batch = self._batch(batch_items, indices, side, thinking, traces, options)
             if thinking:
                 return self._think_and_embed(batch, options)
-            return self._embed_prefill(batch), None, _unpadded(batch)
+            return self._embed_prefill(batch), None, unpadded(batch)
 
         if thinking and scheduler == "continuous" and self.head is None:
             for i, r in self._run_engine(
@@ -415,31 +416,16 @@ class UnifiedTTE:
         sides = side if isinstance(side, list) else [side] * n
         all_options = options if isinstance(options, list) else [options] * n
         with stage("preprocess"):
-            owner = self.processor
-            texts = [
-                render_prompt(
-                    owner,
-                    item,
-                    item_side,
-                    think,
-                    self.config.prompts,
-                    self.vision,
-                    trace=None if traces is None else traces[i],
-                )
-                for item, i, item_side in zip(items, indices, sides)
-            ]
-            if self.vision:
-                images = [item.image for item in items if item.image is not None]
-                batch = self.processor(
-                    text=texts, images=images or None, padding=True, padding_side="left", return_tensors="pt"
-                )
-            else:
-                batch = self.tokenizer(
-                    texts, padding=True, padding_side="left", return_tensors="pt", add_special_tokens=False
-                )
-            batch = dict(batch)
-            if not think:
-                batch = _append_token(batch, self.embed_token_id)
+            batch = prompt_batch(
+                self.processor,
+                items,
+                sides,
+                think,
+                self.config.prompts,
+                self.vision,
+                traces=None if traces is None else [traces[i] for i in indices],
+                embed_token_id=self.embed_token_id,
+            )
             lengths = batch["attention_mask"].sum(-1).tolist()
             if self.context_length is not None:
                 for i, length, opts in zip(indices, lengths, all_options):
@@ -462,7 +448,7 @@ class UnifiedTTE:
         if self.head is None:
             out = self.decoder.decode(batch, options, embed_token_id=self.embed_token_id)
             with stage("embed"):
-                emb = _normalize(out.embed_hidden)
+                emb = normalize(out.embed_hidden)
         else:
             with self.head.capture(self.hf_model) as captured:
                 out = self.decoder.decode(batch, options, embed_token_id=self.embed_token_id, compiled=False)
@@ -473,26 +459,7 @@ class UnifiedTTE:
     @torch.inference_mode()
     def _embed_prefill(self, batch: dict) -> torch.Tensor:
         """One forward over prompt (+ trace) + embedding token; embedding read at the last token."""
-        position_ids, _ = prefill_position_ids(self.hf_model, batch)
-        backbone = self.hf_model.base_model
-        kwargs = dict(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            position_ids=position_ids,
-            use_cache=False,
-            **model_inputs(backbone, batch),
-        )
-        if self.head is None:
-            with stage("prefill"):
-                hidden = backbone(**kwargs).last_hidden_state
-            with stage("embed"):
-                from tte_fast.kernels import pool_normalize
-
-                return pool_normalize(hidden, batch["attention_mask"]).cpu()
-        with stage("prefill"):  # stops at layer L-k: the head replaces the backbone's last k layers
-            hidden, position_embeddings = self.head.source_states(backbone, **kwargs)
-        with stage("embed"):
-            return self.head(hidden, batch["attention_mask"], position_embeddings).float().cpu()
+        return embed_batch(self.hf_model, batch, self.head).float().cpu()
 
     def _traces(self, kept: list[torch.Tensor]) -> list[str]:
         prefix = self.config.prompts.think_prefix
@@ -517,31 +484,6 @@ def _run_skipping(loaded: list[tuple[int, EmbedInput]], errors: dict, on_error: 
             continue
         yield indices, result
         return
-
-
-def _normalize(hidden: torch.Tensor) -> torch.Tensor:
-    from tte_fast.kernels import pool_normalize
-
-    ones = torch.ones(hidden.shape[0], 1, dtype=torch.long, device=hidden.device)
-    return pool_normalize(hidden[:, None, :], ones)
-
-
-def _append_token(batch: dict, token_id: int) -> dict:
-    """Append one token column to a left-padded batch (every row is real at the end)."""
-    out = dict(batch)
-    ids = batch["input_ids"]
-    out["input_ids"] = torch.cat([ids, torch.full_like(ids[:, :1], token_id)], dim=1)
-    out["attention_mask"] = torch.cat(
-        [batch["attention_mask"], torch.ones_like(batch["attention_mask"][:, :1])], dim=1
-    )
-    for key in ("mm_token_type_ids", "token_type_ids"):
-        if batch.get(key) is not None:
-            out[key] = torch.cat([batch[key], torch.zeros_like(batch[key][:, :1])], dim=1)
-    return out
-
-
-def _unpadded(batch: dict) -> list[torch.Tensor]:
-    return [ids[mask.bool()] for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
 
 
 def _check_scheduler(scheduler: str) -> None:

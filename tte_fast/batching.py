@@ -1,0 +1,100 @@
+"""Model-input batches and the embedding forward, shared by inference and training.
+
+``prompt_batch`` renders inputs through the chat template (``tte_fast.prompts``) and tokenizes them
+(the Qwen-VL processor with images, or the tokenizer) into one left-padded batch; prompts that do
+not think end in the embedding token. ``embed_batch`` reads the embedding of such a batch: the
+L2-normalised final-norm state of its last token (last-token head), or the TTE_u head over the
+layer L-k states. ``UnifiedTTE.encode`` runs both under ``inference_mode``; the training jobs run
+them with gradients, so what is trained is exactly what is run.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tte_fast.generate import model_inputs, prefill_position_ids
+from tte_fast.inputs import EmbedInput
+from tte_fast.kernels import pool_normalize
+from tte_fast.profiling import stage
+from tte_fast.prompts import PromptConfig, render_prompt
+
+
+def prompt_batch(
+    processor,
+    items: list[EmbedInput],
+    sides: list[str],
+    think: bool,
+    prompts: PromptConfig,
+    vision: bool,
+    traces: list[str | None] | None = None,
+    embed_token_id: int | None = None,
+) -> dict:
+    """One left-padded batch (CPU tensors) of ``items`` (images loaded); without thinking each
+    prompt (with its trace, if any) is closed by ``embed_token_id``."""
+    traces = traces or [None] * len(items)
+    texts = [
+        render_prompt(processor, item, side, think, prompts, vision, trace=trace)
+        for item, side, trace in zip(items, sides, traces)
+    ]
+    if vision:
+        images = [item.image for item in items if item.image is not None]
+        batch = processor(
+            text=texts, images=images or None, padding=True, padding_side="left", return_tensors="pt"
+        )
+    else:
+        tokenizer = getattr(processor, "tokenizer", processor)
+        batch = tokenizer(
+            texts, padding=True, padding_side="left", return_tensors="pt", add_special_tokens=False
+        )
+    batch = dict(batch)
+    if not think:
+        if embed_token_id is None:
+            raise ValueError("a batch that does not think needs the embedding token id")
+        batch = append_token(batch, embed_token_id)
+    return batch
+
+
+def append_token(batch: dict, token_id: int) -> dict:
+    """Append one token column to a left-padded batch (every row is real at the end)."""
+    out = dict(batch)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    out["input_ids"] = torch.cat([ids, torch.full_like(ids[:, :1], token_id)], dim=1)
+    out["attention_mask"] = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+    for key in ("mm_token_type_ids", "token_type_ids"):  # the embedding token is text
+        if batch.get(key) is not None:
+            out[key] = torch.cat([batch[key], torch.zeros_like(batch[key][:, :1])], dim=1)
+    return out
+
+
+def unpadded(batch: dict) -> list[torch.Tensor]:
+    """Each row's token ids without padding."""
+    return [ids[mask.bool()] for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
+
+
+def normalize(hidden: torch.Tensor) -> torch.Tensor:
+    """[B, D] rows (final-norm states at embedding tokens) as unit vectors, by the pooling kernel."""
+    ones = torch.ones(hidden.shape[0], 1, dtype=torch.long, device=hidden.device)
+    return pool_normalize(hidden[:, None, :], ones)
+
+
+def embed_batch(hf_model, batch: dict, head=None) -> torch.Tensor:
+    """[B, D] unit embeddings of a batch ending in the embedding token: one forward, no cache.
+    With a TTE_u ``head`` the backbone stops at layer L-k and the head runs its k layers."""
+    position_ids, _ = prefill_position_ids(hf_model, batch)
+    backbone = hf_model.base_model
+    kwargs = dict(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=position_ids,
+        use_cache=False,
+        **model_inputs(backbone, batch),
+    )
+    if head is None:
+        with stage("prefill"):
+            hidden = backbone(**kwargs).last_hidden_state
+        with stage("embed"):
+            return pool_normalize(hidden, batch["attention_mask"])
+    with stage("prefill"):  # stops at layer L-k: the head replaces the backbone's last k layers
+        hidden, position_embeddings = head.source_states(backbone, **kwargs)
+    with stage("embed"):
+        return head(hidden, batch["attention_mask"], position_embeddings)

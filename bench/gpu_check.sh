@@ -47,6 +47,9 @@ step latency_2b 90 $PY bench/latency.py --model /tmp/qwen2_vl_2b --device cuda -
 step unified_tiny 60 $PY bench/unified.py --model-type qwen2_vl --device cuda --compile \
   --contexts 256 1024 2048 --new-tokens 128 --json "$OUT/unified_tiny.json"
 step latency_tiny 60 $PY bench/latency.py --device cuda --json "$OUT/latency_tiny.json"
+step throughput_2b 90 $PY bench/throughput.py --model /tmp/qwen2_vl_2b --device cuda --dtype bfloat16 \
+  --inputs 128 --max-think-tokens 128 --batch-size 16 --repeats 1 --check 4 --compile --skip-hf \
+  --json "$OUT/throughput_2b.json"  # the engine's slot step as CUDA graphs, checked against static batches
 step bench_gradcache 60 $PY bench/gradcache.py --device cuda --autocast bf16 --batches 16,256,1024 \
   --time-batch 256 --layers 6 --hidden 512 --seq-len 128 --json "$OUT/gradcache.json"
 step bench_train 60 $PY bench/train.py --device cuda --batches 64,256,1024 --plain-max 1024 --repeats 2 \
@@ -55,6 +58,6 @@ step preprocess_16cores 60 $PY bench/preprocess.py --target-sizes --repeats 3 --
 
 echo; echo "== summary ($(cat "$OUT/device.txt" | tail -n 1)) =="
 printf '%s\n' "${status[@]}"
-for name in bench_kernels unified_2b latency_2b; do  # their result tables, last
+for name in bench_kernels unified_2b latency_2b throughput_2b; do  # their result tables, last
   echo "-- $name"; tail -n 15 "$OUT/$name.log"
 done

@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         "--check", type=int, default=16, help="inputs whose embeddings are checked one by one"
     )
     parser.add_argument("--skip-hf", action="store_true", help="leave out the HF generate baseline")
+    parser.add_argument("--compile", action="store_true", help="compiled decode steps (CUDA graphs on GPU)")
     args = parser.parse_args(argv)
 
     device, dtype = torch.device(args.device), harness.DTYPES[args.dtype]
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
             from tte_fast.testing import build_tiny_checkpoint
 
             path = build_tiny_checkpoint(args.model_type, tmp)
-        tte = UnifiedTTE.from_pretrained(path, dtype=dtype, device=device)
+        tte = UnifiedTTE.from_pretrained(path, dtype=dtype, device=device, compile=args.compile)
         hf = None if args.skip_hf else HFBaseline(tte, path, dtype, device)
     inputs, budgets = make_corpus(args.inputs, args.max_think_tokens, tte.vision)
     engine = Engine(tte, slots=args.batch_size)
@@ -183,7 +184,8 @@ def main(argv: list[str] | None = None) -> None:
     name = args.model or f"tiny {args.model_type} (random weights)"
     print(
         f"model: {name}, {args.dtype} on {harness.device_name(device)}; {args.inputs} inputs, "
-        f"budgets 1..{args.max_think_tokens} (mean {useful / len(budgets):.1f}), batch/slots {args.batch_size}"
+        f"budgets 1..{args.max_think_tokens} (mean {useful / len(budgets):.1f}), "
+        f"batch/slots {args.batch_size}"
     )
     base = times["static"].wall_s
     rows, report = [], {"paths": {}, "checks": checks, "budget_mean": useful / len(budgets)}

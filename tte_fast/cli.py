@@ -1,4 +1,4 @@
-"""``tte-fast`` command line: each subcommand (demo, encode, train, eval) parses its own arguments."""
+"""``tte-fast`` command line: each subcommand (demo, encode, train, eval, serve) parses its own arguments."""
 
 from __future__ import annotations
 
@@ -24,6 +24,10 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser(
         "eval", help="MMEB-style evaluation: eval CONFIG.yaml [key=value ...]", add_help=False
     )
+    # Its own parser (tte_fast/serve/cli.py) takes the model, host, port, key and limits.
+    commands.add_parser(
+        "serve", help="OpenAI/vLLM-compatible embeddings server: serve --model PATH", add_help=False
+    )
     args, rest = parser.parse_known_args(argv)
     if args.command == "encode":
         from tte_fast.corpus_cli import main as encode_main
@@ -37,6 +41,10 @@ def main(argv: list[str] | None = None) -> None:
         from tte_fast.demo import main as demo_main
 
         demo_main(rest)
+    elif args.command == "serve":
+        from tte_fast.serve.cli import main as serve_main
+
+        serve_main(rest)
     elif args.command == "train":
         from tte_fast.train.cli import main as train_main
 

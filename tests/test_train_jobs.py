@@ -14,7 +14,7 @@ from tte_fast import TwoModelTTE, UnifiedTTE
 from tte_fast.cli import main
 from tte_fast.train import train
 from tte_fast.train.batches import Renderer, load_item
-from tte_fast.train.encoders import Embedder, HeadEncoder, head_source_batch
+from tte_fast.train.encoders import Embedder, HeadEncoder
 from tte_fast.train.records import read_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -27,7 +27,7 @@ def _queries(model: UnifiedTTE, traces=None):
     traces = traces or [r.query_trace for r in records]
     items = [load_item(r.source, "query", r.query, True) for r in records]
     renderer = Renderer(model.processor, True, model.config.prompts, model.embed_token_id, "</think>")
-    return inputs, traces, renderer.embed_batch(items, "query", traces)
+    return inputs, traces, renderer.contrastive_batch(items, "query", traces)
 
 
 def _falls(output_dir, last: int, factor: float) -> None:
@@ -99,5 +99,5 @@ def test_head_job_through_the_cli_with_generated_traces(tiny_checkpoints, tmp_pa
     inputs, _, batch = _queries(model, generated)
     encoded = model.encode(inputs, traces=generated, batch_size=4).embeddings
     with torch.no_grad():
-        trained = HeadEncoder(model.head)(**head_source_batch(model.head, model.hf_model, batch))
+        trained = HeadEncoder(model.head, model.hf_model)(**batch)
     torch.testing.assert_close(encoded, trained, atol=1e-5, rtol=1e-5)

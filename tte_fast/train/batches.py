@@ -1,9 +1,9 @@
 """Records to model-input batches, rendered exactly as ``UnifiedTTE`` renders them at inference.
 
-- contrastive (embedder, head): each side is a left-padded processor batch of
-  ``render_prompt(..., think=False, trace=...)`` plus the embedding token, as ``encode(traces=...)``
-  (query with its trace) and ``encode(side="target")`` build it. Targets are laid out per query:
-  the positive, then its hard negatives, as ``infonce_loss`` expects.
+- contrastive (embedder, head): each side is the left-padded batch ``tte_fast.batching.prompt_batch``
+  builds for ``encode(traces=...)`` (query with its trace) and ``encode(side="target")``: prompt,
+  trace, embedding token. Targets are laid out per query: the positive, then its hard negatives,
+  as ``infonce_loss`` expects.
 - reasoner: the prompt ``think`` renders (reasoning instruction, generation prompt) and, as labels,
   the assistant turn: think prefix, trace, think-end token, answer and the stop token. Every other
   position (system, user, image, padding) has label -100. Rows are right-padded.
@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import torch
 
+from tte_fast.batching import prompt_batch
 from tte_fast.inputs import EmbedInput, InputError, check_input, load_input
-from tte_fast.prompts import PromptConfig, render_prompt
+from tte_fast.prompts import PromptConfig
 from tte_fast.train.records import DataError, PairRecord, SFTRecord
 from tte_fast.train.schedule import Schedule
 
@@ -46,35 +47,13 @@ class Renderer:
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else stop
 
-    def _tokenize(self, texts: list[str], items: list[EmbedInput]) -> dict:
-        if self.vision:
-            images = [item.image for item in items if item.image is not None]
-            batch = self.processor(
-                text=texts, images=images or None, padding=True, padding_side="left", return_tensors="pt"
-            )
-        else:
-            batch = self.tokenizer(
-                texts, padding=True, padding_side="left", return_tensors="pt", add_special_tokens=False
-            )
-        return dict(batch)
-
-    def embed_batch(self, items: list[EmbedInput], side: str, traces: list[str | None]) -> dict:
-        """Left-padded prompts (with their traces) ending in the embedding token."""
-        texts = [
-            render_prompt(self.processor, item, side, False, self.prompts, self.vision, trace=trace)
-            for item, trace in zip(items, traces)
-        ]
-        batch = self._tokenize(texts, items)
-        mask = batch["attention_mask"]
-        ones = torch.ones_like(mask[:, :1])
-        for key, value in list(batch.items()):
-            if key == "input_ids":
-                batch[key] = torch.cat([value, ones * self.embed_token_id], dim=1)
-            elif key == "attention_mask":
-                batch[key] = torch.cat([value, ones], dim=1)
-            elif _per_token(value, mask):  # token types: the embedding token is text
-                batch[key] = torch.cat([value, torch.zeros_like(value[:, :1])], dim=1)
-        return batch
+    def contrastive_batch(self, items: list[EmbedInput], side: str, traces: list[str | None]) -> dict:
+        """Left-padded prompts (with their traces) ending in the embedding token: the batch
+        ``UnifiedTTE.encode(traces=..., side=...)`` builds (``tte_fast.batching.prompt_batch``)."""
+        sides = [side] * len(items)
+        return prompt_batch(
+            self.processor, items, sides, False, self.prompts, self.vision, traces, self.embed_token_id
+        )
 
     def completion(self, trace: str, answer: str) -> str:
         """The assistant turn's text after the generation prompt (the stop token follows it)."""
@@ -84,12 +63,12 @@ class Renderer:
 
     def sft_batch(self, items: list[EmbedInput], traces: list[str], answers: list[str]) -> dict:
         """Right-padded prompt + assistant turn with labels on the assistant turn only."""
-        prefix = self.prompts.think_prefix
-        chats = []
-        for item in items:
-            text = render_prompt(self.processor, item, "query", True, self.prompts, self.vision)
-            chats.append(text[: len(text) - len(prefix)])  # the think prefix is labelled: it is generated
-        prompt = self._tokenize(chats, items)
+        # The thinking prompt without its think prefix (an empty trace takes the prefix's place):
+        # the prefix is generated, so it belongs to the labelled assistant turn.
+        sides = ["query"] * len(items)
+        prompt = prompt_batch(
+            self.processor, items, sides, True, self.prompts, self.vision, [""] * len(items)
+        )
         mask = prompt["attention_mask"].bool()
         rows, labels = [], []
         for i, (trace, answer) in enumerate(zip(traces, answers)):
@@ -193,12 +172,14 @@ class StepBatches(torch.utils.data.Dataset):
                 [i[0] for _, i in records], [s.trace for s, _ in records], [s.answer for s, _ in records]
             )
             return {"inputs": batch, "tokens": int(batch["attention_mask"].sum())}
-        queries = r.embed_batch([i[0] for _, i in records], "query", [s.query_trace for s, _ in records])
+        queries = r.contrastive_batch(
+            [i[0] for _, i in records], "query", [s.query_trace for s, _ in records]
+        )
         targets, traces = [], []
         for record, items in records:
             targets += items[1:]
             traces += [record.pos_trace] + [None] * (len(items) - 2)
-        targets = r.embed_batch(targets, "target", traces)
+        targets = r.contrastive_batch(targets, "target", traces)
         tokens = int(queries["attention_mask"].sum() + targets["attention_mask"].sum())
         return {"queries": queries, "targets": targets, "tokens": tokens}
 

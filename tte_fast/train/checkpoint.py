@@ -1,8 +1,9 @@
 """Atomic training checkpoints: ``output_dir/checkpoints/step_NNNNNNNN``.
 
 A checkpoint is accelerate's state (trainable weights as safetensors, optimizer, scheduler, every
-process's RNG) plus ``trainer_state.json`` (step, data position, run facts), written into a hidden
-temporary folder that is renamed into place only once complete. Old checkpoints are renamed away
+process's RNG; under FSDP the weights and optimizer are gathered by ``tte_fast.train.sharding``)
+plus ``trainer_state.json`` (step, data position, run facts), written into a hidden temporary
+folder that is renamed into place only once complete. Old checkpoints are renamed away
 before they are deleted. So a run killed at any moment, even mid-write, leaves every complete
 checkpoint loadable, and only complete ones are ever found.
 """
@@ -65,8 +66,10 @@ def register_trainable_only(accelerator, trainable: list[set[str]]) -> None:
     accelerator.register_load_state_pre_hook(load_hook)
 
 
-def save_checkpoint(accelerator, root: str, step: int, state: dict, keep: int) -> str:
-    """Write the checkpoint of ``step`` atomically (every process calls this) and keep the last ``keep``."""
+def save_checkpoint(accelerator, root: str, step: int, state: dict, keep: int, sharded=None) -> str:
+    """Write the checkpoint of ``step`` atomically (every process calls this) and keep the last ``keep``.
+    ``sharded`` (FSDP, ``tte_fast.train.sharding.ShardedState``) writes weights and optimizer that
+    accelerate does not hold."""
     final = os.path.join(root, f"step_{step:08d}")
     tmp = os.path.join(root, f".tmp-step_{step:08d}")
     if accelerator.is_main_process:
@@ -74,6 +77,8 @@ def save_checkpoint(accelerator, root: str, step: int, state: dict, keep: int) -
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(tmp)
+    if sharded is not None:
+        sharded.save(tmp, accelerator.is_main_process)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _write_json(os.path.join(tmp, STATE_FILE), {**state, "step": step})
@@ -91,9 +96,11 @@ def save_checkpoint(accelerator, root: str, step: int, state: dict, keep: int) -
     return final
 
 
-def load_checkpoint(accelerator, folder: str) -> dict:
+def load_checkpoint(accelerator, folder: str, sharded=None) -> dict:
     """Restore weights, optimizer, scheduler and RNG from ``folder``; returns its trainer state."""
     accelerator.load_state(folder, strict=False)  # the load hook has checked the keys
+    if sharded is not None:
+        sharded.load(folder, accelerator.is_main_process)
     with open(os.path.join(folder, STATE_FILE), encoding="utf-8") as f:
         return json.load(f)
 

@@ -57,6 +57,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     freeze_vision: bool = True  # the reasoner's vision tower is always frozen
     cpu: bool = False  # train on CPU even when CUDA is there
+    fsdp: bool = False  # shard the fully fine-tuned model with FSDP2 (fully_shard) across processes
 
 
 @dataclass
@@ -193,6 +194,13 @@ def _check(c: RunConfig) -> None:
         t.mixed_precision in MIXED_PRECISION,
         f"train.mixed_precision must be one of {MIXED_PRECISION}, got {t.mixed_precision!r}",
     )
+    if t.fsdp:
+        need(c.job != "head", "train.fsdp shards a fully fine-tuned model; the head job trains only the head")
+        need(not c.lora.enabled, "train.fsdp is for full fine-tuning: set lora.enabled: false")
+        need(
+            t.mixed_precision != "fp16",
+            "train.fsdp with fp16 is not supported (sharded gradients need a sharded scaler): use bf16",
+        )
     need(c.contrastive.temperature > 0, "contrastive.temperature must be positive")
     need(c.contrastive.chunk_size >= 1, "contrastive.chunk_size must be positive")
     need(

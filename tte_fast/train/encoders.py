@@ -1,10 +1,12 @@
 """The modules each job trains (what DDP wraps): embedder, TTE_u head on frozen states, causal-LM loss.
 
-The embedder reads the embedding where ``UnifiedTTE.encode`` reads it (the final-norm hidden state
-at the embedding token, ``pool_normalize``, same position ids). When the vision tower is trained, a
+The embedder and the head read the embedding through ``tte_fast.batching.embed_batch``, the forward
+``UnifiedTTE.encode`` runs (final-norm state at the embedding token, or the TTE_u head over the
+layer L-k states), so what is trained is what is run. When the vision tower is trained, a
 chunk without images still runs it once on a dummy image with zero weight, so every process touches
 every trainable parameter in every backward: DDP would otherwise wait forever on the process that
-had images for gradients the image-free process never produces.
+had images for gradients the image-free process never produces (and FSDP's reduce-scatters would
+not match).
 """
 
 from __future__ import annotations
@@ -13,8 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tte_fast.generate import model_inputs, prefill_position_ids
-from tte_fast.kernels import pool_normalize
+from tte_fast.batching import embed_batch
 from tte_fast.train.batches import IGNORE_INDEX
 
 
@@ -23,7 +24,7 @@ def vision_tower(hf_model: nn.Module) -> nn.Module | None:
 
 
 class _Owner:
-    """Holds the HF model for position ids without registering it as a submodule (DDP wraps only
+    """Holds the HF model without registering it as a submodule (DDP and FSDP wrap only
     the trained part)."""
 
     def __init__(self, hf_model):
@@ -31,7 +32,8 @@ class _Owner:
 
 
 class Embedder(nn.Module):
-    """Query / target batch (processor outputs ending in the embedding token) -> [B, D] unit vectors."""
+    """Query / target batch (processor outputs ending in the embedding token) -> [B, D] unit vectors,
+    by ``tte_fast.batching.embed_batch``: the forward ``UnifiedTTE.encode`` runs, with gradients."""
 
     def __init__(self, hf_model: nn.Module):
         super().__init__()
@@ -41,18 +43,13 @@ class Embedder(nn.Module):
         self.dummy_vision = visual is not None and any(p.requires_grad for p in visual.parameters())
 
     def forward(self, **batch) -> torch.Tensor:
-        position_ids, _ = prefill_position_ids(self.owner.hf_model, batch)
-        hidden = self.backbone(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            position_ids=position_ids,
-            use_cache=False,
-            **model_inputs(self.backbone, batch),
-        ).last_hidden_state
-        emb = pool_normalize(hidden, batch["attention_mask"])
+        # The dummy pass runs first, where real images run: FSDP all-gathers each layer's weights
+        # when it starts, and every process must gather them in the same order.
+        dummy = None
         if self.dummy_vision and batch.get("pixel_values") is None:
-            emb = emb + 0.0 * _dummy_vision_output(self.backbone)
-        return emb
+            dummy = _dummy_vision_output(self.backbone)
+        emb = embed_batch(self.owner.hf_model, batch)
+        return emb if dummy is None else emb + 0.0 * dummy
 
 
 def _dummy_vision_output(backbone: nn.Module) -> torch.Tensor:
@@ -76,40 +73,19 @@ def _dummy_vision_output(backbone: nn.Module) -> torch.Tensor:
 
 
 class HeadEncoder(nn.Module):
-    """The TTE_u head over precomputed layer L-k states; rotary tables come batch-first so that
-    ``gradcache_step`` can split them with the rest of the chunk."""
+    """The TTE_u head on its frozen backbone, by ``tte_fast.batching.embed_batch``: the backbone
+    stops at layer L-k and the head runs its k layers, as ``UnifiedTTE`` does. The backbone is not
+    a submodule (only the head trains and is wrapped) and builds no graph (it has no trainable
+    parameters), so each chunk's memory is that of the head; the backbone runs once in each of
+    ``gradcache_step``'s two passes."""
 
-    def __init__(self, head: nn.Module):
+    def __init__(self, head: nn.Module, hf_model: nn.Module):
         super().__init__()
         self.head = head
+        self.owner = _Owner(hf_model)
 
-    def forward(self, hidden, attention_mask, cos, sin) -> torch.Tensor:
-        return self.head(hidden, attention_mask, (cos.movedim(0, -3), sin.movedim(0, -3)))
-
-
-@torch.no_grad()
-def head_source_batch(head, hf_model: nn.Module, batch: dict) -> dict:
-    """The frozen backbone's layer L-k states for a batch, as ``UnifiedTTE`` computes them."""
-    backbone = hf_model.base_model
-    position_ids, _ = prefill_position_ids(hf_model, batch)
-    hidden, (cos, sin) = head.source_states(
-        backbone,
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        position_ids=position_ids,
-        **model_inputs(backbone, batch),
-    )
-    b = hidden.shape[0]
-
-    def batch_first(t):
-        return t.expand(*t.shape[:-3], b, *t.shape[-2:]).movedim(-3, 0).contiguous()
-
-    return {
-        "hidden": hidden,
-        "attention_mask": batch["attention_mask"],
-        "cos": batch_first(cos),
-        "sin": batch_first(sin),
-    }
+    def forward(self, **batch) -> torch.Tensor:
+        return embed_batch(self.owner.hf_model, batch, self.head)
 
 
 class CausalLMLoss(nn.Module):

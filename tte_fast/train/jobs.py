@@ -7,12 +7,11 @@ every process).
 - reasoner: token NLL over the labelled tokens of every process, so the gradient is that of one
   process holding the whole global batch (DDP averages ``world x`` each process's sum / all tokens);
 - embedder: ``gradcache_step`` over query and target chunks (cross-process negatives);
-- head: the frozen backbone gives layer L-k states once per step, ``gradcache_step`` trains the head.
+- head: ``gradcache_step`` trains the head on the frozen backbone's layer L-k states (chunk by chunk).
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,7 +21,7 @@ from torch import nn
 from tte_fast.distributed import all_reduce_sum
 from tte_fast.gradcache import gradcache_step
 from tte_fast.train.config import RunConfig
-from tte_fast.train.encoders import CausalLMLoss, Embedder, HeadEncoder, head_source_batch
+from tte_fast.train.encoders import CausalLMLoss, Embedder, HeadEncoder
 from tte_fast.train.models import Loaded
 
 
@@ -51,13 +50,8 @@ def build_job(config: RunConfig, loaded: Loaded, accelerator) -> Job:
         "target_chunk_size": c.target_chunk_size,
         "temperature": c.temperature,
     }
-    if accelerator.scaler is not None:  # fp16: the cached step must scale its own backward
-        if "scaler" not in inspect.signature(gradcache_step).parameters and config.contrastive_job:
-            raise ValueError(
-                "fp16 training of the embedder / head needs gradcache_step(scaler=...): use bf16"
-            )
-        if config.contrastive_job:
-            contrastive["scaler"] = accelerator.scaler
+    if accelerator.scaler is not None and config.contrastive_job:
+        contrastive["scaler"] = accelerator.scaler  # fp16: the cached step scales its own backward
 
     if config.job == "reasoner":
 
@@ -81,11 +75,8 @@ def build_job(config: RunConfig, loaded: Loaded, accelerator) -> Job:
     loaded.hf_model.to(device)  # frozen: accelerate places only the head
 
     def head_step(module, batch):
-        with accelerator.autocast():
-            queries, targets = (
-                head_source_batch(loaded.head, loaded.hf_model, to_device(batch[side], device, dtype))
-                for side in ("queries", "targets")
-            )
+        queries = to_device(batch["queries"], device, dtype)
+        targets = to_device(batch["targets"], device, dtype)
         return gradcache_step(module, queries, targets, **contrastive)
 
-    return Job(HeadEncoder(loaded.head), head_step)
+    return Job(HeadEncoder(loaded.head, loaded.hf_model), head_step)

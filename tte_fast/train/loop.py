@@ -6,6 +6,7 @@ save/load); the jobs (``tte_fast.train.jobs``) say what a step computes.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from tte_fast.train.models import (
 from tte_fast.train.progress import StepLog
 from tte_fast.train.records import read_dataset
 from tte_fast.train.schedule import build_schedule
+from tte_fast.train.sharding import ShardedState, full_norm, refuse_accelerate_fsdp, shard, unsharded
 from tte_fast.yaml_config import save_config
 
 CONFIG_FILE = "train_config.yaml"
@@ -62,7 +64,10 @@ def _accelerator(config: RunConfig):
     precision = config.train.mixed_precision
     if precision == "auto":
         precision = "no" if cpu else "bf16"
+    if precision == "fp16" and cpu:  # accelerate would quietly train in fp32 (no CPU fp16 autocast)
+        raise ValueError("train.mixed_precision: fp16 needs CUDA; on CPU use no or bf16")
     accelerator = Accelerator(cpu=cpu, mixed_precision=precision)
+    refuse_accelerate_fsdp(accelerator)
     if world()[1] != accelerator.num_processes:
         raise RuntimeError(
             f"torch.distributed has {world()[1]} processes but accelerate set up {accelerator.num_processes}"
@@ -124,6 +129,8 @@ class _Run:
     params: list
     batches: StepBatches
     facts: dict
+    sharded: ShardedState | None = None  # FSDP: weights and optimizer, which accelerate does not hold
+    hf_names: dict | None = None  # FSDP: the HF model's name of each trained parameter
 
 
 def _setup(config: RunConfig, raw_config: dict | None) -> _Run:
@@ -142,13 +149,29 @@ def _setup(config: RunConfig, raw_config: dict | None) -> _Run:
     job = build_job(config, loaded, accelerator)
     batches, facts = _data(config, loaded, accelerator)
     t = config.train
-    params = [p for p in job.module.parameters() if p.requires_grad]
+    hf_names = shard(job.module, loaded.hf_model, accelerator.device) if t.fsdp else None
+    params = [p for p in job.module.parameters() if p.requires_grad]  # sharded ones under FSDP
     optimizer = torch.optim.AdamW(params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(t.warmup_steps, t.steps, t.min_lr_ratio)
     )
-    module, optimizer = accelerator.prepare(job.module, optimizer)
     accelerator.register_for_checkpointing(scheduler)  # not prepared: accelerate would step it per process
+    if t.fsdp:  # sharded already: accelerate would wrap it in DDP and save only the main shard
+        sharded = ShardedState(job.module, optimizer, trainable_names(job.module))
+        return _Run(
+            accelerator,
+            loaded,
+            job,
+            job.module,
+            optimizer,
+            scheduler,
+            params,
+            batches,
+            facts,
+            sharded,
+            hf_names,
+        )
+    module, optimizer = accelerator.prepare(job.module, optimizer)
     register_trainable_only(accelerator, [trainable_names(module)])
     return _Run(accelerator, loaded, job, module, optimizer, scheduler, params, batches, facts)
 
@@ -158,7 +181,7 @@ def _resume(run: _Run, root: str) -> tuple[int, int]:
     folder = latest_checkpoint(root)
     if folder is None:
         return 0, 0
-    state = load_checkpoint(run.accelerator, folder)
+    state = load_checkpoint(run.accelerator, folder, run.sharded)
     if state["facts"] != run.facts:
         raise ValueError(f"{folder} was written by a run with {state['facts']}; this run has {run.facts}")
     return state["step"], state["skipped"]
@@ -183,9 +206,12 @@ def train(config: RunConfig, resume: bool = False, raw_config: dict | None = Non
         num_workers=config.data.num_workers,
         generator=torch.Generator().manual_seed(config.seed),  # keeps the global RNG untouched
     )
+    # A prepared module autocasts its own forward; a sharded one is not prepared.
+    autocast = run.accelerator.autocast if run.sharded is not None else contextlib.nullcontext
     for step, batch in zip(range(start, t.steps), loader):
-        loss = run.job.step(run.module, batch)
-        norm = run.accelerator.clip_grad_norm_(run.params, t.max_grad_norm or math.inf)
+        with autocast():
+            loss = run.job.step(run.module, batch)
+        norm = full_norm(run.accelerator.clip_grad_norm_(run.params, t.max_grad_norm or math.inf))
         lr = run.scheduler.get_last_lr()[0]
         run.optimizer.step()
         run.scheduler.step()
@@ -195,10 +221,13 @@ def train(config: RunConfig, resume: bool = False, raw_config: dict | None = Non
         log.step(step + 1, float(loss), lr, float(norm), samples, tokens, skipped)
         if config.checkpoint.every and (step + 1) % config.checkpoint.every == 0:
             state = {"skipped": skipped, "facts": run.facts}
-            save_checkpoint(run.accelerator, root, step + 1, state, config.checkpoint.keep)
+            save_checkpoint(run.accelerator, root, step + 1, state, config.checkpoint.keep, run.sharded)
     log.close()
     final = os.path.join(config.output_dir, FINAL_DIR)
+    loaded = run.loaded
+    if run.sharded is not None:  # gathered by every process into an unsharded copy on the main one
+        loaded = unsharded(run.loaded, run.hf_names, run.module, config, main)
     if main:
-        save_trained(run.loaded, final, merge=config.lora.merge)
+        save_trained(loaded, final, merge=config.lora.merge)
     run.accelerator.wait_for_everyone()
     return final

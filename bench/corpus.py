@@ -97,7 +97,7 @@ def _run_and_kill(command: list[str], env: dict, output: str, shards: int) -> tu
 def compare_tables(folder: str, reference: str) -> dict:
     """How the table in ``folder`` differs from the one in ``reference`` (both sorted by id)."""
     from tte_fast.corpus import embeddings_of
-    from tte_fast.corpus_store import read_table
+    from tte_fast.corpus.store import read_table
 
     a, b = read_table(folder).sort_by("id"), read_table(reference).sort_by("id")
     ids = a.column("id").to_pylist()

@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from tte_fast import UnifiedTTE
+from tte_fast.hf_processor import load_processor
 from tte_fast.inputs import check_input, load_input
-from tte_fast.processing import QWEN_VL_MODEL_TYPES, load_processor
+from tte_fast.model_types import auto_model_class, is_qwen_vl
 from tte_fast.profiling import StageRecorder, instrument_vision_encoder, stage
 from tte_fast.prompts import render_prompt
 
@@ -56,12 +57,16 @@ class HFBaseline:
     """HF processor + ``generate`` + re-encode with ``output_hidden_states=True`` + last-token pooling."""
 
     def __init__(self, tte: UnifiedTTE, path: str, dtype: torch.dtype, device: torch.device):
-        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, Qwen2VLImageProcessorPil
+        from transformers import Qwen2VLImageProcessorPil
 
         self.tte = tte  # for its prompts only, so both sides see the same text
-        vision = tte.model_type in QWEN_VL_MODEL_TYPES
-        auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
-        self.model = auto.from_pretrained(path, dtype=dtype, attn_implementation="sdpa").to(device).eval()
+        vision = is_qwen_vl(tte.model_type)
+        self.model = (
+            auto_model_class(tte.model_type)
+            .from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+            .to(device)
+            .eval()
+        )
         image_processor = Qwen2VLImageProcessorPil.from_pretrained(path) if vision else None
         self.processor = load_processor(path, tte.model_type, image_processor)
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)

@@ -10,7 +10,7 @@ import pyarrow as pa
 from PIL import Image
 
 from tte_fast.corpus import embeddings_of
-from tte_fast.corpus_store import read_table
+from tte_fast.corpus.store import read_table
 
 THINK = "2"  # think budget: short traces keep the tests fast
 

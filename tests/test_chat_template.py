@@ -9,8 +9,8 @@ import shutil
 import numpy as np
 import pytest
 
+from tte_fast.hf_processor import CHAT_TEMPLATE_FILE, LEGACY_CHAT_TEMPLATE_FILE, packaged_chat_template
 from tte_fast.model import UnifiedTTE
-from tte_fast.processing import CHAT_TEMPLATE_FILE, LEGACY_CHAT_TEMPLATE_FILE, packaged_chat_template
 
 # A working template with a marker, to see which file it was read from.
 MARKED = packaged_chat_template().replace("<|im_start|>assistant", "<|im_start|>assistant MARK", 1)

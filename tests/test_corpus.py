@@ -18,8 +18,8 @@ from PIL import Image
 
 from tte_fast.cli import main
 from tte_fast.corpus import CorpusJobError, EncodeSettings, embeddings_of, encode_corpus, model_description
-from tte_fast.corpus_io import Columns, open_corpus
-from tte_fast.corpus_store import MANIFEST
+from tte_fast.corpus.reader import Columns, open_corpus
+from tte_fast.corpus.store import MANIFEST
 from tte_fast.model import UnifiedTTE
 from tte_fast.testing import build_tiny_checkpoint
 from tte_fast.two_model import TwoModelTTE
@@ -33,7 +33,7 @@ KILLED_RUN = textwrap.dedent(
     import os, signal, sys
     import torch
     torch.set_num_threads(1)
-    from tte_fast import corpus_store
+    from tte_fast.corpus import store as corpus_store
     from tte_fast.cli import main
     renames, replace = [], os.replace
     def dying_replace(src, dst):

@@ -14,8 +14,8 @@ import torch.multiprocessing as mp
 from corpus_cases import assert_same_table, encode_args, mixed_items, sorted_table, write_corpus
 
 from tte_fast.corpus import EncodeSettings, encode_corpus
-from tte_fast.corpus_io import open_corpus
-from tte_fast.corpus_store import MANIFEST
+from tte_fast.corpus.reader import open_corpus
+from tte_fast.corpus.store import MANIFEST
 from tte_fast.model import UnifiedTTE
 
 SHARD = 2

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tte_fast.corpus_io import Columns, CorpusError, open_corpus, to_input
+from tte_fast.corpus.reader import Columns, CorpusError, open_corpus, to_input
 
 
 def _jsonl(tmp_path, lines: list, name: str = "c.jsonl") -> str:

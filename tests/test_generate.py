@@ -9,7 +9,7 @@ from torch._dynamo.utils import counters
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
 from tte_fast.generate import DecodeOptions, Decoder
-from tte_fast.processing import load_processor
+from tte_fast.hf_processor import load_processor
 from tte_fast.testing import TINY_MODEL_TYPES
 
 NEW_TOKENS = 8

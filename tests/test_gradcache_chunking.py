@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from tte_fast.chunking import batch_size, split_inputs
-from tte_fast.processing import load_processor
+from tte_fast.hf_processor import load_processor
 
 MERGE = 4  # patches per image token (spatial_merge_size ** 2)
 

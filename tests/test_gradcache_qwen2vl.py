@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from tte_fast.gradcache import gradcache_step
+from tte_fast.hf_processor import load_processor
 from tte_fast.kernels import pool_normalize
-from tte_fast.processing import load_processor
 
 # fp32: relative error of the whole gradient (all parameters as one vector) below 1e-5. Single
 # tensors get a looser bound: the full-batch and per-chunk matmuls round differently, and 1 / 0.02

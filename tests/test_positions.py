@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
 import tte_fast.generate as generate
 from tte_fast.generate import DecodeOptions, Decoder, prefill_position_ids
-from tte_fast.processing import load_processor
+from tte_fast.hf_processor import load_processor
 from tte_fast.testing import TINY_MODEL_TYPES
 
 NEW_TOKENS = 6

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from tests.train_cases import example
-from tte_fast.processing import load_processor
+from tte_fast.hf_processor import load_processor
 from tte_fast.prompts import PromptConfig
 from tte_fast.train import load_run_config
 from tte_fast.train.batches import Renderer, StepBatches

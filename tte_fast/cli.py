@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser(
         "train", help="train a reasoner, an embedder or a TTE_u head: train CONFIG.yaml", add_help=False
     )
-    # Its own parser (tte_fast/corpus_cli.py) takes the inputs, the output folder and the options.
+    # Its own parser (tte_fast/corpus/cli.py) takes the inputs, the output folder and the options.
     commands.add_parser(
         "encode", help="embed a JSONL / parquet corpus into parquet shards (resumable)", add_help=False
     )
@@ -24,13 +24,17 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser(
         "eval", help="MMEB-style evaluation: eval CONFIG.yaml [key=value ...]", add_help=False
     )
+    # Its own parser (tte_fast/minibench/cli.py) takes the run folder, seed and profile.
+    commands.add_parser(
+        "minibench", help="generate the miniature TTE benchmark, train and score 4 variants", add_help=False
+    )
     # Its own parser (tte_fast/serve/cli.py) takes the model, host, port, key and limits.
     commands.add_parser(
         "serve", help="OpenAI/vLLM-compatible embeddings server: serve --model PATH", add_help=False
     )
     args, rest = parser.parse_known_args(argv)
     if args.command == "encode":
-        from tte_fast.corpus_cli import main as encode_main
+        from tte_fast.corpus.cli import main as encode_main
 
         encode_main(rest)
     elif args.command == "eval":
@@ -45,6 +49,10 @@ def main(argv: list[str] | None = None) -> None:
         from tte_fast.serve.cli import main as serve_main
 
         serve_main(rest)
+    elif args.command == "minibench":
+        from tte_fast.minibench.cli import main as minibench_main
+
+        minibench_main(rest)
     elif args.command == "train":
         from tte_fast.train.cli import main as train_main
 

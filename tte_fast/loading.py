@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from tte_fast.processing import QWEN_VL_MODEL_TYPES
+from tte_fast.model_types import QWEN_VL_MODEL_TYPES, auto_model_class, is_qwen_vl
 from tte_fast.tte_config import TTEConfig
 
 
@@ -62,7 +62,7 @@ def default_attention(device: torch.device, dtype, head: str, compile) -> str:
 
 def load_backbone(path_or_id: str, dtype, device: torch.device, attn_implementation: str):
     """The HF model (Qwen-VL, or any text-only causal LM) and its model type; unsupported types fail early."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     try:
@@ -70,16 +70,14 @@ def load_backbone(path_or_id: str, dtype, device: torch.device, attn_implementat
     except (ValueError, KeyError) as e:
         raise ValueError(f"cannot load {path_or_id!r}: {e}") from e
     model_type = hf_config.model_type
-    if model_type in QWEN_VL_MODEL_TYPES:
-        auto = AutoModelForImageTextToText
-    elif (
+    text_only = (
         model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and getattr(hf_config, "vision_config", None) is None
-    ):
-        auto = AutoModelForCausalLM
-    else:
+    )
+    if not (is_qwen_vl(model_type) or text_only):
         raise ValueError(
             f"unsupported model type {model_type!r} in {path_or_id!r}: expected one of {QWEN_VL_MODEL_TYPES} "
             "or a text-only causal LM"
         )
+    auto = auto_model_class(model_type)
     hf_model = auto.from_pretrained(path_or_id, dtype=dtype, attn_implementation=attn_implementation)
     return hf_model.to(device).eval(), model_type

@@ -18,9 +18,10 @@ from tqdm.auto import tqdm
 from tte_fast.batching import embed_batch, normalize, prompt_batch, unpadded
 from tte_fast.engine import Engine, run_requests
 from tte_fast.generate import DecodeOptions, Decoder
+from tte_fast.hf_processor import CHAT_TEMPLATE_FILE, load_processor
 from tte_fast.inputs import EmbedInput, InputError, as_input_list, check_input, load_input
 from tte_fast.loading import build_head, default_attention, load_backbone, resolve_device, resolve_dtype
-from tte_fast.processing import CHAT_TEMPLATE_FILE, QWEN_VL_MODEL_TYPES, load_processor
+from tte_fast.model_types import QWEN_VL_MODEL_TYPES
 from tte_fast.profiling import instrument_vision_encoder, stage
 from tte_fast.prompts import PromptConfig, check_side
 from tte_fast.tte_config import TTEConfig

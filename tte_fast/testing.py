@@ -82,9 +82,13 @@ def _image_processor_for(config, tiny: bool):
     )
 
 
-def build_tiny_checkpoint(model_type: str, path: str, seed: int = 0) -> str:
-    """Build a random-weight tiny model of ``model_type`` and save it as a checkpoint at ``path``."""
-    return _build_checkpoint(tiny_config(model_type), path, seed, torch.float32, "cpu", tiny=True)
+def build_tiny_checkpoint(model_type: str, path: str, seed: int = 0, position_sensitive: bool = True) -> str:
+    """Build a random-weight tiny model of ``model_type`` and save it as a checkpoint at ``path``.
+
+    ``position_sensitive=False`` keeps the plain init: such a model never closes ``</think>`` nor
+    stops, so every trace runs exactly its budget (what throughput benchmarks want to control)."""
+    config = tiny_config(model_type)
+    return _build_checkpoint(config, path, seed, torch.float32, "cpu", tiny=True, sharpen=position_sensitive)
 
 
 def build_random_checkpoint(shape: str, path: str, seed: int = 0, dtype=torch.bfloat16, device="cpu") -> str:
@@ -97,22 +101,22 @@ def build_random_checkpoint(shape: str, path: str, seed: int = 0, dtype=torch.bf
     return _build_checkpoint(_load_config(SHAPE_CONFIGS[shape]), path, seed, dtype, device, tiny=False)
 
 
-def _build_checkpoint(config, path: str, seed: int, dtype, device, tiny: bool) -> str:
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
+def _build_checkpoint(config, path: str, seed: int, dtype, device, tiny: bool, sharpen: bool = False) -> str:
+    from transformers import AutoTokenizer
 
-    from tte_fast.processing import CHAT_TEMPLATE_FILE, QWEN_VL_MODEL_TYPES, packaged_chat_template
+    from tte_fast.hf_processor import CHAT_TEMPLATE_FILE, packaged_chat_template
+    from tte_fast.model_types import auto_model_class, is_qwen_vl
 
     model_type = config.model_type
     torch.manual_seed(seed)
-    auto = AutoModelForImageTextToText if model_type in QWEN_VL_MODEL_TYPES else AutoModelForCausalLM
     with torch.device(device):
-        model = auto.from_config(config, dtype=dtype)
-    if tiny:
+        model = auto_model_class(model_type).from_config(config, dtype=dtype)
+    if sharpen:
         sharpen_text_decoder(model)
     os.makedirs(path, exist_ok=True)
     model.save_pretrained(path)  # safetensors
     AutoTokenizer.from_pretrained(qwen_tokenizer_dir()).save_pretrained(path)
-    if model_type in QWEN_VL_MODEL_TYPES:
+    if is_qwen_vl(model_type):
         _image_processor_for(config, tiny).save_pretrained(path)
         with open(os.path.join(path, CHAT_TEMPLATE_FILE), "w", encoding="utf-8") as f:
             f.write(packaged_chat_template())

@@ -17,7 +17,7 @@ Each actor loads the model once (on the GPU Ray gives it when ``num_gpus`` > 0, 
 encodes the batches it is sent. Rows come back with their input columns (the image column left out
 unless ``keep_image=True``) plus ``embedding`` (float32 or float16 [D]), ``trace`` and ``error``. A bad
 input (missing or corrupt image, prompt too long) does not fail the job: its ``error`` holds the
-message and its embedding is NaN. Columns are read as :func:`tte_fast.corpus_io.to_input` reads a
+message and its embedding is NaN. Columns are read as :func:`tte_fast.corpus.reader.to_input` reads a
 corpus record (renamed with ``columns``, relative image paths joined to ``image_root``).
 """
 
@@ -33,7 +33,7 @@ except ImportError as err:  # pragma: no cover - exercised only without ray
     raise ImportError("tte_fast.integrations.ray needs Ray Data: pip install 'tte_fast[ray]'") from err
 
 from tte_fast.corpus import load_model
-from tte_fast.corpus_io import Columns, to_input
+from tte_fast.corpus.reader import Columns, to_input
 
 EMBEDDING_DTYPES = {"float32": np.float32, "float16": np.float16}
 

@@ -12,8 +12,9 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from tte_fast.hf_processor import load_processor
 from tte_fast.loading import load_backbone, resolve_dtype
-from tte_fast.processing import QWEN_VL_MODEL_TYPES, load_processor
+from tte_fast.model_types import QWEN_VL_MODEL_TYPES
 from tte_fast.prompts import PromptConfig
 from tte_fast.train.config import RunConfig
 from tte_fast.train.encoders import vision_tower

@@ -14,7 +14,7 @@ import argparse
 import json
 import os
 
-from tte_fast.corpus_io import Columns, CorpusError, open_corpus
+from tte_fast.corpus.reader import Columns, CorpusError, open_corpus
 
 DTYPES = ["float32", "bfloat16", "float16"]
 
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         corpus = open_corpus(args.inputs, columns, args.image_root)
     except CorpusError as err:
         raise SystemExit(str(err)) from None
-    from tte_fast.corpus import load_model
+    from tte_fast.corpus.job import load_model
 
     model = load_model(args.model, args.reasoner, device=_device(args.device), dtype=args.dtype)
     generation = {} if args.max_answer_tokens is None else {"max_answer_tokens": args.max_answer_tokens}
@@ -98,7 +98,7 @@ def _device(device: str | None) -> str | None:
 
 
 def _encode_to_folder(model, corpus, args, generation) -> None:
-    from tte_fast.corpus import CorpusJobError, EncodeSettings, encode_corpus
+    from tte_fast.corpus.job import CorpusJobError, EncodeSettings, encode_corpus
 
     settings = EncodeSettings(
         side=args.side,

@@ -14,7 +14,8 @@ import warnings
 
 from transformers import AutoTokenizer, ProcessorMixin
 
-QWEN_VL_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+from tte_fast.model_types import is_qwen_vl, processor_class
+
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 # The older processor template file many published Qwen-VL checkpoints ship: {"chat_template": "..."}.
 LEGACY_CHAT_TEMPLATE_FILE = "chat_template.json"
@@ -29,14 +30,7 @@ def packaged_chat_template() -> str:
 
 @functools.cache
 def _processor_class(model_type: str) -> type:
-    if model_type == "qwen2_vl":
-        from transformers import Qwen2VLProcessor as base
-    elif model_type == "qwen2_5_vl":
-        from transformers import Qwen2_5_VLProcessor as base
-    elif model_type == "qwen3_vl":
-        from transformers import Qwen3VLProcessor as base
-    else:
-        raise ValueError(f"unknown Qwen-VL model type {model_type!r}; expected one of {QWEN_VL_MODEL_TYPES}")
+    base = processor_class(model_type)
 
     def check_argument_for_proper_class(self, argument_name, argument):
         if argument_name == "video_processor" and argument is None:
@@ -107,7 +101,7 @@ def load_processor(path: str, model_type: str, image_processor=None):
     A Qwen-VL chat template that cannot render image parts (a text-only tokenizer template, say)
     is replaced by the packaged Qwen-VL template, with a warning, instead of failing in ``encode``."""
     tokenizer = AutoTokenizer.from_pretrained(path)
-    if model_type not in QWEN_VL_MODEL_TYPES:
+    if not is_qwen_vl(model_type):
         return tokenizer
     image_processor = image_processor or default_image_processor(path)
     processor = build_processor(model_type, tokenizer, image_processor, saved_chat_template(path))

@@ -1,8 +1,8 @@
 """Encoding a corpus into a folder of parquet shards: resumable, sharded over torchrun processes.
 
-:func:`encode_corpus` reads a corpus (:mod:`tte_fast.corpus_io`), skips the ids the output folder
+:func:`encode_corpus` reads a corpus (:mod:`tte_fast.corpus.reader`), skips the ids the output folder
 already holds, splits the rest into shards of ``shard_size`` inputs in input order, and encodes and
-writes its share of them (:mod:`tte_fast.corpus_store`): shard j of the inputs left goes to process
+writes its share of them (:mod:`tte_fast.corpus.store`): shard j of the inputs left goes to process
 ``j % world_size``. A bad input (missing or corrupt image, prompt too long) is written as a row with
 its error and no embedding; the job goes on.
 
@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
-from tte_fast.corpus_io import Corpus
-from tte_fast.corpus_store import (
+from tte_fast.corpus.reader import Corpus
+from tte_fast.corpus.store import (
     EMBEDDING_DTYPES,
     FORMAT,
     OutputFolder,
@@ -39,7 +39,7 @@ from tte_fast.corpus_store import (
     shard_schema,
     shard_table,
 )
-from tte_fast.corpus_world import World
+from tte_fast.corpus.world import World
 
 
 class CorpusJobError(RuntimeError):

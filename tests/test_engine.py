@@ -109,22 +109,25 @@ def test_stale_cache_columns_never_leak(model):
 
 
 def test_the_engine_never_re_encodes(model):
-    """Every forward through the first decoder layer is an admission prefill or a one-token step
-    for all slots: thinking then embedding costs the prompts once plus one column per step."""
+    """Every forward through the first decoder layer is an admission prefill or a one-token step of
+    the busy slots: thinking then embedding costs each prompt once plus one row per token fed after
+    it (its trace and the embedding token), and an idle slot costs nothing."""
     layer = model.hf_model.get_decoder().layers[0]
     shapes = []
     handle = layer.register_forward_pre_hook(lambda module, args: shapes.append(tuple(args[0].shape[:2])))
     try:
         engine = Engine(model, slots=3)
         options = model.decode_options(max_think_tokens=5)
-        for i, x in enumerate(_inputs(model)):
-            engine.submit(check_input(i, x), options, index=i)
+        futures = [engine.submit(check_input(i, x), options, index=i) for i, x in enumerate(_inputs(model))]
         engine.run_until_done()
     finally:
         handle.remove()
-    long_calls = [s for s in shapes if s[1] > 1]
-    assert len(long_calls) == engine.prefills
-    assert [s for s in shapes if s[1] == 1] == [(3, 1)] * engine.steps
+    results = [f.result() for f in futures]
+    prefills = [s for s in shapes if s[1] > 1]
+    steps = [s for s in shapes if s[1] == 1]
+    assert len(prefills) == engine.prefills and len(steps) == engine.steps
+    assert sum(rows for rows, _ in steps) == sum(len(r.sequence) - r.prompt_tokens for r in results)
+    assert sum(rows * length for rows, length in prefills) >= sum(r.prompt_tokens for r in results)
 
 
 def test_same_seed_samples_as_static_batches(model):

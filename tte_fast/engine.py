@@ -332,36 +332,49 @@ class Engine:
             self._finish_think_only(slot)
 
     def _decode(self) -> int:
+        """One token for every busy slot. Compiled steps always run all slots (one fixed shape); eager
+        steps run only the busy ones, so a lightly loaded engine does not pay for empty slots."""
         model = self.model
         device = self.cache.positions.device
-        n_slots = len(self.slots)
-        feed = [s.feed if s is not None and s.feed is not None else model.pad_token_id for s in self.slots]
-        tokens = torch.tensor(feed, dtype=torch.long, device=device).view(n_slots, 1)
-        positions = decode_position_ids(self.text_pos, self.deltas if self.mrope else None)
+        busy = [i for i, s in enumerate(self.slots) if s is not None]
+        rows = None if model.decoder.compiled or len(busy) == len(self.slots) else busy
+        self.cache.select(rows)
+        order = list(range(len(self.slots))) if rows is None else rows
+        feed = [self.slots[i].feed if self.slots[i] is not None else model.pad_token_id for i in order]
+        tokens = torch.tensor(feed, dtype=torch.long, device=device).view(len(order), 1)
+        index = None if rows is None else torch.tensor(rows, device=device)
+        text_pos = self.text_pos if index is None else self.text_pos[index]
+        deltas = None if not self.mrope else (self.deltas if index is None else self.deltas[index])
+        positions = decode_position_ids(text_pos, deltas)
         bias = self.cache.attention_bias(next(model.hf_model.parameters()).dtype)
-        needs_logits = any(s is not None and s.state == ALIVE for s in self.slots)
+        needs_logits = any(self.slots[i].state == ALIVE for i in busy)
         if model.decoder.compiled:
-            model.decoder.shapes.record((n_slots, self.cache.length))
-        with stage("decode_step"):
-            if needs_logits:
-                hidden, logits = model.decoder.step(tokens, positions, bias, self.cache, None)
-            else:
-                hidden, logits = model.decoder.forward(tokens, positions, bias, self.cache, None), None
+            model.decoder.shapes.record((len(self.slots), self.cache.length))
+        try:
+            with stage("decode_step"):
+                if needs_logits:
+                    hidden, logits = model.decoder.step(tokens, positions, bias, self.cache, None)
+                else:
+                    hidden, logits = model.decoder.forward(tokens, positions, bias, self.cache, None), None
+        finally:
+            self.cache.select(None)
         self.steps += 1
-        busy = torch.tensor([s is not None for s in self.slots], device=device)
-        self.cache.positions += busy.long()
-        self.text_pos += busy.long()
+        advanced = torch.zeros(len(self.slots), dtype=torch.long, device=device)
+        advanced[busy] = 1
+        self.cache.positions += advanced
+        self.text_pos += advanced
         finished = 0
-        for i, slot in enumerate(self.slots):
+        for row, i in enumerate(order):
+            slot = self.slots[i]
             if slot is None:
                 continue
             if slot.state == EMBED:
-                self._finish_embedded(i, slot, hidden[i])
+                self._finish_embedded(i, slot, hidden[row])
                 finished += 1
             elif slot.state == KEEP_LAST:
                 slot.state, slot.feed = EMBED, model.embed_token_id
             else:
-                self._sample(slot, logits[i])
+                self._sample(slot, logits[row])
                 if slot.request.future.done():
                     self.slots[i] = None
                     finished += 1

@@ -24,7 +24,8 @@ class SlotCache(Cache):
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.positions = torch.zeros(slots, dtype=torch.long, device=device)  # next column per slot
-        self._rows = torch.arange(slots, device=device)
+        self._all_rows = torch.arange(slots, device=device)
+        self._rows = self._all_rows  # the slots the current step runs (``select``)
 
     @classmethod
     def for_model(cls, hf_model, slots: int, length: int) -> SlotCache:
@@ -43,26 +44,34 @@ class SlotCache(Cache):
     def slots(self) -> int:
         return self.keys[0].shape[0]
 
+    def select(self, rows: list[int] | None) -> None:
+        """Run the next steps on these slots only (None: all of them, the fixed-shape step)."""
+        self._rows = self._all_rows if rows is None else torch.tensor(rows, device=self._all_rows.device)
+
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
-        """Write one new column per slot (a decode step) and return the layer's whole cache."""
-        if key_states.shape[0] != self.slots or key_states.shape[2] != 1:
+        """Write one new column per selected slot (a decode step) and return their cache rows."""
+        n_rows = self._rows.shape[0]
+        if key_states.shape[0] != n_rows or key_states.shape[2] != 1:
             raise ValueError(
-                f"a slot cache takes one token per slot ({self.slots} slots), "
+                f"a slot cache takes one token per selected slot ({n_rows} slots), "
                 f"got keys {tuple(key_states.shape)}"
             )
         keys, values = self.keys[layer_idx], self.values[layer_idx]
-        keys[self._rows, :, self.positions] = key_states[:, :, 0]
-        values[self._rows, :, self.positions] = value_states[:, :, 0]
-        return keys, values
+        positions = self.positions[self._rows]
+        keys[self._rows, :, positions] = key_states[:, :, 0]
+        values[self._rows, :, positions] = value_states[:, :, 0]
+        if n_rows == self.slots:
+            return keys, values
+        return keys[self._rows], values[self._rows]  # a gather: the rows of the busy slots
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return 0  # positions are always passed explicitly; each slot has its own length
 
     def attention_bias(self, dtype) -> torch.Tensor:
-        """Additive mask ``[slots, 1, 1, length]``: 0 on columns ``0 .. position`` of each slot (its
+        """Additive mask ``[selected slots, 1, 1, length]``: 0 on columns ``0 .. position`` of each slot (its
         tokens and the one being written), the dtype's minimum elsewhere (finite: never a NaN row)."""
         columns = torch.arange(self.length, device=self.positions.device)
-        allowed = columns[None, :] <= self.positions[:, None]
+        allowed = columns[None, :] <= self.positions[self._rows][:, None]
         bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
         return bias.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None, None, :]
 

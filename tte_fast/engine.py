@@ -3,8 +3,8 @@
 ``Engine`` keeps ``slots`` rows of one preallocated :class:`~tte_fast.slot_cache.SlotCache`. Each
 step (1) admits waiting requests into free slots with one left-padded prefill whose keys and values
 are copied into those slots, and embeds requests that do not think straight from that prefill;
-(2) decodes one token for every slot, in a shape-static step (the compiled step when the model was
-loaded with ``compile=True``). A slot that stops feeds its embedding token on its own cache rows,
+(2) decodes one token for every busy slot (with ``compile=True``, for every slot: one shape-static
+step the compiled graph replays). A slot that stops feeds its embedding token on its own cache rows,
 its embedding is read there, and the slot is free for the next request on the following step.
 
 Every slot has its own length, text position, M-RoPE delta, decode options and sampling generator,
@@ -121,7 +121,7 @@ class Engine:
         self.text_pos = torch.zeros(slots, dtype=torch.long, device=device)
         self.deltas = torch.zeros(slots, 1, dtype=torch.long, device=device)
         self.mrope = uses_mrope(model.hf_model)
-        self.steps = 0  # decode steps run (all slots at once)
+        self.steps = 0  # decode steps run
         self.prefills = 0  # admission prefills run
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()

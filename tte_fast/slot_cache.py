@@ -4,8 +4,8 @@ Every layer holds keys and values of shape ``[slots, kv_heads, length, head_dim]
 sit compactly in columns ``0 .. position - 1``: a prompt is copied in without its left padding, and
 each decode step writes one column per slot at that slot's own position. A slot attends to columns
 ``0 .. position`` only (``attention_bias``), so whatever an earlier request left past that point
-never reaches a new one. The decode step's shapes depend only on (slots, length), never on which
-slots are busy, so a compiled step replays.
+never reaches a new one. A step over all slots has shapes that depend only on (slots, length), so
+a compiled step replays; ``select`` runs an eager step over the busy slots only.
 
 It implements the part of transformers' ``Cache`` interface that a forward with explicit
 ``position_ids`` and a 4-D attention mask uses: ``update`` per layer.

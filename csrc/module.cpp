@@ -256,6 +256,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_avx2_enabled", &tte::set_avx2_enabled, py::arg("enabled"),
         "Use (True, the default where the CPU has it) or skip the AVX2 resampling path; outputs are equal.");
   m.def("avx2_enabled", &tte::avx2_enabled, "Whether the AVX2 resampling path is in use.");
+  m.def("avx2_rows", &tte::avx2_rows, "Rows the AVX2 code has processed since the module loaded.");
   m.def("resize_uint8", &resize_uint8, py::arg("image"), py::arg("height"), py::arg("width"),
         py::arg("resample") = 3, py::arg("pass_order") = 1,
         "Resize a uint8 HxW or HxWx3 array exactly as PIL's Image.resize((width, height), resample); "

@@ -233,12 +233,15 @@ __attribute__((target("avx2"))) int64_t horizontal_block8_avx2(const RowSource& 
 int64_t horizontal_rows_blocked(const RowSource& src, int channels, int64_t in_w, int64_t row_begin,
                                 int64_t row_end, const Coeffs& co, int64_t out_w, uint8_t* dst) {
   if (!avx2_enabled()) return row_begin;
+  int64_t done = row_begin;
   switch (channels) {
-    case 1: return horizontal_block8_avx2<1>(src, in_w, row_begin, row_end, co, out_w, dst);
-    case 3: return horizontal_block8_avx2<3>(src, in_w, row_begin, row_end, co, out_w, dst);
-    case 4: return horizontal_block8_avx2<4>(src, in_w, row_begin, row_end, co, out_w, dst);
-    default: return row_begin;
+    case 1: done = horizontal_block8_avx2<1>(src, in_w, row_begin, row_end, co, out_w, dst); break;
+    case 3: done = horizontal_block8_avx2<3>(src, in_w, row_begin, row_end, co, out_w, dst); break;
+    case 4: done = horizontal_block8_avx2<4>(src, in_w, row_begin, row_end, co, out_w, dst); break;
+    default: break;
   }
+  count_avx2_rows(done - row_begin);
+  return done;
 }
 #else
 int64_t horizontal_rows_blocked(const RowSource&, int, int64_t, int64_t row_begin, int64_t, const Coeffs&,
@@ -307,6 +310,14 @@ void set_avx2_enabled(bool enabled) {
 }
 
 bool avx2_enabled() { return g_avx2.load(std::memory_order_relaxed); }
+
+namespace {
+std::atomic<int64_t> g_avx2_rows{0};
+}  // namespace
+
+void count_avx2_rows(int64_t rows) { g_avx2_rows.fetch_add(rows, std::memory_order_relaxed); }
+
+int64_t avx2_rows() { return g_avx2_rows.load(std::memory_order_relaxed); }
 
 bool is_convolution_filter(int resample) { return resample >= 1 && resample <= 5; }
 

@@ -22,6 +22,10 @@ bool is_convolution_filter(int resample);
 // portable path against Pillow on the same machine) changes speed only, never the bytes.
 void set_avx2_enabled(bool enabled);
 bool avx2_enabled();
+// Rows the AVX2 code has processed since load (resampling blocks and RGBX conversion): lets tests
+// see that the AVX2 path really ran, not only that it was switched on.
+void count_avx2_rows(int64_t rows);
+int64_t avx2_rows();
 
 enum class PassOrder : int {
   kHorizontalFirst = 0,  // Pillow <= 12

@@ -49,7 +49,10 @@ __attribute__((target("avx2"))) void rgbx_row_to_rgb_avx2(const uint8_t* src, in
 // One row of 4-byte RGBX pixels as 3-byte RGB ones.
 void rgbx_row_to_rgb(const uint8_t* src, int64_t width, uint8_t* dst) {
 #if defined(__x86_64__) && defined(__GNUC__)
-  if (avx2_enabled()) return rgbx_row_to_rgb_avx2(src, width, dst);
+  if (avx2_enabled()) {
+    count_avx2_rows(1);
+    return rgbx_row_to_rgb_avx2(src, width, dst);
+  }
 #endif
   for (int64_t x = 0; x < width; x++) std::memcpy(dst + 3 * x, src + 4 * x, 3);
 }

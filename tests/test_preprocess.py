@@ -39,11 +39,14 @@ def simd_path(request):
     run on the portable path again) where the CPU lacks AVX2, and must be in use where it has it."""
     if request.param and not cpu_has_avx2():
         pytest.skip("this CPU has no AVX2")
-    before = _C.avx2_enabled()
+    before, rows = _C.avx2_enabled(), _C.avx2_rows()
     _C.set_avx2_enabled(request.param)
     assert _C.avx2_enabled() is request.param, "the extension did not switch its AVX2 path"
     yield
     _C.set_avx2_enabled(before)
+    ran = _C.avx2_rows() - rows
+    # The AVX2 case must have run AVX2 code, the portable case none (counted by the extension).
+    assert (ran > 0) if request.param else (ran == 0), f"{ran} rows went through the AVX2 code"
 
 
 @pytest.mark.parametrize("resample", [1, 2, 3, 4, 5])

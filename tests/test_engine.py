@@ -162,3 +162,18 @@ def test_a_cancelled_request_frees_its_slot(model):
     engine.run_until_done()
     assert kept.result().generated_tokens == 2
     assert engine.steps < 10
+
+
+def test_compiled_engine_steps_equal_eager(tiny_checkpoints):
+    """With a compiled decoder every step runs all slots in one fixed shape (the graph CUDA replays);
+    the eager backend traces the same step on CPU."""
+    torch._dynamo.reset()
+    path = tiny_checkpoints["qwen2"]
+    compiled = UnifiedTTE.from_pretrained(path, device="cpu", compile="eager")
+    eager = UnifiedTTE.from_pretrained(path, device="cpu")
+    inputs = ["one", "two words", "and three words here", "x"]
+    got = compiled.encode(inputs, think=True, max_think_tokens=4, batch_size=3)
+    want = eager.encode(inputs, think=True, max_think_tokens=4, batch_size=3)
+    assert got.traces == want.traces
+    torch.testing.assert_close(got.embeddings, want.embeddings, atol=ATOL, rtol=0)
+    assert compiled.decoder.shapes.seen == {(3, compiled._engine.cache.length)}

@@ -26,6 +26,13 @@ class SlotCache(Cache):
         self.positions = torch.zeros(slots, dtype=torch.long, device=device)  # next column per slot
         self._all_rows = torch.arange(slots, device=device)
         self._rows = self._all_rows  # the slots the current step runs (``select``)
+        self._mark_static()
+
+    def _mark_static(self) -> None:
+        """Tell a compiled step these buffers live at fixed addresses (CUDA graphs then read them in
+        place instead of copying the whole cache in at every replay), as transformers' StaticCache does."""
+        for tensor in (*self.keys, *self.values, self.positions, self._all_rows):
+            torch._dynamo.mark_static_address(tensor)
 
     @classmethod
     def for_model(cls, hf_model, slots: int, length: int) -> SlotCache:
@@ -94,6 +101,7 @@ class SlotCache(Cache):
                 new = old.new_zeros(*old.shape[:2], length, old.shape[3])
                 new[:, :, : old.shape[2]] = old
                 store[i] = new
+        self._mark_static()
 
 
 def _layer_states(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:

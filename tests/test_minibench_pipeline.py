@@ -1,0 +1,52 @@
+"""The fast minibench end to end (``tte-fast minibench --profile fast``): data, four trainings through
+``tte-fast train``, four evaluations through ``tte-fast eval``, and every trained variant clearly
+above chance on the test split."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from tte_fast.cli import main
+from tte_fast.minibench.report import META_TASKS
+
+pytestmark = pytest.mark.slow
+MARGIN = 0.06  # about two standard errors of hit@1 over the fast test split (160 queries)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("minibench_fast")
+    main(["minibench", "--output", str(root), "--profile", "fast", "--export", str(root / "model")])
+    with open(root / "minibench.json", encoding="utf-8") as f:
+        return str(root), json.load(f)
+
+
+def test_every_variant_is_trained_scored_and_beats_chance(run):
+    _, summary = run
+    assert set(summary["variants"]) == {"baseline", "TTE_t", "TTE_s", "TTE_u"}
+    for name, variant in summary["variants"].items():
+        assert set(variant["hit@1"]) == {*META_TASKS, "overall"}
+        assert variant["hit@1"]["overall"] > variant["chance"] + MARGIN, (name, variant)
+        assert variant["queries_per_s"] > 0
+
+
+def test_thinking_variants_think_and_the_baseline_does_not(run):
+    _, summary = run
+    variants = summary["variants"]
+    assert variants["baseline"]["tokens_per_query"] == 0
+    for name in ("TTE_t", "TTE_s", "TTE_u"):
+        assert variants[name]["tokens_per_query"] > 5, name
+
+
+def test_exported_model_loads_and_runs_the_demo(run, capsys):
+    from tte_fast.demo import run as demo
+
+    root, _ = run
+    assert os.path.exists(os.path.join(root, "model", "minibench.json"))
+    hits = demo(os.path.join(root, "model"), None, "cpu", per_task=1)
+    out = capsys.readouterr().out
+    assert out.count("trace: <think>") == 4 and ("HIT" in out or "MISS" in out)
+    assert 0 <= hits <= 4

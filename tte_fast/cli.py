@@ -11,7 +11,7 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     # No help flag of its own: ``demo --help`` reaches the demo's parser, which lists its options.
     commands.add_parser(
-        "demo", help="think-then-embed over built-in samples (tiny untrained model)", add_help=False
+        "demo", help="think, embed and retrieve on minibench queries with the shipped model", add_help=False
     )
     commands.add_parser(
         "train", help="train a reasoner, an embedder or a TTE_u head: train CONFIG.yaml", add_help=False

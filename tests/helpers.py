@@ -1,4 +1,4 @@
-"""Plain helpers shared by the test modules: small image builders and assertions.
+"""Plain helpers shared by the test modules: small image builders, assertions, process set-up.
 
 pytest puts tests/ on sys.path, so test modules import these as ``from helpers import ...``;
 fixtures live in conftest.py, the kernel backends every kernel test runs on in kernel_cases.py.
@@ -7,6 +7,8 @@ fixtures live in conftest.py, the kernel backends every kernel test runs on in k
 from __future__ import annotations
 
 import io
+import os
+import socket
 
 import numpy as np
 import PIL.Image
@@ -62,3 +64,23 @@ class StopFirstRow(torch.nn.Module):
             logits[0, self.stop] = logits.max() + 100.0
         self.calls += 1
         return logits
+
+
+def free_port() -> int:
+    """A free TCP port on loopback (for a process group's rendezvous or a test server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def set_torchrun_env(rank: int, world: int, port: int) -> None:
+    """The environment torchrun gives process ``rank`` of ``world`` on this machine."""
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )

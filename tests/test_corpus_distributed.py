@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 
 import pyarrow.parquet as pq
 import pytest
 import torch.multiprocessing as mp
 from corpus_cases import assert_same_table, encode_args, mixed_items, sorted_table, write_corpus
+from helpers import free_port, set_torchrun_env
 
 from tte_fast.corpus import EncodeSettings, encode_corpus
 from tte_fast.corpus.reader import open_corpus
@@ -22,25 +22,11 @@ SHARD = 2
 N = 9
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, args: list[str]) -> None:
     import torch
 
     torch.set_num_threads(1)
-    os.environ.update(
-        {
-            "RANK": str(rank),
-            "WORLD_SIZE": str(world),
-            "LOCAL_RANK": str(rank),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-        }
-    )
+    set_torchrun_env(rank, world, port)
     from tte_fast.cli import main
 
     main(args)
@@ -53,7 +39,7 @@ def test_two_processes_write_disjoint_shards_that_make_the_whole_table(tiny_chec
     two, one = str(tmp_path / "two"), str(tmp_path / "one")
     args = encode_args(model_path, corpus, two, "--shard-size", str(SHARD))
     ctx = mp.get_context("spawn")
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_worker, args=(r, 2, port, args)) for r in range(2)]
     for p in procs:
         p.start()

@@ -177,3 +177,19 @@ def test_compiled_engine_steps_equal_eager(tiny_checkpoints):
     assert got.traces == want.traces
     torch.testing.assert_close(got.embeddings, want.embeddings, atol=ATOL, rtol=0)
     assert compiled.decoder.shapes.seen == {(3, compiled._engine.cache.length)}
+
+
+@pytest.mark.parametrize("admit_at, prefills", [(4, 2), (1, 5)])
+def test_admissions_wait_for_admit_at_free_slots(model, admit_at, prefills):
+    """Four slots, four inputs that end one step apart, then four more waiting: with admit_at=4 the
+    waiting ones enter together in one prefill once all slots are free; with admit_at=1 each freed
+    slot is refilled at once, one prefill each."""
+    engine = Engine(model, slots=4, admit_at=admit_at)
+    budgets = [1, 2, 3, 4, 4, 4, 4, 4]
+    futures = [
+        engine.submit(check_input(i, f"input {i}"), model.decode_options(max_think_tokens=b), index=i)
+        for i, b in enumerate(budgets)
+    ]
+    engine.run_until_done()
+    assert all(f.result().generated_tokens <= b for f, b in zip(futures, budgets))
+    assert engine.prefills == prefills

@@ -4,35 +4,20 @@ MASTER_* in the environment) write the same results.json as one process."""
 from __future__ import annotations
 
 import json
-import os
-import socket
 
 import pytest
 import torch.multiprocessing as mp
 import yaml
+from helpers import free_port, set_torchrun_env
 
 from tests.eval_fixtures import write_dataset
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, world: int, port: int, config: str, output: str) -> None:
     import torch
 
     torch.set_num_threads(1)
-    os.environ.update(
-        {
-            "RANK": str(rank),
-            "WORLD_SIZE": str(world),
-            "LOCAL_RANK": str(rank),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-        }
-    )
+    set_torchrun_env(rank, world, port)
     from tte_fast.eval.cli import main
 
     main([config, f"output_dir={output}", "--quiet"])
@@ -48,7 +33,7 @@ def test_two_processes_give_the_same_json_as_one(tiny_checkpoints, tmp_path):
     config.write_text(yaml.safe_dump(raw))
 
     ctx = mp.get_context("spawn")
-    port = _free_port()
+    port = free_port()
     two = [
         ctx.Process(target=_worker, args=(r, 2, port, str(config), str(tmp_path / "two"))) for r in range(2)
     ]

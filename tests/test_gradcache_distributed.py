@@ -8,7 +8,6 @@ and without a buffer, as every HF model has one) and sharded with FSDP2's ``full
 from __future__ import annotations
 
 import os
-import socket
 from datetime import timedelta
 
 import pytest
@@ -16,6 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from helpers import free_port
 from torch import nn
 
 from tte_fast.gradcache import gradcache_step
@@ -118,12 +118,6 @@ def _worker(rank: int, port: int, out_dir: str):
         dist.barrier()
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
+from helpers import free_port
 
-from tests.train_cases import example, losses, run_config, weights
+from tests.train_cases import losses, run_config, weights, write_mixed_records
 from tte_fast.train import parse_config, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -24,12 +24,6 @@ torch.set_num_threads(1)
 from tte_fast.train import parse_config, train
 train(parse_config(json.loads(sys.argv[1])))
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _raw(model, output_dir, data, batch_size):
@@ -47,19 +41,11 @@ def _raw(model, output_dir, data, batch_size):
 def test_two_processes_equal_one_and_image_free_process_does_not_hang(tiny_checkpoints, tmp_path):
     # Every global batch of 2 holds one record with images and one without: one process of the two
     # sees no image at all in a step, the other does.
-    data = tmp_path / "mixed.jsonl"
-    rows = [
-        {
-            "query": {"image": example("images/red_square.png"), "text": "red"},
-            "pos": {"image": example("images/blue_circle.png")},
-        },
-        {"query": "a text-only query", "pos": "a text-only target"},
-    ]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = write_mixed_records(tmp_path / "mixed.jsonl")
     model = tiny_checkpoints["qwen2_vl"]
     two = tmp_path / "two"
     raw = json.dumps(_raw(model, two, str(data), 1))
-    port = str(_free_port())
+    port = str(free_port())
     procs = []
     for rank in range(2):
         env = {

@@ -13,10 +13,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 from accelerate.utils import DistributedType
+from helpers import free_port
 from safetensors.torch import load_file
 
-from tests.test_train_distributed import _free_port, _raw
-from tests.train_cases import example, losses, run_config, weights
+from tests.test_train_distributed import _raw
+from tests.train_cases import losses, run_config, weights, write_mixed_records
 from tte_fast.train import parse_config, train
 from tte_fast.train.checkpoint import MODEL_FILE, checkpoint_root, complete_checkpoints
 from tte_fast.train.sharding import refuse_accelerate_fsdp
@@ -45,7 +46,7 @@ train(parse_config(raw), resume=True)
 
 
 def _two_processes(raw: dict) -> None:
-    port, procs = str(_free_port()), []
+    port, procs = str(free_port()), []
     for rank in range(2):
         env = {
             **os.environ,
@@ -78,15 +79,7 @@ def _two_processes(raw: dict) -> None:
 def test_fsdp2_equals_one_process_and_resumes_exactly(tiny_checkpoints, tmp_path):
     # Each global batch of 2 holds a record with images and one without: the vision tower trains, so
     # the image-free process runs it on a dummy image, or the reduce-scatters would not match.
-    data = tmp_path / "mixed.jsonl"
-    rows = [
-        {
-            "query": {"image": example("images/red_square.png"), "text": "red"},
-            "pos": {"image": example("images/blue_circle.png")},
-        },
-        {"query": "a text-only query", "pos": "a text-only target"},
-    ]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = write_mixed_records(tmp_path / "mixed.jsonl")
     model = tiny_checkpoints["qwen2_vl"]
     two = tmp_path / "two"
     raw = _raw(model, two, str(data), 1)

@@ -54,3 +54,17 @@ def weights(folder: str) -> dict[str, torch.Tensor]:
         if name.endswith(".safetensors"):
             out.update({f"{name}:{k}": v for k, v in load_file(os.path.join(folder, name)).items()})
     return out
+
+
+def write_mixed_records(path) -> str:
+    """Two contrastive records, one with images and one text-only: split over two processes, one
+    process sees no image in a step while the other does."""
+    rows = [
+        {
+            "query": {"image": example("images/red_square.png"), "text": "red"},
+            "pos": {"image": example("images/blue_circle.png")},
+        },
+        {"query": "a text-only query", "pos": "a text-only target"},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

@@ -205,76 +205,52 @@ class UnifiedTTE:
             scores = result.embeddings[0] @ result.embeddings[1]
         """
         with self._lock:
-            return self._encode(
-                inputs,
-                think,
-                max_think_tokens,
-                batch_size,
-                traces,
-                side,
-                progress,
-                on_error,
-                scheduler,
-                generation,
+            items, errors = self._check(inputs, on_error)
+            check_side(side)
+            _check_scheduler(scheduler)
+            if traces is not None:
+                if think:
+                    raise ValueError("pass either think=True or traces, not both")
+                traces = _check_traces(traces, len(items))
+            thinking = traces is None and (self.config.prompts.thinks(side) if think is None else bool(think))
+            options = self.decode_options(max_think_tokens=max_think_tokens, **generation)
+            n = len(items)
+            out_traces: list[str | None] = [None] * n
+            sequences: list[torch.Tensor | None] = [None] * n
+            embeddings: list[torch.Tensor | None] = [None] * n
+
+            def run(batch_items, indices):
+                batch = self._batch(batch_items, indices, side, thinking, traces, options)
+                if thinking:
+                    return self._think_and_embed(batch, options)
+                return self._embed_prefill(batch), None, unpadded(batch)
+
+            if thinking and scheduler == "continuous" and self.head is None:
+                for i, r in self._run_engine(
+                    items, errors, batch_size, progress, on_error, options, side, True
+                ).items():
+                    embeddings[i], sequences[i], out_traces[i] = r.embedding, r.sequence, r.trace
+                run = None
+            batches = (
+                self._batches(items, errors, batch_size, progress, on_error, run, "encode") if run else ()
             )
-
-    def _encode(
-        self,
-        inputs,
-        think,
-        max_think_tokens,
-        batch_size,
-        traces,
-        side,
-        progress,
-        on_error,
-        scheduler,
-        generation,
-    ):
-        items, errors = self._check(inputs, on_error)
-        check_side(side)
-        _check_scheduler(scheduler)
-        if traces is not None:
-            if think:
-                raise ValueError("pass either think=True or traces, not both")
-            traces = _check_traces(traces, len(items))
-        thinking = traces is None and (self.config.prompts.thinks(side) if think is None else bool(think))
-        options = self.decode_options(max_think_tokens=max_think_tokens, **generation)
-        n = len(items)
-        out_traces: list[str | None] = [None] * n
-        sequences: list[torch.Tensor | None] = [None] * n
-        embeddings: list[torch.Tensor | None] = [None] * n
-
-        def run(batch_items, indices):
-            batch = self._batch(batch_items, indices, side, thinking, traces, options)
-            if thinking:
-                return self._think_and_embed(batch, options)
-            return self._embed_prefill(batch), None, unpadded(batch)
-
-        if thinking and scheduler == "continuous" and self.head is None:
-            for i, r in self._run_engine(
-                items, errors, batch_size, progress, on_error, options, side, True
-            ).items():
-                embeddings[i], sequences[i], out_traces[i] = r.embedding, r.sequence, r.trace
-            run = None
-        batches = self._batches(items, errors, batch_size, progress, on_error, run, "encode") if run else ()
-        for indices, result in batches:
-            emb, batch_traces, seqs = result
-            for j, i in enumerate(indices):
-                embeddings[i] = emb[j]
-                sequences[i] = seqs[j].cpu()
-                if batch_traces is not None:
-                    out_traces[i] = batch_traces[j]
-                elif traces is not None:
-                    out_traces[i] = traces[i]
-        dim = next((e.shape[-1] for e in embeddings if e is not None), self._hidden_size())
-        stacked = (
-            torch.stack([e if e is not None else torch.zeros(dim) for e in embeddings])
-            if n
-            else torch.zeros(0, dim)
-        )
-        has_traces = thinking or traces is not None
-        return EncodeResult(stacked, out_traces if has_traces else None, sequences, errors)
+            for indices, result in batches:
+                emb, batch_traces, seqs = result
+                for j, i in enumerate(indices):
+                    embeddings[i] = emb[j]
+                    sequences[i] = seqs[j].cpu()
+                    if batch_traces is not None:
+                        out_traces[i] = batch_traces[j]
+                    elif traces is not None:
+                        out_traces[i] = traces[i]
+            dim = next((e.shape[-1] for e in embeddings if e is not None), self._hidden_size())
+            stacked = (
+                torch.stack([e if e is not None else torch.zeros(dim) for e in embeddings])
+                if n
+                else torch.zeros(0, dim)
+            )
+            has_traces = thinking or traces is not None
+            return EncodeResult(stacked, out_traces if has_traces else None, sequences, errors)
 
     def think(
         self,

@@ -7,6 +7,10 @@ are copied into those slots, and embeds requests that do not think straight from
 step the compiled graph replays). A slot that stops feeds its embedding token on its own cache rows,
 its embedding is read there, and the slot is free for the next request on the following step.
 
+With ``prefill_attention`` other than ``padded`` (``tte_fast.packed_prefill``: flash-attn varlen or
+xformers on GPU, chosen automatically) the admitted prompts are packed into one row without padding
+and each prompt's keys and values are copied from its span of that row.
+
 Every slot has its own length, text position, M-RoPE delta, decode options and sampling generator,
 and stops by the same rules as the static decoder (``tte_fast.generate``), so a request's greedy
 trace and embedding do not depend on the other requests, their order or the slot count.
@@ -37,6 +41,7 @@ from tte_fast.generate import (
     uses_mrope,
 )
 from tte_fast.inputs import EmbedInput, InputError, load_input
+from tte_fast.packed_prefill import IMPLEMENTATION, choose_prefill_attention, pack_prompts, text_attention
 from tte_fast.profiling import stage
 from tte_fast.slot_cache import SlotCache
 
@@ -107,10 +112,21 @@ class _Slot:
 class Engine:
     """Continuous batching over ``slots`` rows for one :class:`~tte_fast.model.UnifiedTTE`."""
 
-    def __init__(self, model, slots: int = 8, length: int = 256, admit_at: int | None = None):
+    def __init__(
+        self,
+        model,
+        slots: int = 8,
+        length: int = 256,
+        admit_at: int | None = None,
+        prefill_attention: str = "auto",
+    ):
         if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
             raise ValueError(f"slots must be a positive int, got {slots!r}")
         self.model = model
+        self.prefill_attention = choose_prefill_attention(prefill_attention, model.hf_model)
+        # Decode steps attend through the slot cache's 4-D bias, which flash-attn cannot take.
+        loaded = model.hf_model.config.get_text_config()._attn_implementation or ""
+        self._decode_attention = "sdpa" if loaded.startswith("flash") else None
         # Free slots that trigger an admission prefill while others decode (a quarter by default).
         self.admit_at = max(1, slots // 4) if admit_at is None else admit_at
         self.cache = SlotCache.for_model(model.hf_model, slots, self._length(length))
@@ -294,22 +310,14 @@ class Engine:
         if need > self.cache.length:
             self.cache.grow(self._length(max(need, 2 * self.cache.length)))
         positions, deltas = prefill_position_ids(self.model.hf_model, batch)
-        backbone = self.model.hf_model.base_model
         prefill_cache = DynamicCache(config=self.model.hf_model.config)
         self.prefills += 1
         with stage("prefill"):
-            hidden = self.model.decoder.forward(
-                batch["input_ids"],
-                positions,
-                batch["attention_mask"],
-                prefill_cache,
-                self.model.decoder.cache_positions(0, batch["input_ids"].shape[1], batch["input_ids"].device),
-                **model_inputs(backbone, batch),
-            )
+            hidden, spans = self._prefill_forward(batch, positions, prefill_cache)
             logits = self.model.decoder.lm_head(hidden).float()
         for row, (request, n) in enumerate(zip(requests, lengths)):
             slot_index = free[row]
-            self.cache.write_prompt(slot_index, prefill_cache, row, n)
+            self.cache.write_prompt(slot_index, prefill_cache, *spans[row])
             self.text_pos[slot_index] = n
             if deltas is not None:
                 self.deltas[slot_index] = deltas[row]
@@ -320,6 +328,29 @@ class Engine:
             self._sample(slot, logits[row])
             if request.future.done():  # think-only request stopped at its first token
                 self.slots[slot_index] = None
+
+    def _prefill_forward(self, batch: dict, positions: torch.Tensor, cache) -> tuple[torch.Tensor, list]:
+        """Prefill the prompts of ``batch`` onto ``cache``: the hidden state of each prompt's last token
+        ``[B, D]``, and where each prompt's keys and values sit in ``cache`` (row, columns)."""
+        decoder, backbone = self.model.decoder, self.model.hf_model.base_model
+        if self.prefill_attention == "padded":
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+            width = ids.shape[1]
+            where = decoder.cache_positions(0, width, ids.device)
+            hidden = decoder.forward(ids, positions, mask, cache, where, **model_inputs(backbone, batch))
+            return hidden, [(row, slice(width - n, width)) for row, n in enumerate(mask.sum(-1).tolist())]
+        packed = pack_prompts(batch, positions)
+        ids = packed.inputs["input_ids"]
+        with text_attention(self.model.hf_model, IMPLEMENTATION[self.prefill_attention]):
+            states = decoder.hidden_states(
+                ids,
+                packed.position_ids,
+                None,
+                cache,
+                decoder.cache_positions(0, ids.shape[1], ids.device),
+                **model_inputs(backbone, packed.inputs),
+            )
+        return states[0, packed.last_tokens], [(0, packed.columns(i)) for i in range(len(packed.last_tokens))]
 
     def _sample(self, slot: _Slot, logits: torch.Tensor) -> None:
         options = slot.request.options
@@ -351,7 +382,7 @@ class Engine:
         if model.decoder.compiled:
             model.decoder.shapes.record((len(self.slots), self.cache.length))
         try:
-            with stage("decode_step"):
+            with stage("decode_step"), text_attention(model.hf_model, self._decode_attention):
                 if needs_logits:
                     hidden, logits = model.decoder.step(tokens, positions, bias, self.cache, None)
                 else:

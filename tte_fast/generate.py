@@ -224,8 +224,8 @@ class Decoder:
         """What a forward that ends at column ``end`` sees: the whole static mask, or the columns so far."""
         return mask if self.static_mask else mask[:, :end]
 
-    def forward(self, input_ids, position_ids, mask, cache, cache_position=None, **extra) -> torch.Tensor:
-        """Backbone forward of new tokens onto ``cache``; the final-norm hidden state of the last one.
+    def hidden_states(self, input_ids, position_ids, mask, cache, cache_position=None, **extra):
+        """Backbone forward of new tokens onto ``cache``; their final-norm hidden states ``[B, L, D]``.
 
         ``cache_position`` (the new tokens' cache slots) is passed only to transformers versions
         that still take it; newer ones track the slot inside the cache."""
@@ -233,7 +233,11 @@ class Decoder:
         if self.pass_cache_position:
             kwargs["cache_position"] = cache_position
         out = self.backbone(input_ids=input_ids, position_ids=position_ids, attention_mask=mask, **kwargs)
-        return out.last_hidden_state[:, -1]
+        return out.last_hidden_state
+
+    def forward(self, input_ids, position_ids, mask, cache, cache_position=None, **extra) -> torch.Tensor:
+        """The final-norm hidden state of the last new token of each row, ``[B, D]``."""
+        return self.hidden_states(input_ids, position_ids, mask, cache, cache_position, **extra)[:, -1]
 
     def decode_step(self, input_ids, position_ids, mask, cache, cache_position=None):
         """One shape-static step: ``[B, 1]`` tokens -> (final-norm hidden ``[B, D]``, logits ``[B, V]``)."""

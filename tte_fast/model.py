@@ -22,6 +22,7 @@ from tte_fast.hf_processor import CHAT_TEMPLATE_FILE, load_processor
 from tte_fast.inputs import EmbedInput, InputError, as_input_list, check_input, load_input
 from tte_fast.loading import build_head, default_attention, load_backbone, resolve_device, resolve_dtype
 from tte_fast.model_types import QWEN_VL_MODEL_TYPES
+from tte_fast.packed_prefill import choose_prefill_attention
 from tte_fast.profiling import instrument_vision_encoder, stage
 from tte_fast.prompts import PromptConfig, check_side
 from tte_fast.tte_config import TTEConfig
@@ -66,6 +67,7 @@ class UnifiedTTE:
         config: TTEConfig | None = None,
         head=None,
         compile: bool | str = False,
+        prefill_attention: str = "auto",
     ):
         self.hf_model = hf_model.eval()
         self.processor = processor
@@ -82,6 +84,8 @@ class UnifiedTTE:
         self.pad_token_id = pad if pad is not None else self.eos_token_ids[0]
         instrument_vision_encoder(self.hf_model)  # its own NVTX range inside prefill
         self.decoder = Decoder(hf_model, compile=compile)
+        # The engine's admission prefill: padded, or packed through a varlen attention (checked now).
+        self.prefill_attention = choose_prefill_attention(prefill_attention, hf_model)
         # One encode / think at a time: they share the decoder's caches and the head's capture hooks.
         self._lock = threading.RLock()
         self._engine: Engine | None = None
@@ -99,13 +103,18 @@ class UnifiedTTE:
         attn_implementation: str | None = None,
         compile: bool | str = False,
         image_processor=None,
+        prefill_attention: str = "auto",
         **opts,
     ) -> UnifiedTTE:
         """Load a HF Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint or any HF causal LM (text only).
 
         ``dtype=None`` keeps the checkpoint's dtype; ``device=None`` picks CUDA when available.
         ``attn_implementation=None`` picks flash-attn 2 where :func:`default_attention` allows it,
-        else SDPA. ``compile=True`` compiles the decode step (CUDA graphs on GPU). ``head`` is
+        else SDPA. ``compile=True`` compiles the decode step (CUDA graphs on GPU).
+        ``prefill_attention`` is how the continuous-batching engine prefills the prompts it admits:
+        ``"auto"`` packs them without padding through flash-attn's or xformers' variable-length
+        attention where installed (CUDA), else pads them; ``"padded"``, ``"flash_varlen"``,
+        ``"xformers"`` or ``"sdpa_varlen"`` force one (see ``tte_fast.packed_prefill``). ``head`` is
         ``"last_token"`` (default) or ``"tte_u"``; ``opts`` override ``TTEConfig`` fields
         (``embed_token``, ``max_think_tokens``, ``prompts``, ...) over the checkpoint's saved ones.
         """
@@ -129,7 +138,15 @@ class UnifiedTTE:
         hf_model, model_type = load_backbone(path_or_id, dtype, device, attn_implementation)
         processor = load_processor(path_or_id, model_type, image_processor)
         head_module = build_head(config, path_or_id, hf_model)
-        return cls(hf_model, processor, model_type, config, head=head_module, compile=compile)
+        return cls(
+            hf_model,
+            processor,
+            model_type,
+            config,
+            head=head_module,
+            compile=compile,
+            prefill_attention=prefill_attention,
+        )
 
     def save_pretrained(self, directory: str) -> None:
         """Safetensors weights, tokenizer, image processor, chat template, tte_config.json (and head)."""
@@ -299,8 +316,9 @@ class UnifiedTTE:
 
     def engine(self, slots: int) -> Engine:
         """The continuous-batching engine with ``slots`` slots (kept, and its cache, for reuse)."""
-        if self._engine is None or len(self._engine.slots) != slots:
-            self._engine = Engine(self, slots=slots)
+        wanted = (slots, self.prefill_attention)
+        if self._engine is None or (len(self._engine.slots), self._engine.prefill_attention) != wanted:
+            self._engine = Engine(self, slots=slots, prefill_attention=self.prefill_attention)
         return self._engine
 
     def _run_engine(self, items, errors, slots, progress, on_error, options, side, embed) -> dict:

@@ -1,7 +1,7 @@
 """A KV cache of fixed slots, each with its own write position: the continuous-batching engine's.
 
 Every layer holds keys and values of shape ``[slots, kv_heads, length, head_dim]``. A slot's tokens
-sit compactly in columns ``0 .. position - 1``: a prompt is copied in without its left padding, and
+sit compactly in columns ``0 .. position - 1``: a prompt is copied in without its padding, and
 each decode step writes one column per slot at that slot's own position. A slot attends to columns
 ``0 .. position`` only (``attention_bias``), so whatever an earlier request left past that point
 never reaches a new one. A step over all slots has shapes that depend only on (slots, length), so
@@ -82,14 +82,16 @@ class SlotCache(Cache):
         bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
         return bias.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None, None, :]
 
-    def write_prompt(self, slot: int, prefill_cache, row: int, n_tokens: int) -> None:
-        """Copy the last ``n_tokens`` columns of ``row`` of a prefill's cache (a left-padded batch:
-        its real tokens) into ``slot`` at columns 0 .. n_tokens - 1; the slot's position follows."""
+    def write_prompt(self, slot: int, prefill_cache, row: int, columns: slice) -> None:
+        """Copy a prompt's columns of ``row`` of a prefill's cache (its real tokens: the tail of a
+        left-padded row, or its span of a packed row) into ``slot`` from column 0; the slot's
+        position follows."""
+        n_tokens = columns.stop - columns.start
         if n_tokens > self.length:
             raise ValueError(f"a prompt of {n_tokens} tokens does not fit slots of {self.length} columns")
         for layer, (keys, values) in enumerate(_layer_states(prefill_cache)):
-            self.keys[layer][slot, :, :n_tokens] = keys[row, :, -n_tokens:]
-            self.values[layer][slot, :, :n_tokens] = values[row, :, -n_tokens:]
+            self.keys[layer][slot, :, :n_tokens] = keys[row, :, columns]
+            self.values[layer][slot, :, :n_tokens] = values[row, :, columns]
         self.positions[slot] = n_tokens
 
     def grow(self, length: int) -> None:

@@ -15,6 +15,7 @@ import json
 import os
 
 from tte_fast.corpus.reader import Columns, CorpusError, open_corpus
+from tte_fast.packed_prefill import PREFILL_ATTENTION
 
 DTYPES = ["float32", "bfloat16", "float16"]
 
@@ -66,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", default=None, help="default: cuda (cuda:LOCAL_RANK under torchrun) if available"
     )
     parser.add_argument("--dtype", default=None, choices=DTYPES, help="default: the checkpoint's")
+    parser.add_argument(
+        "--prefill-attention",
+        default="auto",
+        choices=PREFILL_ATTENTION,
+        help="admission prefill: auto packs prompts without padding via flash-attn/xformers on GPU",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -79,7 +86,13 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(str(err)) from None
     from tte_fast.corpus.job import load_model
 
-    model = load_model(args.model, args.reasoner, device=_device(args.device), dtype=args.dtype)
+    model = load_model(
+        args.model,
+        args.reasoner,
+        device=_device(args.device),
+        dtype=args.dtype,
+        prefill_attention=args.prefill_attention,
+    )
     generation = {} if args.max_answer_tokens is None else {"max_answer_tokens": args.max_answer_tokens}
     if args.output.endswith(".safetensors"):
         _encode_to_file(model, corpus, args, generation)

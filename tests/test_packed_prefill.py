@@ -180,3 +180,19 @@ def test_gpu_backends_fill_slots_as_padded_prefill(tiny_checkpoints, backend, mo
     )
     assert_same_slots(_admitted(gpu, backend), _admitted(gpu, "padded"), CACHE_TOLERANCE[torch.bfloat16])
     assert choose_prefill_attention("auto", gpu.hf_model) == _gpu_backends()[0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.skipif(importlib.util.find_spec("flash_attn") is None, reason="needs flash-attn")
+def test_a_flash_loaded_model_decodes_through_the_slot_bias(tiny_checkpoints):
+    """flash-attn cannot take the slot cache's 4-D bias: a flash-loaded model's engine decodes through
+    SDPA and prefills through flash varlen, and fills its slots as an SDPA model's padded engine."""
+    path = tiny_checkpoints["qwen2_vl"]
+    flash = UnifiedTTE.from_pretrained(
+        path, device="cuda", dtype=torch.bfloat16, attn_implementation="flash_attention_2"
+    )
+    sdpa = UnifiedTTE.from_pretrained(path, device="cuda", dtype=torch.bfloat16, attn_implementation="sdpa")
+    assert flash.prefill_attention == "flash_varlen"
+    got, want = _admitted(flash, "flash_varlen"), _admitted(sdpa, "padded")
+    got.step(), want.step()
+    assert_same_slots(got, want, CACHE_TOLERANCE[torch.bfloat16])

@@ -95,6 +95,29 @@ def test_packed_prefill_computes_no_padding(model):
     assert sum(rows * cols for rows, cols in padded) > sum(lengths)
 
 
+def test_packed_embedding_without_thinking_equals_encode(model):
+    """Inputs that do not think are embedded at admission: packed too, in one row, same embeddings."""
+    inputs = _inputs(model)
+    want = model.encode(inputs, think=False)
+    shapes: list[tuple[int, ...]] = []
+    hook = model.hf_model.get_input_embeddings().register_forward_hook(
+        lambda _m, args, _out: shapes.append(tuple(args[0].shape))
+    )
+    try:
+        engine = Engine(model, slots=2, prefill_attention="sdpa_varlen")
+        options = model.decode_options()
+        futures = [
+            engine.submit(check_input(i, x), options, think=False, index=i) for i, x in enumerate(inputs)
+        ]
+        engine.run_until_done()
+    finally:
+        hook.remove()
+    got = torch.stack([f.result().embedding for f in futures])
+    torch.testing.assert_close(got, want.embeddings, atol=ATOL[torch.float32], rtol=0)
+    assert engine.prefills == 0 and len(shapes) == 1 and shapes[0][0] == 1
+    assert shapes[0][1] == sum(f.result().prompt_tokens for f in futures)
+
+
 def test_pack_prompts_drops_padding_and_restarts_positions():
     ids = torch.tensor([[0, 0, 5, 6], [7, 8, 9, 10]])
     mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])

@@ -295,7 +295,14 @@ class Engine:
         batch, requests = self._batch(requests, think=False)
         if batch is None:
             return 0
-        embeddings = self.model._embed_prefill(batch)
+        if self.prefill_attention == "padded" or self.model.head is not None:
+            embeddings = self.model._embed_prefill(batch)
+        else:  # packed like thinking admissions: one forward without a cache, read at each last token
+            positions, _ = prefill_position_ids(self.model.hf_model, batch)
+            with stage("prefill"):
+                hidden, _ = self._prefill_forward(batch, positions, None)
+            with stage("embed"):
+                embeddings = normalize(hidden).float().cpu()
         for request, emb, ids in zip(requests, embeddings, unpadded(batch)):
             result = EngineResult(emb.float(), request.trace, ids.cpu(), len(ids), 0)
             _resolve(request.future, result)
@@ -330,8 +337,9 @@ class Engine:
                 self.slots[slot_index] = None
 
     def _prefill_forward(self, batch: dict, positions: torch.Tensor, cache) -> tuple[torch.Tensor, list]:
-        """Prefill the prompts of ``batch`` onto ``cache``: the hidden state of each prompt's last token
-        ``[B, D]``, and where each prompt's keys and values sit in ``cache`` (row, columns)."""
+        """Prefill the prompts of ``batch`` onto ``cache`` (None: embed only): the hidden state of each
+        prompt's last token ``[B, D]``, and where each prompt's keys and values sit in ``cache`` (row,
+        columns)."""
         decoder, backbone = self.model.decoder, self.model.hf_model.base_model
         if self.prefill_attention == "padded":
             ids, mask = batch["input_ids"], batch["attention_mask"]

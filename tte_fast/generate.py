@@ -225,11 +225,12 @@ class Decoder:
         return mask if self.static_mask else mask[:, :end]
 
     def hidden_states(self, input_ids, position_ids, mask, cache, cache_position=None, **extra):
-        """Backbone forward of new tokens onto ``cache``; their final-norm hidden states ``[B, L, D]``.
+        """Backbone forward of new tokens onto ``cache`` (None: no cache); their final-norm hidden
+        states ``[B, L, D]``.
 
         ``cache_position`` (the new tokens' cache slots) is passed only to transformers versions
         that still take it; newer ones track the slot inside the cache."""
-        kwargs = {self.cache_kw: cache, "use_cache": True, **extra}
+        kwargs = {self.cache_kw: cache, "use_cache": cache is not None, **extra}
         if self.pass_cache_position:
             kwargs["cache_position"] = cache_position
         out = self.backbone(input_ids=input_ids, position_ids=position_ids, attention_mask=mask, **kwargs)

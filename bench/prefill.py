@@ -24,7 +24,7 @@ import torch
 from tte_fast import UnifiedTTE
 from tte_fast.engine import Engine
 from tte_fast.inputs import check_input
-from tte_fast.packed_prefill import PREFILL_ATTENTION, missing_requirement
+from tte_fast.packed_prefill import BACKENDS, missing_requirement
 
 sys.path.append(os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -87,9 +87,7 @@ def main(argv: list[str] | None = None) -> None:
 
             path = build_tiny_checkpoint(args.model_type, tmp, position_sensitive=False)
         tte = UnifiedTTE.from_pretrained(path, dtype=dtype, device=device, attn_implementation="sdpa")
-    backends = args.backends or [
-        b for b in PREFILL_ATTENTION[1:] if missing_requirement(b, tte.hf_model) is None
-    ]
+    backends = args.backends or [b for b in BACKENDS if missing_requirement(b, tte.hf_model) is None]
     if backends[0] != "padded":
         backends = ["padded"] + [b for b in backends if b != "padded"]
     prompts = make_prompts(args.prompts, args.max_words, tte.vision)

@@ -26,7 +26,8 @@ import torch
 
 from tte_fast import varlen_attention
 
-PREFILL_ATTENTION = ("auto", "padded", "flash_varlen", "xformers", "sdpa_varlen")
+BACKENDS = ("padded", "flash_varlen", "xformers", "sdpa_varlen")
+PREFILL_ATTENTION = ("auto", *BACKENDS)
 IMPLEMENTATION = {
     "flash_varlen": "flash_attention_2",
     "xformers": varlen_attention.XFORMERS,

@@ -131,3 +131,78 @@ def test_cli_data_only_writes_data_base_model_and_configs(tmp_path):
     assert (tmp_path / "data" / "manifest.json").exists()
     assert (tmp_path / "base" / "model.safetensors").exists()
     assert sorted(os.listdir(tmp_path / "configs")) == sorted(CONFIG_FILES)
+
+
+def _png(image) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _dark_pixels(image) -> int:
+    data = image.tobytes()
+    return sum(max(data[i : i + 3]) < 80 for i in range(0, len(data), 3))
+
+
+def _labelled_examples(task: str, count: int = 300) -> list:
+    return [ex for ex in make_examples(task, count, random.Random(f"text/{task}")) if "letter" in ex.text]
+
+
+def test_labels_are_drawn_deterministically_in_dark_ink():
+    from tte_fast.minibench.scenes import CELL, TAG, Scene, label_scene, random_scene
+
+    scene = label_scene(random.Random(5), random_scene(random.Random(5), 4, 4))
+    again = label_scene(random.Random(5), random_scene(random.Random(5), 4, 4))
+    assert scene == again and _png(render_scene(scene)) == _png(render_scene(again))  # same seed, same bytes
+    assert sorted(scene.labelled) == ["A", "B", "C", "D"]
+    plain = render_scene(Scene(scene.cells))
+    drawn = render_scene(scene)
+    assert plain.tobytes() != drawn.tobytes()
+    x0, y0, x1, y1 = TAG
+    tags = []
+    for i, _ in scene.things:
+        box = (i * CELL + x0, y0, i * CELL + x1 + 1, y1 + 1)
+        assert _dark_pixels(drawn.crop(box)) >= 15, i  # the letter's strokes
+        assert _dark_pixels(plain.crop(box)) == 0  # no shape colour is that dark
+        tags.append(drawn.crop(box).tobytes())
+    assert len(set(tags)) == 4  # four letters, four different drawings
+
+
+def test_unlabelled_scenes_render_as_before_and_keys_name_the_labels():
+    from tte_fast.minibench.scenes import Scene, Thing
+
+    cells = (Thing("red", "circle"), None, Thing("blue", "square"), None)
+    assert Scene(cells).key() == "red_circle-empty-blue_square-empty"
+    marked = Scene(cells, ("C", None, None, None))
+    assert marked.key() == "red_circle_C-empty-blue_square-empty"
+    assert T.describe(marked) == "from left to right: red circle marked C, empty, blue square, empty."
+
+
+@pytest.mark.parametrize("task", ["ShapeCount", "SceneQA", "ShapeGrounding"])
+def test_text_queries_need_the_letters_and_the_teacher_reads_them(task):
+    from tte_fast.minibench.scenes import LETTERS
+
+    examples = _labelled_examples(task)
+    assert len(examples) >= 40  # the text kinds are a real share of the task
+    for ex in examples:
+        scene, letter = ex.scene, ex.text.rstrip("?").split()[-1]
+        marks = {scene.labels[i]: t for i, t in enumerate(scene.cells) if t is not None and scene.labels[i]}
+        for name, t in marks.items():  # the perception step names every label
+            assert f"{t.name} marked {name}" in ex.body
+        pos = ex.candidates[0]
+        if task == "ShapeCount":
+            expected = sum(1 for name in marks if LETTERS.index(name) < LETTERS.index(letter))
+            assert pos.text == ex.answer == T.NUMBERS[expected]
+        elif task == "SceneQA":
+            target = marks[LETTERS[LETTERS.index(letter) + 1]]
+            expected = target.colour if ex.text.startswith("What colour") else target.shape
+            assert pos.text == ex.answer == expected
+            assert f"the letter after {letter} is" in ex.body
+        else:
+            target = marks[LETTERS[LETTERS.index(letter) - 1]]
+            assert pos.crop == target and ex.answer == target.name
+            assert f"the letter before {letter} is" in ex.body
+            # without reading the letters the target is one of several shapes of the scene
+            assert len([c for c in ex.candidates if c.crop in scene.cells]) >= 2

@@ -30,7 +30,7 @@ def test_packaged_model_beats_chance_on_test_queries(tmp_path):
     from tte_fast.minibench.pipeline import CONFIG_DIR, eval_variant
     from tte_fast.minibench.writer import generate
 
-    generate(str(tmp_path / "data"), seed=0, size="fast")  # the first 40 test queries of each task
+    generate(str(tmp_path / "data"), seed=0, size="fast")  # the first 100 test queries of each task
     os.makedirs(tmp_path / "configs")
     shutil.copyfile(os.path.join(CONFIG_DIR, "eval.yaml"), tmp_path / "configs" / "eval.yaml")
     shutil.copytree(PACKAGED_MODEL, tmp_path / "runs" / "head" / "final")

@@ -72,3 +72,26 @@ def test_unified_tte_encodes_and_thinks(base):
     assert tail[-1] == model.embed_token_id
     assert model.tokenizer.decode(tail[:-1]).endswith("<|im_start|>assistant\n" + ex.trace)
     assert given.embeddings.shape == (1, 128)
+
+
+def test_text_queries_and_traces_use_only_known_words(tokenizer):
+    from tte_fast.minibench.base import MAX_THINK_TOKENS
+    from tte_fast.minibench.scenes import LETTERS
+
+    vocab = tokenizer.get_vocab()
+    for letter in LETTERS:
+        assert "Ġ" + letter in vocab
+    seen = 0
+    for task in TASKS:
+        for ex in make_examples(task, 200, random.Random(f"held-out-text/{task}")):
+            body = ex.trace.removeprefix("<think>\n")
+            ids = tokenizer(body, add_special_tokens=False)["input_ids"]
+            assert len(ids) <= MAX_THINK_TOKENS, ex.trace  # the whole trace fits the think budget
+            if "letter" not in ex.text:
+                continue
+            seen += 1
+            for text in (ex.text, ex.trace):
+                ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+                assert tokenizer.unk_token_id not in ids, text
+                assert tokenizer.decode(ids) == text
+    assert seen >= 100

@@ -51,6 +51,24 @@ def test_reasoner_labels_cover_the_assistant_turn_only(tiny_checkpoints, tmp_pat
     assert tok.decode(labelled) == "<think>\nlong\n</think>\n\nyes<|im_end|>"
 
 
+@pytest.mark.parametrize("freeze", [True, False])
+def test_reasoner_vision_tower_trains_only_when_unfrozen(tiny_checkpoints, tmp_path, freeze):
+    from tte_fast.train.models import trainable_names
+
+    cfg = config(
+        "reasoner",
+        tiny_checkpoints["qwen2_vl"],
+        tmp_path,
+        lora={"enabled": False},
+        train={"freeze_vision": freeze},
+    )
+    loaded = load_for_training(cfg)
+    make_trainable(loaded, cfg)
+    names = trainable_names(loaded.hf_model)
+    assert any("visual" not in n for n in names)
+    assert any("visual" in n for n in names) is not freeze
+
+
 def test_embedder_step_gradients_equal_full_batch_autograd(tiny_checkpoints, tmp_path):
     cfg = config(
         "embedder",

@@ -46,7 +46,7 @@ def _candidate(c) -> tuple[str, object]:
     from tte_fast.minibench.scenes import render_crop, render_scene
 
     if c.scene is not None:
-        names = ", ".join("-" if t is None else t.name for t in c.scene.cells)
+        names = ", ".join("-" if n == "empty" else n for n in c.scene.cell_names())
         return f"[picture: {names}]", {"image": render_scene(c.scene)}
     if c.crop is not None:
         return f"[crop: {c.crop.name}]", {"image": render_crop(c.crop)}
@@ -56,7 +56,8 @@ def _candidate(c) -> tuple[str, object]:
 def _describe_query(example) -> str:
     picture = ""
     if example.scene is not None:
-        picture = " [picture: " + ", ".join("-" if t is None else t.name for t in example.scene.cells) + "]"
+        names = ", ".join("-" if n == "empty" else n for n in example.scene.cell_names())
+        picture = f" [picture: {names}]"
     return f"{example.task}: {example.text}{picture}"
 
 

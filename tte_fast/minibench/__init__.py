@@ -1,9 +1,10 @@
 """A miniature Think-Then-Embed benchmark the package generates itself.
 
-Seeded Pillow scenes (shapes, colours, positions, counts), four MMEB-style tasks (classification,
-VQA, retrieval, grounding) whose queries need a reasoning step, a rule-based teacher that writes it
-out, a small word-level tokenizer, and a pipeline that trains baseline / TTE_t / TTE_s / TTE_u
-through ``tte-fast train`` and scores them through ``tte-fast eval`` (``tte-fast minibench``).
+Seeded Pillow scenes (shapes, colours, positions, counts, capital letters drawn on the shapes as
+text), four MMEB-style tasks (classification, VQA, retrieval, grounding) whose queries need a
+reasoning step, a rule-based teacher that writes it out, a small word-level tokenizer, and a
+pipeline that trains baseline / TTE_t / TTE_s / TTE_u through ``tte-fast train`` and scores them
+through ``tte-fast eval`` (``tte-fast minibench``).
 """
 
 from tte_fast.minibench.base import build_base

@@ -29,10 +29,10 @@ PROFILES = {
     "fast": {
         "size": "fast",
         "train": {
-            "baseline": ["train.steps=150", "train.batch_size=16", "train.warmup_steps=10"],
-            "embedder": ["train.steps=150", "train.batch_size=16", "train.warmup_steps=10"],
-            "reasoner": ["train.steps=300", "train.batch_size=16", "train.warmup_steps=10"],
-            "head": ["train.steps=100", "train.batch_size=16", "train.warmup_steps=10"],
+            "baseline": ["train.steps=240", "train.batch_size=16", "train.warmup_steps=10"],
+            "embedder": ["train.steps=240", "train.batch_size=16", "train.warmup_steps=10"],
+            "reasoner": ["train.steps=480", "train.batch_size=16", "train.warmup_steps=10"],
+            "head": ["train.steps=160", "train.batch_size=16", "train.warmup_steps=10"],
         },
         "eval": ["encode.batch_size=40"],
     },

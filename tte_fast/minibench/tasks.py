@@ -2,16 +2,20 @@
 teacher's trace and answer.
 
 - ``ShapeCount`` (classification): count the shapes a rule selects (all, with corners, of a referred
-  colour, of a shape); candidates: the number words.
-- ``SceneQA`` (VQA): the colour of the shape after a named one, or the shape of a referred colour;
-  candidates: every colour and shape word.
+  colour, of a shape, marked with a letter before a given one); candidates: the number words.
+- ``SceneQA`` (VQA): the colour of the shape after a named one, the shape of a referred colour, or
+  the colour or shape of the one marked with the letter after a given one; candidates: every colour
+  and shape word.
 - ``SceneRetrieval`` (retrieval, text to image): a description by indirect colour and corner count;
   candidates: pictures, the hard ones holding that colour or that shape elsewhere.
-- ``ShapeGrounding`` (grounding): the shape of a referred colour or the one before a named shape;
-  candidates: single-shape crops, the other shapes of the scene among them.
+- ``ShapeGrounding`` (grounding): the shape of a referred colour, the one before a named shape, or
+  the one marked with the letter before a given one; candidates: single-shape crops, the other
+  shapes of the scene among them.
 
 A correct match needs the step the trace makes explicit: which colour "the sun" is, which shape
-has three corners, which shape comes after another, how many pass a rule.
+has three corners, which shape comes after another, which letter comes after another and which
+shape it is drawn on (the letters are text drawn in the picture: only reading them tells the shapes
+apart), how many pass a rule.
 """
 
 from __future__ import annotations
@@ -20,7 +24,16 @@ import random
 from dataclasses import dataclass, field
 
 from tte_fast.minibench import teacher as T
-from tte_fast.minibench.scenes import COLOURS, SHAPES, Scene, Thing, all_things, random_scene
+from tte_fast.minibench.scenes import (
+    COLOURS,
+    LETTERS,
+    SHAPES,
+    Scene,
+    Thing,
+    all_things,
+    label_scene,
+    random_scene,
+)
 
 TASKS = {  # name -> (meta-task, query instruction)
     "ShapeCount": ("classification", "Count the shapes the question asks about."),
@@ -56,10 +69,21 @@ class Example:
 
 def _count(rng: random.Random) -> Example:
     scene = random_scene(rng, 0, 4)
+    kind = rng.choice(("all", "corners", "colour", "shape", "letter"))
+    if kind == "letter":
+        scene = label_scene(rng, scene)
     things = [t for _, t in scene.things]
-    kind = rng.choice(("all", "corners", "colour", "shape"))
     steps = [T.describe(scene)]
-    if kind == "all":
+    if kind == "letter":
+        letter = rng.choice(LETTERS[1:])
+        before = LETTERS[: LETTERS.index(letter)]
+        text = f"How many shapes are marked with a letter before {letter}?"
+        chosen = [t for i, t in scene.things if scene.label(i) in before]
+        steps += [
+            f"letters before {letter}: {', '.join(before)}.",
+            T.listing(f"marked {' or '.join(before)}", chosen),
+        ]
+    elif kind == "all":
         text, chosen = "How many shapes are in the picture?", things
         steps.append(T.listing("shapes", chosen))
     elif kind == "corners":
@@ -93,7 +117,19 @@ def _qa(rng: random.Random) -> Example:
     while True:
         scene = random_scene(rng, 2, 4)
         things = [t for _, t in scene.things]
-        if rng.random() < 0.5:
+        kind = rng.choice(("after", "colour", "letter"))
+        if kind == "letter":
+            scene = label_scene(rng, scene)
+            letter = rng.choice(sorted(set(scene.labelled) - {LETTERS[0]}))
+            target, anchor = scene.labelled[letter], T.letter_before(letter)
+            steps = [T.describe(scene), T.letter_rule("after", anchor, letter), T.marks(letter, target)]
+            if rng.random() < 0.5:
+                text = f"What colour is the shape marked with the letter after {anchor}?"
+                answer = target.colour
+            else:
+                text = f"What shape is marked with the letter after {anchor}?"
+                answer = target.shape
+        elif kind == "after":
             k = rng.randrange(len(things) - 1)
             anchor, target = things[k], things[k + 1]
             text = f"What colour is the shape right after the {anchor.name}?"
@@ -145,7 +181,14 @@ def _grounding(rng: random.Random) -> Example:
     while True:
         scene = random_scene(rng, 2, 4)
         things = [t for _, t in scene.things]
-        if rng.random() < 0.5:
+        kind = rng.choice(("colour", "before", "letter"))
+        if kind == "letter":
+            scene = label_scene(rng, scene)
+            letter = rng.choice(sorted(set(scene.labelled) - {LETTERS[-1]}))
+            target, anchor = scene.labelled[letter], T.letter_after(letter)
+            text = f"the shape marked with the letter before {anchor}"
+            steps = [T.describe(scene), T.letter_rule("before", anchor, letter), T.marks(letter, target)]
+        elif kind == "colour":
             colour = rng.choice(sorted({t.colour for t in things}))
             matching = [t for t in things if t.colour == colour]
             if len(matching) != 1:

@@ -1,13 +1,14 @@
 """The rule-based teacher: the reasoning a large teacher reasoner would write, made explicit.
 
-Each trace first says what the image shows (the perception step), then applies the task's rule
-(an indirect colour reference, a corner count, a relation, a count) and names the result; the answer
-after ``</think>`` is the result alone. The phrases below are the whole world knowledge the tasks use.
+Each trace first says what the image shows (the perception step: every cell, with the letter drawn on
+a shape when there is one), then applies the task's rule (an indirect colour reference, a corner
+count, a relation, the alphabet, a count) and names the result; the answer after ``</think>`` is the
+result alone. The phrases below are the whole world knowledge the tasks use.
 """
 
 from __future__ import annotations
 
-from tte_fast.minibench.scenes import CORNERS, Scene, Thing
+from tte_fast.minibench.scenes import CORNERS, LETTERS, Scene, Thing
 
 # Indirect colour references: "the colour of X".
 COLOUR_OF = {
@@ -25,9 +26,26 @@ def corners_phrase(shape: str) -> str:
 
 
 def describe(scene: Scene) -> str:
-    """The perception step: every cell, left to right."""
-    names = ["empty" if t is None else t.name for t in scene.cells]
-    return "from left to right: " + ", ".join(names) + "."
+    """The perception step: every cell, left to right, with the letter that marks a shape."""
+    return "from left to right: " + ", ".join(scene.cell_names()) + "."
+
+
+def letter_after(letter: str) -> str:
+    return LETTERS[LETTERS.index(letter) + 1]
+
+
+def letter_before(letter: str) -> str:
+    return LETTERS[LETTERS.index(letter) - 1]
+
+
+def letter_rule(relation: str, letter: str, result: str) -> str:
+    """The alphabet step: ``the letter after B is C.``"""
+    return f"the letter {relation} {letter} is {result}."
+
+
+def marks(letter: str, thing: Thing) -> str:
+    """The reading step: ``C marks the red circle.``"""
+    return f"{letter} marks the {thing.name}."
 
 
 def colour_rule(reference: str, colour: str) -> str:

@@ -25,7 +25,7 @@ from tte_fast.minibench.scenes import Scene, Thing, render_crop, render_scene
 from tte_fast.minibench.tasks import TASKS, Candidate, Example, make_examples
 
 SIZES = {  # examples per task and split
-    "fast": {"train": 192, "val": 16, "test": 40},
+    "fast": {"train": 192, "val": 16, "test": 100},
     "full": {"train": 1536, "val": 64, "test": 200},
 }
 EVAL_SPLITS = ("val", "test")

@@ -55,7 +55,7 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0
     mixed_precision: str = "auto"  # auto: bf16 on CUDA, none on CPU
     gradient_checkpointing: bool = False
-    freeze_vision: bool = True  # the reasoner's vision tower is always frozen
+    freeze_vision: bool = True  # false: the vision tower trains too (any job but head)
     cpu: bool = False  # train on CPU even when CUDA is there
     fsdp: bool = False  # shard the fully fine-tuned model with FSDP2 (fully_shard) across processes
 

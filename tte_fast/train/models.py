@@ -98,7 +98,7 @@ def make_trainable(loaded: Loaded, config: RunConfig) -> None:
     else:
         model.requires_grad_(True)
     visual = vision_tower(model)
-    if visual is not None and (config.job == "reasoner" or config.train.freeze_vision):
+    if visual is not None and config.train.freeze_vision:
         visual.requires_grad_(False)
     if config.train.gradient_checkpointing:
         kwargs = {"use_reentrant": False}

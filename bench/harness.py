@@ -61,6 +61,32 @@ def add_common_args(
         parser.add_argument("--point", type=json.loads, help=argparse.SUPPRESS)
 
 
+def add_model_args(parser: argparse.ArgumentParser, model_type: str = "qwen2_vl") -> None:
+    """--model (a checkpoint folder) and --model-type (the built-in tiny model used without one)."""
+    parser.add_argument("--model", default=None, help="checkpoint folder (default: built-in tiny model)")
+    parser.add_argument(
+        "--model-type", default=model_type, help="tiny fixture type when --model is not given"
+    )
+
+
+@contextlib.contextmanager
+def model_folder(args: argparse.Namespace, position_sensitive: bool = True):
+    """The ``--model`` folder, or a tiny ``--model-type`` checkpoint built in a temporary folder."""
+    if args.model is not None:
+        yield args.model
+        return
+    import tempfile
+
+    from tte_fast.testing import build_tiny_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        yield build_tiny_checkpoint(args.model_type, tmp, position_sensitive=position_sensitive)
+
+
+def model_name(args: argparse.Namespace) -> str:
+    return args.model or f"tiny {args.model_type} (random weights)"
+
+
 def forward_flags(args: argparse.Namespace, *names: str) -> list[str]:
     """Command-line flags that give a fresh process the same values of ``names`` (dest spellings)."""
     flags = []

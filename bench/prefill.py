@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 
 import numpy as np
 import torch
@@ -69,10 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default=None, help="checkpoint folder (default: built-in tiny model)")
-    parser.add_argument(
-        "--model-type", default="qwen2_vl", help="tiny fixture type when --model is not given"
-    )
+    harness.add_model_args(parser)
     harness.add_common_args(parser, repeats=5)
     parser.add_argument("--prompts", type=int, default=16, help="prompts per admission (= slots)")
     parser.add_argument("--max-words", type=int, default=400, help="words of the longest prompts")
@@ -80,12 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     device, dtype = torch.device(args.device), harness.DTYPES[args.dtype]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = args.model
-        if path is None:
-            from tte_fast.testing import build_tiny_checkpoint
-
-            path = build_tiny_checkpoint(args.model_type, tmp, position_sensitive=False)
+    with harness.model_folder(args, position_sensitive=False) as path:
         tte = UnifiedTTE.from_pretrained(path, dtype=dtype, device=device, attn_implementation="sdpa")
     backends = args.backends or [b for b in BACKENDS if missing_requirement(b, tte.hf_model) is None]
     if backends[0] != "padded":
@@ -99,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
 
     tokens = sum(lengths)
     rows_computed = {b: tokens if b != "padded" else len(lengths) * max(lengths) for b in backends}
-    name = args.model or f"tiny {args.model_type} (random weights)"
+    name = harness.model_name(args)
     print(
         f"model: {name}, {args.dtype} on {harness.device_name(device)}; {len(prompts)} prompts of "
         f"{min(lengths)}..{max(lengths)} tokens (mean {tokens / len(lengths):.0f}) in one admission"

@@ -27,7 +27,6 @@ import argparse
 import math
 import os
 import sys
-import tempfile
 
 import numpy as np
 import torch
@@ -144,10 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default=None, help="checkpoint folder (default: built-in tiny model)")
-    parser.add_argument(
-        "--model-type", default="qwen2_vl", help="tiny fixture type when --model is not given"
-    )
+    harness.add_model_args(parser)
     harness.add_common_args(parser, repeats=3)
     parser.add_argument("--inputs", type=int, default=256)
     parser.add_argument("--max-think-tokens", type=int, default=48)
@@ -163,12 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     device, dtype = torch.device(args.device), harness.DTYPES[args.dtype]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = args.model
-        if path is None:
-            from tte_fast.testing import build_tiny_checkpoint
-
-            path = build_tiny_checkpoint(args.model_type, tmp, position_sensitive=False)
+    with harness.model_folder(args, position_sensitive=False) as path:
         tte = UnifiedTTE.from_pretrained(path, dtype=dtype, device=device, compile=args.compile)
         hf = None if args.skip_hf else HFBaseline(tte, path, dtype, device)
     inputs, budgets = make_corpus(args.inputs, args.max_think_tokens, tte.vision)
@@ -184,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     checks = check_outputs(tte, engine, inputs, budgets, results, args.check)
 
     useful = sum(budgets)
-    name = args.model or f"tiny {args.model_type} (random weights)"
+    name = harness.model_name(args)
     print(
         f"model: {name}, {args.dtype} on {harness.device_name(device)}; {args.inputs} inputs, "
         f"budgets 1..{args.max_think_tokens} (mean {useful / len(budgets):.1f}), "

@@ -18,7 +18,6 @@ import argparse
 import copy
 import os
 import sys
-import tempfile
 
 import torch
 
@@ -152,8 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default=None, help="checkpoint folder (default: built-in tiny model)")
-    parser.add_argument("--model-type", default="qwen2", help="tiny fixture type when --model is not given")
+    harness.add_model_args(parser, model_type="qwen2")
     harness.add_common_args(parser, repeats=5)
     parser.add_argument("--contexts", type=int, nargs="+", default=[256, 1024])
     parser.add_argument("--embed-batch", type=int, default=1)
@@ -170,15 +168,10 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = args.model
-        if path is None:
-            from tte_fast.testing import build_tiny_checkpoint
-
-            path = build_tiny_checkpoint(args.model_type, tmp)
+    with harness.model_folder(args) as path:
         tte = UnifiedTTE.from_pretrained(path, dtype=harness.DTYPES[args.dtype], device=device)
     decoder = Decoder(tte.hf_model, compile=args.compile)
-    name = args.model or f"tiny {args.model_type} (random weights)"
+    name = harness.model_name(args)
     threads = torch.get_num_threads()
     print(
         f"model: {name}, {args.dtype} on {harness.device_name(device)}, compile={args.compile}, "

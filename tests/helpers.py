@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 import os
 import socket
+import subprocess
+import sys
 
 import numpy as np
 import PIL.Image
@@ -73,14 +75,67 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def torchrun_env(rank: int, world: int, port: int) -> dict[str, str]:
+    """The variables torchrun gives process ``rank`` of ``world`` on this machine."""
+    return {
+        "RANK": str(rank),
+        "WORLD_SIZE": str(world),
+        "LOCAL_RANK": str(rank),
+        "LOCAL_WORLD_SIZE": str(world),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }
+
+
 def set_torchrun_env(rank: int, world: int, port: int) -> None:
-    """The environment torchrun gives process ``rank`` of ``world`` on this machine."""
-    os.environ.update(
-        {
-            "RANK": str(rank),
-            "WORLD_SIZE": str(world),
-            "LOCAL_RANK": str(rank),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
+    os.environ.update(torchrun_env(rank, world, port))
+
+
+def run_torchrun_script(script: str, argument: str, world: int = 2, timeout: float = 300) -> list[str]:
+    """``python -c script argument`` as ``world`` processes of one torchrun group (one thread each,
+    the project importable); every one must exit 0. Returns their outputs."""
+    port, procs = free_port(), []
+    for rank in range(world):
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.getcwd(),
+            "OMP_NUM_THREADS": "1",
+            **torchrun_env(rank, world, port),
         }
-    )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", script, argument],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    try:
+        outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0] * world, "".join(o[-3000:] for o in outputs)
+    return outputs
+
+
+def _engine_image(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (36 + 10 * seed, 60, 3), dtype=np.uint8)
+
+
+# Text and image inputs of different lengths (three images of different sizes, one with its own
+# instruction): what the engine tests run in every order and slot count.
+ENGINE_INPUTS = [
+    "short",
+    {"image": _engine_image(0), "text": "what is shown"},
+    "a rather longer text about several different things at once",
+    {"image": _engine_image(1)},
+    "x",
+    {"image": _engine_image(2), "text": "and this one", "instruction": "Find the caption."},
+]
+
+
+def engine_inputs(model) -> list:
+    """ENGINE_INPUTS, the text ones alone for a text-only model."""
+    return ENGINE_INPUTS if model.vision else [x for x in ENGINE_INPUTS if isinstance(x, str)]

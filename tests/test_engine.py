@@ -3,9 +3,9 @@ embeddings for every input whatever the slot count, arrival order and mix; slots
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
+from helpers import engine_inputs
 
 from tte_fast.engine import Engine
 from tte_fast.inputs import InputError, check_input
@@ -16,38 +16,22 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 ATOL = 1e-5
 
 
-def _image(seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (36 + 10 * seed, 60, 3), dtype=np.uint8)
-
-
-INPUTS = [
-    "short",
-    {"image": _image(0), "text": "what is shown"},
-    "a rather longer text about several different things at once",
-    {"image": _image(1)},
-    "x",
-    {"image": _image(2), "text": "and this one", "instruction": "Find the caption."},
-]
-
-
 @pytest.fixture(scope="module", params=["qwen2_vl", "qwen2"])
 def model(request, tiny_checkpoints):
     return UnifiedTTE.from_pretrained(tiny_checkpoints[request.param], device="cpu")
 
 
-def _inputs(model):
-    return INPUTS if model.vision else [x for x in INPUTS if isinstance(x, str)]
-
-
 @pytest.fixture(scope="module")
 def static(model):
-    return model.encode(_inputs(model), think=True, max_think_tokens=6, batch_size=8, scheduler="static")
+    return model.encode(
+        engine_inputs(model), think=True, max_think_tokens=6, batch_size=8, scheduler="static"
+    )
 
 
 @pytest.mark.parametrize("slots", [1, 2, 5])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_engine_equals_static_batches(model, static, slots, reverse):
-    inputs = _inputs(model)
+    inputs = engine_inputs(model)
     order = list(range(len(inputs)))[:: -1 if reverse else 1]
     got = model.encode([inputs[i] for i in order], think=True, max_think_tokens=6, batch_size=slots)
     for j, i in enumerate(order):
@@ -57,7 +41,7 @@ def test_engine_equals_static_batches(model, static, slots, reverse):
 
 
 def test_think_equals_static_and_per_request_budgets(model):
-    inputs = _inputs(model)
+    inputs = engine_inputs(model)
     engine = Engine(model, slots=2)
     budgets = [2, 7, 3, 1, 5, 4][: len(inputs)]
     futures = [
@@ -118,7 +102,9 @@ def test_the_engine_never_re_encodes(model):
     try:
         engine = Engine(model, slots=3)
         options = model.decode_options(max_think_tokens=5)
-        futures = [engine.submit(check_input(i, x), options, index=i) for i, x in enumerate(_inputs(model))]
+        futures = [
+            engine.submit(check_input(i, x), options, index=i) for i, x in enumerate(engine_inputs(model))
+        ]
         engine.run_until_done()
     finally:
         handle.remove()
@@ -131,7 +117,7 @@ def test_the_engine_never_re_encodes(model):
 
 
 def test_same_seed_samples_as_static_batches(model):
-    inputs = _inputs(model)
+    inputs = engine_inputs(model)
     sample = dict(do_sample=True, temperature=1.3, top_k=20, seed=5, max_think_tokens=5)
     static = model.think(inputs, batch_size=4, scheduler="static", **sample)
     continuous = model.think(inputs, batch_size=2, **sample)

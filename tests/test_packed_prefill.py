@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import importlib.util
 
-import numpy as np
 import pytest
 import torch
-from helpers import assert_rel_close
+from helpers import assert_rel_close, engine_inputs
 
 from tte_fast.engine import Engine
 from tte_fast.inputs import check_input
@@ -23,43 +22,21 @@ ATOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}  # embeddings (unit norm)
 CACHE_TOLERANCE = {torch.float32: 64 * torch.finfo(torch.float32).eps, torch.bfloat16: 8 * 2**-8}
 
 
-def _image(seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (36 + 10 * seed, 60, 3), dtype=np.uint8)
-
-
-INPUTS = [
-    "short",
-    {"image": _image(0), "text": "what is shown"},
-    "a rather longer text about several different things at once",
-    {"image": _image(1)},
-    "x",
-    {"image": _image(2), "text": "and this one", "instruction": "Find the caption."},
-]
-
-
-def _inputs(model):
-    return INPUTS if model.vision else [x for x in INPUTS if isinstance(x, str)]
-
-
 @pytest.fixture(scope="module", params=TINY_MODEL_TYPES)
 def model(request, tiny_checkpoints):
     return UnifiedTTE.from_pretrained(tiny_checkpoints[request.param], device="cpu")
 
 
-def _encode(model, backend: str, slots: int, inputs=None, **kwargs):
-    model.prefill_attention = backend
-    try:
-        return model.encode(
-            inputs or _inputs(model), think=True, max_think_tokens=6, batch_size=slots, **kwargs
-        )
-    finally:
-        model.prefill_attention = "padded"
-
-
 @pytest.mark.parametrize("slots", [2, 4])
 def test_packed_prefill_equals_static_batches(model, slots):
-    static = model.encode(_inputs(model), think=True, max_think_tokens=6, batch_size=8, scheduler="static")
-    got = _encode(model, "sdpa_varlen", slots)
+    static = model.encode(
+        engine_inputs(model), think=True, max_think_tokens=6, batch_size=8, scheduler="static"
+    )
+    model.prefill_attention = "sdpa_varlen"
+    try:
+        got = model.encode(engine_inputs(model), think=True, max_think_tokens=6, batch_size=slots)
+    finally:
+        model.prefill_attention = "padded"
     assert model._engine.prefill_attention == "sdpa_varlen"
     assert got.traces == static.traces
     assert [s.tolist() for s in got.sequences] == [s.tolist() for s in static.sequences]
@@ -77,7 +54,7 @@ def _prefill_shapes(model, backend: str, slots: int) -> tuple[list[tuple[int, ..
         engine = Engine(model, slots=slots, prefill_attention=backend)
         futures = [
             engine.submit(check_input(i, x), model.decode_options(max_think_tokens=3), index=i)
-            for i, x in enumerate(_inputs(model))
+            for i, x in enumerate(engine_inputs(model))
         ]
         engine.run_until_done()
     finally:
@@ -97,7 +74,7 @@ def test_packed_prefill_computes_no_padding(model):
 
 def test_packed_embedding_without_thinking_equals_encode(model):
     """Inputs that do not think are embedded at admission: packed too, in one row, same embeddings."""
-    inputs = _inputs(model)
+    inputs = engine_inputs(model)
     want = model.encode(inputs, think=False)
     shapes: list[tuple[int, ...]] = []
     hook = model.hf_model.get_input_embeddings().register_forward_hook(
@@ -150,7 +127,7 @@ def test_auto_pads_on_cpu_and_bad_or_unusable_backends_are_named(model, tiny_che
 
 def _admitted(model, backend: str) -> Engine:
     """An engine that has admitted every input (one prefill) and sampled nothing further."""
-    inputs = _inputs(model)
+    inputs = engine_inputs(model)
     engine = Engine(model, slots=len(inputs), prefill_attention=backend)
     for i, x in enumerate(inputs):
         engine.submit(check_input(i, x), model.decode_options(max_think_tokens=4), index=i)
@@ -219,3 +196,46 @@ def test_a_flash_loaded_model_decodes_through_the_slot_bias(tiny_checkpoints):
     got, want = _admitted(flash, "flash_varlen"), _admitted(sdpa, "padded")
     got.step(), want.step()
     assert_same_slots(got, want, CACHE_TOLERANCE[torch.bfloat16])
+
+
+def test_sequence_bounds_are_read_once_per_forward(monkeypatch, vl_model):
+    """Every text layer gets the same packed positions: their bounds go to the host once a prefill."""
+    from tte_fast import varlen_attention
+
+    calls = []
+    real = varlen_attention.cu_seqlens_from_positions
+    monkeypatch.setattr(varlen_attention, "cu_seqlens_from_positions", lambda p: calls.append(1) or real(p))
+    engine = Engine(vl_model, slots=3, prefill_attention="sdpa_varlen")
+    for i, x in enumerate(engine_inputs(vl_model)[:3]):
+        engine.submit(check_input(i, x), vl_model.decode_options(max_think_tokens=1), embed=False, index=i)
+    engine.run_until_done()
+    assert vl_model.hf_model.config.get_text_config().num_hidden_layers > 1
+    assert len(calls) == engine.prefills == 1
+
+
+def test_decode_steps_of_a_flash_loaded_model_run_through_sdpa(vl_model):
+    """The slot cache's 4-D bias cannot go to flash-attn: a model whose text layers are set to
+    flash_attention_2 decodes through SDPA (on CPU, where flash-attn cannot run at all, a step that
+    reached it would fail) and gives the same traces and embeddings."""
+    inputs = engine_inputs(vl_model)[:3]
+
+    def run():
+        engine = Engine(vl_model, slots=3, prefill_attention="sdpa_varlen")
+        futures = [
+            engine.submit(check_input(i, x), vl_model.decode_options(max_think_tokens=3), index=i)
+            for i, x in enumerate(inputs)
+        ]
+        engine.run_until_done()
+        return [f.result() for f in futures]
+
+    want = run()
+    text = vl_model.hf_model.config.get_text_config()
+    loaded = text._attn_implementation
+    text._attn_implementation_internal = "flash_attention_2"
+    try:
+        got = run()
+    finally:
+        text._attn_implementation_internal = loaded
+    assert [r.trace for r in got] == [r.trace for r in want]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.embedding, b.embedding, atol=ATOL[torch.float32], rtol=0)

@@ -4,13 +4,10 @@ whose batch has no image does not hang the other (vision tower trained, so DDP n
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from helpers import free_port
+from helpers import run_torchrun_script
 
 from tests.train_cases import losses, run_config, weights, write_mixed_records
 from tte_fast.train import parse_config, train
@@ -44,36 +41,7 @@ def test_two_processes_equal_one_and_image_free_process_does_not_hang(tiny_check
     data = write_mixed_records(tmp_path / "mixed.jsonl")
     model = tiny_checkpoints["qwen2_vl"]
     two = tmp_path / "two"
-    raw = json.dumps(_raw(model, two, str(data), 1))
-    port = str(free_port())
-    procs = []
-    for rank in range(2):
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.getcwd(),
-            "OMP_NUM_THREADS": "1",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": port,
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": "2",
-            "LOCAL_WORLD_SIZE": "2",
-        }
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-c", PROCESS, raw],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    try:
-        outputs = [p.communicate(timeout=240)[0] for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    run_torchrun_script(PROCESS, json.dumps(_raw(model, two, str(data), 1)), timeout=240)
 
     one = tmp_path / "one"
     train(parse_config(_raw(model, one, str(data), 2)))

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
 from accelerate.utils import DistributedType
-from helpers import free_port
+from helpers import run_torchrun_script
 from safetensors.torch import load_file
 
 from tests.test_train_distributed import _raw
@@ -46,34 +44,7 @@ train(parse_config(raw), resume=True)
 
 
 def _two_processes(raw: dict) -> None:
-    port, procs = str(free_port()), []
-    for rank in range(2):
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.getcwd(),
-            "OMP_NUM_THREADS": "1",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": port,
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": "2",
-            "LOCAL_WORLD_SIZE": "2",
-        }
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-c", PROCESS, json.dumps(raw)],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    try:
-        outputs = [p.communicate(timeout=300)[0] for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    run_torchrun_script(PROCESS, json.dumps(raw))
 
 
 def test_fsdp2_equals_one_process_and_resumes_exactly(tiny_checkpoints, tmp_path):

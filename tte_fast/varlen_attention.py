@@ -38,6 +38,21 @@ def cu_seqlens_from_positions(position_ids: torch.Tensor) -> torch.Tensor:
     return torch.cat([starts, end]).to(torch.int32)
 
 
+_last_bounds: tuple = (None, [])  # (position ids, their bounds): shared by the layers of one forward
+
+
+def _packed_bounds(position_ids: torch.Tensor) -> list[int]:
+    """Sequence bounds as ints, computed once per forward (every layer gets the same position
+    tensor; reading the bounds to the host is a device sync)."""
+    global _last_bounds
+    last = _last_bounds
+    if last[0] is not None and last[0] is position_ids:
+        return last[1]
+    bounds = cu_seqlens_from_positions(position_ids).tolist()
+    _last_bounds = (position_ids, bounds)
+    return bounds
+
+
 def _check_packed(query: torch.Tensor, key: torch.Tensor) -> None:
     if query.shape[0] != 1 or key.shape[2] != query.shape[2]:
         raise ValueError(
@@ -49,7 +64,7 @@ def _check_packed(query: torch.Tensor, key: torch.Tensor) -> None:
 def sdpa_varlen_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """HF attention function: ``query [1, H, T, d]``, ``key/value [1, H_kv, T, d]`` -> ``[1, T, H, d]``."""
     _check_packed(query, key)
-    bounds = cu_seqlens_from_positions(kwargs.get("position_ids")).tolist()
+    bounds = _packed_bounds(kwargs.get("position_ids"))
     gqa = query.shape[1] != key.shape[1]
     blocks = [
         F.scaled_dot_product_attention(
@@ -67,7 +82,7 @@ def xformers_attention(module, query, key, value, attention_mask, scaling=None, 
     from xformers.ops.fmha.attn_bias import BlockDiagonalCausalMask
 
     _check_packed(query, key)
-    bounds = cu_seqlens_from_positions(kwargs.get("position_ids")).tolist()
+    bounds = _packed_bounds(kwargs.get("position_ids"))
     bias = BlockDiagonalCausalMask.from_seqlens([b - a for a, b in zip(bounds[:-1], bounds[1:])])
     _, heads, length, dim = query.shape
     groups = key.shape[1]

@@ -113,16 +113,29 @@ def _count(rng: random.Random) -> Example:
     )
 
 
+def _marked(rng: random.Random, scene: Scene, relation: str) -> tuple[Scene, Thing, str, list[str]]:
+    """Label ``scene`` and pick the shape marked with the letter ``relation`` ("after" or "before")
+    another one: (labelled scene, that shape, the other letter, the teacher's steps)."""
+    scene = label_scene(rng, scene)
+    first = LETTERS[0] if relation == "after" else LETTERS[-1]  # has no letter before / after it
+    letter = rng.choice(sorted(set(scene.labelled) - {first}))
+    anchor = T.letter_before(letter) if relation == "after" else T.letter_after(letter)
+    target = scene.labelled[letter]
+    return (
+        scene,
+        target,
+        anchor,
+        [T.describe(scene), T.letter_rule(relation, anchor, letter), T.marks(letter, target)],
+    )
+
+
 def _qa(rng: random.Random) -> Example:
     while True:
         scene = random_scene(rng, 2, 4)
         things = [t for _, t in scene.things]
         kind = rng.choice(("after", "colour", "letter"))
         if kind == "letter":
-            scene = label_scene(rng, scene)
-            letter = rng.choice(sorted(set(scene.labelled) - {LETTERS[0]}))
-            target, anchor = scene.labelled[letter], T.letter_before(letter)
-            steps = [T.describe(scene), T.letter_rule("after", anchor, letter), T.marks(letter, target)]
+            scene, target, anchor, steps = _marked(rng, scene, "after")
             if rng.random() < 0.5:
                 text = f"What colour is the shape marked with the letter after {anchor}?"
                 answer = target.colour
@@ -183,11 +196,8 @@ def _grounding(rng: random.Random) -> Example:
         things = [t for _, t in scene.things]
         kind = rng.choice(("colour", "before", "letter"))
         if kind == "letter":
-            scene = label_scene(rng, scene)
-            letter = rng.choice(sorted(set(scene.labelled) - {LETTERS[-1]}))
-            target, anchor = scene.labelled[letter], T.letter_after(letter)
+            scene, target, anchor, steps = _marked(rng, scene, "before")
             text = f"the shape marked with the letter before {anchor}"
-            steps = [T.describe(scene), T.letter_rule("before", anchor, letter), T.marks(letter, target)]
         elif kind == "colour":
             colour = rng.choice(sorted({t.colour for t in things}))
             matching = [t for t in things if t.colour == colour]

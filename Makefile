@@ -4,8 +4,19 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.tte_fast-installed
+# The oldest releases we claim (pyproject.toml's lower bounds), tested on the decode core.
+OLDEST_VENV ?= .venv-oldest
+OLDEST_PINS ?= transformers==5.17.0
+OLDEST_STAMP := $(OLDEST_VENV)/.tte_fast-installed
+OLDEST_TESTS := tests/test_layout.py tests/test_generate.py tests/test_decoder_robustness.py \
+	tests/test_engine.py tests/test_unified.py tests/test_packed_prefill.py tests/test_positions.py \
+	tests/test_heads.py tests/test_sampling.py tests/test_work_counting.py
 
-.PHONY: install demo test lint bench clean
+# Printed before each test run: the releases under test.
+export VERSIONS := import importlib.metadata as m; print(' '.join(f'{p}=={m.version(p)}' for p in \
+	('torch', 'transformers', 'triton', 'accelerate', 'peft', 'tokenizers', 'safetensors')))
+
+.PHONY: install demo test test-oldest lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,11 +29,24 @@ $(STAMP): $(BIN)/python pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 
 install: $(STAMP)
 
+$(OLDEST_STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
+	test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/pip install --quiet --upgrade pip
+	$(OLDEST_VENV)/bin/python -c "import torch" 2>/dev/null || $(OLDEST_VENV)/bin/pip install --quiet "$(TORCH_SPEC)"
+	$(OLDEST_VENV)/bin/pip install --quiet -e . "pytest>=8" "hypothesis>=6.100" $(OLDEST_PINS)
+	touch $(OLDEST_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/python -m tte_fast.demo
 
 test: $(STAMP)
+	$(BIN)/python -c "$$VERSIONS"
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q tests
+
+# The decode core's tests on the oldest transformers we claim (CI runs this after `make test`).
+test-oldest: $(OLDEST_STAMP)
+	$(OLDEST_VENV)/bin/python -c "$$VERSIONS"
+	TRITON_INTERPRET=1 $(OLDEST_VENV)/bin/python -m pytest -q $(OLDEST_TESTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -32,4 +56,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/latency.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info tte_fast/_C*.so
+	rm -rf $(VENV) $(OLDEST_VENV) build *.egg-info tte_fast/_C*.so

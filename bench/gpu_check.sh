@@ -36,7 +36,7 @@ $PY - <<'PY' >"$OUT/device.txt" 2>&1
 import torch; print(torch.__version__, torch.cuda.get_device_name(0))
 PY
 step gpu_tests 150 $PY -m pytest -q -x tests/test_kernels_pool.py tests/test_kernels_infonce.py tests/test_gradcache.py
-step bench_kernels 150 $PY bench/kernels.py --device cuda --json "$OUT/kernels.json"
+step bench_kernels 150 $PY bench/fused_kernels.py --device cuda --json "$OUT/kernels.json"
 step build_2b 100 $PY -c "
 import torch; from tte_fast.testing import build_random_checkpoint
 build_random_checkpoint('qwen2_vl_2b', '/tmp/qwen2_vl_2b', dtype=torch.bfloat16, device='cuda')"

@@ -23,7 +23,8 @@ def _worker(rank: int, world: int, port: int, config: str, output: str) -> None:
     main([config, f"output_dir={output}", "--quiet"])
 
 
-def test_two_processes_give_the_same_json_as_one(tiny_checkpoints, tmp_path):
+def test_two_processes_give_the_same_json_as_one(tiny_checkpoints, tmp_path, one_thread):
+    """The single process runs with one thread as the workers do: a matmul's rounding may depend on it."""
     raw = write_dataset(str(tmp_path))
     raw["model"] = {"path": tiny_checkpoints["qwen2_vl"], "device": "cpu"}
     # One input per batch: each input's numbers then do not depend on which inputs share its batch,

@@ -10,8 +10,12 @@ from tte_fast.eval.search import exact_topk, rank_global, rank_local, select_top
 
 
 def reference_topk(q, c, k):
-    """Every score, sorted by score descending then index ascending (a stable full sort)."""
-    scores = q.double() @ c.double().T
+    """Every score, sorted by score descending then index ascending (a stable full sort).
+
+    Scores are float64 sums rounded to float32, as the search defines them; summed pair by pair, so
+    duplicate candidates get bit-equal scores (a float64 matmul may round columns differently, which
+    would split ties by 1e-17 and make this reference order them by noise)."""
+    scores = (q.double()[:, None, :] * c.double()[None]).sum(-1).float().double()
     out_s, out_i = [], []
     for row in scores.tolist():
         order = sorted(range(len(row)), key=lambda j: (-row[j], j))[:k]

@@ -123,3 +123,15 @@ def test_a_tte_u_checkpoint_is_refused(tiny_checkpoints):
     )
     with pytest.raises(ValueError, match="TTE_u"):
         create_app(model, ServeConfig())
+
+
+def test_cli_prefill_attention_reaches_the_serving_engine(tiny_checkpoints, monkeypatch):
+    """``--prefill-attention`` is the serving engine's setting, not only the model's (CPU's auto is padded)."""
+    import uvicorn
+
+    from tte_fast.serve.cli import main
+
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.update(app=app))
+    main(["--model", tiny_checkpoints["qwen2_vl"], "--device", "cpu", "--prefill-attention", "sdpa_varlen"])
+    assert served["app"].state.service.engine.prefill_attention == "sdpa_varlen"

@@ -118,12 +118,14 @@ class Engine:
         slots: int = 8,
         length: int = 256,
         admit_at: int | None = None,
-        prefill_attention: str = "auto",
+        prefill_attention: str | None = None,
     ):
         if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
             raise ValueError(f"slots must be a positive int, got {slots!r}")
         self.model = model
-        self.prefill_attention = choose_prefill_attention(prefill_attention, model.hf_model)
+        # Unless told otherwise, prefill as the model was loaded to (``from_pretrained(prefill_attention=)``).
+        requested = model.prefill_attention if prefill_attention is None else prefill_attention
+        self.prefill_attention = choose_prefill_attention(requested, model.hf_model)
         # Decode steps attend through the slot cache's 4-D bias, which flash-attn cannot take.
         loaded = model.hf_model.config.get_text_config()._attn_implementation or ""
         self._decode_attention = "sdpa" if loaded.startswith("flash") else None

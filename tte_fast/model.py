@@ -318,7 +318,7 @@ class UnifiedTTE:
         """The continuous-batching engine with ``slots`` slots (kept, and its cache, for reuse)."""
         wanted = (slots, self.prefill_attention)
         if self._engine is None or (len(self._engine.slots), self._engine.prefill_attention) != wanted:
-            self._engine = Engine(self, slots=slots, prefill_attention=self.prefill_attention)
+            self._engine = Engine(self, slots=slots)
         return self._engine
 
     def _run_engine(self, items, errors, slots, progress, on_error, options, side, embed) -> dict:

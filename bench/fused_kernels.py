@@ -6,9 +6,9 @@ CPU, torch.cuda.max_memory_allocated on CUDA). On CUDA also: the fused kernel's 
 8*Nq*Nc*D flops as a fraction of the measured bf16 matmul rate, the naive loss at the largest size it
 fits, and pool_normalize bandwidth against a device-to-device copy.
 
-    python bench/kernels.py                                   # quick CPU run
-    python bench/kernels.py --nq 16384 --nc 16384 --dim 1024  # the CPU target
-    python bench/kernels.py --device cuda                     # GPU sizes: 32768 x 32768 x 1536 bf16
+    python bench/fused_kernels.py                                   # quick CPU run
+    python bench/fused_kernels.py --nq 16384 --nc 16384 --dim 1024  # the CPU target
+    python bench/fused_kernels.py --device cuda                     # GPU sizes: 32768 x 32768 x 1536 bf16
 """
 
 from __future__ import annotations

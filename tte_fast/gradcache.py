@@ -56,6 +56,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from tte_fast.checks import positive_int
 from tte_fast.chunking import batch_size, split_inputs
 from tte_fast.distributed import all_reduce_sum, fail_together, gather_rows, row_counts, sync_mode, world
 from tte_fast.kernels import infonce_loss_and_grads
@@ -157,9 +158,8 @@ def _loss_and_grads(q: torch.Tensor, t: torch.Tensor, temperature: float, labels
 
 
 def _check_arguments(encoder, target_encoder, chunk_size, target_chunk_size, temperature) -> None:
-    for name, value in (("chunk_size", chunk_size), ("target_chunk_size", target_chunk_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    positive_int("chunk_size", chunk_size)
+    positive_int("target_chunk_size", target_chunk_size)
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
     if not callable(encoder) or not callable(target_encoder):

@@ -21,6 +21,7 @@ import PIL.Image
 from transformers import BatchFeature, Qwen2VLImageProcessorPil
 
 from tte_fast import _C
+from tte_fast.checks import positive_int
 from tte_fast.image_io import decode_encoded, flatten_images, to_uint8_arrays
 
 HF_IMAGE_PROCESSOR_TYPE = "Qwen2VLImageProcessor"
@@ -85,9 +86,7 @@ class ImageProcessor(Qwen2VLImageProcessorPil):
         unknown = set(kwargs) - set(self.valid_kwargs.__annotations__)
         if unknown:
             raise TypeError(f"unexpected image processor arguments: {sorted(unknown)}")
-        num_threads = available_cores() if num_threads is None else num_threads
-        if not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1:
-            raise ValueError(f"num_threads must be a positive int, got {num_threads!r}")
+        num_threads = positive_int("num_threads", available_cores() if num_threads is None else num_threads)
         options = {k: getattr(self, k, None) for k in self.valid_kwargs.__annotations__}
         options.update({k: v for k, v in kwargs.items() if v is not None})
         images = flatten_images(images)

@@ -6,6 +6,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, fields
 
+from tte_fast.checks import positive_int
 from tte_fast.prompts import PromptConfig
 
 TTE_CONFIG_FILE = "tte_config.json"
@@ -34,8 +35,7 @@ class TTEConfig:
     def __post_init__(self):
         if self.head not in HEADS:
             raise ValueError(f"unknown head {self.head!r}; expected one of {HEADS}")
-        if not isinstance(self.head_layers, int) or self.head_layers < 1:
-            raise ValueError(f"head_layers must be a positive int, got {self.head_layers!r}")
+        positive_int("head_layers", self.head_layers)
         if isinstance(self.prompts, dict):
             self.prompts = PromptConfig.from_dict(self.prompts)
 

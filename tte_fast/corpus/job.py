@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
+from tte_fast.checks import positive_int
 from tte_fast.corpus.reader import Corpus
 from tte_fast.corpus.store import (
     EMBEDDING_DTYPES,
@@ -141,8 +142,7 @@ def encode_corpus(
     the same one). Raises :class:`CorpusJobError` when the folder holds a different job's output
     (or any output, without ``resume``)."""
     settings = settings or EncodeSettings()
-    if not isinstance(shard_size, int) or shard_size < 1:
-        raise ValueError(f"shard_size must be a positive int, got {shard_size!r}")
+    positive_int("shard_size", shard_size)
     folder = OutputFolder(output)
     with World() as world:
         manifest = _manifest(model, corpus, settings, model_path, world.size)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 
+from tte_fast.checks import positive_int
 from tte_fast.eval.metrics import METRICS, check_metrics
 
 PARSERS = ("mmeb", "tte")
@@ -87,8 +88,8 @@ class TaskConfig:
         metric = self.headline.split("@")[0]
         if metric not in self.metrics:
             self.metrics.append(metric)  # the headline is always computed
-        if self.sample_cap is not None and (not isinstance(self.sample_cap, int) or self.sample_cap < 1):
-            raise EvalConfigError(f"{where}: sample_cap must be a positive int, got {self.sample_cap!r}")
+        if self.sample_cap is not None:
+            positive_int(f"{where}: sample_cap", self.sample_cap, EvalConfigError)
 
     @property
     def headline(self) -> str:

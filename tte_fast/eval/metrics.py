@@ -21,6 +21,8 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 
+from tte_fast.checks import positive_int
+
 KS = (1, 5, 10)
 METRICS = ("hit", "ndcg_linear", "ndcg_exp", "precision", "recall", "map", "mrr")
 
@@ -54,9 +56,9 @@ def query_metrics(
     ``relevance`` maps ids to grades (> 0 is relevant). A query with no relevant candidate cannot be
     scored: that is an error.
     """
-    ks = sorted(set(ks))
-    if not ks or ks[0] < 1:
-        raise ValueError(f"k must be positive, got {ks}")
+    ks = sorted({positive_int("k", k) for k in ks})
+    if not ks:
+        raise ValueError("no k given")
     metrics = check_metrics(metrics)
     grades = sorted((float(g) for g in relevance.values() if g > 0), reverse=True)
     total = len(grades)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from tte_fast.checks import positive_int
+
 API_KEY_ENV = "TTE_FAST_API_KEY"
 MiB = 1 << 20
 
@@ -47,9 +49,9 @@ class ServeConfig:
 
     def __post_init__(self):
         for name in ("slots", "max_body_bytes", "max_inputs", "max_image_pixels", "max_image_bytes"):
-            _positive_int(name, getattr(self, name))
-        _positive_int("max_think_tokens", self.max_think_tokens)
-        _positive_int("max_queue", self.max_queue)
+            positive_int(name, getattr(self, name))
+        positive_int("max_think_tokens", self.max_think_tokens)
+        positive_int("max_queue", self.max_queue)
         for name in ("request_timeout_s", "remote_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
@@ -60,8 +62,3 @@ class ServeConfig:
         self.allowed_hosts = tuple(h.strip().lower() for h in self.allowed_hosts if h.strip())
         if self.api_key == "":
             self.api_key = None
-
-
-def _positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")

@@ -12,6 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 
+from tte_fast.checks import non_negative_int, positive_int
 from tte_fast.yaml_config import ConfigError
 
 JOBS = ("reasoner", "embedder", "head")
@@ -184,12 +185,16 @@ def _check(c: RunConfig) -> None:
     for i, d in enumerate(c.data.datasets):
         need(d.format in FORMATS, f"data.datasets.{i}.format must be one of {FORMATS}, got {d.format!r}")
         need(d.weight > 0 and math.isfinite(d.weight), f"data.datasets.{i}.weight must be positive")
-        need(d.max_samples is None or d.max_samples > 0, f"data.datasets.{i}.max_samples must be positive")
+        if d.max_samples is not None:
+            positive_int(f"data.datasets.{i}.max_samples", d.max_samples, ConfigError)
     need(c.data.bad_data in BAD_DATA, f"data.bad_data must be one of {BAD_DATA}, got {c.data.bad_data!r}")
-    need(c.data.num_workers >= 0 and c.data.negatives >= 0, "data.num_workers and data.negatives are >= 0")
+    non_negative_int("data.num_workers", c.data.num_workers, ConfigError)
+    non_negative_int("data.negatives", c.data.negatives, ConfigError)
     t = c.train
-    need(t.steps >= 1 and t.batch_size >= 1, "train.steps and train.batch_size must be positive")
-    need(t.lr > 0 and t.warmup_steps >= 0, "train.lr must be positive and train.warmup_steps >= 0")
+    positive_int("train.steps", t.steps, ConfigError)
+    positive_int("train.batch_size", t.batch_size, ConfigError)
+    need(t.lr > 0, "train.lr must be positive")
+    non_negative_int("train.warmup_steps", t.warmup_steps, ConfigError)
     need(
         t.mixed_precision in MIXED_PRECISION,
         f"train.mixed_precision must be one of {MIXED_PRECISION}, got {t.mixed_precision!r}",
@@ -202,10 +207,11 @@ def _check(c: RunConfig) -> None:
             "train.fsdp with fp16 is not supported (sharded gradients need a sharded scaler): use bf16",
         )
     need(c.contrastive.temperature > 0, "contrastive.temperature must be positive")
-    need(c.contrastive.chunk_size >= 1, "contrastive.chunk_size must be positive")
+    positive_int("contrastive.chunk_size", c.contrastive.chunk_size, ConfigError)
     need(
         c.head.traces in ("data", "generate"), f"head.traces must be data or generate, got {c.head.traces!r}"
     )
-    need(c.checkpoint.every >= 0 and c.checkpoint.keep >= 1, "checkpoint.every >= 0 and checkpoint.keep >= 1")
-    need(c.log.every >= 1, "log.every must be positive")
+    non_negative_int("checkpoint.every", c.checkpoint.every, ConfigError)
+    positive_int("checkpoint.keep", c.checkpoint.keep, ConfigError)
+    positive_int("log.every", c.log.every, ConfigError)
     need(c.job != "reasoner" or c.data.negatives == 0, "data.negatives applies to the embedder and head jobs")

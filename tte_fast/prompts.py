@@ -9,9 +9,10 @@ token then closes the sequence.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 from tte_fast.inputs import EmbedInput
+from tte_fast.schema import build
 
 DEFAULT_REASONING_INSTRUCTION = (
     "Before answering, think step by step inside <think> </think> about what this input shows and "
@@ -40,11 +41,7 @@ class PromptConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> PromptConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown prompt settings {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        return build(cls, data, "prompts.")
 
     def thinks(self, side: str) -> bool:
         check_side(side)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 from tte_fast.checks import positive_int
 from tte_fast.prompts import PromptConfig
+from tte_fast.schema import ConfigError, build
 
 TTE_CONFIG_FILE = "tte_config.json"
 HEADS = ("last_token", "tte_u")
@@ -44,11 +45,7 @@ class TTEConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> TTEConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown {TTE_CONFIG_FILE} settings {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        return build(cls, data)
 
     def save(self, directory: str) -> str:
         path = os.path.join(directory, TTE_CONFIG_FILE)
@@ -72,7 +69,11 @@ class TTEConfig:
         if not path or not os.path.exists(path):
             return None
         with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+            data = json.load(f)
+        try:
+            return cls.from_dict(data)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
 
     def resolve_embed_token(self, tokenizer) -> tuple[str, int]:
         """(token, id) of the embedding token for ``tokenizer``; a clear error when it has none."""

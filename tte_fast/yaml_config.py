@@ -14,9 +14,7 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config file or an override that cannot be used; the message names the file or key."""
+from tte_fast.schema import ConfigError
 
 
 def load_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> dict:

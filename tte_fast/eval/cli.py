@@ -38,14 +38,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quiet", action="store_true", help="no progress bars or table")
     args = parser.parse_args(argv)
 
-    from tte_fast.eval.config import EvalConfigError, parse_config
+    from tte_fast.eval.config import parse_config
     from tte_fast.eval.data import EvalDataError
     from tte_fast.eval.runner import evaluate
 
     try:
         raw = load_config(args.config, args.overrides)
         config = parse_config(raw, base_dir=os.path.dirname(os.path.abspath(args.config)))
-    except (ConfigError, EvalConfigError) as err:
+    except ConfigError as err:
         raise SystemExit(f"tte-fast eval: {err}") from None
     started = _init_distributed()
     try:

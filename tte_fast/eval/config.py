@@ -21,10 +21,11 @@ tasks:                                 # a list, or a mapping name -> task (as V
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 from tte_fast.checks import positive_int
 from tte_fast.eval.metrics import METRICS, check_metrics
+from tte_fast.schema import ConfigError, build
 
 PARSERS = ("mmeb", "tte")
 EVAL_TYPES = ("local", "global")
@@ -42,10 +43,10 @@ META_TASKS = {
     "visdoc": "visdoc",
 }
 HEADLINES = {"image": "hit@1", "video": "hit@1", "visdoc": "ndcg_linear@5"}
+SECTIONS = ("tasks", "model", "encode", "search")
 
 
-class EvalConfigError(ValueError):
-    """A config the evaluation cannot run; the message names the bad key."""
+EvalConfigError = ConfigError  # the name this package used before configs shared one error
 
 
 @dataclass
@@ -127,7 +128,7 @@ class SearchConfig:
 
 @dataclass
 class EvalConfig:
-    tasks: list[TaskConfig]
+    tasks: list[TaskConfig] = field(default_factory=list)
     model: dict = field(default_factory=dict)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
@@ -135,26 +136,11 @@ class EvalConfig:
     cache_dir: str | None = None
     cache: bool = True
     top_k: int = 10  # predictions kept per query
-    base_dir: str = "."  # relative data paths start here (the config file's folder)
+    base_dir: str = field(default=".", init=False)  # relative data paths start here (the config's folder)
 
     @property
     def cache_path(self) -> str:
         return self.cache_dir or os.path.join(self.output_dir, "cache")
-
-
-def _build(cls, data, where: str):
-    if data is None:
-        return cls()
-    if not isinstance(data, dict):
-        raise EvalConfigError(f"{where} must be a mapping, got {type(data).__name__}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise EvalConfigError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
-    try:
-        return cls(**data)
-    except TypeError as err:
-        raise EvalConfigError(f"{where}: {err}") from None
 
 
 def _task_list(tasks) -> list[dict]:
@@ -165,36 +151,33 @@ def _task_list(tasks) -> list[dict]:
     raise EvalConfigError(f"tasks must be a list or a mapping, got {type(tasks).__name__}")
 
 
+def _task(i: int, raw) -> dict:
+    """Task ``i`` with VLM2Vec's ``num_sample_per_subset`` read as ``sample_cap``."""
+    if not isinstance(raw, dict):
+        raise EvalConfigError(f"tasks.{i} must be a mapping, got {type(raw).__name__}")
+    raw = dict(raw)
+    if "num_sample_per_subset" in raw:
+        raw.setdefault("sample_cap", raw.pop("num_sample_per_subset"))
+    for key in ("name", "data_path"):
+        if not raw.get(key):
+            raise EvalConfigError(f"tasks.{i} has no {key}")
+    return raw
+
+
 def parse_config(data: dict, base_dir: str = ".") -> EvalConfig:
     """An :class:`EvalConfig` from a loaded YAML mapping; relative paths start at ``base_dir``."""
-    data = dict(data)
-    known = {f.name for f in fields(EvalConfig)} - {"base_dir"}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise EvalConfigError(f"unknown top-level keys {unknown}; known: {sorted(known)}")
-    if not data.get("tasks"):
+    data = {k: v for k, v in data.items() if v is not None or k not in SECTIONS}  # null: the defaults
+    tasks = data.pop("tasks", None)
+    if tasks:
+        data["tasks"] = [_task(i, raw) for i, raw in enumerate(_task_list(tasks))]
+    config = build(EvalConfig, data)
+    if not config.tasks:
         raise EvalConfigError("the config has no tasks")
-    tasks = []
-    for i, raw in enumerate(_task_list(data.pop("tasks"))):
-        if not isinstance(raw, dict):
-            raise EvalConfigError(f"tasks.{i} must be a mapping, got {type(raw).__name__}")
-        raw = dict(raw)
-        if "num_sample_per_subset" in raw:
-            raw.setdefault("sample_cap", raw.pop("num_sample_per_subset"))
-        for key in ("name", "data_path"):
-            if not raw.get(key):
-                raise EvalConfigError(f"tasks.{i} has no {key}")
-        tasks.append(_build(TaskConfig, raw, f"tasks.{i} ({raw['name']})"))
-    names = [t.name for t in tasks]
+    config.base_dir = base_dir
+    names = [t.name for t in config.tasks]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise EvalConfigError(f"task names must be unique; repeated: {duplicates}")
-    model = data.pop("model", None) or {}
-    if not isinstance(model, dict):
-        raise EvalConfigError("model must be a mapping")
-    encode = _build(EncodeConfig, data.pop("encode", None), "encode")
-    search = _build(SearchConfig, data.pop("search", None), "search")
-    config = EvalConfig(tasks=tasks, model=model, encode=encode, search=search, base_dir=base_dir, **data)
     from tte_fast.eval.search import BACKENDS
 
     if config.search.backend not in BACKENDS:

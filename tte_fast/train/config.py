@@ -1,19 +1,17 @@
 """The training config: one YAML mapping per run, checked into dataclasses before any work starts.
 
-Sections and their defaults are the fields below; an unknown key anywhere is an error naming it.
+Sections and their defaults are the fields below, read by :func:`tte_fast.schema.build`: an unknown
+key or a wrong type anywhere is an error naming its dotted path.
 ``docs/train.md`` describes every setting.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import types
-import typing
 from dataclasses import dataclass, field
 
 from tte_fast.checks import non_negative_int, positive_int
-from tte_fast.yaml_config import ConfigError
+from tte_fast.schema import ConfigError, build
 
 JOBS = ("reasoner", "embedder", "head")
 FORMATS = ("jsonl", "mmeb")
@@ -121,58 +119,9 @@ class RunConfig:
 
 def parse_config(raw: dict) -> RunConfig:
     """A checked :class:`RunConfig` from a resolved YAML mapping."""
-    config = _build(RunConfig, raw, "")
+    config = build(RunConfig, raw)
     _check(config)
     return config
-
-
-def _build(cls, raw, where: str):
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where or 'the config'} must be a mapping, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        raise ConfigError(f"unknown setting(s) {[where + k for k in unknown]}; known: {sorted(names)}")
-    values = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in raw:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"missing setting {where + f.name!r}")
-            continue
-        values[f.name] = _value(hints[f.name], raw[f.name], where + f.name)
-    return cls(**values)
-
-
-def _value(hint, value, where: str):
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (hint,) = [a for a in args if a is not type(None)]
-        return _value(hint, value, where)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where + ".")
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where} must be a list, got {value!r}")
-        return [_value(args[0], v, f"{where}.{i}") for i, v in enumerate(value)]
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"{where} must be a list of {len(args)} values, got {value!r}")
-        return tuple(_value(a, v, f"{where}.{i}") for i, (a, v) in enumerate(zip(args, value)))
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):  # YAML 1.1 reads 5e-5 as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if hint is dict and isinstance(value, dict):
-        return dict(value)
-    if hint in (int, str, bool) and isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
-        return value
-    raise ConfigError(f"{where} must be {getattr(hint, '__name__', hint)}, got {value!r}")
 
 
 def _check(c: RunConfig) -> None:

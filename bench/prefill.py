@@ -3,7 +3,7 @@
 ``--prompts`` prompts of skewed lengths (most short, a few long, as queries are; every third with an
 image on Qwen-VL models) enter ``--prompts`` free slots in one admission, with a think budget of one
 token and no embedding, so a run is the prefill alone (plus the processor and the first sample).
-Each backend of ``tte_fast.packed_prefill`` that the device allows is timed: ``padded`` (the
+Each backend of ``tte_fast.runtime.packed_prefill`` that the device allows is timed: ``padded`` (the
 baseline), ``sdpa_varlen``, and on CUDA ``flash_varlen`` / ``xformers`` where installed.
 
 Reported: median seconds, prompt tokens per second, the token rows the text layers compute (padded:
@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from tte_fast import UnifiedTTE
-from tte_fast.engine import Engine
 from tte_fast.inputs import check_input
-from tte_fast.packed_prefill import BACKENDS, missing_requirement
+from tte_fast.runtime.engine import Engine
+from tte_fast.runtime.packed_prefill import BACKENDS, missing_requirement
 
 sys.path.append(os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402

@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 
 from tte_fast import UnifiedTTE
-from tte_fast.engine import Engine
 from tte_fast.inputs import check_input, load_input
 from tte_fast.prompts import render_prompt
+from tte_fast.runtime.engine import Engine
 
 sys.path.append(os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -154,7 +154,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-hf", action="store_true", help="leave out the HF generate baseline")
     parser.add_argument("--compile", action="store_true", help="compiled decode steps (CUDA graphs on GPU)")
     parser.add_argument(
-        "--prefill-attention", default="auto", help="the engine's admission prefill (tte_fast.packed_prefill)"
+        "--prefill-attention",
+        default="auto",
+        help="the engine's admission prefill (tte_fast.runtime.packed_prefill)",
     )
     args = parser.parse_args(argv)
 

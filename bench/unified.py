@@ -21,9 +21,11 @@ import sys
 
 import torch
 
-from tte_fast.generate import DecodeOptions, Decoder, decode_position_ids, prefill_position_ids
 from tte_fast.kernels import pool_normalize
 from tte_fast.model import UnifiedTTE
+from tte_fast.runtime.options import DecodeOptions
+from tte_fast.runtime.positions import decode_position_ids, prefill_position_ids
+from tte_fast.runtime.static import StaticBatches
 
 # harness.py lies beside this file; found also when this file is loaded by path (tests). Appended,
 # so that bench/ shadows no other module.
@@ -57,7 +59,7 @@ def random_prompts(tte: UnifiedTTE, batch: int, length: int, seed: int, ragged: 
 
 
 @torch.inference_mode()
-def bench_embed(tte: UnifiedTTE, decoder: Decoder, context: int, batch: int, repeats: int) -> dict:
+def bench_embed(tte: UnifiedTTE, decoder: StaticBatches, context: int, batch: int, repeats: int) -> dict:
     """One embedding-token step on a cache holding ``context`` tokens vs a forward over context + 1."""
     device = tte.device
     prompts = random_prompts(tte, batch, context, seed=context, ragged=False)
@@ -68,8 +70,9 @@ def bench_embed(tte: UnifiedTTE, decoder: Decoder, context: int, batch: int, rep
     mask[:, :context] = 1
     positions, deltas = prefill_position_ids(tte.hf_model, prompts)
     prefill_mask = decoder.visible_mask(mask, context)
-    decoder.forward(
-        prompts["input_ids"], positions, prefill_mask, cache, decoder.cache_positions(0, context, device)
+    runner = decoder.runner
+    runner.forward(
+        prompts["input_ids"], positions, prefill_mask, cache, runner.cache_positions(0, context, device)
     )
     slot = [context]
 
@@ -78,9 +81,9 @@ def bench_embed(tte: UnifiedTTE, decoder: Decoder, context: int, batch: int, rep
         mask[:, column] = 1
         text_pos = torch.full((batch,), column, device=device)
         # What the decode loop runs when only embedding tokens are left: backbone step, no LM head.
-        slot_position = decoder.cache_positions(column, 1, device)
+        slot_position = runner.cache_positions(column, 1, device)
         step_mask = decoder.visible_mask(mask, column + 1)
-        hidden = decoder.forward(emb, decode_position_ids(text_pos, deltas), step_mask, cache, slot_position)
+        hidden = runner.forward(emb, decode_position_ids(text_pos, deltas), step_mask, cache, slot_position)
         pool_normalize(hidden[:, None], torch.ones(batch, 1, dtype=torch.long, device=device))
         slot[0] += 1
 
@@ -112,7 +115,7 @@ def bench_embed(tte: UnifiedTTE, decoder: Decoder, context: int, batch: int, rep
 
 @torch.inference_mode()
 def bench_decode(
-    tte: UnifiedTTE, decoder: Decoder, batch: int, prompt_len: int, new_tokens: int, repeats: int
+    tte: UnifiedTTE, decoder: StaticBatches, batch: int, prompt_len: int, new_tokens: int, repeats: int
 ) -> dict:
     """Tokens per second of the decode loop and of HF generate, every row decoding ``new_tokens``."""
     device = tte.device
@@ -170,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     with harness.model_folder(args) as path:
         tte = UnifiedTTE.from_pretrained(path, dtype=harness.DTYPES[args.dtype], device=device)
-    decoder = Decoder(tte.hf_model, compile=args.compile)
+    decoder = StaticBatches.of(tte.hf_model, compile=args.compile)
     name = harness.model_name(args)
     threads = torch.get_num_threads()
     print(

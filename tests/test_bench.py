@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from tte_fast.generate import Decoder
 from tte_fast.model import UnifiedTTE
+from tte_fast.runtime.static import StaticBatches
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -41,7 +41,7 @@ def test_bench_embed_on_a_growing_cache(tiny_checkpoints):
     a smoke test, it fails only if the benchmark raises on that layout (its timings are not checked)."""
     bench = _bench_module("unified")
     model = UnifiedTTE.from_pretrained(tiny_checkpoints["qwen2"], device="cpu")
-    bench.bench_embed(model, Decoder(model.hf_model, static_cache=False), 24, 2, 1)
+    bench.bench_embed(model, StaticBatches.of(model.hf_model, static_cache=False), 24, 2, 1)
 
 
 def test_bench_prompts_fit_a_small_vocabulary(tiny_checkpoints):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from tte_fast.generate import DecodeOptions
 from tte_fast.model import UnifiedTTE
 from tte_fast.profiling import StageRecorder, stage
+from tte_fast.runtime.options import DecodeOptions
 
 THREADS = 4
 ROUNDS = 3
@@ -65,7 +65,7 @@ def test_concurrent_decoder_calls_equal_sequential(tiny_checkpoints):
     batches = [
         dict(model.tokenizer(t, padding=True, padding_side="left", return_tensors="pt")) for t in texts
     ]
-    decode = lambda batch: model.decoder.decode(batch, options, embed_token_id=model.embed_token_id)
+    decode = lambda batch: model.batches.decode(batch, options, embed_token_id=model.embed_token_id)
     sequential = [decode(b) for b in batches]
     for results in _run_concurrently(decode, batches):
         for got, want in zip(results, sequential):

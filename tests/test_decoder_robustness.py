@@ -9,10 +9,11 @@ import pytest
 import torch
 from torch._dynamo.testing import CompileCounter
 
-from tte_fast.decode_cache import compiled_batch, compiled_length, graph_bound
-from tte_fast.generate import DecodeOptions, Decoder
 from tte_fast.model import UnifiedTTE
 from tte_fast.profiling import StageRecorder
+from tte_fast.runtime.options import DecodeOptions
+from tte_fast.runtime.static import StaticBatches
+from tte_fast.runtime.static_cache import compiled_batch, compiled_length, graph_bound
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -48,8 +49,8 @@ def test_compiled_step_meets_only_bucketed_shapes(text_model):
     rows never change the real rows' tokens."""
     torch._dynamo.reset()
     counter = CompileCounter()
-    compiled = Decoder(text_model.hf_model, compile=counter)
-    eager = Decoder(text_model.hf_model)
+    compiled = StaticBatches.of(text_model.hf_model, compile=counter)
+    eager = StaticBatches.of(text_model.hf_model)
     options = DecodeOptions(max_think_tokens=3, eos_token_ids=text_model.eos_token_ids)
     long_text = " ".join(["word"] * 70)
     batches = [["one"], ["a", "bb", "ccc"], ["a", "b", "c", "d"], ["x", long_text, "y"]]
@@ -64,12 +65,12 @@ def test_compiled_step_meets_only_bucketed_shapes(text_model):
         keys.add((compiled_batch(len(texts)), compiled_length(total)))
     assert keys == {(1, 64), (4, 64), (4, 128)}
     assert counter.frame_count == len(keys)
-    assert compiled.shapes.seen == keys
+    assert compiled.runner.shapes.seen == keys
 
 
 def test_a_shape_past_the_recompile_limit_warns(text_model):
     torch._dynamo.reset()
-    decoder = Decoder(text_model.hf_model, compile=CompileCounter())
+    decoder = StaticBatches.of(text_model.hf_model, compile=CompileCounter())
     options = DecodeOptions(max_think_tokens=2, eos_token_ids=text_model.eos_token_ids)
     with torch._dynamo.config.patch(recompile_limit=1):
         with warnings.catch_warnings():
@@ -80,7 +81,7 @@ def test_a_shape_past_the_recompile_limit_warns(text_model):
 
 
 def test_alternating_batch_sizes_reuse_their_caches_and_release_frees_them(text_model):
-    decoder = Decoder(text_model.hf_model)
+    decoder = StaticBatches.of(text_model.hf_model)
     options = DecodeOptions(max_think_tokens=2, eos_token_ids=text_model.eos_token_ids)
     three, two = prompts(text_model, ["a", "b", "c"]), prompts(text_model, ["a", "b"])
     decoder.decode(three, options)
@@ -97,9 +98,9 @@ def test_alternating_batch_sizes_reuse_their_caches_and_release_frees_them(text_
 def test_release_memory_frees_the_models_caches(text_model):
     text_model.encode(["hello"], think=True, max_think_tokens=2, scheduler="static")
     text_model.encode(["hello"], think=True, max_think_tokens=2, scheduler="continuous")
-    assert len(text_model.decoder.caches) > 0 and text_model._engine is not None
+    assert len(text_model.batches.caches) > 0 and text_model._engine is not None
     text_model.release_memory()
-    assert len(text_model.decoder.caches) == 0 and text_model._engine is None
+    assert len(text_model.batches.caches) == 0 and text_model._engine is None
 
 
 def _image(seed: int) -> np.ndarray:

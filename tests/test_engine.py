@@ -7,9 +7,9 @@ import pytest
 import torch
 from helpers import engine_inputs
 
-from tte_fast.engine import Engine
 from tte_fast.inputs import InputError, check_input
 from tte_fast.model import UnifiedTTE
+from tte_fast.runtime.engine import Engine
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -162,7 +162,7 @@ def test_compiled_engine_steps_equal_eager(tiny_checkpoints):
     want = eager.encode(inputs, think=True, max_think_tokens=4, batch_size=3)
     assert got.traces == want.traces
     torch.testing.assert_close(got.embeddings, want.embeddings, atol=ATOL, rtol=0)
-    assert compiled.decoder.shapes.seen == {(3, compiled._engine.cache.length)}
+    assert compiled.runner.shapes.seen == {(3, compiled._engine.cache.length)}
 
 
 @pytest.mark.parametrize("admit_at, prefills", [(4, 2), (1, 5)])

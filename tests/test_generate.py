@@ -8,8 +8,9 @@ from helpers import random_image
 from torch._dynamo.utils import counters
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-from tte_fast.generate import DecodeOptions, Decoder
 from tte_fast.hf_processor import load_processor
+from tte_fast.runtime.options import DecodeOptions
+from tte_fast.runtime.static import StaticBatches
 from tte_fast.testing import TINY_MODEL_TYPES
 
 NEW_TOKENS = 8
@@ -68,7 +69,7 @@ def _hf_tokens(model, batch, **kwargs) -> torch.Tensor:
 
 def test_greedy_equals_hf_generate(loaded):
     _, model, batch, expected = loaded
-    out = Decoder(model).decode(batch, DecodeOptions(max_think_tokens=NEW_TOKENS))
+    out = StaticBatches.of(model).decode(batch, DecodeOptions(max_think_tokens=NEW_TOKENS))
     for row, tokens in enumerate(out.generated):
         assert tokens.tolist() == expected[row].tolist()
     assert out.stop_reasons == ["think_budget"] * len(out.generated)
@@ -80,8 +81,8 @@ def test_growing_cache_path_equals_static(loaded):
     """The flash-attn path (growing cache and mask) gives the same tokens as the static one."""
     _, model, batch, _ = loaded
     options = DecodeOptions(max_think_tokens=5)
-    static = Decoder(model).decode(batch, options, embed_token_id=151645)
-    dynamic = Decoder(model, static_cache=False).decode(batch, options, embed_token_id=151645)
+    static = StaticBatches.of(model).decode(batch, options, embed_token_id=151645)
+    dynamic = StaticBatches.of(model, static_cache=False).decode(batch, options, embed_token_id=151645)
     assert [t.tolist() for t in static.generated] == [t.tolist() for t in dynamic.generated]
     torch.testing.assert_close(static.embed_hidden, dynamic.embed_hidden, atol=1e-5, rtol=1e-5)
 
@@ -101,7 +102,7 @@ def test_per_row_stop_equals_hf_generate(loaded):
         pytest.skip("row 0 emits no token the other rows never emit")
     expected = _hf_tokens(model, batch, max_new_tokens=NEW_TOKENS, eos_token_id=stop, pad_token_id=0)
     options = DecodeOptions(max_think_tokens=NEW_TOKENS, eos_token_ids=(stop,))
-    out = Decoder(model).decode(batch, options, embed_token_id=151645)
+    out = StaticBatches.of(model).decode(batch, options, embed_token_id=151645)
     stop_at = free[0].tolist().index(stop)
     assert out.generated[0].tolist() == expected[0, : stop_at + 1].tolist()
     assert out.kept[0].tolist() == expected[0, :stop_at].tolist()
@@ -127,14 +128,14 @@ def test_answer_budget_after_think_end(loaded, answer_tokens):
     options = DecodeOptions(
         max_think_tokens=NEW_TOKENS, max_answer_tokens=answer_tokens, think_end_token_id=think_end
     )
-    out = Decoder(model).decode(batch, options)
+    out = StaticBatches.of(model).decode(batch, options)
     assert out.generated[0].tolist() == free[0, : closed_at + 1 + answer_tokens].tolist()
     assert out.stop_reasons[0] == "answer_budget"
 
 
 def test_sampling_top_k1_is_greedy_and_seeded(loaded):
     _, model, batch, free = loaded
-    decoder = Decoder(model)
+    decoder = StaticBatches.of(model)
     top1 = decoder.decode(batch, DecodeOptions(max_think_tokens=4, do_sample=True, top_k=1, seed=3))
     assert [t.tolist() for t in top1.generated] == free[:, :4].tolist()
     hot = DecodeOptions(max_think_tokens=4, do_sample=True, temperature=5.0, top_p=0.9, seed=7)
@@ -166,7 +167,7 @@ def test_right_padding_is_rejected(tiny_checkpoints):
         "attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0]]),
     }
     with pytest.raises(ValueError, match="left-padded"):
-        Decoder(model).decode(batch, DecodeOptions(max_think_tokens=2))
+        StaticBatches.of(model).decode(batch, DecodeOptions(max_think_tokens=2))
 
 
 def test_compiled_step_equals_eager(tiny_checkpoints):
@@ -180,10 +181,10 @@ def test_compiled_step_equals_eager(tiny_checkpoints):
     ]
     batch = dict(processor(texts, padding=True, padding_side="left", return_tensors="pt"))
     options = DecodeOptions(max_think_tokens=4)
-    eager = Decoder(model).decode(batch, options, embed_token_id=151645)
+    eager = StaticBatches.of(model).decode(batch, options, embed_token_id=151645)
     torch._dynamo.reset()
     counters.clear()
-    compiled = Decoder(model, compile="eager").decode(batch, options, embed_token_id=151645)
+    compiled = StaticBatches.of(model, compile="eager").decode(batch, options, embed_token_id=151645)
     # Every decode step (the embedding step included) reuses one graph: no recompiles per position.
     assert counters["stats"]["unique_graphs"] == 1
     assert [t.tolist() for t in compiled.generated] == [t.tolist() for t in eager.generated]

@@ -241,15 +241,16 @@ def test_head_over_hf_generate(loaded, model_type):
 
 @pytest.mark.parametrize("model_type", ["qwen2_5_vl", "qwen2"])
 def test_head_over_the_runtime_decode_loop(loaded, model_type):
-    """States captured while ``tte_fast.generate.Decoder`` thinks and feeds each row's embedding
+    """States captured while ``tte_fast.runtime.static.StaticBatches`` thinks and feeds each row's embedding
     token right after it stops (rows stop at different steps) give the fresh forward's embedding of
     ``.sequences``; the untouched head reproduces the loop's own last-token embedding."""
-    from tte_fast.generate import DecodeOptions, Decoder
+    from tte_fast.runtime.options import DecodeOptions
+    from tte_fast.runtime.static import StaticBatches
 
     model, processor = loaded(model_type)
     inputs = batch_inputs(model_type, processor, seed=10)
     emb_id, pad_id = _special_ids(processor)
-    decoder = Decoder(model)
+    decoder = StaticBatches.of(model)
     options = DecodeOptions(max_think_tokens=5, max_answer_tokens=0, pad_token_id=pad_id)
     first = decoder.decode(inputs, options)
     # Make row 0's second token a stop token, so rows stop at different steps.

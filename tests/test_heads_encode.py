@@ -45,8 +45,8 @@ def test_tte_u_head_over_captured_states_equals_fresh_forward(
     lengths = {}
     for think, stop_early in ((True, False), (True, True), (False, False)):
         if stop_early:
-            forced = StopFirstRow(model.decoder.lm_head, model.eos_token_ids[0], at=1)
-            monkeypatch.setattr(model.decoder, "lm_head", forced)
+            forced = StopFirstRow(model.runner.lm_head, model.eos_token_ids[0], at=1)
+            monkeypatch.setattr(model.runner, "lm_head", forced)
         result = model.encode(inputs, think=think, max_think_tokens=4, batch_size=3)
         monkeypatch.undo()
         lengths[(think, stop_early)] = [len(seq) for seq in result.sequences]

@@ -55,7 +55,8 @@ def test_no_repository_name_shadows_an_installed_distribution(folder):
 
 def test_the_only_top_level_name_we_install_is_tte_fast():
     dist = importlib.metadata.distribution("tte_fast")
-    provided = {name for name, dists in importlib.metadata.packages_distributions().items() if "tte_fast" in dists}
+    distributions = importlib.metadata.packages_distributions()
+    provided = {name for name, dists in distributions.items() if "tte_fast" in dists}
     assert provided <= {"tte_fast"}, provided
     assert Path(dist.locate_file("")).exists()
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from helpers import assert_rel_close, engine_inputs
 
-from tte_fast.engine import Engine
 from tte_fast.inputs import check_input
 from tte_fast.model import UnifiedTTE
-from tte_fast.packed_prefill import choose_prefill_attention, pack_prompts, text_attention
+from tte_fast.runtime.engine import Engine
+from tte_fast.runtime.packed_prefill import choose_prefill_attention, pack_prompts, text_attention
 from tte_fast.testing import TINY_MODEL_TYPES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -200,7 +200,7 @@ def test_a_flash_loaded_model_decodes_through_the_slot_bias(tiny_checkpoints):
 
 def test_sequence_bounds_are_read_once_per_forward(monkeypatch, vl_model):
     """Every text layer gets the same packed positions: their bounds go to the host once a prefill."""
-    from tte_fast import varlen_attention
+    from tte_fast.runtime import varlen_attention
 
     calls = []
     real = varlen_attention.cu_seqlens_from_positions

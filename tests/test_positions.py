@@ -9,13 +9,15 @@ import torch
 from helpers import random_image
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-import tte_fast.generate as generate
-from tte_fast.generate import DecodeOptions, Decoder, prefill_position_ids
+import tte_fast.runtime.static as static
 from tte_fast.hf_processor import load_processor
+from tte_fast.runtime.options import DecodeOptions
+from tte_fast.runtime.positions import prefill_position_ids
+from tte_fast.runtime.static import StaticBatches
 from tte_fast.testing import TINY_MODEL_TYPES
 
 NEW_TOKENS = 6
-real_decode_position_ids = generate.decode_position_ids
+real_decode_position_ids = static.decode_position_ids
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -56,14 +58,14 @@ def decoded(request, tiny_checkpoints):
 
 
 def greedy(model, batch) -> list[list[int]]:
-    out = Decoder(model).decode(batch, DecodeOptions(max_think_tokens=NEW_TOKENS))
+    out = StaticBatches.of(model).decode(batch, DecodeOptions(max_think_tokens=NEW_TOKENS))
     return [tokens.tolist() for tokens in out.generated]
 
 
 def test_decode_positions_off_by_one_change_every_row(decoded, monkeypatch):
     _, model, batch, expected = decoded
     monkeypatch.setattr(
-        generate, "decode_position_ids", lambda pos, deltas: real_decode_position_ids(pos + 1, deltas)
+        static, "decode_position_ids", lambda pos, deltas: real_decode_position_ids(pos + 1, deltas)
     )
     shifted = greedy(model, batch)
     for row, tokens in enumerate(shifted):
@@ -80,7 +82,7 @@ def test_dropped_mrope_deltas_change_the_image_rows(decoded, monkeypatch):
     moved = deltas.view(-1) != 0
     assert moved.any() and not moved[2]  # rows 0 and 1 carry images, row 2 is text only
     monkeypatch.setattr(
-        generate,
+        static,
         "decode_position_ids",
         lambda pos, deltas: real_decode_position_ids(pos, torch.zeros_like(deltas)),
     )

@@ -11,9 +11,9 @@ import pytest
 import torch
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-import tte_fast.generate as generate
-from tte_fast.generate import DecodeOptions
 from tte_fast.model import UnifiedTTE
+from tte_fast.runtime.options import DecodeOptions
+from tte_fast.runtime.sampling import pick_tokens
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -72,7 +72,7 @@ def test_drawn_distribution_equals_hf_warpers(temperature, top_k, top_p, monkeyp
     if top_k or top_p < 1:
         assert (expected == 0).any(1).all(), "the case must filter something in every row"
     spy = DrawSpy(monkeypatch)
-    tokens = generate._pick(logits, options, None)
+    tokens = pick_tokens(logits, options, None)
     assert_same_distribution(spy.rows(), expected)
     assert (expected.gather(1, tokens[:, None]) > 0).all()  # drawn from what survives
 
@@ -83,7 +83,7 @@ def test_draws_follow_the_distribution(monkeypatch):
     options = DecodeOptions(do_sample=True, temperature=0.9, top_k=6, top_p=0.95)
     expected = hf_probs(logits[:1], 0.9, 6, 0.95)[0]
     torch.manual_seed(0)
-    tokens = generate._pick(logits, options, None)
+    tokens = pick_tokens(logits, options, None)
     freq = torch.bincount(tokens, minlength=8).double() / tokens.numel()
     stderr = (expected * (1 - expected) / tokens.numel()).sqrt().double()
     assert (freq[expected == 0] == 0).all()

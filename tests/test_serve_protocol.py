@@ -9,7 +9,7 @@ import torch
 
 pytest.importorskip("fastapi")
 
-from tte_fast.engine import EngineResult  # noqa: E402
+from tte_fast.runtime.engine import EngineResult  # noqa: E402
 from tte_fast.serve import API_KEY_ENV, ServeConfig, create_app  # noqa: E402
 from tte_fast.serve.cli import config_from_args, parser  # noqa: E402
 from tte_fast.serve.errors import APIError  # noqa: E402
@@ -126,7 +126,7 @@ def test_a_tte_u_checkpoint_is_refused(tiny_checkpoints):
 
 
 def test_cli_prefill_attention_reaches_the_serving_engine(tiny_checkpoints, monkeypatch):
-    """``--prefill-attention`` is the serving engine's setting, not only the model's (CPU's auto is padded)."""
+    """``--prefill-attention`` reaches the serving engine, not only the model (CPU's auto is padded)."""
     import uvicorn
 
     from tte_fast.serve.cli import main

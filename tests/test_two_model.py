@@ -99,7 +99,7 @@ def test_without_thinking_and_with_given_traces_the_reasoner_is_not_used(pipelin
     def no_thinking(*args, **kwargs):
         raise AssertionError("the reasoner must not run")
 
-    monkeypatch.setattr(two.reasoner.decoder, "decode", no_thinking)
+    monkeypatch.setattr(two.reasoner.batches, "decode", no_thinking)
     plain = two.encode(inputs, think=False)
     assert plain.traces is None
     torch.testing.assert_close(

@@ -142,8 +142,8 @@ def test_row_stopped_early_embeds_its_own_sequence(setup, monkeypatch):
     """One row stops on EOS while the others decode on: what the batch decodes after its stop never
     reaches its embedding, and its positions stay contiguous (it equals the re-encode)."""
     _, model, inputs, batched = setup
-    forced = StopFirstRow(model.decoder.lm_head, model.eos_token_ids[0], at=2)
-    monkeypatch.setattr(model.decoder, "lm_head", forced)
+    forced = StopFirstRow(model.runner.lm_head, model.eos_token_ids[0], at=2)
+    monkeypatch.setattr(model.runner, "lm_head", forced)
     result = model.encode(inputs, max_think_tokens=THINK, batch_size=3)
     shorter = [i for i in range(len(inputs)) if len(result.sequences[i]) < len(batched.sequences[i])]
     assert len(shorter) == 1

@@ -11,7 +11,7 @@ import pytest
 import torch
 from helpers import assert_rel_close
 
-from tte_fast import varlen_attention as va
+from tte_fast.runtime import varlen_attention as va
 
 # Attention rounds once per matmul and softmax: a few eps of the dtype, relative to the largest value.
 TOLERANCE = {torch.float32: 64 * torch.finfo(torch.float32).eps, torch.bfloat16: 4 * 2**-8}

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from tte_fast.generate import model_inputs, prefill_position_ids
+from tte_fast.runtime.positions import prefill_position_ids
+from tte_fast.runtime.runner import model_inputs
 from tte_fast.inputs import EmbedInput
 from tte_fast.kernels import pool_normalize
 from tte_fast.profiling import stage

@@ -16,15 +16,17 @@ import torch
 from tqdm.auto import tqdm
 
 from tte_fast.batching import embed_batch, normalize, prompt_batch, unpadded
-from tte_fast.engine import Engine, run_requests
-from tte_fast.generate import DecodeOptions, Decoder
 from tte_fast.hf_processor import CHAT_TEMPLATE_FILE, load_processor
 from tte_fast.inputs import EmbedInput, InputError, as_input_list, check_input, load_input
 from tte_fast.loading import build_head, default_attention, load_backbone, resolve_device, resolve_dtype
 from tte_fast.model_types import QWEN_VL_MODEL_TYPES
-from tte_fast.packed_prefill import choose_prefill_attention
 from tte_fast.profiling import instrument_vision_encoder, stage
 from tte_fast.prompts import PromptConfig, check_side
+from tte_fast.runtime.engine import Engine, run_requests
+from tte_fast.runtime.options import DecodeOptions
+from tte_fast.runtime.packed_prefill import choose_prefill_attention
+from tte_fast.runtime.runner import Runner
+from tte_fast.runtime.static import StaticBatches
 from tte_fast.tte_config import TTEConfig
 
 ON_ERROR = ("raise", "skip")
@@ -83,11 +85,13 @@ class UnifiedTTE:
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else self.eos_token_ids[0]
         instrument_vision_encoder(self.hf_model)  # its own NVTX range inside prefill
-        self.decoder = Decoder(hf_model, compile=compile)
+        # One runner (the model's prefill and decode steps) under both schedulers.
+        self.runner = Runner(hf_model, compile=compile)
+        self.batches = StaticBatches(self.runner)
         # The engine's admission prefill: padded, or packed through a varlen attention (checked now).
         self.prefill_attention = choose_prefill_attention(prefill_attention, hf_model)
-        # One encode / think at a time: they share the decoder's caches and the head's capture hooks.
-        self._lock = threading.RLock()
+        # One encode / think / engine step at a time: they share the caches and the head's capture hooks.
+        self.lock = threading.RLock()
         self._engine: Engine | None = None
         self.context_length = getattr(hf_model.config.get_text_config(), "max_position_embeddings", None)
 
@@ -114,7 +118,7 @@ class UnifiedTTE:
         ``prefill_attention`` is how the continuous-batching engine prefills the prompts it admits:
         ``"auto"`` packs them without padding through flash-attn's or xformers' variable-length
         attention where installed (CUDA), else pads them; ``"padded"``, ``"flash_varlen"``,
-        ``"xformers"`` or ``"sdpa_varlen"`` force one (see ``tte_fast.packed_prefill``). ``head`` is
+        ``"xformers"`` or ``"sdpa_varlen"`` force one (see ``tte_fast.runtime.packed_prefill``). ``head`` is
         ``"last_token"`` (default) or ``"tte_u"``; ``opts`` override ``TTEConfig`` fields
         (``embed_token``, ``max_think_tokens``, ``prompts``, ...) over the checkpoint's saved ones.
         """
@@ -197,7 +201,7 @@ class UnifiedTTE:
             on_error: ``"raise"`` stops at the first bad input (``InputError`` naming its index);
                 ``"skip"`` embeds the rest, leaves zero rows and lists messages in ``result.errors``.
             scheduler: how thinking inputs are batched: ``"continuous"`` (``batch_size`` slots, an
-                input enters as soon as another finishes: ``tte_fast.engine``) or ``"static"``
+                input enters as soon as another finishes: ``tte_fast.runtime.engine``) or ``"static"``
                 (batches of ``batch_size`` decode until their longest trace ends). The TTE_u head
                 always embeds in static batches.
             **generation: decode options, see :meth:`decode_options`: ``max_answer_tokens`` (answer
@@ -221,7 +225,7 @@ class UnifiedTTE:
             )
             scores = result.embeddings[0] @ result.embeddings[1]
         """
-        with self._lock:
+        with self.lock:
             items, errors = self._check(inputs, on_error)
             check_side(side)
             _check_scheduler(scheduler)
@@ -237,10 +241,10 @@ class UnifiedTTE:
             embeddings: list[torch.Tensor | None] = [None] * n
 
             def run(batch_items, indices):
-                batch = self._batch(batch_items, indices, side, thinking, traces, options)
+                batch = self.batch_inputs(batch_items, indices, side, thinking, traces, options)
                 if thinking:
                     return self._think_and_embed(batch, options)
-                return self._embed_prefill(batch), None, unpadded(batch)
+                return self.embed_prefill(batch), None, unpadded(batch)
 
             if thinking and scheduler == "continuous" and self.head is None:
                 for i, r in self._run_engine(
@@ -287,7 +291,7 @@ class UnifiedTTE:
         ``return_errors=True`` returns ``(traces, {index: message})`` instead of the traces alone."""
         options = self.decode_options(max_think_tokens=max_think_tokens, **generation)
         _check_scheduler(scheduler)
-        with self._lock:
+        with self.lock:
             traces, errors = self._think(inputs, options, batch_size, side, progress, on_error, scheduler)
         return (traces, errors) if return_errors else traces
 
@@ -311,7 +315,7 @@ class UnifiedTTE:
 
     def release_memory(self) -> None:
         """Free the KV caches of the decoder and the batching engine (kept between calls for reuse)."""
-        self.decoder.release()
+        self.batches.release()
         self._engine = None
 
     def engine(self, slots: int) -> Engine:
@@ -354,9 +358,9 @@ class UnifiedTTE:
             return out, errors
 
         def run(batch_items, indices):
-            batch = self._batch(batch_items, indices, side, True, None, options)
-            decoded = self.decoder.decode(batch, options)
-            return self._traces(decoded.kept)
+            batch = self.batch_inputs(batch_items, indices, side, True, None, options)
+            decoded = self.batches.decode(batch, options)
+            return self.decode_traces(decoded.kept)
 
         for indices, traces in self._batches(items, errors, batch_size, progress, on_error, run, "think"):
             for j, i in enumerate(indices):
@@ -403,10 +407,12 @@ class UnifiedTTE:
                 yield from _run_skipping(loaded, errors, on_error, run)
                 bar.update(len(chunk))
 
-    def _batch(self, items: list[EmbedInput], indices, side, think, traces, options) -> dict:
-        """Tokenized, left-padded prompts on the model's device; prompts without thinking end in
-        the embedding token. ``side`` and ``options`` are one for all or a list (one per item);
-        ``traces`` (None, or indexable by input index) gives each input's trace."""
+    def batch_inputs(self, items: list[EmbedInput], indices, side, think, traces, options) -> dict:
+        """Tokenized, left-padded prompts of loaded inputs on the model's device (the schedulers'
+        input); prompts without thinking end in the embedding token. ``indices`` name the inputs in
+        errors (an ``InputError`` for a prompt too long for the context). ``side`` and ``options``
+        are one for all or a list (one per item); ``traces`` (None, or indexable by input index)
+        gives each input's trace."""
         n = len(items)
         sides = side if isinstance(side, list) else [side] * n
         all_options = options if isinstance(options, list) else [options] * n
@@ -441,22 +447,23 @@ class UnifiedTTE:
 
     def _think_and_embed(self, batch: dict, options: DecodeOptions):
         if self.head is None:
-            out = self.decoder.decode(batch, options, embed_token_id=self.embed_token_id)
+            out = self.batches.decode(batch, options, embed_token_id=self.embed_token_id)
             with stage("embed"):
                 emb = normalize(out.embed_hidden)
         else:
             with self.head.capture(self.hf_model) as captured:
-                out = self.decoder.decode(batch, options, embed_token_id=self.embed_token_id, compiled=False)
+                out = self.batches.decode(batch, options, embed_token_id=self.embed_token_id, compiled=False)
             with stage("embed"), torch.inference_mode():
                 emb = self.head.embed(captured, out.attention_mask)
-        return emb.float().cpu(), self._traces(out.kept), out.sequences
+        return emb.float().cpu(), self.decode_traces(out.kept), out.sequences
 
     @torch.inference_mode()
-    def _embed_prefill(self, batch: dict) -> torch.Tensor:
+    def embed_prefill(self, batch: dict) -> torch.Tensor:
         """One forward over prompt (+ trace) + embedding token; embedding read at the last token."""
         return embed_batch(self.hf_model, batch, self.head).float().cpu()
 
-    def _traces(self, kept: list[torch.Tensor]) -> list[str]:
+    def decode_traces(self, kept: list[torch.Tensor]) -> list[str]:
+        """The traces of generated token ids: the think prefix, then the text (special tokens dropped)."""
         prefix = self.config.prompts.think_prefix
         return [prefix + self.tokenizer.decode(k.tolist(), skip_special_tokens=True) for k in kept]
 

@@ -15,7 +15,7 @@ import json
 import os
 
 from tte_fast.corpus.reader import Columns, CorpusError, open_corpus
-from tte_fast.packed_prefill import PREFILL_ATTENTION
+from tte_fast.runtime.packed_prefill import PREFILL_ATTENTION
 
 DTYPES = ["float32", "bfloat16", "float16"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from tte_fast.packed_prefill import PREFILL_ATTENTION
+from tte_fast.runtime.packed_prefill import PREFILL_ATTENTION
 from tte_fast.serve.config import API_KEY_ENV, MiB, ServeConfig
 
 

@@ -8,7 +8,7 @@ import uuid
 
 import numpy as np
 
-from tte_fast.engine import EngineResult
+from tte_fast.runtime.engine import EngineResult
 from tte_fast.serve.errors import APIError
 
 

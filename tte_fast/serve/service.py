@@ -1,6 +1,6 @@
 """The bridge from async handlers to the continuous-batching engine.
 
-One :class:`~tte_fast.engine.Engine` serves every client: each input of a request is submitted on
+One :class:`~tte_fast.runtime.engine.Engine` serves every client: each input of a request is submitted on
 its own and all clients' inputs share the slots. A request is admitted only if the inputs in flight
 stay within ``max_queue`` (429 otherwise); when it fails, times out or its client leaves, the
 futures of its other inputs are cancelled, which frees their slots at the engine's next step.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from tte_fast.engine import Engine, EngineResult
+from tte_fast.runtime.engine import Engine, EngineResult
 from tte_fast.inputs import EmbedInput, InputError
 from tte_fast.serve.config import ServeConfig
 from tte_fast.serve.errors import APIError

@@ -7,7 +7,7 @@ attention keeps each prompt to its own tokens. Backends (``prefill_attention``):
 
 - ``flash_varlen``: transformers' ``flash_attention_2`` on the packed positions
   (``flash_attn_varlen_func``); CUDA, float16/bfloat16, the flash-attn package;
-- ``xformers``: xformers' block-diagonal causal mask (``tte_fast.varlen_attention``); CUDA, xformers;
+- ``xformers``: xformers' block-diagonal causal mask (``tte_fast.runtime.varlen_attention``); CUDA, xformers;
 - ``sdpa_varlen``: PyTorch SDPA per prompt (any device; exact but one call per prompt and layer);
 - ``padded``: the left-padded batch with the model's own attention (SDPA on CPU);
 - ``auto``: the first of flash_varlen, xformers that the model's device, dtype and the installed
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tte_fast import varlen_attention
+from tte_fast.runtime import varlen_attention
 
 BACKENDS = ("padded", "flash_varlen", "xformers", "sdpa_varlen")
 PREFILL_ATTENTION = ("auto", *BACKENDS)

@@ -38,18 +38,16 @@ def cu_seqlens_from_positions(position_ids: torch.Tensor) -> torch.Tensor:
     return torch.cat([starts, end]).to(torch.int32)
 
 
-_last_bounds: tuple = (None, [])  # (position ids, their bounds): shared by the layers of one forward
-
-
 def _packed_bounds(position_ids: torch.Tensor) -> list[int]:
-    """Sequence bounds as ints, computed once per forward (every layer gets the same position
-    tensor; reading the bounds to the host is a device sync)."""
-    global _last_bounds
-    last = _last_bounds
-    if last[0] is not None and last[0] is position_ids:
-        return last[1]
-    bounds = cu_seqlens_from_positions(position_ids).tolist()
-    _last_bounds = (position_ids, bounds)
+    """Sequence bounds as ints, computed once per forward: every layer gets the same position tensor,
+    and reading the bounds to the host is a device sync. They are kept on that tensor itself, so
+    models and threads never share them."""
+    if position_ids is None:
+        raise ValueError("packed attention needs the text position ids of the packed row")
+    bounds = getattr(position_ids, "_tte_packed_bounds", None)
+    if bounds is None:
+        bounds = cu_seqlens_from_positions(position_ids).tolist()
+        position_ids._tte_packed_bounds = bounds
     return bounds
 
 

@@ -1,19 +1,21 @@
 """Continuous batching for thinking: requests enter free slots as soon as slots free up.
 
-``Engine`` keeps ``slots`` rows of one preallocated :class:`~tte_fast.slot_cache.SlotCache`. Each
+``Engine`` keeps ``slots`` rows of one preallocated :class:`~tte_fast.runtime.slot_cache.SlotCache`. Each
 step (1) admits waiting requests into free slots with one left-padded prefill whose keys and values
 are copied into those slots, and embeds requests that do not think straight from that prefill;
 (2) decodes one token for every busy slot (with ``compile=True``, for every slot: one shape-static
 step the compiled graph replays). A slot that stops feeds its embedding token on its own cache rows,
 its embedding is read there, and the slot is free for the next request on the following step.
 
-With ``prefill_attention`` other than ``padded`` (``tte_fast.packed_prefill``: flash-attn varlen or
+With ``prefill_attention`` other than ``padded`` (``tte_fast.runtime.packed_prefill``: flash-attn varlen or
 xformers on GPU, chosen automatically) the admitted prompts are packed into one row without padding
 and each prompt's keys and values are copied from its span of that row.
 
-Every slot has its own length, text position, M-RoPE delta, decode options and sampling generator,
-and stops by the same rules as the static decoder (``tte_fast.generate``), so a request's greedy
-trace and embedding do not depend on the other requests, their order or the slot count.
+Every slot has its own length, text position, M-RoPE delta, decode options and sampling generator;
+its decode state is its row of one ``RowBook``, moved by the same stop rule as static batches
+(``tte_fast.runtime.stop``), so a request's greedy trace and embedding do not depend on the other
+requests, their order or the slot count. The engine reads the book's states to the host once per
+step, not once per slot.
 
 Submitting is thread-safe; ``run_until_done`` drives the steps in the calling thread and ``start``
 in a background thread (serving). A cancelled future frees its slot at the next step.
@@ -31,21 +33,20 @@ from transformers import DynamicCache
 
 from tte_fast.batching import normalize, unpadded
 from tte_fast.chunking import split_inputs
-from tte_fast.generate import (
-    DecodeOptions,
-    _row_generators,
-    decode_position_ids,
-    model_inputs,
-    prefill_position_ids,
-    sampling_probs,
-    uses_mrope,
-)
 from tte_fast.inputs import EmbedInput, InputError, load_input
-from tte_fast.packed_prefill import IMPLEMENTATION, choose_prefill_attention, pack_prompts, text_attention
 from tte_fast.profiling import stage
-from tte_fast.slot_cache import SlotCache
-
-ALIVE, KEEP_LAST, EMBED = "alive", "keep_last", "embed"
+from tte_fast.runtime.options import DecodeOptions
+from tte_fast.runtime.packed_prefill import (
+    IMPLEMENTATION,
+    choose_prefill_attention,
+    pack_prompts,
+    text_attention,
+)
+from tte_fast.runtime.positions import decode_position_ids, prefill_position_ids, uses_mrope
+from tte_fast.runtime.runner import model_inputs
+from tte_fast.runtime.sampling import row_generators, sampling_probs
+from tte_fast.runtime.slot_cache import SlotCache
+from tte_fast.runtime.stop import RowBook, RowState, StopReason
 
 
 @dataclass
@@ -76,37 +77,11 @@ class _Request:
 
 
 class _Slot:
-    """Host bookkeeping of one busy slot, mirroring the static decoder's row states."""
+    """Host bookkeeping of one busy slot; its decode state is its row of the engine's ``RowBook``."""
 
     def __init__(self, request: _Request, prompt_ids: torch.Tensor, generator, admitted_step: int):
         self.request, self.prompt_ids, self.generator = request, prompt_ids, generator
         self.admitted_step = admitted_step
-        self.generated: list[int] = []  # every sampled token (a final EOS included)
-        self.kept: list[int] = []
-        self.closed, self.n_answer = False, 0
-        self.state, self.reason, self.feed = ALIVE, None, None
-
-    def take(self, token: int, embed_id: int) -> bool:
-        """Record a sampled token; return True when the request is finished without another feed."""
-        opts, step = self.request.options, len(self.generated)
-        self.generated.append(token)
-        if token in opts.eos_token_ids:
-            self.reason = "eos"
-            self.state, self.feed = EMBED, embed_id
-            return not self.request.embed
-        was_closed = self.closed
-        self.closed |= opts.think_end_token_id is not None and token == opts.think_end_token_id
-        self.n_answer += int(was_closed)
-        self.kept.append(token)
-        think_out = not self.closed and step + 1 >= opts.max_think_tokens
-        # Counted from the closing token itself, so max_answer_tokens=0 stops right at ``</think>``.
-        answer_out = self.closed and self.n_answer >= opts.max_answer_tokens
-        self.feed = token
-        if think_out or answer_out or step + 1 >= opts.max_new_tokens:
-            self.reason = "answer_budget" if answer_out else "think_budget"
-            self.state = KEEP_LAST
-            return not self.request.embed
-        return False
 
 
 class Engine:
@@ -131,8 +106,12 @@ class Engine:
         self._decode_attention = "sdpa" if loaded.startswith("flash") else None
         # Free slots that trigger an admission prefill while others decode (a quarter by default).
         self.admit_at = max(1, slots // 4) if admit_at is None else admit_at
+        self.runner = model.runner
         self.cache = SlotCache.for_model(model.hf_model, slots, self._length(length))
         self.slots: list[_Slot | None] = [None] * slots
+        # Every slot's decode state, moved by the same stop rule as static batches.
+        self.book = RowBook(slots, 0, model.decode_options(), self.cache.positions.device)
+        self._states = [RowState.DONE] * slots  # the book's states as last read to the host
         self.waiting: deque[_Request] = deque()
         self._queue_lock = threading.Lock()
         device = self.cache.positions.device
@@ -147,7 +126,7 @@ class Engine:
 
     def _length(self, columns: int) -> int:
         """Slot length for ``columns``: the compiled decoder's power-of-two buckets, else multiples of 64."""
-        return self.model.decoder.cache_length(columns, padded=self.model.decoder.compiled)
+        return self.model.runner.cache_length(columns)
 
     # ------------------------------------------------------------------------------------ submit
     def submit(
@@ -223,7 +202,7 @@ class Engine:
     def step(self) -> int:
         """Admit waiting requests into free slots, then decode one token for every slot; the number
         of requests finished."""
-        with self.model._lock:
+        with self.model.lock:
             self._drop_cancelled()
             finished = self._admit()
             if any(s is not None for s in self.slots):
@@ -234,7 +213,7 @@ class Engine:
     def _drop_cancelled(self) -> None:
         for i, slot in enumerate(self.slots):
             if slot is not None and slot.request.future.cancelled():
-                self.slots[i] = None
+                self._free(i)
 
     def _admit(self) -> int:
         """Take waiting requests in arrival order while slots are free (a request that does not
@@ -257,7 +236,7 @@ class Engine:
         try:
             loaded = [r for r in taken if self._load(r)]
             done = self._embed_without_thinking([r for r in loaded if not r.think])
-            self._prefill([r for r in loaded if r.think], free)
+            done += self._prefill([r for r in loaded if r.think], free)
         except BaseException as error:  # they left the queue and hold no slot yet: settle them here
             for request in taken:
                 _resolve(request.future, error=error)
@@ -278,7 +257,7 @@ class Engine:
         fails alone and the rest are batched again."""
         while requests:
             try:
-                batch = self.model._batch(
+                batch = self.model.batch_inputs(
                     [r.item for r in requests],
                     [r.index for r in requests],
                     [r.side for r in requests],
@@ -298,7 +277,7 @@ class Engine:
         if batch is None:
             return 0
         if self.prefill_attention == "padded" or self.model.head is not None:
-            embeddings = self.model._embed_prefill(batch)
+            embeddings = self.model.embed_prefill(batch)
         else:  # packed like thinking admissions: one forward without a cache, read at each last token
             positions, _ = prefill_position_ids(self.model.hf_model, batch)
             with stage("prefill"):
@@ -310,10 +289,11 @@ class Engine:
             _resolve(request.future, result)
         return len(requests)
 
-    def _prefill(self, requests: list[_Request], free: list[int]) -> None:
+    def _prefill(self, requests: list[_Request], free: list[int]) -> int:
+        """Admit thinking requests into ``free`` slots; how many finished at their first token."""
         batch, requests = self._batch(requests, think=True)
         if batch is None:
-            return  # every one of them failed (their futures hold the errors)
+            return 0  # every one of them failed (their futures hold the errors)
         lengths = batch["attention_mask"].sum(-1).tolist()
         need = max(n + r.options.max_new_tokens + 1 for n, r in zip(lengths, requests))
         if need > self.cache.length:
@@ -323,7 +303,8 @@ class Engine:
         self.prefills += 1
         with stage("prefill"):
             hidden, spans = self._prefill_forward(batch, positions, prefill_cache)
-            logits = self.model.decoder.lm_head(hidden).float()
+            logits = self.runner.lm_head(hidden).float()
+        admitted = []
         for row, (request, n) in enumerate(zip(requests, lengths)):
             slot_index = free[row]
             self.cache.write_prompt(slot_index, prefill_cache, *spans[row])
@@ -332,71 +313,92 @@ class Engine:
                 self.deltas[slot_index] = deltas[row]
             prompt = batch["input_ids"][row, -n:].cpu()
             generator = _slot_generator(batch, row, request.options)
-            slot = _Slot(request, prompt, generator, self.steps)
-            self.slots[slot_index] = slot
-            self._sample(slot, logits[row])
-            if request.future.done():  # think-only request stopped at its first token
-                self.slots[slot_index] = None
+            self.slots[slot_index] = _Slot(request, prompt, generator, self.steps)
+            embed_id = self.model.embed_token_id if request.embed else None
+            self.book.start(slot_index, request.options, embed_id)
+            admitted.append(slot_index)
+        # Their first tokens, from the prefill's logits; a think-only request may stop right here.
+        return self._advance(self._sample(admitted, logits), only=admitted)
 
     def _prefill_forward(self, batch: dict, positions: torch.Tensor, cache) -> tuple[torch.Tensor, list]:
         """Prefill the prompts of ``batch`` onto ``cache`` (None: embed only): the hidden state of each
         prompt's last token ``[B, D]``, and where each prompt's keys and values sit in ``cache`` (row,
         columns)."""
-        decoder, backbone = self.model.decoder, self.model.hf_model.base_model
+        runner, backbone = self.runner, self.model.hf_model.base_model
         if self.prefill_attention == "padded":
             ids, mask = batch["input_ids"], batch["attention_mask"]
             width = ids.shape[1]
-            where = decoder.cache_positions(0, width, ids.device)
-            hidden = decoder.forward(ids, positions, mask, cache, where, **model_inputs(backbone, batch))
+            where = runner.cache_positions(0, width, ids.device)
+            hidden = runner.forward(ids, positions, mask, cache, where, **model_inputs(backbone, batch))
             return hidden, [(row, slice(width - n, width)) for row, n in enumerate(mask.sum(-1).tolist())]
         packed = pack_prompts(batch, positions)
         ids = packed.inputs["input_ids"]
         with text_attention(self.model.hf_model, IMPLEMENTATION[self.prefill_attention]):
-            states = decoder.hidden_states(
+            states = runner.hidden_states(
                 ids,
                 packed.position_ids,
                 None,
                 cache,
-                decoder.cache_positions(0, ids.shape[1], ids.device),
+                runner.cache_positions(0, ids.shape[1], ids.device),
                 **model_inputs(backbone, packed.inputs),
             )
         return states[0, packed.last_tokens], [(0, packed.columns(i)) for i in range(len(packed.last_tokens))]
 
-    def _sample(self, slot: _Slot, logits: torch.Tensor) -> None:
-        options = slot.request.options
-        if options.do_sample:
-            probs = sampling_probs(logits[None], options)[0]
-            token = int(torch.multinomial(probs, 1, generator=slot.generator)[0])
-        else:
-            token = int(logits.argmax())
-        if slot.take(token, self.model.embed_token_id):
-            self._finish_think_only(slot)
+    def _sample(self, slot_indices: list[int], logits: torch.Tensor) -> torch.Tensor:
+        """A token for each slot in ``slot_indices`` (the rows of ``logits``), as a ``[slots]`` tensor:
+        greedy slots by one argmax, sampling slots each from its own generator."""
+        tokens = torch.full(
+            (len(self.slots),), self.model.pad_token_id, dtype=torch.long, device=logits.device
+        )
+        tokens[torch.tensor(slot_indices, dtype=torch.long, device=logits.device)] = logits.argmax(-1)
+        for row, i in enumerate(slot_indices):
+            options = self.slots[i].request.options
+            if options.do_sample:
+                probs = sampling_probs(logits[row : row + 1], options)[0]
+                tokens[i] = torch.multinomial(probs, 1, generator=self.slots[i].generator)[0]
+        return tokens
+
+    def _advance(self, tokens: torch.Tensor | None, only: list[int] | None = None) -> int:
+        """Move the book by the stop rule (``only``: just these slots took a token) and finish the
+        think-only requests that stopped; one host read of the states. How many finished."""
+        mask = None
+        if only is not None:
+            mask = torch.zeros(len(self.slots), dtype=torch.bool, device=self.book.state.device)
+            mask[only] = True
+        self.book.advance(tokens, mask)
+        self._states = [RowState(s) for s in self.book.state.tolist()]
+        finished = 0
+        for i in range(len(self.slots)) if only is None else only:
+            slot = self.slots[i]
+            if slot is not None and self._states[i] == RowState.DONE and not slot.request.embed:
+                self._finish(i, slot, None)
+                finished += 1
+        return finished
 
     def _decode(self) -> int:
         """One token for every busy slot. Compiled steps always run all slots (one fixed shape); eager
         steps run only the busy ones, so a lightly loaded engine does not pay for empty slots."""
-        model = self.model
+        model, runner = self.model, self.runner
         device = self.cache.positions.device
         busy = [i for i, s in enumerate(self.slots) if s is not None]
-        rows = None if model.decoder.compiled or len(busy) == len(self.slots) else busy
+        rows = None if runner.compiled or len(busy) == len(self.slots) else busy
         self.cache.select(rows)
         order = list(range(len(self.slots))) if rows is None else rows
-        feed = [self.slots[i].feed if self.slots[i] is not None else model.pad_token_id for i in order]
-        tokens = torch.tensor(feed, dtype=torch.long, device=device).view(len(order), 1)
         index = None if rows is None else torch.tensor(rows, device=device)
+        tokens = (self.book.next_feed if index is None else self.book.next_feed[index]).view(len(order), 1)
         text_pos = self.text_pos if index is None else self.text_pos[index]
         deltas = None if not self.mrope else (self.deltas if index is None else self.deltas[index])
         positions = decode_position_ids(text_pos, deltas)
         bias = self.cache.attention_bias(next(model.hf_model.parameters()).dtype)
-        needs_logits = any(self.slots[i].state == ALIVE for i in busy)
-        if model.decoder.compiled:
-            model.decoder.shapes.record((len(self.slots), self.cache.length))
+        alive = [i for i in busy if self._states[i] == RowState.ALIVE]
+        if runner.compiled:
+            runner.shapes.record((len(self.slots), self.cache.length))
         try:
             with stage("decode_step"), text_attention(model.hf_model, self._decode_attention):
-                if needs_logits:
-                    hidden, logits = model.decoder.step(tokens, positions, bias, self.cache, None)
+                if alive:
+                    hidden, logits = runner.step(tokens, positions, bias, self.cache, None)
                 else:
-                    hidden, logits = model.decoder.forward(tokens, positions, bias, self.cache, None), None
+                    hidden, logits = runner.forward(tokens, positions, bias, self.cache, None), None
         finally:
             self.cache.select(None)
         self.steps += 1
@@ -406,54 +408,52 @@ class Engine:
         self.text_pos += advanced
         finished = 0
         for row, i in enumerate(order):
-            slot = self.slots[i]
-            if slot is None:
-                continue
-            if slot.state == EMBED:
-                self._finish_embedded(i, slot, hidden[row])
+            if self.slots[i] is not None and self._states[i] == RowState.EMBED:
+                self._finish(i, self.slots[i], hidden[row])
                 finished += 1
-            elif slot.state == KEEP_LAST:
-                slot.state, slot.feed = EMBED, model.embed_token_id
-            else:
-                self._sample(slot, logits[row])
-                if slot.request.future.done():
-                    self.slots[i] = None
-                    finished += 1
-        return finished
+        self.book.fed()
+        row_of = {i: row for row, i in enumerate(order)}
+        sampled = None if logits is None else self._sample(alive, logits[[row_of[i] for i in alive]])
+        return finished + self._advance(sampled)
 
-    def _finish_embedded(self, index: int, slot: _Slot, hidden: torch.Tensor) -> None:
-        with stage("embed"):
-            embedding = normalize(hidden[None])[0].float().cpu()
-        kept = torch.tensor(slot.kept, dtype=slot.prompt_ids.dtype)
-        sequence = torch.cat([slot.prompt_ids, kept, torch.tensor([self.model.embed_token_id])])
+    def _finish(self, index: int, slot: _Slot, hidden: torch.Tensor | None) -> None:
+        """Resolve a slot's request from its row of the book (and its embedding's hidden state), and
+        free the slot."""
+        book = self.book
+        n_kept, n_generated, reason = torch.stack(
+            [book.n_kept[index], book.n_generated()[index], book.reason[index]]
+        ).tolist()
+        kept = self.book.tokens[index, :n_kept].cpu().to(slot.prompt_ids.dtype)
+        tail = [] if hidden is None else [self.model.embed_token_id]
+        sequence = torch.cat([slot.prompt_ids, kept, torch.tensor(tail, dtype=kept.dtype)])
+        embedding = None
+        if hidden is not None:
+            with stage("embed"):
+                embedding = normalize(hidden[None])[0].float().cpu()
         result = EngineResult(
             embedding,
-            self.model._traces([kept])[0],
+            self.model.decode_traces([kept])[0],
             sequence,
             len(slot.prompt_ids),
-            len(slot.generated),
-            slot.reason,
+            n_generated,
+            StopReason(reason).label,
             slot.admitted_step,
             self.steps,
         )
         _resolve(slot.request.future, result)
-        self.slots[index] = None
+        self._free(index)
 
-    def _finish_think_only(self, slot: _Slot) -> None:
-        kept = torch.tensor(slot.kept, dtype=slot.prompt_ids.dtype)
-        sequence = torch.cat([slot.prompt_ids, kept])
-        trace = self.model._traces([kept])[0]
-        n_prompt, n_generated = len(slot.prompt_ids), len(slot.generated)
-        result = EngineResult(
-            None, trace, sequence, n_prompt, n_generated, slot.reason, slot.admitted_step, self.steps
-        )
-        _resolve(slot.request.future, result)
+    def _free(self, index: int) -> None:
+        self.slots[index] = None
+        self.book.release(index)
+        self._states[index] = RowState.DONE
 
     def _fail_all(self, error: BaseException) -> None:
         with self._queue_lock:
             waiting, self.waiting = list(self.waiting), deque()
         requests = [s.request for s in self.slots if s is not None] + waiting
-        self.slots = [None] * len(self.slots)
+        for i in range(len(self.slots)):
+            self._free(i)
         for request in requests:
             _resolve(request.future, error=error)
 
@@ -475,7 +475,7 @@ def _slot_generator(batch: dict, row: int, options: DecodeOptions):
     without a seed (the global generator then draws)."""
     if not (options.do_sample and options.seed is not None):
         return None
-    return _row_generators(split_inputs(batch, 1)[row], options)[0]
+    return row_generators(split_inputs(batch, 1)[row], options)[0]
 
 
 def run_requests(

@@ -1,0 +1,43 @@
+"""How a decode picks tokens and when its rows stop (the rule itself is ``tte_fast.runtime.stop``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """When rows stop and how tokens are picked.
+
+    A row stops when it samples one of ``eos_token_ids`` (the stop token is not kept), when it has
+    sampled ``max_think_tokens`` tokens without closing ``think_end_token_id``, or when it has
+    sampled ``max_answer_tokens`` tokens after closing it.
+    """
+
+    max_think_tokens: int = 256
+    max_answer_tokens: int = 32
+    eos_token_ids: tuple[int, ...] = ()
+    think_end_token_id: int | None = None
+    pad_token_id: int = 0
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.max_think_tokens, int) or self.max_think_tokens < 1:
+            raise ValueError(f"max_think_tokens must be a positive int, got {self.max_think_tokens!r}")
+        if not isinstance(self.max_answer_tokens, int) or self.max_answer_tokens < 0:
+            raise ValueError(f"max_answer_tokens must be a non-negative int, got {self.max_answer_tokens!r}")
+        if self.do_sample and not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature!r}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be a non-negative int (0: off), got {self.top_k!r}")
+
+    @property
+    def max_new_tokens(self) -> int:
+        extra = self.max_answer_tokens if self.think_end_token_id is not None else 0
+        return self.max_think_tokens + extra

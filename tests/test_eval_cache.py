@@ -1,5 +1,5 @@
 """Evaluation caches on a tiny Qwen2-VL: an unchanged re-run encodes nothing; a changed weight,
-prompt or think budget re-encodes exactly what depends on it; a changed embedder over the same
+prompt, think or answer budget re-encodes exactly what depends on it; a changed embedder over the same
 reasoner reuses the cached traces; embeddings from cached traces equal those made while thinking."""
 
 from __future__ import annotations
@@ -77,6 +77,9 @@ def test_settings_invalidate_exactly_what_depends_on_them(model, setup):
     budget = run(model, max_think_tokens=4)  # traces change: queries again, targets cached
     assert served(budget, "query")["thought"] == N_QUERIES
     assert served(budget, "target")["cached"] == N_TARGETS
+    answer = run(model, max_answer_tokens=model.config.max_answer_tokens + 1)  # traces depend on it too
+    assert served(answer, "query")["thought"] == N_QUERIES
+    assert served(answer, "target")["cached"] == N_TARGETS
 
     prompts = model.config.prompts
     original = prompts.query_instruction

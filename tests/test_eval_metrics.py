@@ -164,3 +164,24 @@ def test_broken_models_are_flagged_and_good_ones_are_not(local):
     assert broken.summary["flags"] == ["collapsed", "chance"]
     # Equal scores rank by the corpus order, not by which candidate is the positive.
     assert broken.summary["headline"] < 0.5
+
+
+def test_a_local_task_ranks_each_query_only_among_its_own_candidates():
+    """Query i is nearest to d_{i+6}, which is not among its candidates d_i .. d_{i+3}, and next
+    nearest to its positive d_i: ranked locally every query hits at 1; against the whole corpus none would."""
+    import torch
+
+    from tte_fast.eval.config import SearchConfig, TaskConfig
+    from tte_fast.eval.scoring import score_task
+
+    task = TaskConfig(name="t", data_path="-", eval_type="local")
+    data = _task_data(local=True)
+    basis = torch.eye(16)[:12]  # d_j's embedding: orthogonal unit vectors, so scores are exact
+    queries = torch.nn.functional.normalize(basis + 2 * basis.roll(-6, dims=0), dim=1)
+    corpus = basis[[int(c[1:]) for c in data.corpus_ids]]
+    scored = score_task(task, data, queries, corpus, SearchConfig())
+    for q, prediction in enumerate(scored.predictions):
+        own = {data.corpus_ids[j] for j in data.candidates[q]}
+        assert set(prediction["ranked"]) == own, prediction  # d_{q+6} never shows up
+        assert prediction["ranked"][0] == f"d{q}"
+    assert scored.summary["headline"] == 1.0 and scored.summary["chance"] == pytest.approx(1 / 4)

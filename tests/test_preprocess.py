@@ -219,6 +219,15 @@ def test_nested_lists_and_return_tensors():
     assert isinstance(ImageProcessor()(images, return_tensors="np")["pixel_values"], np.ndarray)
 
 
+def test_a_pillow_the_core_cannot_reproduce_fails_the_tests(monkeypatch):
+    """Where the C++ resize stops matching Pillow, ImageProcessor falls back to HF with a warning;
+    pyproject.toml's filterwarnings makes that warning an error, so the tests here fail instead of
+    comparing HF with itself."""
+    monkeypatch.setattr("tte_fast.preprocess.pillow_pass_order", lambda: None)
+    with pytest.raises(RuntimeWarning, match="does not reproduce"):
+        ImageProcessor()(PIL.Image.fromarray(random_pixels(0, 40, 50)))
+
+
 def test_unsupported_settings_fall_back_to_hf():
     rgb = PIL.Image.fromarray(random_pixels(np.random.default_rng(14), 70, 90))
     for settings in (dict(resample=PIL.Image.Resampling.NEAREST), dict(do_convert_rgb=False)):

@@ -37,6 +37,8 @@ def media(tmp_path_factory):
     folder.mkdir()
     (folder / "inside.png").write_bytes(png_bytes(5))
     (root / "secret.png").write_bytes(png_bytes(6))
+    (root / "media2").mkdir()  # a sibling whose path starts with the media folder's
+    (root / "media2" / "sibling.png").write_bytes(png_bytes(8))
     os.symlink(root / "secret.png", folder / "escape.png")
     return folder
 
@@ -203,6 +205,14 @@ def test_remote_urls_only_from_allowed_hosts(http, pictures, reference):
 )
 def test_paths_outside_the_media_folder_are_refused(http, url):
     _error(_post(http, {"messages": image_chat("x", url)}), 400, param="messages[0]", code="file_refused")
+    _still_serving(http)
+
+
+def test_a_sibling_folder_that_shares_the_name_prefix_is_outside(http, media):
+    """``media2/`` beside ``media/``: its paths start with the media folder's, but lie outside it."""
+    sibling = media.parent / "media2" / "sibling.png"
+    for url in ("file://../media2/sibling.png", f"file://{sibling}", f"file://{media}/../media2/sibling.png"):
+        _error(_post(http, {"messages": image_chat("x", url)}), 400, param="messages[0]", code="file_refused")
     _still_serving(http)
 
 

@@ -24,6 +24,8 @@ from collections.abc import Mapping
 
 import torch
 
+from tte_fast.checks import positive_int
+
 # (patch tensor, grid tensor, mm_token_type_ids value, optional per-sample count key)
 _MEDIA = (
     ("pixel_values", "image_grid_thw", 1, "image_counts"),
@@ -127,8 +129,7 @@ def _cut(value, sizes: list[int]) -> list:
 
 def split_inputs(inputs, chunk_size: int) -> list:
     """Split ``inputs`` into consecutive chunks of at most ``chunk_size`` samples."""
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    positive_int("chunk_size", chunk_size)
     n = batch_size(inputs)
     if isinstance(inputs, torch.Tensor):
         return list(inputs.split(chunk_size, dim=0))

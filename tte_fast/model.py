@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tte_fast.batching import embed_batch, normalize, prompt_batch, unpadded
+from tte_fast.checks import positive_int
 from tte_fast.hf_processor import CHAT_TEMPLATE_FILE, load_processor
 from tte_fast.inputs import EmbedInput, InputError, as_input_list, check_input, load_input
 from tte_fast.loading import build_head, default_attention, load_backbone, resolve_device, resolve_dtype
@@ -327,8 +328,7 @@ class UnifiedTTE:
 
     def _run_engine(self, items, errors, slots, progress, on_error, options, side, embed) -> dict:
         """{index: EngineResult} of the thinking inputs run through the engine."""
-        if not isinstance(slots, int) or isinstance(slots, bool) or slots < 1:
-            raise ValueError(f"batch_size must be a positive int, got {slots!r}")
+        positive_int("batch_size", slots)
         order = [i for i, item in enumerate(items) if item is not None]
         show = progress if progress is not None else len(order) > 4 * slots
         desc = "encode" if embed else "think"
@@ -386,8 +386,7 @@ class UnifiedTTE:
 
     def _batches(self, items, errors, batch_size, progress, on_error, run, desc):
         """Yield (input indices, run's result) per batch; similar lengths share a batch."""
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        positive_int("batch_size", batch_size)
         order = sorted(
             (i for i, item in enumerate(items) if item is not None),
             key=lambda i: (items[i].image is not None, len(items[i].text or "")),

@@ -32,6 +32,7 @@ import torch
 from transformers import DynamicCache
 
 from tte_fast.batching import normalize, unpadded
+from tte_fast.checks import positive_int
 from tte_fast.chunking import split_inputs
 from tte_fast.inputs import EmbedInput, InputError, load_input
 from tte_fast.profiling import stage
@@ -95,8 +96,7 @@ class Engine:
         admit_at: int | None = None,
         prefill_attention: str | None = None,
     ):
-        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
-            raise ValueError(f"slots must be a positive int, got {slots!r}")
+        positive_int("slots", slots)
         self.model = model
         # Unless told otherwise, prefill as the model was loaded to (``from_pretrained(prefill_attention=)``).
         requested = model.prefill_attention if prefill_attention is None else prefill_attention

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tte_fast.checks import non_negative_int, positive_int
+
 
 @dataclass(frozen=True)
 class DecodeOptions:
@@ -26,16 +28,13 @@ class DecodeOptions:
     seed: int | None = None
 
     def __post_init__(self):
-        if not isinstance(self.max_think_tokens, int) or self.max_think_tokens < 1:
-            raise ValueError(f"max_think_tokens must be a positive int, got {self.max_think_tokens!r}")
-        if not isinstance(self.max_answer_tokens, int) or self.max_answer_tokens < 0:
-            raise ValueError(f"max_answer_tokens must be a non-negative int, got {self.max_answer_tokens!r}")
+        positive_int("max_think_tokens", self.max_think_tokens)
+        non_negative_int("max_answer_tokens", self.max_answer_tokens)
+        non_negative_int("top_k", self.top_k)  # 0: off
         if self.do_sample and not self.temperature > 0:
             raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature!r}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"top_k must be a non-negative int (0: off), got {self.top_k!r}")
 
     @property
     def max_new_tokens(self) -> int:

@@ -128,7 +128,7 @@ def finished(tte, tmp_path_factory):
         ({"max_think_tokens": 3}, "settings.decode.max_think_tokens: 2 (in the folder) vs 3 (now)"),
         ({"think": False}, "settings.think: true (in the folder) vs false (now)"),
         ({"side": "target"}, "settings.side"),
-        ({"generation": {"do_sample": True, "seed": 1}}, "settings.decode.do_sample"),
+        ({"do_sample": True, "seed": 1}, "settings.decode.do_sample"),
         ({"embedding_dtype": "float16"}, "schema.embedding_dtype"),
         ({"columns": Columns(text="caption")}, "settings.columns.text"),
     ],

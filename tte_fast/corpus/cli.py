@@ -84,20 +84,27 @@ def main(argv: list[str] | None = None) -> None:
         corpus = open_corpus(args.inputs, columns, args.image_root)
     except CorpusError as err:
         raise SystemExit(str(err)) from None
-    from tte_fast.corpus.job import load_model
+    from tte_fast.corpus.job import EncodeSettings, load_model
 
+    try:
+        settings = EncodeSettings(
+            side=args.side,
+            think=args.think,
+            max_think_tokens=args.max_think_tokens,
+            max_answer_tokens=args.max_answer_tokens,
+            batch_size=args.batch_size,
+            prefill_attention=args.prefill_attention,
+            embedding_dtype=args.embedding_dtype,
+        )
+    except ValueError as err:
+        raise SystemExit(f"tte-fast encode: {err}") from None
     model = load_model(
-        args.model,
-        args.reasoner,
-        device=_device(args.device),
-        dtype=args.dtype,
-        prefill_attention=args.prefill_attention,
+        args.model, args.reasoner, device=_device(args.device), dtype=args.dtype, **settings.load_kwargs()
     )
-    generation = {} if args.max_answer_tokens is None else {"max_answer_tokens": args.max_answer_tokens}
     if args.output.endswith(".safetensors"):
-        _encode_to_file(model, corpus, args, generation)
+        _encode_to_file(model, corpus, args, settings)
     else:
-        _encode_to_folder(model, corpus, args, generation)
+        _encode_to_folder(model, corpus, args, settings)
 
 
 def _device(device: str | None) -> str | None:
@@ -110,16 +117,9 @@ def _device(device: str | None) -> str | None:
     return f"cuda:{local_rank}"
 
 
-def _encode_to_folder(model, corpus, args, generation) -> None:
-    from tte_fast.corpus.job import CorpusJobError, EncodeSettings, encode_corpus
+def _encode_to_folder(model, corpus, args, settings) -> None:
+    from tte_fast.corpus.job import CorpusJobError, encode_corpus
 
-    settings = EncodeSettings(
-        side=args.side,
-        think=args.think,
-        max_think_tokens=args.max_think_tokens,
-        generation=generation,
-        embedding_dtype=args.embedding_dtype,
-    )
     try:
         summary = encode_corpus(
             model,
@@ -127,7 +127,6 @@ def _encode_to_folder(model, corpus, args, generation) -> None:
             args.output,
             settings,
             shard_size=args.shard_size,
-            batch_size=args.batch_size,
             resume=args.resume,
             progress=False if args.quiet else None,
             model_path=args.model,
@@ -138,7 +137,7 @@ def _encode_to_folder(model, corpus, args, generation) -> None:
         print(json.dumps(summary), flush=True)
 
 
-def _encode_to_file(model, corpus, args, generation) -> None:
+def _encode_to_file(model, corpus, args, settings) -> None:
     """The whole corpus in memory, into one safetensors file; a bad input stops the job, naming its line."""
     from safetensors.torch import save_file
 
@@ -147,14 +146,7 @@ def _encode_to_file(model, corpus, args, generation) -> None:
     if args.resume:
         raise SystemExit("--resume needs an output folder, not a .safetensors file")
     try:
-        result = model.encode(
-            corpus.records(list(range(len(corpus)))),
-            think=args.think,
-            side=args.side,
-            max_think_tokens=args.max_think_tokens,
-            batch_size=args.batch_size,
-            **generation,
-        )
+        result = model.encode(corpus.records(list(range(len(corpus)))), **settings.encode_kwargs())
     except InputError as err:
         raise SystemExit(f"{corpus.where(err.index)}: {err}") from None
     save_file({"embeddings": result.embeddings.contiguous()}, args.output)

@@ -25,7 +25,7 @@ import os
 import secrets
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -41,23 +41,22 @@ from tte_fast.corpus.store import (
     shard_table,
 )
 from tte_fast.corpus.world import World
+from tte_fast.params import EncodeParams
 
 
 class CorpusJobError(RuntimeError):
     """The job refused to start (output folder in use, different model or setting)."""
 
 
-@dataclass
-class EncodeSettings:
-    """What the embeddings depend on besides the model (recorded in and checked against the manifest)."""
+@dataclass(frozen=True)
+class EncodeSettings(EncodeParams):
+    """The encode settings and the stored embedding dtype: what the embeddings depend on besides the
+    model is recorded in and checked against the manifest (the batch size is not: it changes no row)."""
 
-    side: str = "query"
-    think: bool | None = None  # None: the side's setting in the checkpoint's prompts
-    max_think_tokens: int | None = None
-    generation: dict = field(default_factory=dict)  # do_sample, temperature, seed, ...
     embedding_dtype: str = "float32"
 
     def __post_init__(self):
+        super().__post_init__()
         if self.embedding_dtype not in EMBEDDING_DTYPES:
             raise ValueError(
                 f"embedding_dtype must be one of {sorted(EMBEDDING_DTYPES)}, got {self.embedding_dtype!r}"
@@ -67,7 +66,7 @@ class EncodeSettings:
         """The settings as the manifest records them, with the model's defaults filled in."""
         reasoner, embedder = roles(model)
         thinking = reasoner.config.prompts.thinks(self.side) if self.think is None else bool(self.think)
-        decode = reasoner.decode_options(max_think_tokens=self.max_think_tokens, **self.generation)
+        decode = reasoner.decode_options(max_think_tokens=self.max_think_tokens, **self.generation())
         settings = {
             "side": self.side,
             "think": thinking,
@@ -133,7 +132,6 @@ def encode_corpus(
     settings: EncodeSettings | None = None,
     *,
     shard_size: int = 256,
-    batch_size: int = 8,
     resume: bool = False,
     progress: bool | None = None,
     model_path: str | None = None,
@@ -160,9 +158,7 @@ def encode_corpus(
         stats: dict = {}
         world.agree(
             lambda: stats.update(
-                _encode_shards(
-                    model, corpus, folder, settings, manifest, mine, batch_size, progress, world.rank
-                )
+                _encode_shards(model, corpus, folder, settings, manifest, mine, progress, world.rank)
             ),
             "while encoding",
         )
@@ -212,7 +208,7 @@ def _check_folder(folder: OutputFolder, manifest: dict, resume: bool) -> None:
         )
 
 
-def _encode_shards(model, corpus, folder, settings, manifest, shards, batch_size, progress, rank) -> dict:
+def _encode_shards(model, corpus, folder, settings, manifest, shards, progress, rank) -> dict:
     token = f"{rank:03d}{secrets.token_hex(3)}"
     stats = {"encoded": 0, "succeeded": 0, "failed": 0, "tokens": 0, "shards": 0, "seconds": 0.0}
     failures: list[dict] = []
@@ -224,13 +220,9 @@ def _encode_shards(model, corpus, folder, settings, manifest, shards, batch_size
             ids = [corpus.ids[p] for p in positions]
             result = model.encode(
                 corpus.records(positions),
-                think=thinking,
-                max_think_tokens=settings.max_think_tokens,
-                batch_size=batch_size,
-                side=settings.side,
                 progress=False,
                 on_error="skip",
-                **settings.generation,
+                **{**settings.encode_kwargs(), "think": thinking},
             )
             errors = [_error_message(result.errors.get(j), j) for j in range(len(positions))]
             traces = result.traces if result.traces is not None else [None] * len(positions)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from tte_fast.checks import positive_int
 from tte_fast.eval.metrics import METRICS, check_metrics
+from tte_fast.params import EncodeParams
 from tte_fast.schema import ConfigError, build
 
 PARSERS = ("mmeb", "tte")
@@ -99,12 +100,31 @@ class TaskConfig:
 
 @dataclass
 class EncodeConfig:
+    """The ``encode:`` section: the :class:`EncodeParams` of each side (greedy: the caches key on the
+    budgets), thinking per side and progress bars."""
+
     batch_size: int = 8
     max_think_tokens: int | None = None  # None: the model's saved setting
     max_answer_tokens: int | None = None
     think_queries: bool | None = None  # None: the model's setting (queries think)
     think_targets: bool | None = None  # None: the model's setting (candidates do not)
     progress: bool | None = None
+
+    def __post_init__(self):
+        try:
+            self.params("query")
+        except ValueError as err:
+            raise ConfigError(f"encode.{err}") from None
+
+    def params(self, side: str) -> EncodeParams:
+        think = self.think_queries if side == "query" else self.think_targets
+        return EncodeParams(
+            side=side,
+            think=think,
+            max_think_tokens=self.max_think_tokens,
+            max_answer_tokens=self.max_answer_tokens,
+            batch_size=self.batch_size,
+        )
 
 
 @dataclass

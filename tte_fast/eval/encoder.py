@@ -13,7 +13,7 @@ process 0 writes the caches.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.distributed as dist
@@ -64,7 +64,7 @@ class ModelRunner:
 
     # ------------------------------------------------------------------------------ fingerprints
     def thinks(self, side: str) -> bool:
-        setting = self.options.think_queries if side == "query" else self.options.think_targets
+        setting = self.options.params(side).think
         return self.reasoner.config.prompts.thinks(side) if setting is None else bool(setting)
 
     def decode_options(self) -> dict:
@@ -198,18 +198,23 @@ class ModelRunner:
 
     def _run(self, side, part, traces, think):
         """(embeddings [n, D] on CPU, traces or None) for this process's inputs."""
-        opts = self.options
-        common = {"batch_size": opts.batch_size, "side": side, "progress": opts.progress}
         decode = self.decode_options()
-        budgets = {k: decode[k] for k in _BUDGETS}
+        params = replace(self.options.params(side), think=think, **{k: decode[k] for k in _BUDGETS})
+        progress = self.options.progress
+        common = {"batch_size": params.batch_size, "side": side, "progress": progress}
         if traces is not None:
             result = self.embedder.encode(part, traces=traces, **common)
             return result.embeddings.float(), None
         if not think:
             return self.embedder.encode(part, think=False, **common).embeddings.float(), None
         if self.two_model:
-            new = self.reasoner.think(part, **budgets, **common) if part else []
+            budget = params.max_think_tokens
+            new = (
+                self.reasoner.think(part, max_think_tokens=budget, **common, **params.generation())
+                if part
+                else []
+            )
             result = self.embedder.encode(part, traces=new, **common)
             return result.embeddings.float(), list(new)
-        result = self.embedder.encode(part, think=True, **budgets, **common)
+        result = self.embedder.encode(part, progress=progress, **params.encode_kwargs())
         return result.embeddings.float(), list(result.traces or [])

@@ -34,6 +34,8 @@ try:
 except ImportError as err:  # pragma: no cover - exercised only without mteb
     raise ImportError("tte_fast.integrations.mteb needs mteb>=2: pip install 'tte_fast[mteb]'") from err
 
+from tte_fast.params import EncodeParams
+
 
 def load_tte(path: str, reasoner: str | None = None, **kwargs):
     """A UnifiedTTE from ``path``, or a TwoModelTTE when ``reasoner`` is given (``path`` is then the
@@ -70,13 +72,20 @@ class TTEEncoder(AbsEncoder):
             self.model = load_tte(str(model_name), reasoner, device=device, dtype=dtype, **load_kwargs)
         else:
             self.model = model_name
-        self.max_think_tokens = max_think_tokens
-        self.batch_size = batch_size
-        self.think = {"query": think_queries, "target": think_documents}
+        self.params = {
+            side: EncodeParams(
+                side=side, think=think, max_think_tokens=max_think_tokens, batch_size=batch_size
+            )
+            for side, think in (("query", think_queries), ("target", think_documents))
+        }
         self.use_task_instructions = use_task_instructions
         self.mteb_model_meta = model_meta or tte_model_meta(
             getattr(self.model, "name_or_path", None) or "tte_fast/model", loader=None, embed_dim=None
         )
+
+    @property
+    def max_think_tokens(self) -> int | None:
+        return self.params["query"].max_think_tokens
 
     def _items(self, inputs, instruction: str | None) -> list:
         items = []
@@ -119,12 +128,7 @@ class TTEEncoder(AbsEncoder):
             instruction = self.get_instruction(task_metadata, prompt_type) or None
         items = self._items(inputs, instruction)
         result = self.model.encode(
-            items,
-            think=self.think[side],
-            max_think_tokens=self.max_think_tokens,
-            batch_size=self.batch_size,
-            side=side,
-            progress=kwargs.get("show_progress_bar"),
+            items, progress=kwargs.get("show_progress_bar"), **self.params[side].encode_kwargs()
         )
         return result.embeddings.float().numpy()
 

@@ -34,6 +34,7 @@ except ImportError as err:  # pragma: no cover - exercised only without ray
 
 from tte_fast.corpus import load_model
 from tte_fast.corpus.reader import Columns, to_input
+from tte_fast.params import EncodeParams
 
 EMBEDDING_DTYPES = {"float32": np.float32, "float16": np.float16}
 
@@ -42,7 +43,8 @@ class TTEEncoder:
     """A callable class for ``Dataset.map_batches``: loads one model, encodes numpy batches.
 
     ``model`` is a checkpoint path (a UnifiedTTE; a TwoModelTTE with ``reasoner`` or a folder holding
-    ``reasoner/`` and ``embedder/``) or a loaded model; the other arguments are ``encode``'s."""
+    ``reasoner/`` and ``embedder/``) or a loaded model; the other arguments are
+    :class:`~tte_fast.params.EncodeParams` (``encode_batch_size`` is its ``batch_size``)."""
 
     def __init__(
         self,
@@ -59,24 +61,20 @@ class TTEEncoder:
         columns: Columns | dict | None = None,
         image_root: str | None = None,
         keep_image: bool = False,
-        **generation: Any,
+        **params: Any,
     ):
         if embedding_dtype not in EMBEDDING_DTYPES:
             raise ValueError(
                 f"embedding_dtype must be one of {sorted(EMBEDDING_DTYPES)}, got {embedding_dtype!r}"
             )
+        self.params = EncodeParams(
+            side=side, think=think, max_think_tokens=max_think_tokens, batch_size=encode_batch_size, **params
+        )
         if isinstance(model, str):
-            model = load_model(model, reasoner, device=device, dtype=dtype)
+            model = load_model(model, reasoner, device=device, dtype=dtype, **self.params.load_kwargs())
         self.model = model
         self.columns = Columns(**columns) if isinstance(columns, dict) else (columns or Columns())
         self.image_root, self.keep_image = image_root, keep_image
-        self.options = dict(
-            side=side,
-            think=think,
-            max_think_tokens=max_think_tokens,
-            batch_size=encode_batch_size,
-            **generation,
-        )
         self.embedding_dtype = EMBEDDING_DTYPES[embedding_dtype]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -84,7 +82,7 @@ class TTEEncoder:
         names = list(batch)
         records = [{k: _plain(batch[k][i]) for k in names} for i in range(n)]
         inputs = [to_input(r, self.columns, self.image_root) for r in records]
-        result = self.model.encode(inputs, progress=False, on_error="skip", **self.options)
+        result = self.model.encode(inputs, progress=False, on_error="skip", **self.params.encode_kwargs())
         embeddings = result.embeddings.numpy().astype(self.embedding_dtype)
         errors = [None] * n
         for i, message in result.errors.items():

@@ -102,12 +102,14 @@ def create_app(model, config: ServeConfig | None = None) -> FastAPI:
             message = f"the model {req.model!r} does not exist here (this server has {config.model_name!r})"
             raise APIError(404, message, param="model", code="model_not_found")
         check_dimensions(req.dimensions, hidden_size, config.matryoshka)
-        think = service.thinks(req.think, req.side)
-        options = service.decode_options(req.max_think_tokens)
+        think = service.thinks(req.params)
+        options = service.decode_options(req.params)
         await asyncio.to_thread(_check_lengths, req, counter, model.context_length)
         items = await _load_items(req, media, model.vision)
         task = asyncio.ensure_future(
-            service.embed(items, [it.param for it in req.items], think=think, side=req.side, options=options)
+            service.embed(
+                items, [it.param for it in req.items], think=think, side=req.params.side, options=options
+            )
         )
         left = asyncio.ensure_future(_client_left(request))
         await asyncio.wait({task, left}, return_when=asyncio.FIRST_COMPLETED)

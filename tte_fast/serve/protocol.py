@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from tte_fast.params import EncodeParams
+from tte_fast.prompts import SIDES
 from tte_fast.serve.errors import APIError
 
 FIELDS = (
@@ -27,7 +29,6 @@ FIELDS = (
     "return_traces",
 )
 ENCODINGS = ("float", "base64")
-SIDES = ("query", "target")
 
 
 @dataclass
@@ -47,9 +48,7 @@ class EmbeddingRequest:
     encoding_format: str = "float"
     dimensions: int | None = None
     user: str | None = None
-    think: bool | None = None
-    side: str = "query"
-    max_think_tokens: int | None = None
+    params: EncodeParams = field(default_factory=EncodeParams)  # think, side, max_think_tokens
     return_traces: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -71,11 +70,12 @@ def parse_request(data, max_inputs: int) -> EmbeddingRequest:
     request.model = _optional(data, "model", str, "a string")
     request.user = _optional(data, "user", str, "a string")
     request.encoding_format = _choice(data, "encoding_format", ENCODINGS, "float")
-    request.side = _choice(data, "side", SIDES, "query")
-    request.think = _optional(data, "think", bool, "true, false or null")
+    side = _choice(data, "side", SIDES, "query")
+    think = _optional(data, "think", bool, "true, false or null")
     request.return_traces = bool(_optional(data, "return_traces", bool, "true or false"))
     request.dimensions = _positive_int(data, "dimensions")
-    request.max_think_tokens = _positive_int(data, "max_think_tokens")
+    max_think_tokens = _positive_int(data, "max_think_tokens")
+    request.params = EncodeParams(side=side, think=think, max_think_tokens=max_think_tokens)
     request.items = _items(data)
     if not request.items:
         raise APIError(400, "no inputs: give a non-empty 'input' or 'messages'", param="input")

@@ -13,6 +13,7 @@ import threading
 
 from tte_fast.runtime.engine import Engine, EngineResult
 from tte_fast.inputs import EmbedInput, InputError
+from tte_fast.params import EncodeParams
 from tte_fast.serve.config import ServeConfig
 from tte_fast.serve.errors import APIError
 
@@ -41,8 +42,9 @@ class EmbeddingService:
     def running(self) -> int:
         return sum(slot is not None for slot in self.engine.slots)
 
-    def decode_options(self, max_think_tokens: int | None):
-        limit = self.config.max_think_tokens
+    def decode_options(self, params: EncodeParams):
+        """The request's decode options: its think budget (capped here), else the checkpoint's."""
+        limit, max_think_tokens = self.config.max_think_tokens, params.max_think_tokens
         if max_think_tokens is None:
             max_think_tokens = min(self.model.config.max_think_tokens, limit)
         elif max_think_tokens > limit:
@@ -52,10 +54,10 @@ class EmbeddingService:
                 param="max_think_tokens",
                 code="think_budget_too_large",
             )
-        return self.model.decode_options(max_think_tokens=max_think_tokens)
+        return self.model.decode_options(**{**params.generation(), "max_think_tokens": max_think_tokens})
 
-    def thinks(self, think: bool | None, side: str) -> bool:
-        return self.model.config.prompts.thinks(side) if think is None else think
+    def thinks(self, params: EncodeParams) -> bool:
+        return self.model.config.prompts.thinks(params.side) if params.think is None else params.think
 
     async def embed(
         self, items: list[EmbedInput], params: list[str], *, think: bool, side: str, options

@@ -6,7 +6,6 @@ from tte_fast.corpus.job import (
     EncodeSettings,
     embeddings_of,
     encode_corpus,
-    load_model,
     model_description,
 )
 
@@ -15,6 +14,5 @@ __all__ = [
     "EncodeSettings",
     "embeddings_of",
     "encode_corpus",
-    "load_model",
     "model_description",
 ]

@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         corpus = open_corpus(args.inputs, columns, args.image_root)
     except CorpusError as err:
         raise SystemExit(str(err)) from None
-    from tte_fast.corpus.job import EncodeSettings, load_model
+    from tte_fast.corpus.job import EncodeSettings
+    from tte_fast.load import load_tte
 
     try:
         settings = EncodeSettings(
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     except ValueError as err:
         raise SystemExit(f"tte-fast encode: {err}") from None
-    model = load_model(
+    model = load_tte(
         args.model, args.reasoner, device=_device(args.device), dtype=args.dtype, **settings.load_kwargs()
     )
     if args.output.endswith(".safetensors"):

@@ -95,19 +95,6 @@ def roles(model) -> tuple:
     return model, model
 
 
-def load_model(path: str, reasoner: str | None = None, **kwargs):
-    """A UnifiedTTE from ``path``, or a TwoModelTTE when ``reasoner`` is given (``path`` is then the
-    embedder) or ``path`` holds ``reasoner/`` and ``embedder/`` folders; ``kwargs`` (device, dtype,
-    ...) go to ``from_pretrained``."""
-    from tte_fast import TwoModelTTE, UnifiedTTE
-
-    if reasoner is not None:
-        return TwoModelTTE.from_pretrained(reasoner, path, **kwargs)
-    if all(os.path.isdir(os.path.join(path, d)) for d in ("reasoner", "embedder")):
-        return TwoModelTTE.from_pretrained(path, **kwargs)
-    return UnifiedTTE.from_pretrained(path, **kwargs)
-
-
 def model_description(model) -> dict:
     """The model part of the manifest: a fingerprint of everything its outputs depend on (both
     models' weights, configs, processors and dtypes, and the embedding head)."""

@@ -19,24 +19,9 @@ from tte_fast.eval.data import read_task
 from tte_fast.eval.encoder import ModelRunner
 from tte_fast.eval.report import build_results, format_table, write_outputs
 from tte_fast.eval.scoring import score_task
+from tte_fast.load import load_tte
 
 MODEL_KEYS = {"path", "reasoner", "embedder", "device", "dtype", "options"}
-TINY_PREFIX = "tiny:"  # as in the training configs
-
-
-def _resolve(path: str, scratch_dir: str) -> str:
-    """``tiny:MODEL_TYPE``: a tiny RANDOM-weight model (to try the pipeline), built once under
-    ``scratch_dir``; anything else is a checkpoint folder or id, returned as is."""
-    if not path.startswith(TINY_PREFIX):
-        return path
-    from tte_fast.testing import build_tiny_checkpoint
-
-    model_type = path[len(TINY_PREFIX) :]
-    folder = os.path.join(scratch_dir, "tiny_models", model_type)
-    if not os.path.exists(os.path.join(folder, "config.json")):
-        build_tiny_checkpoint(model_type, folder)
-    print(f"NOTE: {path} is a tiny model with RANDOM, UNTRAINED weights: expect chance-level scores.")
-    return folder
 
 
 def load_model(spec: dict, scratch_dir: str):
@@ -50,15 +35,10 @@ def load_model(spec: dict, scratch_dir: str):
     if spec.get("reasoner") or spec.get("embedder"):
         if not (spec.get("reasoner") and spec.get("embedder")):
             raise ValueError("model: a two-model pipeline needs both reasoner and embedder")
-        from tte_fast import TwoModelTTE
-
-        reasoner, embedder = (_resolve(str(spec[k]), scratch_dir) for k in ("reasoner", "embedder"))
-        return TwoModelTTE.from_pretrained(reasoner, embedder, **kwargs)
+        return load_tte(spec["embedder"], spec["reasoner"], scratch_dir, **kwargs)
     if not spec.get("path"):
         raise ValueError("model: set path (UnifiedTTE) or reasoner and embedder (TwoModelTTE)")
-    from tte_fast import UnifiedTTE
-
-    return UnifiedTTE.from_pretrained(_resolve(str(spec["path"]), scratch_dir), **kwargs)
+    return load_tte(spec["path"], scratch_dir=scratch_dir, **kwargs)
 
 
 def evaluate(config: EvalConfig, model=None, verbose: bool = True) -> dict:

@@ -34,19 +34,8 @@ try:
 except ImportError as err:  # pragma: no cover - exercised only without mteb
     raise ImportError("tte_fast.integrations.mteb needs mteb>=2: pip install 'tte_fast[mteb]'") from err
 
+from tte_fast.load import load_tte
 from tte_fast.params import EncodeParams
-
-
-def load_tte(path: str, reasoner: str | None = None, **kwargs):
-    """A UnifiedTTE from ``path``, or a TwoModelTTE when ``reasoner`` is given (``path`` is then the
-    embedder) or ``path`` holds ``reasoner/`` and ``embedder/`` folders."""
-    from tte_fast import TwoModelTTE, UnifiedTTE
-
-    if reasoner is not None:
-        return TwoModelTTE.from_pretrained(reasoner, path, **kwargs)
-    if os.path.isdir(os.path.join(path, "reasoner")) and os.path.isdir(os.path.join(path, "embedder")):
-        return TwoModelTTE.from_pretrained(path, **kwargs)
-    return UnifiedTTE.from_pretrained(path, **kwargs)
 
 
 class TTEEncoder(AbsEncoder):

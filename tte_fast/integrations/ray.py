@@ -32,8 +32,8 @@ try:
 except ImportError as err:  # pragma: no cover - exercised only without ray
     raise ImportError("tte_fast.integrations.ray needs Ray Data: pip install 'tte_fast[ray]'") from err
 
-from tte_fast.corpus import load_model
 from tte_fast.corpus.reader import Columns, to_input
+from tte_fast.load import load_tte
 from tte_fast.params import EncodeParams
 
 EMBEDDING_DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -71,7 +71,7 @@ class TTEEncoder:
             side=side, think=think, max_think_tokens=max_think_tokens, batch_size=encode_batch_size, **params
         )
         if isinstance(model, str):
-            model = load_model(model, reasoner, device=device, dtype=dtype, **self.params.load_kwargs())
+            model = load_tte(model, reasoner, device=device, dtype=dtype, **self.params.load_kwargs())
         self.model = model
         self.columns = Columns(**columns) if isinstance(columns, dict) else (columns or Columns())
         self.image_root, self.keep_image = image_root, keep_image

@@ -77,15 +77,18 @@ def main(argv: list[str] | None = None) -> None:
         config = config_from_args(args)
     except ValueError as error:
         raise SystemExit(f"tte-fast serve: {error}") from error
+    from tte_fast.load import load_tte
     from tte_fast.model import UnifiedTTE
 
-    model = UnifiedTTE.from_pretrained(
+    model = load_tte(
         args.model,
         device=args.device,
         dtype=args.dtype,
         compile=args.compile,
         prefill_attention=args.prefill_attention,
     )
+    if not isinstance(model, UnifiedTTE):
+        raise SystemExit("tte-fast serve: serves one model (a UnifiedTTE), not a reasoner and an embedder")
     try:
         app = create_app(model, config)
     except ValueError as error:  # a TTE_u checkpoint

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from tte_fast.hf_processor import load_processor
+from tte_fast.load import resolve_tiny
 from tte_fast.loading import load_backbone, resolve_dtype
 from tte_fast.model_types import QWEN_VL_MODEL_TYPES
 from tte_fast.prompts import PromptConfig
@@ -37,21 +38,14 @@ class Loaded:
         return self.model_type in QWEN_VL_MODEL_TYPES
 
 
-TINY_PREFIX = "tiny:"
-
-
 def resolve_model(model: str, output_dir: str, accelerator) -> str:
-    """``tiny:MODEL_TYPE`` names a built-in tiny random-weight model (to try the jobs), built once
-    into ``output_dir/tiny_base``; anything else is a checkpoint folder or id, returned as is."""
-    if not model.startswith(TINY_PREFIX):
-        return model
-    from tte_fast.testing import build_tiny_checkpoint
-
-    path = os.path.join(output_dir, "tiny_base")
-    if accelerator.is_main_process and not os.path.isfile(os.path.join(path, "config.json")):
-        build_tiny_checkpoint(model[len(TINY_PREFIX) :], path, seed=0)
+    """``tiny:MODEL_TYPE`` (a built-in tiny random-weight model, to try the jobs) as a checkpoint
+    folder under ``output_dir/tiny_base``, built by the main process; any other model as is."""
+    folder = os.path.join(output_dir, "tiny_base")
+    if accelerator.is_main_process:
+        resolve_tiny(model, folder)
     accelerator.wait_for_everyone()
-    return path
+    return resolve_tiny(model, folder)
 
 
 def load_for_training(config: RunConfig) -> Loaded:

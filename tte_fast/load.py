@@ -1,0 +1,46 @@
+"""Loading a TTE model from what a user writes: one function for the CLIs, configs and adapters.
+
+A spec is a checkpoint folder or hub id (a ``UnifiedTTE``), a folder holding ``reasoner/`` and
+``embedder/`` (a ``TwoModelTTE``, as ``TwoModelTTE.save_pretrained`` writes it), or ``tiny:MODEL_TYPE``:
+a built-in tiny model with RANDOM weights, to try a pipeline without a checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+TINY_PREFIX = "tiny:"
+
+
+def load_tte(spec: str, reasoner: str | None = None, scratch_dir: str | None = None, **kwargs):
+    """A UnifiedTTE from ``spec``, or a TwoModelTTE when ``reasoner`` is given (``spec`` is then the
+    embedder) or ``spec`` holds ``reasoner/`` and ``embedder/``. ``tiny:`` models are built once
+    under ``scratch_dir`` (default: the temporary folder); ``kwargs`` (device, dtype,
+    prefill_attention, ...) go to ``from_pretrained``."""
+    from tte_fast import TwoModelTTE, UnifiedTTE
+
+    folder = os.path.join(scratch_dir or os.path.join(tempfile.gettempdir(), "tte_fast"), "tiny_models")
+    for name in (spec, reasoner):
+        if name is not None and str(name).startswith(TINY_PREFIX):
+            print(f"NOTE: {name} is a tiny model with RANDOM, UNTRAINED weights: expect chance-level scores.")
+    spec = resolve_tiny(str(spec), folder)
+    if reasoner is not None:
+        return TwoModelTTE.from_pretrained(resolve_tiny(str(reasoner), folder), spec, **kwargs)
+    if all(os.path.isdir(os.path.join(spec, d)) for d in ("reasoner", "embedder")):
+        return TwoModelTTE.from_pretrained(spec, **kwargs)
+    return UnifiedTTE.from_pretrained(spec, **kwargs)
+
+
+def resolve_tiny(spec: str, folder: str) -> str:
+    """``spec`` itself, or for ``tiny:MODEL_TYPE`` the checkpoint folder ``folder/MODEL_TYPE``,
+    built there (seed 0) unless it already is."""
+    if not spec.startswith(TINY_PREFIX):
+        return spec
+    from tte_fast.testing import build_tiny_checkpoint
+
+    model_type = spec[len(TINY_PREFIX) :]
+    path = os.path.join(folder, model_type)
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        build_tiny_checkpoint(model_type, path, seed=0)
+    return path

@@ -1,16 +1,39 @@
-"""The few torch.distributed collectives the cached step needs, for uneven per-rank row counts.
+"""The process group of a torchrun job, and the few collectives the cached step needs, for uneven
+per-rank row counts.
 
-All of them move detached tensors: the cached step applies gradients by hand, so nothing here
-needs autograd. They work with gloo (CPU tensors) and NCCL (CUDA tensors) alike.
+:func:`process_group` is the one place a job starts (and ends) torch.distributed. The collectives
+move detached tensors: the cached step applies gradients by hand, so nothing here needs autograd.
+They work with gloo (CPU tensors) and NCCL (CUDA tensors) alike.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+
+@contextlib.contextmanager
+def process_group(backend: str | None = None):
+    """The default process group for the block, under torchrun (``WORLD_SIZE`` > 1) when none is
+    set up yet: started here and destroyed after. ``backend=None`` is NCCL when CUDA is there (each
+    process on ``cuda:LOCAL_RANK``), else gloo. Yields whether this call started the group; outside
+    torchrun, or in a group the caller owns, it changes nothing."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
+        yield False
+        return
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend)
+    try:
+        yield True
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def world() -> tuple[int, int]:

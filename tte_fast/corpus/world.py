@@ -2,38 +2,36 @@
 
 Outside torch.distributed and without ``WORLD_SIZE > 1`` in the environment, a world of one. Under
 ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT`` set) a gloo process group is
-created on entry and destroyed on exit; when the caller has already initialised a group (NCCL
-included), a gloo group over the same processes carries the job's small messages, so no tensor
-needs a device.
+created on entry and destroyed on exit (:func:`tte_fast.distributed.process_group`); when the caller
+has already initialised a group (NCCL included), a gloo group over the same processes carries the
+job's small messages, so no tensor needs a device.
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
 
 import torch
 import torch.distributed as dist
 
+from tte_fast.distributed import process_group
+
 
 class World:
     def __init__(self):
-        self.rank, self.size, self.group, self._owned = 0, 1, None, False
+        self.rank, self.size, self.group = 0, 1, None
+        self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> World:
+        self._stack.enter_context(process_group("gloo"))
         if dist.is_available() and dist.is_initialized():
             self.rank, self.size = dist.get_rank(), dist.get_world_size()
             if dist.get_backend() != "gloo":
                 self.group = dist.new_group(backend="gloo")
-        elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            dist.init_process_group("gloo")
-            self._owned = True
-            self.rank, self.size = dist.get_rank(), dist.get_world_size()
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._owned and dist.is_initialized():
-            dist.destroy_process_group()
-            self._owned = False
+        self._stack.close()
 
     def barrier(self) -> None:
         if self.size > 1:

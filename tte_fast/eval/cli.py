@@ -12,21 +12,8 @@ from __future__ import annotations
 import argparse
 import os
 
-import torch
-import torch.distributed as dist
-
+from tte_fast.distributed import process_group, world
 from tte_fast.yaml_config import ConfigError, load_config, save_config
-
-
-def _init_distributed() -> bool:
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return False
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl")
-    else:
-        dist.init_process_group("gloo")
-    return True
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -47,14 +34,10 @@ def main(argv: list[str] | None = None) -> dict:
         config = parse_config(raw, base_dir=os.path.dirname(os.path.abspath(args.config)))
     except ConfigError as err:
         raise SystemExit(f"tte-fast eval: {err}") from None
-    started = _init_distributed()
-    try:
-        if not dist.is_initialized() or dist.get_rank() == 0:
+    with process_group():
+        if world()[0] == 0:
             save_config(raw, os.path.join(config.output_dir, "config.yaml"))
         try:
             return evaluate(config, verbose=not args.quiet)
         except EvalDataError as err:
             raise SystemExit(f"tte-fast eval: {err}") from None
-    finally:
-        if started:
-            dist.destroy_process_group()

@@ -28,6 +28,7 @@ from tte_fast.runtime.options import DecodeOptions
 from tte_fast.runtime.packed_prefill import choose_prefill_attention
 from tte_fast.runtime.runner import Runner
 from tte_fast.runtime.static import StaticBatches
+from tte_fast.runtime.stop import StopStrings
 from tte_fast.tte_config import TTEConfig
 
 ON_ERROR = ("raise", "skip")
@@ -80,8 +81,7 @@ class UnifiedTTE:
         self.config = config or TTEConfig()
         self.head = head
         self.embed_token, self.embed_token_id = self.config.resolve_embed_token(self.tokenizer)
-        vocab = self.tokenizer.get_vocab()
-        self.think_end_token_id = vocab.get(self.config.think_end_token)
+        self.think_end_token_id, self.stop_strings = _stop_rule(self.tokenizer, self.config)
         self.eos_token_ids = _eos_token_ids(hf_model, self.tokenizer)
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else self.eos_token_ids[0]
@@ -311,6 +311,7 @@ class UnifiedTTE:
             eos_token_ids=self.eos_token_ids,
             think_end_token_id=self.think_end_token_id,
             pad_token_id=self.pad_token_id,
+            stop_strings=self.stop_strings,
             **options,
         )
 
@@ -502,6 +503,19 @@ def _check_traces(traces, n: int) -> list[str]:
         if not isinstance(trace, str):
             raise InputError(i, f"trace must be a str, got {type(trace).__name__}")
     return traces
+
+
+def _stop_rule(tokenizer, config: TTEConfig) -> tuple[int | None, StopStrings | None]:
+    """The think end's token id where it is one token (closed by an id compare on the device), and
+    the strings matched on generated text: the think end where it is several tokens (Qwen2-VL and
+    Qwen2.5-VL spell ``</think>`` in pieces) and ``config.stop_strings``. None where there are none."""
+    think_end = config.think_end_token or None  # "": rows never close a think section
+    # A vocab lookup, not convert_tokens_to_ids: that maps a missing token to <unk>.
+    think_end_id = None if think_end is None else tokenizer.get_vocab().get(think_end)
+    text_end = think_end if think_end_id is None else None
+    if text_end is None and not config.stop_strings:
+        return think_end_id, None
+    return think_end_id, StopStrings.of(tokenizer, text_end, config.stop_strings)
 
 
 def _eos_token_ids(hf_model, tokenizer) -> tuple[int, ...]:

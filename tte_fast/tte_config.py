@@ -29,6 +29,8 @@ class TTEConfig:
     embed_token: str | None = None
     fallback_embed_token: str = "<|im_end|>"
     think_end_token: str = "</think>"
+    # Strings that end a trace where the generated text completes them (kept, like HF's stop_strings).
+    stop_strings: list[str] = field(default_factory=list)
     max_think_tokens: int = 256
     max_answer_tokens: int = 32
     prompts: PromptConfig = field(default_factory=PromptConfig)
@@ -37,6 +39,9 @@ class TTEConfig:
         if self.head not in HEADS:
             raise ValueError(f"unknown head {self.head!r}; expected one of {HEADS}")
         positive_int("head_layers", self.head_layers)
+        if isinstance(self.stop_strings, str) or not all(isinstance(t, str) and t for t in self.stop_strings):
+            raise ValueError(f"stop_strings must be a list of non-empty strings, got {self.stop_strings!r}")
+        self.stop_strings = list(self.stop_strings)
         if isinstance(self.prompts, dict):
             self.prompts = PromptConfig.from_dict(self.prompts)
 

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tte_fast.checks import non_negative_int, positive_int
+
+if TYPE_CHECKING:
+    from tte_fast.runtime.stop import StopStrings
 
 
 @dataclass(frozen=True)
 class DecodeOptions:
     """When rows stop and how tokens are picked.
 
-    A row stops when it samples one of ``eos_token_ids`` (the stop token is not kept), when it has
-    sampled ``max_think_tokens`` tokens without closing ``think_end_token_id``, or when it has
-    sampled ``max_answer_tokens`` tokens after closing it.
+    A row stops when it samples one of ``eos_token_ids`` (the stop token is not kept), when its
+    generated text completes one of ``stop_strings.strings`` (kept), when it has sampled
+    ``max_think_tokens`` tokens without closing the think section, or when it has sampled
+    ``max_answer_tokens`` tokens after closing it. The think section closes at ``think_end_token_id``
+    (a one-token ``</think>``) or where the text completes ``stop_strings.think_end`` (several tokens).
     """
 
     max_think_tokens: int = 256
@@ -26,6 +32,7 @@ class DecodeOptions:
     top_k: int = 0
     top_p: float = 1.0
     seed: int | None = None
+    stop_strings: StopStrings | None = None  # built once per tokenizer (``StopStrings.of``)
 
     def __post_init__(self):
         positive_int("max_think_tokens", self.max_think_tokens)
@@ -37,6 +44,11 @@ class DecodeOptions:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
 
     @property
+    def closes_think(self) -> bool:
+        """Whether rows can close the think section (and then run the answer budget)."""
+        text_end = self.stop_strings is not None and self.stop_strings.think_end is not None
+        return self.think_end_token_id is not None or text_end
+
+    @property
     def max_new_tokens(self) -> int:
-        extra = self.max_answer_tokens if self.think_end_token_id is not None else 0
-        return self.max_think_tokens + extra
+        return self.max_think_tokens + (self.max_answer_tokens if self.closes_think else 0)

@@ -39,7 +39,7 @@ class DecodeOutput:
     prompt_ids: list[torch.Tensor]  # per row, the prompt without padding
     generated: list[torch.Tensor]  # per row, every sampled token (a final stop token included)
     kept: list[torch.Tensor]  # per row, the generated tokens that are part of the sequence
-    stop_reasons: list[str]  # "eos", "think_budget" or "answer_budget"
+    stop_reasons: list[str]  # "eos", "stop_string", "think_budget" or "answer_budget"
     attention_mask: torch.Tensor  # [B, T_total] over every position fed, 1 where it is the row's token
     embed_hidden: torch.Tensor | None = None  # [B, D] final-norm hidden state at the embedding token
     embed_token_id: int | None = None

@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 
 from tte_fast import UnifiedTTE
-from tte_fast.hf_processor import load_processor
+from tte_fast.checkpoint.hf_processor import load_processor
+from tte_fast.checkpoint.model_types import auto_model_class, is_qwen_vl
 from tte_fast.inputs import check_input, load_input
-from tte_fast.model_types import auto_model_class, is_qwen_vl
 from tte_fast.profiling import StageRecorder, instrument_vision_encoder, stage
-from tte_fast.prompts import render_prompt
+from tte_fast.prompting.prompts import render_prompt
 
 # harness.py lies beside this file; found also when this file is loaded by path (tests). Appended,
 # so that bench/ shadows no other module.

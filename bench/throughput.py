@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from tte_fast import UnifiedTTE
 from tte_fast.inputs import check_input, load_input
-from tte_fast.prompts import render_prompt
+from tte_fast.prompting.prompts import render_prompt
 from tte_fast.runtime.engine import Engine
 
 sys.path.append(os.path.dirname(os.path.abspath(__file__)))

@@ -9,7 +9,11 @@ import shutil
 import numpy as np
 import pytest
 
-from tte_fast.hf_processor import CHAT_TEMPLATE_FILE, LEGACY_CHAT_TEMPLATE_FILE, packaged_chat_template
+from tte_fast.checkpoint.hf_processor import (
+    CHAT_TEMPLATE_FILE,
+    LEGACY_CHAT_TEMPLATE_FILE,
+    packaged_chat_template,
+)
 from tte_fast.model import UnifiedTTE
 
 # A working template with a marker, to see which file it was read from.

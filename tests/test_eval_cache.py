@@ -90,6 +90,13 @@ def test_settings_invalidate_exactly_what_depends_on_them(model, setup):
         prompts.query_instruction = original
     assert served(changed, "query")["thought"] == N_QUERIES
 
+    model.config.stop_strings = ["a stop string"]  # they end traces: queries again
+    try:
+        stopped = run(model)
+    finally:
+        model.config.stop_strings = []
+    assert served(stopped, "query")["thought"] == N_QUERIES
+
     weight = next(model.hf_model.parameters())
     with torch.no_grad():
         weight.view(-1)[7] += 1e-3  # one value

@@ -12,7 +12,7 @@ from PIL import Image
 
 from tte_fast.eval.config import EvalConfigError, parse_config
 from tte_fast.eval.data import EvalDataError, read_task
-from tte_fast.yaml_config import ConfigError, apply_overrides, load_config, save_config
+from tte_fast.settings.yaml_config import ConfigError, apply_overrides, load_config, save_config
 
 MMEB_ROWS = [
     {

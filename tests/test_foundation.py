@@ -4,7 +4,7 @@ import importlib
 
 import pytest
 
-from tte_fast.hf_processor import load_processor
+from tte_fast.checkpoint.hf_processor import load_processor
 from tte_fast.testing import TINY_MODEL_TYPES, tiny_config
 
 

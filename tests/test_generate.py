@@ -8,7 +8,7 @@ from helpers import random_image
 from torch._dynamo.utils import counters
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-from tte_fast.hf_processor import load_processor
+from tte_fast.checkpoint.hf_processor import load_processor
 from tte_fast.runtime.options import DecodeOptions
 from tte_fast.runtime.static import StaticBatches
 from tte_fast.testing import TINY_MODEL_TYPES

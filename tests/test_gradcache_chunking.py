@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tte_fast.chunking import batch_size, split_inputs
-from tte_fast.hf_processor import load_processor
+from tte_fast.checkpoint.hf_processor import load_processor
+from tte_fast.prompting.chunking import batch_size, split_inputs
 
 MERGE = 4  # patches per image token (spatial_merge_size ** 2)
 

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from tte_fast.checkpoint.hf_processor import load_processor
 from tte_fast.gradcache import gradcache_step
-from tte_fast.hf_processor import load_processor
 from tte_fast.kernels import pool_normalize
 
 # fp32: relative error of the whole gradient (all parameters as one vector) below 1e-5. Single

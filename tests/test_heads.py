@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from helpers import random_image
 from PIL import Image
 
+from tte_fast.checkpoint.hf_processor import load_processor
+from tte_fast.checkpoint.model_types import QWEN_VL_MODEL_TYPES
 from tte_fast.heads import HEAD_CONFIG_NAME, HEAD_WEIGHTS_NAME, TTEUHead, find_decoder
-from tte_fast.hf_processor import load_processor
-from tte_fast.model_types import QWEN_VL_MODEL_TYPES
 from tte_fast.testing import TINY_MODEL_TYPES
 
 ATOL = 1e-4  # fp32

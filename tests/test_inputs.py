@@ -1,4 +1,4 @@
-"""Input checks and image loading (tte_fast.inputs, tte_fast.image_io): errors name the input's
+"""Input checks and image loading (tte_fast.inputs, tte_fast.media.image_io): errors name the input's
 index, every image form loads to the same RGB pixels, and encode's path and the ImageProcessor
 check, decode and convert images the same way, with the same messages."""
 

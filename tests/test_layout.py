@@ -78,9 +78,7 @@ print(json.dumps({
 def test_fresh_interpreter_imports_transformers_and_our_kernels(folder):
     """From each folder a user starts Python in, as ``python -c`` would (that folder first on sys.path)."""
     cwd = REPO / folder
-    done = subprocess.run(
-        [sys.executable, "-c", PROBE], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
+    done = subprocess.run([sys.executable, "-c", PROBE], cwd=cwd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
     assert Path(found["tte_fast.kernels"]).is_relative_to(REPO / "kernels" / "tte_fast" / "kernels")

@@ -1,4 +1,4 @@
-"""Loading and saving (tte_fast.loading, UnifiedTTE.from_pretrained / save_pretrained): round
+"""Loading and saving (tte_fast.checkpoint.loading, UnifiedTTE.from_pretrained / save_pretrained): round
 trips, restored settings, unknown model types, the default attention and the stop tokens."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from helpers import random_pixels
 from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
-from tte_fast.loading import default_attention
+from tte_fast.checkpoint.loading import default_attention
+from tte_fast.checkpoint.tte_config import TTE_CONFIG_FILE
 from tte_fast.model import UnifiedTTE, _eos_token_ids
-from tte_fast.tte_config import TTE_CONFIG_FILE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -46,7 +46,7 @@ def test_every_benchmark_text_round_trips_without_unknown_words(tokenizer):
 
 
 def test_saved_checkpoint_is_small_and_loads_with_a_qwen_vl_processor(base):
-    from tte_fast.hf_processor import load_processor, renders_images
+    from tte_fast.checkpoint.hf_processor import load_processor, renders_images
 
     assert os.path.getsize(os.path.join(base, "model.safetensors")) < 20e6
     processor = load_processor(base, "qwen2_vl")

@@ -10,7 +10,7 @@ from helpers import random_image
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
 import tte_fast.runtime.static as static
-from tte_fast.hf_processor import load_processor
+from tte_fast.checkpoint.hf_processor import load_processor
 from tte_fast.runtime.options import DecodeOptions
 from tte_fast.runtime.positions import prefill_position_ids
 from tte_fast.runtime.static import StaticBatches

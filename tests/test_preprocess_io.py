@@ -17,9 +17,9 @@ from helpers import assert_same_features, encode_image, random_image
 from transformers import AutoTokenizer, Qwen2VLImageProcessorPil
 
 from tte_fast import _C
-from tte_fast.arrow_view import arrow_image_view
-from tte_fast.hf_processor import build_processor, default_image_processor
-from tte_fast.image_io import pil_to_array
+from tte_fast.checkpoint.hf_processor import build_processor, default_image_processor
+from tte_fast.media.arrow_view import arrow_image_view
+from tte_fast.media.image_io import pil_to_array
 from tte_fast.preprocess import ImageProcessor
 from tte_fast.testing import qwen_tokenizer_dir
 

@@ -1,9 +1,9 @@
-"""Prompt rendering (tte_fast.prompts): one renderer per side, thinking or not, with a given trace."""
+"""Prompt rendering (tte_fast.prompting.prompts): one renderer per side, thinking or not, given traces."""
 
 from __future__ import annotations
 
 from tte_fast.inputs import EmbedInput
-from tte_fast.prompts import PromptConfig, render_prompt
+from tte_fast.prompting.prompts import PromptConfig, render_prompt
 
 
 def test_prompts_per_side(vl_model):

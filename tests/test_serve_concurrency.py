@@ -148,7 +148,7 @@ def test_a_failing_admission_prefill_is_500(limited, monkeypatch):
         raise RuntimeError("simulated device failure")
 
     monkeypatch.setattr(service.config, "request_timeout_s", 5.0)  # a hang would end as a 504
-    monkeypatch.setattr(service.model, "_embed_prefill", broken)
+    monkeypatch.setattr(service.model, "embed_prefill", broken)
     try:
         answer = client.post("/v1/embeddings", json={"input": "boom", "think": False})
     finally:

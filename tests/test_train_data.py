@@ -11,13 +11,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from tests.train_cases import example
-from tte_fast.hf_processor import load_processor
-from tte_fast.prompts import PromptConfig
+from tte_fast.checkpoint.hf_processor import load_processor
+from tte_fast.prompting.prompts import PromptConfig
+from tte_fast.settings.yaml_config import ConfigError
 from tte_fast.train import load_run_config
 from tte_fast.train.batches import Renderer, StepBatches
 from tte_fast.train.records import DataError, read_dataset
 from tte_fast.train.schedule import build_schedule
-from tte_fast.yaml_config import ConfigError
 
 
 def _write(path, rows):

@@ -16,10 +16,10 @@ from safetensors.torch import load_file
 
 from tests.test_train_distributed import _raw
 from tests.train_cases import losses, run_config, weights, write_mixed_records
+from tte_fast.settings.yaml_config import ConfigError
 from tte_fast.train import parse_config, train
 from tte_fast.train.checkpoint import MODEL_FILE, checkpoint_root, complete_checkpoints
 from tte_fast.train.sharding import refuse_accelerate_fsdp
-from tte_fast.yaml_config import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

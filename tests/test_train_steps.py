@@ -11,7 +11,7 @@ from PIL import Image
 
 from tests.train_cases import config
 from tte_fast.inputs import EmbedInput
-from tte_fast.prompts import DEFAULT_QUERY_INSTRUCTION, DEFAULT_REASONING_INSTRUCTION, PromptConfig
+from tte_fast.prompting.prompts import DEFAULT_QUERY_INSTRUCTION, DEFAULT_REASONING_INSTRUCTION, PromptConfig
 from tte_fast.train.batches import IGNORE_INDEX, Renderer
 from tte_fast.train.jobs import build_job
 from tte_fast.train.models import load_for_training, make_trainable

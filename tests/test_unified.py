@@ -10,7 +10,7 @@ from helpers import StopFirstRow
 
 from tte_fast.inputs import load_image
 from tte_fast.model import UnifiedTTE
-from tte_fast.prompts import render_prompt
+from tte_fast.prompting.prompts import render_prompt
 from tte_fast.testing import TINY_MODEL_TYPES
 
 THINK = 5

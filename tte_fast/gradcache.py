@@ -56,11 +56,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tte_fast.checks import positive_int
-from tte_fast.chunking import batch_size, split_inputs
 from tte_fast.distributed import all_reduce_sum, fail_together, gather_rows, row_counts, sync_mode, world
 from tte_fast.kernels import infonce_loss_and_grads
 from tte_fast.profiling import stage
+from tte_fast.prompting.chunking import batch_size, split_inputs
+from tte_fast.settings.checks import positive_int
 
 Encoder = Callable[..., torch.Tensor]
 
@@ -218,7 +218,7 @@ def gradcache_step(
         encoder: callable or ``nn.Module`` mapping a chunk of queries (a tensor, or a dict passed as
             keyword arguments) to [n, D] embeddings, normalised by the encoder if cosine scores are
             wanted. Wrap it (whole) in DDP for data-parallel training.
-        queries, targets: a tensor or a dict of tensors split per sample (see ``tte_fast.chunking``
+        queries, targets: a tensor or a dict of tensors split per sample (see ``tte_fast.prompting.chunking``
             for Qwen-VL images). Without ``labels``, targets hold ``k`` per query (``k >= 1``) and
             query i's positive is target ``i * k``.
         chunk_size: samples per chunk for queries (and targets unless ``target_chunk_size``).

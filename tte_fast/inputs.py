@@ -1,7 +1,7 @@
 """Input normalisation for ``encode`` / ``think``.
 
 An input is a str (text) or a dict with any of ``text``, ``image`` and ``instruction``; an image is
-anything ``tte_fast.image_io`` loads (a PIL image, a uint8 numpy array or tensor, a file path or
+anything ``tte_fast.media.image_io`` loads (a PIL image, a uint8 numpy array or tensor, a file path or
 encoded bytes), checked and decoded there exactly as the ``ImageProcessor`` does. Checks that need
 no decoding run over the whole list first (``check_input``), so a bad input fails before any model
 work; images are decoded batch by batch (``load_input``). Every error names the input's index.
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tte_fast.image_io import InputError, InputTypeError, check_image, load_image
+from tte_fast.media.image_io import InputError, InputTypeError, check_image, load_image
 
 __all__ = [
     "INPUT_KEYS",

@@ -15,21 +15,27 @@ from dataclasses import dataclass, field, fields, replace
 import torch
 from tqdm.auto import tqdm
 
-from tte_fast.batching import embed_batch, normalize, prompt_batch, unpadded
-from tte_fast.checks import positive_int
-from tte_fast.hf_processor import CHAT_TEMPLATE_FILE, load_processor
+from tte_fast.checkpoint.hf_processor import CHAT_TEMPLATE_FILE, load_processor
+from tte_fast.checkpoint.loading import (
+    build_head,
+    default_attention,
+    load_backbone,
+    resolve_device,
+    resolve_dtype,
+)
+from tte_fast.checkpoint.model_types import QWEN_VL_MODEL_TYPES
+from tte_fast.checkpoint.tte_config import TTEConfig
 from tte_fast.inputs import EmbedInput, InputError, as_input_list, check_input, load_input
-from tte_fast.loading import build_head, default_attention, load_backbone, resolve_device, resolve_dtype
-from tte_fast.model_types import QWEN_VL_MODEL_TYPES
 from tte_fast.profiling import instrument_vision_encoder, stage
-from tte_fast.prompts import PromptConfig, check_side
+from tte_fast.prompting.batching import embed_batch, normalize, prompt_batch, unpadded
+from tte_fast.prompting.prompts import PromptConfig, check_side
 from tte_fast.runtime.engine import Engine, run_requests
 from tte_fast.runtime.options import DecodeOptions
 from tte_fast.runtime.packed_prefill import choose_prefill_attention
 from tte_fast.runtime.runner import Runner
 from tte_fast.runtime.static import StaticBatches
 from tte_fast.runtime.stop import StopStrings
-from tte_fast.tte_config import TTEConfig
+from tte_fast.settings.checks import positive_int
 
 ON_ERROR = ("raise", "skip")
 SCHEDULERS = ("continuous", "static")

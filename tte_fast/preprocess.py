@@ -21,8 +21,8 @@ import PIL.Image
 from transformers import BatchFeature, Qwen2VLImageProcessorPil
 
 from tte_fast import _C
-from tte_fast.checks import positive_int
-from tte_fast.image_io import decode_encoded, flatten_images, to_uint8_arrays
+from tte_fast.media.image_io import decode_encoded, flatten_images, to_uint8_arrays
+from tte_fast.settings.checks import positive_int
 
 HF_IMAGE_PROCESSOR_TYPE = "Qwen2VLImageProcessor"
 _CONVOLUTION_FILTERS = (1, 2, 3, 4, 5)  # LANCZOS, BILINEAR, BICUBIC, BOX, HAMMING
@@ -63,7 +63,7 @@ class ImageProcessor(Qwen2VLImageProcessorPil):
     or CxHxW when the last axis cannot be channels; ``input_data_format`` forces a layout), encoded
     bytes or a file path, or (nested) lists of these.
 
-    Images are checked, decoded and made RGB by ``tte_fast.image_io``, as ``encode`` does: a bad
+    Images are checked, decoded and made RGB by ``tte_fast.media.image_io``, as ``encode`` does: a bad
     one raises ``tte_fast.inputs.InputError`` (a ValueError; ``InputTypeError`` is also a TypeError)
     whose ``index`` is its position in the flattened list. Errors of the resize itself (an aspect
     ratio over 200, sides not a multiple of patch_size without resizing) come from the C++ core

@@ -104,8 +104,8 @@ def build_random_checkpoint(shape: str, path: str, seed: int = 0, dtype=torch.bf
 def _build_checkpoint(config, path: str, seed: int, dtype, device, tiny: bool, sharpen: bool = False) -> str:
     from transformers import AutoTokenizer
 
-    from tte_fast.hf_processor import CHAT_TEMPLATE_FILE, packaged_chat_template
-    from tte_fast.model_types import auto_model_class, is_qwen_vl
+    from tte_fast.checkpoint.hf_processor import CHAT_TEMPLATE_FILE, packaged_chat_template
+    from tte_fast.checkpoint.model_types import auto_model_class, is_qwen_vl
 
     model_type = config.model_type
     torch.manual_seed(seed)

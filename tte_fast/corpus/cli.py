@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         corpus = open_corpus(args.inputs, columns, args.image_root)
     except CorpusError as err:
         raise SystemExit(str(err)) from None
+    from tte_fast.checkpoint.load import load_tte
     from tte_fast.corpus.job import EncodeSettings
-    from tte_fast.load import load_tte
 
     try:
         settings = EncodeSettings(

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from tte_fast.checks import positive_int
 from tte_fast.corpus.reader import Corpus
 from tte_fast.corpus.store import (
     EMBEDDING_DTYPES,
@@ -41,7 +40,8 @@ from tte_fast.corpus.store import (
     shard_table,
 )
 from tte_fast.corpus.world import World
-from tte_fast.params import EncodeParams
+from tte_fast.settings.checks import positive_int
+from tte_fast.settings.params import EncodeParams
 
 
 class CorpusJobError(RuntimeError):

@@ -13,7 +13,7 @@ import argparse
 import os
 
 from tte_fast.distributed import process_group, world
-from tte_fast.yaml_config import ConfigError, load_config, save_config
+from tte_fast.settings.yaml_config import ConfigError, load_config, save_config
 
 
 def main(argv: list[str] | None = None) -> dict:

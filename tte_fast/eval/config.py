@@ -23,10 +23,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from tte_fast.checks import positive_int
 from tte_fast.eval.metrics import METRICS, check_metrics
-from tte_fast.params import EncodeParams
-from tte_fast.schema import ConfigError, build
+from tte_fast.settings.checks import positive_int
+from tte_fast.settings.params import EncodeParams
+from tte_fast.settings.schema import ConfigError, build
 
 PARSERS = ("mmeb", "tte")
 EVAL_TYPES = ("local", "global")

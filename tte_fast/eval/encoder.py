@@ -86,6 +86,7 @@ class ModelRunner:
             self.reasoner_parts,
             config.prompts.to_dict(),
             config.think_end_token,
+            list(config.stop_strings),  # they end traces too
             side,
             self.decode_options(),
         )

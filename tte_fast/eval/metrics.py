@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 
-from tte_fast.checks import positive_int
+from tte_fast.settings.checks import positive_int
 
 KS = (1, 5, 10)
 METRICS = ("hit", "ndcg_linear", "ndcg_exp", "precision", "recall", "map", "mrr")

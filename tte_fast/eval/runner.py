@@ -13,13 +13,13 @@ import time
 
 from tqdm.auto import tqdm
 
+from tte_fast.checkpoint.load import load_tte
 from tte_fast.distributed import world
 from tte_fast.eval.config import EvalConfig
 from tte_fast.eval.data import read_task
 from tte_fast.eval.encoder import ModelRunner
 from tte_fast.eval.report import build_results, format_table, write_outputs
 from tte_fast.eval.scoring import score_task
-from tte_fast.load import load_tte
 
 MODEL_KEYS = {"path", "reasoner", "embedder", "device", "dtype", "options"}
 

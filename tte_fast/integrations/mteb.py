@@ -34,8 +34,8 @@ try:
 except ImportError as err:  # pragma: no cover - exercised only without mteb
     raise ImportError("tte_fast.integrations.mteb needs mteb>=2: pip install 'tte_fast[mteb]'") from err
 
-from tte_fast.load import load_tte
-from tte_fast.params import EncodeParams
+from tte_fast.checkpoint.load import load_tte
+from tte_fast.settings.params import EncodeParams
 
 
 class TTEEncoder(AbsEncoder):

@@ -32,9 +32,9 @@ try:
 except ImportError as err:  # pragma: no cover - exercised only without ray
     raise ImportError("tte_fast.integrations.ray needs Ray Data: pip install 'tte_fast[ray]'") from err
 
+from tte_fast.checkpoint.load import load_tte
 from tte_fast.corpus.reader import Columns, to_input
-from tte_fast.load import load_tte
-from tte_fast.params import EncodeParams
+from tte_fast.settings.params import EncodeParams
 
 EMBEDDING_DTYPES = {"float32": np.float32, "float16": np.float16}
 
@@ -44,7 +44,7 @@ class TTEEncoder:
 
     ``model`` is a checkpoint path (a UnifiedTTE; a TwoModelTTE with ``reasoner`` or a folder holding
     ``reasoner/`` and ``embedder/``) or a loaded model; the other arguments are
-    :class:`~tte_fast.params.EncodeParams` (``encode_batch_size`` is its ``batch_size``)."""
+    :class:`~tte_fast.settings.params.EncodeParams` (``encode_batch_size`` is its ``batch_size``)."""
 
     def __init__(
         self,

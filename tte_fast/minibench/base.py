@@ -8,9 +8,9 @@ import os
 
 import torch
 
+from tte_fast.checkpoint.tte_config import TTEConfig
 from tte_fast.minibench.scenes import CELL, CELLS
-from tte_fast.prompts import PromptConfig
-from tte_fast.tte_config import TTEConfig
+from tte_fast.prompting.prompts import PromptConfig
 
 MODEL_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "model.json")
 PROMPTS = PromptConfig(
@@ -73,7 +73,7 @@ def build_base(path: str, seed: int = 0, text_overrides: dict | None = None, hea
     """Save the untrained base checkpoint at ``path`` (same seed, same weights)."""
     from transformers import AutoModelForImageTextToText
 
-    from tte_fast.hf_processor import CHAT_TEMPLATE_FILE, packaged_chat_template
+    from tte_fast.checkpoint.hf_processor import CHAT_TEMPLATE_FILE, packaged_chat_template
     from tte_fast.minibench.tokenizer import build_tokenizer
     from tte_fast.testing import sharpen_text_decoder
 

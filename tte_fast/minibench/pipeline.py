@@ -99,7 +99,7 @@ def seed_teacher_traces(root: str, args: list[str]) -> None:
     from tte_fast.eval import ModelRunner, load_model, parse_config, read_task
     from tte_fast.eval.cache import TraceCache
     from tte_fast.eval.fingerprint import input_fingerprint
-    from tte_fast.yaml_config import load_config
+    from tte_fast.settings.yaml_config import load_config
 
     path = os.path.join(root, "configs", "eval.yaml")
     config = parse_config(load_config(path, args), base_dir=os.path.dirname(path))

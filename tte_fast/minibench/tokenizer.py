@@ -41,7 +41,7 @@ def training_texts(prompts) -> list[str]:
     """Every kind of text the benchmark renders through the chat template, for the vocabulary."""
     from jinja2 import Template
 
-    from tte_fast.hf_processor import packaged_chat_template
+    from tte_fast.checkpoint.hf_processor import packaged_chat_template
 
     template = Template(packaged_chat_template())
     texts = _lexicon()
@@ -68,7 +68,7 @@ def build_tokenizer(prompts):
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from tte_fast.hf_processor import packaged_chat_template
+    from tte_fast.checkpoint.hf_processor import packaged_chat_template
 
     backend = Tokenizer(models.WordLevel(unk_token=UNK))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)

@@ -31,11 +31,10 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from tte_fast.batching import normalize, unpadded
-from tte_fast.checks import positive_int
-from tte_fast.chunking import split_inputs
 from tte_fast.inputs import EmbedInput, InputError, load_input
 from tte_fast.profiling import stage
+from tte_fast.prompting.batching import normalize, unpadded
+from tte_fast.prompting.chunking import split_inputs
 from tte_fast.runtime.options import DecodeOptions
 from tte_fast.runtime.packed_prefill import (
     IMPLEMENTATION,
@@ -48,6 +47,7 @@ from tte_fast.runtime.runner import model_inputs
 from tte_fast.runtime.sampling import row_generators, sampling_probs
 from tte_fast.runtime.slot_cache import SlotCache
 from tte_fast.runtime.stop import RowBook, RowState, StopReason
+from tte_fast.settings.checks import positive_int
 
 
 @dataclass
@@ -423,7 +423,7 @@ class Engine:
         n_kept, n_generated, reason = torch.stack(
             [book.n_kept[index], book.n_generated()[index], book.reason[index]]
         ).tolist()
-        kept = self.book.tokens[index, :n_kept].cpu().to(slot.prompt_ids.dtype)
+        kept = book.tokens[index, :n_kept].cpu().to(slot.prompt_ids.dtype)
         tail = [] if hidden is None else [self.model.embed_token_id]
         sequence = torch.cat([slot.prompt_ids, kept, torch.tensor(tail, dtype=kept.dtype)])
         embedding = None
@@ -448,6 +448,7 @@ class Engine:
         self.book.release(index)
         self._states[index] = RowState.DONE
 
+    @torch.inference_mode()  # the book's tensors are inference tensors (made inside steps)
     def _fail_all(self, error: BaseException) -> None:
         with self._queue_lock:
             waiting, self.waiting = list(self.waiting), deque()

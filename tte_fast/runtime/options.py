@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from tte_fast.checks import non_negative_int, positive_int
+from tte_fast.settings.checks import non_negative_int, positive_int
 
 if TYPE_CHECKING:
     from tte_fast.runtime.stop import StopStrings

@@ -7,7 +7,7 @@ import hashlib
 
 import torch
 
-from tte_fast.chunking import split_inputs
+from tte_fast.prompting.chunking import split_inputs
 from tte_fast.runtime.options import DecodeOptions
 
 

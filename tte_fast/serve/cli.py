@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         config = config_from_args(args)
     except ValueError as error:
         raise SystemExit(f"tte-fast serve: {error}") from error
-    from tte_fast.load import load_tte
+    from tte_fast.checkpoint.load import load_tte
     from tte_fast.model import UnifiedTTE
 
     model = load_tte(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from tte_fast.checks import positive_int
+from tte_fast.settings.checks import positive_int
 
 API_KEY_ENV = "TTE_FAST_API_KEY"
 MiB = 1 << 20

@@ -22,7 +22,7 @@ import urllib.parse
 
 import PIL.Image
 
-from tte_fast.image_io import InputError, decode_image
+from tte_fast.media.image_io import InputError, decode_image
 from tte_fast.serve.config import ServeConfig
 from tte_fast.serve.errors import APIError
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from tte_fast.params import EncodeParams
-from tte_fast.prompts import SIDES
+from tte_fast.prompting.prompts import SIDES
 from tte_fast.serve.errors import APIError
+from tte_fast.settings.params import EncodeParams
 
 FIELDS = (
     "model",

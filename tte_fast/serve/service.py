@@ -12,10 +12,10 @@ import asyncio
 import threading
 
 from tte_fast.inputs import EmbedInput, InputError
-from tte_fast.params import EncodeParams
 from tte_fast.runtime.engine import Engine, EngineResult
 from tte_fast.serve.config import ServeConfig
 from tte_fast.serve.errors import APIError
+from tte_fast.settings.params import EncodeParams
 
 
 class EmbeddingService:

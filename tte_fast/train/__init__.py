@@ -8,9 +8,9 @@
 
 from __future__ import annotations
 
+from tte_fast.settings.yaml_config import load_config
 from tte_fast.train.config import RunConfig, parse_config
 from tte_fast.train.loop import train
-from tte_fast.yaml_config import load_config
 
 
 def load_run_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

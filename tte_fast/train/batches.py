@@ -1,9 +1,9 @@
 """Records to model-input batches, rendered exactly as ``UnifiedTTE`` renders them at inference.
 
-- contrastive (embedder, head): each side is the left-padded batch ``tte_fast.batching.prompt_batch``
-  builds for ``encode(traces=...)`` (query with its trace) and ``encode(side="target")``: prompt,
-  trace, embedding token. Targets are laid out per query: the positive, then its hard negatives,
-  as ``infonce_loss`` expects.
+- contrastive (embedder, head): each side is the left-padded batch that
+  ``tte_fast.prompting.batching.prompt_batch`` builds for ``encode(traces=...)`` (query with its
+  trace) and ``encode(side="target")``: prompt, trace, embedding token. Targets are laid out per
+  query: the positive, then its hard negatives, as ``infonce_loss`` expects.
 - reasoner: the prompt ``think`` renders (reasoning instruction, generation prompt) and, as labels,
   the assistant turn: think prefix, trace, think-end token, answer and the stop token. Every other
   position (system, user, image, padding) has label -100. Rows are right-padded.
@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import torch
 
-from tte_fast.batching import prompt_batch
 from tte_fast.inputs import EmbedInput, InputError, check_input, load_input
-from tte_fast.prompts import PromptConfig
+from tte_fast.prompting.batching import prompt_batch
+from tte_fast.prompting.prompts import PromptConfig
 from tte_fast.train.records import DataError, PairRecord, SFTRecord
 from tte_fast.train.schedule import Schedule
 
@@ -49,7 +49,7 @@ class Renderer:
 
     def contrastive_batch(self, items: list[EmbedInput], side: str, traces: list[str | None]) -> dict:
         """Left-padded prompts (with their traces) ending in the embedding token: the batch
-        ``UnifiedTTE.encode(traces=..., side=...)`` builds (``tte_fast.batching.prompt_batch``)."""
+        ``UnifiedTTE.encode(traces=..., side=...)`` builds (``tte_fast.prompting.batching.prompt_batch``)."""
         sides = [side] * len(items)
         return prompt_batch(
             self.processor, items, sides, False, self.prompts, self.vision, traces, self.embed_token_id

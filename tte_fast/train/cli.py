@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from tte_fast.yaml_config import ConfigError, load_config
+from tte_fast.settings.yaml_config import ConfigError, load_config
 
 
 def resolve_data_paths(config, folder: str) -> None:

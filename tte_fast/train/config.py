@@ -1,6 +1,6 @@
 """The training config: one YAML mapping per run, checked into dataclasses before any work starts.
 
-Sections and their defaults are the fields below, read by :func:`tte_fast.schema.build`: an unknown
+Sections and their defaults are the fields below, read by :func:`tte_fast.settings.schema.build`: an unknown
 key or a wrong type anywhere is an error naming its dotted path.
 ``docs/train.md`` describes every setting.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from tte_fast.checks import non_negative_int, positive_int
-from tte_fast.schema import ConfigError, build
+from tte_fast.settings.checks import non_negative_int, positive_int
+from tte_fast.settings.schema import ConfigError, build
 
 JOBS = ("reasoner", "embedder", "head")
 FORMATS = ("jsonl", "mmeb")

@@ -1,6 +1,6 @@
 """The modules each job trains (what DDP wraps): embedder, TTE_u head on frozen states, causal-LM loss.
 
-The embedder and the head read the embedding through ``tte_fast.batching.embed_batch``, the forward
+The embedder and the head read the embedding through ``tte_fast.prompting.batching.embed_batch``, the forward
 ``UnifiedTTE.encode`` runs (final-norm state at the embedding token, or the TTE_u head over the
 layer L-k states), so what is trained is what is run. When the vision tower is trained, a
 chunk without images still runs it once on a dummy image with zero weight, so every process touches
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tte_fast.batching import embed_batch
+from tte_fast.prompting.batching import embed_batch
 from tte_fast.train.batches import IGNORE_INDEX
 
 
@@ -33,7 +33,7 @@ class _Owner:
 
 class Embedder(nn.Module):
     """Query / target batch (processor outputs ending in the embedding token) -> [B, D] unit vectors,
-    by ``tte_fast.batching.embed_batch``: the forward ``UnifiedTTE.encode`` runs, with gradients."""
+    by ``tte_fast.prompting.batching.embed_batch``: the forward ``UnifiedTTE.encode`` runs, with gradients."""
 
     def __init__(self, hf_model: nn.Module):
         super().__init__()
@@ -73,7 +73,7 @@ def _dummy_vision_output(backbone: nn.Module) -> torch.Tensor:
 
 
 class HeadEncoder(nn.Module):
-    """The TTE_u head on its frozen backbone, by ``tte_fast.batching.embed_batch``: the backbone
+    """The TTE_u head on its frozen backbone, by ``tte_fast.prompting.batching.embed_batch``: the backbone
     stops at layer L-k and the head runs its k layers, as ``UnifiedTTE`` does. The backbone is not
     a submodule (only the head trains and is wrapped) and builds no graph (it has no trainable
     parameters), so each chunk's memory is that of the head; the backbone runs once in each of

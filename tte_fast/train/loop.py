@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from tte_fast.distributed import all_reduce_sum
+from tte_fast.settings.yaml_config import save_config
 from tte_fast.train.batches import Renderer, StepBatches
 from tte_fast.train.checkpoint import (
     checkpoint_root,
@@ -36,7 +37,6 @@ from tte_fast.train.progress import StepLog
 from tte_fast.train.records import read_dataset
 from tte_fast.train.schedule import build_schedule
 from tte_fast.train.sharding import ShardedState, full_norm, refuse_accelerate_fsdp, shard, unsharded
-from tte_fast.yaml_config import save_config
 
 CONFIG_FILE = "train_config.yaml"
 FINAL_DIR = "final"

@@ -12,14 +12,14 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from tte_fast.hf_processor import load_processor
-from tte_fast.load import resolve_tiny
-from tte_fast.loading import load_backbone, resolve_dtype
-from tte_fast.model_types import QWEN_VL_MODEL_TYPES
-from tte_fast.prompts import PromptConfig
+from tte_fast.checkpoint.hf_processor import load_processor
+from tte_fast.checkpoint.load import resolve_tiny
+from tte_fast.checkpoint.loading import load_backbone, resolve_dtype
+from tte_fast.checkpoint.model_types import QWEN_VL_MODEL_TYPES
+from tte_fast.checkpoint.tte_config import TTEConfig
+from tte_fast.prompting.prompts import PromptConfig
 from tte_fast.train.config import RunConfig
 from tte_fast.train.encoders import vision_tower
-from tte_fast.tte_config import TTEConfig
 
 ADAPTER_DIR = "adapter"
 

@@ -138,7 +138,7 @@ class ShardedState:
 def unsharded(loaded, names: dict[str, str], module: nn.Module, config, main: bool):
     """A ``Loaded`` whose HF model is a plain copy of the trained (sharded) one, on the main process
     (None elsewhere). Every process must call it (it all-gathers)."""
-    from tte_fast.loading import load_backbone, resolve_dtype
+    from tte_fast.checkpoint.loading import load_backbone, resolve_dtype
 
     weights = gather_weights(module)
     if not main:

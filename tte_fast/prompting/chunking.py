@@ -24,7 +24,7 @@ from collections.abc import Mapping
 
 import torch
 
-from tte_fast.checks import positive_int
+from tte_fast.settings.checks import positive_int
 
 # (patch tensor, grid tensor, mm_token_type_ids value, optional per-sample count key)
 _MEDIA = (

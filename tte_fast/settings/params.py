@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from tte_fast.checks import non_negative_int, positive_int
-from tte_fast.prompts import check_side
-from tte_fast.schema import ConfigError, build
+from tte_fast.prompting.prompts import check_side
+from tte_fast.settings.checks import non_negative_int, positive_int
+from tte_fast.settings.schema import ConfigError, build
 
 # encode's keywords besides the think budget that end up in DecodeOptions.
 GENERATION = ("max_answer_tokens", "do_sample", "temperature", "top_k", "top_p", "seed")

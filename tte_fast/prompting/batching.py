@@ -1,6 +1,6 @@
 """Model-input batches and the embedding forward, shared by inference and training.
 
-``prompt_batch`` renders inputs through the chat template (``tte_fast.prompts``) and tokenizes them
+``prompt_batch`` renders inputs through the chat template (``tte_fast.prompting.prompts``) and tokenizes them
 (the Qwen-VL processor with images, or the tokenizer) into one left-padded batch; prompts that do
 not think end in the embedding token. ``embed_batch`` reads the embedding of such a batch: the
 L2-normalised final-norm state of its last token (last-token head), or the TTE_u head over the
@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import torch
 
-from tte_fast.runtime.positions import prefill_position_ids
-from tte_fast.runtime.runner import model_inputs
 from tte_fast.inputs import EmbedInput
 from tte_fast.kernels import pool_normalize
 from tte_fast.profiling import stage
-from tte_fast.prompts import PromptConfig, render_prompt
+from tte_fast.prompting.prompts import PromptConfig, render_prompt
+from tte_fast.runtime.positions import prefill_position_ids
+from tte_fast.runtime.runner import model_inputs
 
 
 def prompt_batch(

@@ -6,9 +6,9 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 
-from tte_fast.checks import positive_int
-from tte_fast.prompts import PromptConfig
-from tte_fast.schema import ConfigError, build
+from tte_fast.prompting.prompts import PromptConfig
+from tte_fast.settings.checks import positive_int
+from tte_fast.settings.schema import ConfigError, build
 
 TTE_CONFIG_FILE = "tte_config.json"
 HEADS = ("last_token", "tte_u")

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import PIL.Image
 
-from tte_fast.arrow_view import arrow_image_view
+from tte_fast.media.arrow_view import arrow_image_view
 
 CHANNEL_COUNTS = (1, 3, 4)
 ACCEPTED = "a PIL image, a uint8 numpy array or tensor, a path or bytes"

@@ -6,8 +6,8 @@ import os
 
 import torch
 
-from tte_fast.model_types import QWEN_VL_MODEL_TYPES, auto_model_class, is_qwen_vl
-from tte_fast.tte_config import TTEConfig
+from tte_fast.checkpoint.model_types import QWEN_VL_MODEL_TYPES, auto_model_class, is_qwen_vl
+from tte_fast.checkpoint.tte_config import TTEConfig
 
 
 def build_head(config: TTEConfig, path_or_id: str, hf_model):

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from tte_fast.schema import ConfigError
+from tte_fast.settings.schema import ConfigError
 
 
 def load_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> dict:

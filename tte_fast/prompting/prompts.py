@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from tte_fast.inputs import EmbedInput
-from tte_fast.schema import build
+from tte_fast.settings.schema import build
 
 DEFAULT_REASONING_INSTRUCTION = (
     "Before answering, think step by step inside <think> </think> about what this input shows and "

@@ -14,12 +14,14 @@ import warnings
 
 from transformers import AutoTokenizer, ProcessorMixin
 
-from tte_fast.model_types import is_qwen_vl, processor_class
+from tte_fast.checkpoint.model_types import is_qwen_vl, processor_class
 
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 # The older processor template file many published Qwen-VL checkpoints ship: {"chat_template": "..."}.
 LEGACY_CHAT_TEMPLATE_FILE = "chat_template.json"
-_PACKAGED_TEMPLATE = os.path.join(os.path.dirname(__file__), "configs", "qwen_vl_chat_template.jinja")
+_PACKAGED_TEMPLATE = os.path.join(
+    os.path.dirname(os.path.dirname(__file__)), "configs", "qwen_vl_chat_template.jinja"
+)
 _PROBE = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "probe"}]}]
 
 

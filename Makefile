@@ -8,9 +8,7 @@ STAMP := $(VENV)/.tte_fast-installed
 OLDEST_VENV ?= .venv-oldest
 OLDEST_PINS ?= transformers==5.17.0
 OLDEST_STAMP := $(OLDEST_VENV)/.tte_fast-installed
-OLDEST_TESTS := tests/test_layout.py tests/test_generate.py tests/test_decoder_robustness.py \
-	tests/test_engine.py tests/test_unified.py tests/test_packed_prefill.py tests/test_positions.py \
-	tests/test_heads.py tests/test_sampling.py tests/test_work_counting.py
+OLDEST_TESTS := tests/test_layout.py tests/runtime tests/test_unified.py tests/test_heads.py
 
 # Printed before each test run: the releases under test.
 export VERSIONS := import importlib.metadata as m; print(' '.join(f'{p}=={m.version(p)}' for p in \

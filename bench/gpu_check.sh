@@ -35,7 +35,7 @@ step build 120 env TTE_FAST_SKIP_TORCH_CHECK=1 $PY -m pip install -q --no-build-
 $PY - <<'PY' >"$OUT/device.txt" 2>&1
 import torch; print(torch.__version__, torch.cuda.get_device_name(0))
 PY
-step gpu_tests 150 $PY -m pytest -q -x tests/test_kernels_pool.py tests/test_kernels_infonce.py tests/test_gradcache.py
+step gpu_tests 150 $PY -m pytest -q -x tests/kernels/test_pool_normalize.py tests/kernels/test_infonce.py tests/test_gradcache.py
 step bench_kernels 150 $PY bench/fused_kernels.py --device cuda --json "$OUT/kernels.json"
 step build_2b 100 $PY -c "
 import torch; from tte_fast.testing import build_random_checkpoint
@@ -50,7 +50,7 @@ step latency_tiny 60 $PY bench/latency.py --device cuda --json "$OUT/latency_tin
 step throughput_2b 90 $PY bench/throughput.py --model /tmp/qwen2_vl_2b --device cuda --dtype bfloat16 \
   --inputs 128 --max-think-tokens 128 --batch-size 16 --repeats 1 --check 4 --compile --skip-hf \
   --json "$OUT/throughput_2b.json"  # the engine's slot step as CUDA graphs, checked against static batches
-step packed_tests 60 $PY -m pytest -q -rs tests/test_packed_prefill.py tests/test_varlen_attention.py
+step packed_tests 60 $PY -m pytest -q -rs tests/runtime/test_packed_prefill.py tests/runtime/test_varlen_attention.py
 step prefill_2b 60 $PY bench/prefill.py --model /tmp/qwen2_vl_2b --device cuda --dtype bfloat16 \
   --prompts 16 --max-words 1200 --json "$OUT/prefill_2b.json"  # padded vs flash_varlen / xformers / sdpa_varlen
 step bench_gradcache 60 $PY bench/gradcache.py --device cuda --autocast bf16 --batches 16,256,1024 \

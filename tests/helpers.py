@@ -139,3 +139,20 @@ ENGINE_INPUTS = [
 def engine_inputs(model) -> list:
     """ENGINE_INPUTS, the text ones alone for a text-only model."""
     return ENGINE_INPUTS if model.vision else [x for x in ENGINE_INPUTS if isinstance(x, str)]
+
+
+def run_engine(model, inputs, slots: int, embed: bool, **options):
+    """Each input's EngineResult from ``slots`` slots of the model's engine."""
+    from tte_fast.inputs import check_input
+
+    engine = model.engine(slots)
+    opts = model.decode_options(**options)
+    futures = [engine.submit(check_input(i, x), opts, embed=embed, index=i) for i, x in enumerate(inputs)]
+    engine.run_until_done()
+    return [f.result() for f in futures]
+
+
+def generated(result) -> list[int]:
+    """The tokens a request generated and kept (its sequence less prompt and embedding token)."""
+    end = len(result.sequence) - (result.embedding is not None)
+    return result.sequence[result.prompt_tokens : end].tolist()

@@ -68,3 +68,16 @@ def write_mixed_records(path) -> str:
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def embedder_run(model, output_dir, data, batch_size):
+    """An embedder run of two steps over ``data`` (one GradCache chunk a sample), vision trainable."""
+    return run_config(
+        "embedder",
+        model,
+        output_dir,
+        data={"datasets": [{"path": data}]},
+        train={"steps": 2, "batch_size": batch_size, "lr": 1e-4, "freeze_vision": False},
+        lora={"enabled": False},
+        contrastive={"chunk_size": 1},
+    )

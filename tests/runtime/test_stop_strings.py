@@ -15,7 +15,7 @@ import random
 
 import pytest
 import torch
-from helpers import engine_inputs
+from helpers import engine_inputs, generated, run_engine
 
 from tte_fast.inputs import check_input
 from tte_fast.model import UnifiedTTE
@@ -140,17 +140,6 @@ def test_token_bytes_spell_the_decoded_text(vl_model):
 
 
 # --------------------------------------------------------------------- both schedulers, real model
-def run_engine(model, inputs, slots: int, embed: bool, **options):
-    engine = model.engine(slots)
-    opts = model.decode_options(**options)
-    futures = [engine.submit(check_input(i, x), opts, embed=embed, index=i) for i, x in enumerate(inputs)]
-    engine.run_until_done()
-    return [f.result() for f in futures]
-
-
-def generated(result) -> list[int]:
-    end = len(result.sequence) - (result.embedding is not None)
-    return result.sequence[result.prompt_tokens : end].tolist()
 
 
 def hf_stream(model, i: int, item, max_new_tokens: int, **generate) -> tuple[list[int], str]:

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import engine_inputs
+from helpers import engine_inputs, generated, run_engine
 
-from tte_fast.inputs import check_input
 from tte_fast.model import UnifiedTTE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -34,21 +33,6 @@ class CloseThinkOn:
         out = logits.clone()
         out[..., self.think_end] = torch.where(hit, logits.amax(-1) + 100.0, logits[..., self.think_end])
         return out
-
-
-def run_engine(model, inputs, slots: int, embed: bool, **options):
-    """Each input's EngineResult from ``slots`` slots of the model's engine."""
-    engine = model.engine(slots)
-    opts = model.decode_options(**options)
-    futures = [engine.submit(check_input(i, x), opts, embed=embed, index=i) for i, x in enumerate(inputs)]
-    engine.run_until_done()
-    return [f.result() for f in futures]
-
-
-def generated(result) -> list[int]:
-    """The tokens a request generated and kept (its sequence less prompt and embedding token)."""
-    end = len(result.sequence) - (result.embedding is not None)
-    return result.sequence[result.prompt_tokens : end].tolist()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ pytest.importorskip("fastapi")
 
 @pytest.mark.slow
 def test_bench_serve_runs(tiny_checkpoints, tmp_path):
-    path = os.path.join(os.path.dirname(__file__), os.pardir, "bench", "serve.py")
+    path = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "bench", "serve.py")
     spec = importlib.util.spec_from_file_location("bench_serve", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

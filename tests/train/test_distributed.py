@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import run_torchrun_script
 
-from tests.train_cases import losses, run_config, weights, write_mixed_records
+from tests.train_cases import embedder_run, losses, weights, write_mixed_records
 from tte_fast.train import parse_config, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -23,28 +23,16 @@ train(parse_config(json.loads(sys.argv[1])))
 """
 
 
-def _raw(model, output_dir, data, batch_size):
-    return run_config(
-        "embedder",
-        model,
-        output_dir,
-        data={"datasets": [{"path": data}]},
-        train={"steps": 2, "batch_size": batch_size, "lr": 1e-4, "freeze_vision": False},
-        lora={"enabled": False},
-        contrastive={"chunk_size": 1},
-    )
-
-
 def test_two_processes_equal_one_and_image_free_process_does_not_hang(tiny_checkpoints, tmp_path):
     # Every global batch of 2 holds one record with images and one without: one process of the two
     # sees no image at all in a step, the other does.
     data = write_mixed_records(tmp_path / "mixed.jsonl")
     model = tiny_checkpoints["qwen2_vl"]
     two = tmp_path / "two"
-    run_torchrun_script(PROCESS, json.dumps(_raw(model, two, str(data), 1)), timeout=240)
+    run_torchrun_script(PROCESS, json.dumps(embedder_run(model, two, str(data), 1)), timeout=240)
 
     one = tmp_path / "one"
-    train(parse_config(_raw(model, one, str(data), 2)))
+    train(parse_config(embedder_run(model, one, str(data), 2)))
     want, got = losses(one), losses(two)
     assert want.keys() == got.keys() == {1, 2}
     for step in want:

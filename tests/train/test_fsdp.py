@@ -14,8 +14,7 @@ from accelerate.utils import DistributedType
 from helpers import run_torchrun_script
 from safetensors.torch import load_file
 
-from tests.test_train_distributed import _raw
-from tests.train_cases import losses, run_config, weights, write_mixed_records
+from tests.train_cases import embedder_run, losses, run_config, weights, write_mixed_records
 from tte_fast.settings.yaml_config import ConfigError
 from tte_fast.train import parse_config, train
 from tte_fast.train.checkpoint import MODEL_FILE, checkpoint_root, complete_checkpoints
@@ -53,13 +52,13 @@ def test_fsdp2_equals_one_process_and_resumes_exactly(tiny_checkpoints, tmp_path
     data = write_mixed_records(tmp_path / "mixed.jsonl")
     model = tiny_checkpoints["qwen2_vl"]
     two = tmp_path / "two"
-    raw = _raw(model, two, str(data), 1)
+    raw = embedder_run(model, two, str(data), 1)
     raw["train"]["fsdp"] = True
     raw["checkpoint"] = {"every": 1, "keep": 2}
     _two_processes(raw)
 
     one = tmp_path / "one"
-    train(parse_config(_raw(model, one, str(data), 2)))
+    train(parse_config(embedder_run(model, one, str(data), 2)))
     want = losses(one)
     with open(two / "straight.jsonl", encoding="utf-8") as f:
         straight = {r["step"]: r["loss"] for r in map(json.loads, f)}
@@ -68,7 +67,7 @@ def test_fsdp2_equals_one_process_and_resumes_exactly(tiny_checkpoints, tmp_path
         assert straight[step] == pytest.approx(want[step], rel=1e-5, abs=1e-5)
     a, b = weights(two / "straight"), weights(one / "final")
     assert a.keys() == b.keys()
-    for name in a:  # the bound of tests/test_train_distributed.py (Adam's first steps, lr 1e-4)
+    for name in a:  # the bound of tests/train/test_distributed.py (Adam's first steps, lr 1e-4)
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=5e-5)
     base = weights(model)
     assert any(not torch.equal(a[k], base[k]) for k in a if "visual" in k)  # the vision tower trained

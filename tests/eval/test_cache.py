@@ -163,7 +163,7 @@ def test_cache_off_and_cli(tiny_checkpoints, tmp_path, capsys):
     """The CLI on the shipped example: outputs written, the random model flagged."""
     from tte_fast.cli import main
 
-    example = os.path.join(os.path.dirname(__file__), "..", "examples", "eval")
+    example = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "eval")
     config = tmp_path / "config.yaml"
     shutil.copy(os.path.join(example, "config.yaml"), config)
     for name in ("colors_i2t.jsonl", "colors_t2i.jsonl", "colors_tte", "images"):

@@ -48,7 +48,14 @@ GENERATION_OPTIONS = (
     "top_k",
     "top_p",
     "seed",
+    "repetition_penalty",
+    "generation",
 )
+# Where sampling settings not passed come from: DecodeOptions' defaults (greedy, no penalty), or the
+# checkpoint's generation_config.json, as its authors run it (Qwen-VL: greedy over penalised logits).
+GENERATION_SOURCES = ("greedy", "checkpoint")
+# generation_config fields generation="checkpoint" reads (None there: DecodeOptions' default).
+CHECKPOINT_SAMPLING = ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty")
 
 
 @dataclass
@@ -212,8 +219,11 @@ class UnifiedTTE:
                 (batches of ``batch_size`` decode until their longest trace ends). The TTE_u head
                 always embeds in static batches.
             **generation: decode options, see :meth:`decode_options`: ``max_answer_tokens`` (answer
-                budget after ``</think>``), ``do_sample``, ``temperature``, ``top_k``, ``top_p`` and
-                ``seed`` (the same seed and input give the same sampled trace in any batch).
+                budget after ``</think>``), ``do_sample``, ``temperature``, ``top_k``, ``top_p``,
+                ``repetition_penalty`` (HF's, over prompt and generated ids), ``seed`` (the same seed
+                and input give the same sampled trace in any batch) and ``generation``
+                (``"checkpoint"``: unset sampling options come from the checkpoint's
+                ``generation_config``).
 
         Returns:
             ``EncodeResult`` with ``embeddings`` (float32 [N, D], unit norm), ``traces`` (None when
@@ -304,12 +314,18 @@ class UnifiedTTE:
 
     def decode_options(self, **options) -> DecodeOptions:
         """The ``DecodeOptions`` for ``encode`` / ``think`` keyword options (``GENERATION_OPTIONS``;
-        None or absent budgets take the checkpoint's ``max_think_tokens`` / ``max_answer_tokens``)."""
+        None or absent budgets take the checkpoint's ``max_think_tokens`` / ``max_answer_tokens``).
+        ``generation="checkpoint"`` fills the sampling options not passed from ``generation_config``."""
         unknown = sorted(set(options) - set(GENERATION_OPTIONS))
         if unknown:
             raise TypeError(
                 f"unknown generation options {unknown}; expected some of {list(GENERATION_OPTIONS)}"
             )
+        source = options.pop("generation", "greedy")
+        if source not in GENERATION_SOURCES:
+            raise ValueError(f"generation must be one of {GENERATION_SOURCES}, got {source!r}")
+        if source == "checkpoint":
+            options = {**self.checkpoint_sampling(), **options}
         for budget in ("max_think_tokens", "max_answer_tokens"):
             if options.get(budget) is None:
                 options[budget] = getattr(self.config, budget)
@@ -320,6 +336,13 @@ class UnifiedTTE:
             stop_strings=self.stop_strings,
             **options,
         )
+
+    def checkpoint_sampling(self) -> dict:
+        """The sampling options the checkpoint's ``generation_config`` sets (HF's meaning: with
+        ``do_sample`` False, greedy; the repetition penalty applies either way)."""
+        config = getattr(self.hf_model, "generation_config", None)
+        values = {name: getattr(config, name, None) for name in CHECKPOINT_SAMPLING}
+        return {name: value for name, value in values.items() if value is not None}
 
     def release_memory(self) -> None:
         """Free the KV caches of the decoder and the batching engine (kept between calls for reuse)."""

@@ -44,7 +44,7 @@ from tte_fast.runtime.packed_prefill import (
 )
 from tte_fast.runtime.positions import decode_position_ids, prefill_position_ids, uses_mrope
 from tte_fast.runtime.runner import model_inputs
-from tte_fast.runtime.sampling import row_generators, sampling_probs
+from tte_fast.runtime.sampling import SeenTokens, row_generators, sampling_probs
 from tte_fast.runtime.slot_cache import SlotCache
 from tte_fast.runtime.stop import RowBook, RowState, StopReason
 from tte_fast.settings.checks import positive_int
@@ -118,6 +118,7 @@ class Engine:
         self.text_pos = torch.zeros(slots, dtype=torch.long, device=device)
         self.deltas = torch.zeros(slots, 1, dtype=torch.long, device=device)
         self.mrope = uses_mrope(model.hf_model)
+        self.seen: SeenTokens | None = None  # made at the first request with a repetition penalty
         self.steps = 0  # decode steps run
         self.prefills = 0  # admission prefills run
         self._thread: threading.Thread | None = None
@@ -316,6 +317,7 @@ class Engine:
             self.slots[slot_index] = _Slot(request, prompt, generator, self.steps)
             embed_id = self.model.embed_token_id if request.embed else None
             self.book.start(slot_index, request.options, embed_id)
+            self._start_seen(slot_index, batch, row, request.options, logits.shape[-1])
             admitted.append(slot_index)
         # Their first tokens, from the prefill's logits; a think-only request may stop right here.
         return self._advance(self._sample(admitted, logits), only=admitted)
@@ -344,18 +346,35 @@ class Engine:
             )
         return states[0, packed.last_tokens], [(0, packed.columns(i)) for i in range(len(packed.last_tokens))]
 
+    def _start_seen(self, slot_index: int, batch: dict, row: int, options: DecodeOptions, vocab: int):
+        """Give the slot its prompt's tokens for the repetition penalty (from the first request that
+        has one on: until then there is no mask and no work)."""
+        penalty = options.repetition_penalty
+        if self.seen is None and penalty == 1.0:
+            return
+        if self.seen is None:
+            self.seen = SeenTokens(len(self.slots), vocab, self.cache.positions.device)
+        ids, mask = batch["input_ids"][row : row + 1], batch["attention_mask"][row : row + 1]
+        self.seen.start([slot_index], ids, mask, penalty)
+
     def _sample(self, slot_indices: list[int], logits: torch.Tensor) -> torch.Tensor:
         """A token for each slot in ``slot_indices`` (the rows of ``logits``), as a ``[slots]`` tensor:
-        greedy slots by one argmax, sampling slots each from its own generator."""
+        greedy slots by one argmax, sampling slots each from its own generator, after the slots'
+        repetition penalties."""
+        if self.seen is not None:
+            logits = self.seen.apply(logits, slot_indices)
         tokens = torch.full(
             (len(self.slots),), self.model.pad_token_id, dtype=torch.long, device=logits.device
         )
-        tokens[torch.tensor(slot_indices, dtype=torch.long, device=logits.device)] = logits.argmax(-1)
+        index = torch.tensor(slot_indices, dtype=torch.long, device=logits.device)
+        tokens[index] = logits.argmax(-1)
         for row, i in enumerate(slot_indices):
             options = self.slots[i].request.options
             if options.do_sample:
                 probs = sampling_probs(logits[row : row + 1], options)[0]
                 tokens[i] = torch.multinomial(probs, 1, generator=self.slots[i].generator)[0]
+        if self.seen is not None:
+            self.seen.record(tokens, slot_indices)
         return tokens
 
     def _advance(self, tokens: torch.Tensor | None, only: list[int] | None = None) -> int:

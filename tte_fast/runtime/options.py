@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,9 @@ class DecodeOptions:
     ``max_think_tokens`` tokens without closing the think section, or when it has sampled
     ``max_answer_tokens`` tokens after closing it. The think section closes at ``think_end_token_id``
     (a one-token ``</think>``) or where the text completes ``stop_strings.think_end`` (several tokens).
+
+    ``repetition_penalty`` is HF's: the logits of every token id a row has seen (prompt and sampled)
+    are penalised before greedy or sampled picking; 1.0 is off.
     """
 
     max_think_tokens: int = 256
@@ -32,6 +36,7 @@ class DecodeOptions:
     top_k: int = 0
     top_p: float = 1.0
     seed: int | None = None
+    repetition_penalty: float = 1.0
     stop_strings: StopStrings | None = None  # built once per tokenizer (``StopStrings.of``)
 
     def __post_init__(self):
@@ -42,6 +47,7 @@ class DecodeOptions:
             raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature!r}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        check_repetition_penalty(self.repetition_penalty)
 
     @property
     def closes_think(self) -> bool:
@@ -52,3 +58,10 @@ class DecodeOptions:
     @property
     def max_new_tokens(self) -> int:
         return self.max_think_tokens + (self.max_answer_tokens if self.closes_think else 0)
+
+
+def check_repetition_penalty(value) -> None:
+    """A finite number > 0 (not a bool): HF divides positive logits by it."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (number and math.isfinite(value) and value > 0):
+        raise ValueError(f"repetition_penalty must be a number > 0, got {value!r}")

@@ -1,5 +1,6 @@
-"""Token choice: greedy argmax, or HF's warpers (temperature, top-k, top-p) and a draw; with a seed,
-one generator per row seeded from the row's own prompt, so a trace does not depend on its batch."""
+"""Token choice: HF's repetition penalty, then greedy argmax or HF's warpers (temperature, top-k,
+top-p) and a draw; with a seed, one generator per row seeded from the row's own prompt, so a trace
+does not depend on its batch."""
 
 from __future__ import annotations
 
@@ -46,9 +47,74 @@ def sampling_probs(logits: torch.Tensor, options: DecodeOptions) -> torch.Tensor
     return scores.softmax(-1)
 
 
-def pick_tokens(logits: torch.Tensor, options: DecodeOptions, generators) -> torch.Tensor:
+def penalize(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """HF's ``RepetitionPenaltyLogitsProcessor`` over a ``[B, V]`` mask of seen ids: a seen token's
+    positive logit is divided by ``penalty``, a negative one multiplied (the same float ops as HF,
+    with the penalty a Python float as there, so the result is bit for bit HF's)."""
+    return torch.where(seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits)
+
+
+class SeenTokens:
+    """The token ids each row has seen so far (prompt and sampled), for the repetition penalty.
+
+    A ``[rows, vocab + 1]`` bool mask (the last column takes prompt padding) rather than each row's
+    ids padded to a width: its shape never changes (64 slots x 152k ids: 9.7 MB, a quarter of one
+    step's float32 logits), a prompt sets a row with one scatter and a sampled token costs one more,
+    all on the device; a padded id list would grow every step and be re-padded at every admission.
+    Penalties are per row and kept on the host, where the options already are."""
+
+    def __init__(self, rows: int, vocab: int, device):
+        self.mask = torch.zeros(rows, vocab + 1, dtype=torch.bool, device=device)
+        self.penalties = [1.0] * rows
+
+    def start(self, rows: list[int], input_ids: torch.Tensor, attention_mask: torch.Tensor, penalty: float):
+        """Rows ``rows`` begin a request with these prompts (``[len(rows), T]``, padding ignored)."""
+        for row in rows:
+            self.penalties[row] = float(penalty)
+        if penalty == 1.0:
+            return
+        vocab = self.mask.shape[1] - 1
+        ids = torch.where(attention_mask.bool(), input_ids, vocab)
+        seen = torch.zeros(len(rows), vocab + 1, dtype=torch.bool, device=self.mask.device)
+        self.mask[rows] = seen.scatter_(1, ids.to(self.mask.device), True)
+
+    def record(self, tokens: torch.Tensor, rows: list[int] | None = None) -> None:
+        """Mark each row's token just sampled (``tokens [rows]``) for the rows in ``rows`` (None: all)."""
+        if rows is None:
+            self.mask.scatter_(1, tokens.view(-1, 1), True)
+            return
+        penalised = [row for row in rows if self.penalties[row] != 1.0]
+        if penalised:
+            where = torch.tensor(penalised, device=self.mask.device)
+            self.mask[where, tokens[where]] = True
+
+    def apply(self, logits: torch.Tensor, rows: list[int] | None = None) -> torch.Tensor:
+        """``logits`` (``[len(rows), V]``; None: every row) with each row's penalty applied."""
+        every = list(range(len(self.penalties)))
+        rows = every if rows is None else rows
+        vocab = logits.shape[-1]
+        for penalty in sorted({self.penalties[row] for row in rows} - {1.0}):
+            picked = [k for k, row in enumerate(rows) if self.penalties[row] == penalty]
+            if len(picked) == len(rows) and rows == every:  # one penalty for all rows: no gathers
+                logits = penalize(logits, self.mask[:, :vocab], penalty)
+                continue
+            index = torch.tensor(picked, device=logits.device)
+            seen = self.mask[[rows[k] for k in picked], :vocab]
+            logits = logits.index_copy(0, index, penalize(logits[index], seen, penalty))
+        return logits
+
+
+def pick_tokens(
+    logits: torch.Tensor, options: DecodeOptions, generators, seen: SeenTokens | None = None
+) -> torch.Tensor:
     """Greedy argmax, or a sample from ``sampling_probs`` (one generator per real row when seeded;
-    padding rows past them take the argmax)."""
+    padding rows past them take the argmax). With ``seen``, the logits are penalised first and the
+    picks recorded (every row: a row that stopped never samples again)."""
+    if seen is not None:
+        logits = seen.apply(logits)
+        tokens = pick_tokens(logits, options, generators)
+        seen.record(tokens)
+        return tokens
     if not options.do_sample:
         return logits.argmax(-1)
     probs = sampling_probs(logits, options)

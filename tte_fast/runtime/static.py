@@ -22,7 +22,7 @@ from tte_fast.profiling import stage
 from tte_fast.runtime.options import DecodeOptions
 from tte_fast.runtime.positions import decode_position_ids, prefill_position_ids
 from tte_fast.runtime.runner import Runner, model_inputs
-from tte_fast.runtime.sampling import pick_tokens, row_generators
+from tte_fast.runtime.sampling import SeenTokens, pick_tokens, row_generators
 from tte_fast.runtime.static_cache import CachePool, compiled_batch
 from tte_fast.runtime.stop import RowBook
 
@@ -157,6 +157,7 @@ class StaticBatches:
         # Rows past real_rows only pad a compiled step's batch: they stay DONE and never feed a token.
         book = RowBook(bsz, max_new, options, device)
         book.start(slice(0, real_rows), options, embed_token_id)
+        seen = _seen_tokens(batch, options, logits.shape[-1])
         embed_hidden = torch.zeros_like(hidden) if embed_token_id is not None else None
         run_step = runner.step if use_compiled else runner.decode_step
         if use_compiled:
@@ -165,7 +166,7 @@ class StaticBatches:
         step, column, any_sampling = 0, prompt_len, real_rows > 0
         with stage("decode"):
             while True:
-                book.advance(pick_tokens(logits, options, generators) if any_sampling else None)
+                book.advance(pick_tokens(logits, options, generators, seen) if any_sampling else None)
                 # One host sync per step: is any row left, and does any row still need logits?
                 any_left, any_sampling = torch.stack([book.feeds.any(), book.sampling.any()]).tolist()
                 if not any_left:
@@ -200,6 +201,18 @@ class StaticBatches:
             embed_token_id=embed_token_id,
             steps=step,
         )
+
+
+def _seen_tokens(batch: dict, options: DecodeOptions, vocab: int) -> SeenTokens | None:
+    """The rows' prompt tokens for the repetition penalty; None (and no work) without one."""
+    if options.repetition_penalty == 1.0:
+        return None
+    input_ids = batch["input_ids"]
+    seen = SeenTokens(input_ids.shape[0], vocab, input_ids.device)
+    seen.start(
+        list(range(input_ids.shape[0])), input_ids, batch["attention_mask"], options.repetition_penalty
+    )
+    return seen
 
 
 def _pad_rows(batch: dict, size: int, pad_token_id: int) -> dict:

@@ -11,18 +11,19 @@ import math
 from dataclasses import dataclass
 
 from tte_fast.prompting.prompts import check_side
+from tte_fast.runtime.options import check_repetition_penalty
 from tte_fast.settings.checks import non_negative_int, positive_int
 from tte_fast.settings.schema import ConfigError, build
 
 # encode's keywords besides the think budget that end up in DecodeOptions.
-GENERATION = ("max_answer_tokens", "do_sample", "temperature", "top_k", "top_p", "seed")
+GENERATION = ("max_answer_tokens", "do_sample", "temperature", "top_k", "top_p", "seed", "repetition_penalty")
 
 
 @dataclass(frozen=True)
 class EncodeParams:
-    """Budgets (None: the checkpoint's), sampling, seed, side, thinking (None: the side's setting),
-    ``batch_size`` (continuous-batching slots) and ``prefill_attention`` (a load-time option of
-    ``from_pretrained``, checked there)."""
+    """Budgets (None: the checkpoint's), sampling and repetition penalty, seed, side, thinking
+    (None: the side's setting), ``batch_size`` (continuous-batching slots) and ``prefill_attention``
+    (a load-time option of ``from_pretrained``, checked there)."""
 
     side: str = "query"
     think: bool | None = None
@@ -33,6 +34,7 @@ class EncodeParams:
     top_k: int = 0
     top_p: float = 1.0
     seed: int | None = None
+    repetition_penalty: float = 1.0
     batch_size: int = 8
     prefill_attention: str = "auto"
 
@@ -53,6 +55,7 @@ class EncodeParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise ValueError(f"seed must be an int or None, got {self.seed!r}")
+        check_repetition_penalty(self.repetition_penalty)
         positive_int("batch_size", self.batch_size)
 
     @classmethod

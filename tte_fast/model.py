@@ -34,7 +34,7 @@ from tte_fast.runtime.options import DecodeOptions
 from tte_fast.runtime.packed_prefill import choose_prefill_attention
 from tte_fast.runtime.runner import Runner
 from tte_fast.runtime.static import StaticBatches
-from tte_fast.runtime.stop import StopStrings
+from tte_fast.runtime.stop_strings import StopStrings
 from tte_fast.settings.checks import positive_int
 
 ON_ERROR = ("raise", "skip")

@@ -20,7 +20,8 @@ from helpers import engine_inputs, generated, run_engine
 from tte_fast.inputs import check_input
 from tte_fast.model import UnifiedTTE
 from tte_fast.runtime.options import DecodeOptions
-from tte_fast.runtime.stop import RowBook, RowState, StopReason, StopStrings, token_bytes
+from tte_fast.runtime.stop import RowBook, RowState, StopReason
+from tte_fast.runtime.stop_strings import StopStrings, token_bytes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

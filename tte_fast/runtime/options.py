@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from tte_fast.settings.checks import non_negative_int, positive_int
 
 if TYPE_CHECKING:
-    from tte_fast.runtime.stop import StopStrings
+    from tte_fast.runtime.stop_strings import StopStrings
 
 
 @dataclass(frozen=True)

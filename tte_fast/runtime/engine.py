@@ -432,7 +432,10 @@ class Engine:
                 finished += 1
         self.book.fed()
         row_of = {i: row for row, i in enumerate(order)}
-        sampled = None if logits is None else self._sample(alive, logits[[row_of[i] for i in alive]])
+        picked = [row_of[i] for i in alive]
+        if logits is not None and picked != list(range(len(order))):
+            logits = logits[picked]  # a copy of the rows that sample, only when some do not
+        sampled = None if logits is None else self._sample(alive, logits)
         return finished + self._advance(sampled)
 
     def _finish(self, index: int, slot: _Slot, hidden: torch.Tensor | None) -> None:

@@ -20,7 +20,8 @@ def load_tte(spec: str, reasoner: str | None = None, scratch_dir: str | None = N
     prefill_attention, ...) go to ``from_pretrained``."""
     from tte_fast import TwoModelTTE, UnifiedTTE
 
-    folder = os.path.join(scratch_dir or os.path.join(tempfile.gettempdir(), "tte_fast"), "tiny_models")
+    # Not "tte_fast": a folder of that name in the temporary folder would be importable from there.
+    folder = os.path.join(scratch_dir or os.path.join(tempfile.gettempdir(), "tte-fast"), "tiny_models")
     for name in (spec, reasoner):
         if name is not None and str(name).startswith(TINY_PREFIX):
             print(f"NOTE: {name} is a tiny model with RANDOM, UNTRAINED weights: expect chance-level scores.")

@@ -156,3 +156,35 @@ def generated(result) -> list[int]:
     """The tokens a request generated and kept (its sequence less prompt and embedding token)."""
     end = len(result.sequence) - (result.embedding is not None)
     return result.sequence[result.prompt_tokens : end].tolist()
+
+
+def hf_greedy(model, i: int, item, max_new_tokens: int, **generate) -> tuple[list[int], list[int]]:
+    """HF ``generate``'s greedy tokens for input ``i`` alone (the reference of the decode tests), and
+    its prompt's ids; ``generate`` adds HF options (``stop_strings``, ``repetition_penalty``, ...)."""
+    from tte_fast.inputs import check_input
+
+    options = model.decode_options(max_think_tokens=max_new_tokens)
+    batch = model.batch_inputs([check_input(i, item)], [i], "query", True, None, options)
+    with torch.inference_mode():
+        out = model.hf_model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=list(model.eos_token_ids),
+            pad_token_id=model.pad_token_id,
+            **generate,
+        )
+    prompt = batch["input_ids"][0]
+    return out[0, len(prompt) :].tolist(), prompt.tolist()
+
+
+def check_schedulers_agree(model, inputs, results, slots: int, atol: float = 1e-5, **options) -> None:
+    """Static batches and the continuous engine (``slots`` slots) give the engine ``results``'
+    sequences and traces, and equal embeddings (``atol``: float32 tiny models)."""
+    static = model.encode(inputs, think=True, batch_size=4, scheduler="static", **options)
+    continuous = model.encode(inputs, think=True, batch_size=slots, **options)
+    for i, r in enumerate(results):
+        assert static.sequences[i].tolist() == r.sequence.tolist(), f"input {i}"
+        assert continuous.sequences[i].tolist() == r.sequence.tolist(), f"input {i}"
+    assert static.traces == continuous.traces == [r.trace for r in results]
+    torch.testing.assert_close(continuous.embeddings, static.embeddings, atol=atol, rtol=0)

@@ -66,3 +66,14 @@ def test_bench_prefill_runs_and_checks_the_packed_caches(tmp_path):
     assert report["backends"]["padded"]["token_rows_computed"] == len(lengths) * max(lengths)
     assert report["backends"]["sdpa_varlen"]["token_rows_computed"] == sum(lengths)
     assert report["backends"]["sdpa_varlen"]["slot_cache_max_rel_diff_vs_padded"] < 1e-5
+
+
+def test_bench_throughput_runs_and_checks_the_paths(tmp_path):
+    bench = _bench_module("throughput")
+    out = tmp_path / "throughput.json"
+    args = ["--inputs", "6", "--max-think-tokens", "4", "--batch-size", "2", "--repeats", "1"]
+    bench.main([*args, "--check", "2", "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert set(report["paths"]) == {"hf", "static", "continuous"}
+    assert all(report["checks"]["traces_equal"].values())
+    assert report["checks"]["embedding_max_abs_diff"] < 1e-5

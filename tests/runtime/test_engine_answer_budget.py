@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import engine_inputs, generated, run_engine
+from helpers import check_schedulers_agree, engine_inputs, generated, run_engine
 
 from tte_fast.model import UnifiedTTE
 
@@ -78,13 +78,7 @@ def test_embedding_stops_answer_budget_tokens_after_think_end(closing, answer, s
         assert r.stop_reason == ("answer_budget" if i in CLOSE_AT else "think_budget"), f"input {i}"
         assert r.generated_tokens == len(generated(r))
 
-    static = model.encode(inputs, think=True, batch_size=4, scheduler="static", **budgets)
-    continuous = model.encode(inputs, think=True, batch_size=slots, **budgets)
-    for i, r in enumerate(results):
-        assert static.sequences[i].tolist() == r.sequence.tolist(), f"input {i}"
-        assert continuous.sequences[i].tolist() == r.sequence.tolist(), f"input {i}"
-    assert static.traces == continuous.traces == [r.trace for r in results]
-    torch.testing.assert_close(continuous.embeddings, static.embeddings, atol=ATOL, rtol=0)
+    check_schedulers_agree(model, inputs, results, slots, atol=ATOL, **budgets)
 
 
 @pytest.mark.parametrize("answer", [0, 1, 2])

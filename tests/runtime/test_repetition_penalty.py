@@ -16,7 +16,7 @@ import shutil
 
 import pytest
 import torch
-from helpers import engine_inputs, generated, run_engine
+from helpers import engine_inputs, generated, hf_greedy, run_engine
 from transformers import RepetitionPenaltyLogitsProcessor
 
 import tte_fast.runtime.sampling as sampling
@@ -94,21 +94,6 @@ def test_a_bad_penalty_is_a_value_error_naming_it(vl_model, bad):
 
 
 # ------------------------------------------------------------------- both schedulers against HF
-def hf_stream(model, i: int, item, **generate) -> tuple[list[int], list[int]]:
-    """HF ``generate``'s greedy tokens for input ``i`` alone, and its prompt's ids."""
-    options = model.decode_options(max_think_tokens=THINK)
-    batch = model.batch_inputs([check_input(i, item)], [i], "query", True, None, options)
-    with torch.inference_mode():
-        out = model.hf_model.generate(
-            **batch,
-            max_new_tokens=THINK,
-            do_sample=False,
-            eos_token_id=list(model.eos_token_ids),
-            pad_token_id=model.pad_token_id,
-            **generate,
-        )
-    prompt = batch["input_ids"][0]
-    return out[0, len(prompt) :].tolist(), prompt.tolist()
 
 
 class EchoLastToken:
@@ -147,7 +132,7 @@ def penalised(request, tiny_checkpoints):
     inputs = engine_inputs(model)
     streams, prompts = {}, None
     for penalty in [1.0] + PENALTIES:
-        runs = [hf_stream(model, i, x, repetition_penalty=penalty) for i, x in enumerate(inputs)]
+        runs = [hf_greedy(model, i, x, THINK, repetition_penalty=penalty) for i, x in enumerate(inputs)]
         streams[penalty] = [tokens for tokens, _ in runs]
         prompts = [prompt for _, prompt in runs]
     assert all(len(set(s)) == 1 for s in streams[1.0])  # unpenalised, the hooks make rows repeat

@@ -15,9 +15,8 @@ import random
 
 import pytest
 import torch
-from helpers import engine_inputs, generated, run_engine
+from helpers import check_schedulers_agree, engine_inputs, generated, hf_greedy, run_engine
 
-from tte_fast.inputs import check_input
 from tte_fast.model import UnifiedTTE
 from tte_fast.runtime.options import DecodeOptions
 from tte_fast.runtime.stop import RowBook, RowState, StopReason
@@ -143,34 +142,6 @@ def test_token_bytes_spell_the_decoded_text(vl_model):
 # --------------------------------------------------------------------- both schedulers, real model
 
 
-def hf_stream(model, i: int, item, max_new_tokens: int, **generate) -> tuple[list[int], str]:
-    """HF ``generate``'s greedy tokens for input ``i`` alone, and its prompt's text."""
-    options = model.decode_options(max_think_tokens=max_new_tokens)
-    batch = model.batch_inputs([check_input(i, item)], [i], "query", True, None, options)
-    with torch.inference_mode():
-        out = model.hf_model.generate(
-            **batch,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=list(model.eos_token_ids),
-            pad_token_id=model.pad_token_id,
-            **generate,
-        )
-    prompt = batch["input_ids"][0]
-    return out[0, len(prompt) :].tolist(), model.tokenizer.decode(prompt)
-
-
-def check_schedulers_agree(model, inputs, results, slots: int, **budgets) -> None:
-    """Static batches and the continuous engine give the engine results' sequences and traces."""
-    static = model.encode(inputs, think=True, batch_size=4, scheduler="static", **budgets)
-    continuous = model.encode(inputs, think=True, batch_size=slots, **budgets)
-    for i, r in enumerate(results):
-        assert static.sequences[i].tolist() == r.sequence.tolist(), f"input {i}"
-        assert continuous.sequences[i].tolist() == r.sequence.tolist(), f"input {i}"
-    assert static.traces == continuous.traces == [r.trace for r in results]
-    torch.testing.assert_close(continuous.embeddings, static.embeddings, atol=ATOL, rtol=0)
-
-
 def stop_string_cases(model, plain: list[list[int]], prompts: list[str]) -> dict[int, tuple[str, int]]:
     """Input -> (stop string, tokens up to where it ends), from the plain traces: two whole tokens of
     input 0, a token and the first character of the next of input 2 (it ends inside a token), the
@@ -195,8 +166,8 @@ def stop_string_cases(model, plain: list[list[int]], prompts: list[str]) -> dict
 def plain(tiny_checkpoints):
     """The tiny Qwen2-VL's greedy tokens per input (THINK + 2 of them) and prompts' text, from HF."""
     model = UnifiedTTE.from_pretrained(tiny_checkpoints["qwen2_vl"], device="cpu")
-    runs = [hf_stream(model, i, x, THINK + 2) for i, x in enumerate(engine_inputs(model))]
-    return [tokens for tokens, _ in runs], [prompt for _, prompt in runs]
+    runs = [hf_greedy(model, i, x, THINK + 2) for i, x in enumerate(engine_inputs(model))]
+    return [tokens for tokens, _ in runs], [model.tokenizer.decode(prompt) for _, prompt in runs]
 
 
 @pytest.mark.parametrize("slots", [1, 4])
@@ -209,7 +180,7 @@ def test_both_schedulers_stop_where_hf_stop_strings_stop(tiny_checkpoints, plain
     assert model.think_end_token_id is not None  # </think> is one token here: only the strings are text
     inputs = engine_inputs(model)
     hf = [
-        hf_stream(model, i, x, THINK, stop_strings=strings, tokenizer=model.tokenizer)[0]
+        hf_greedy(model, i, x, THINK, stop_strings=strings, tokenizer=model.tokenizer)[0]
         for i, x in enumerate(inputs)
     ]
     assert [len(h) for h in hf] == [cases.get(i, (None, THINK))[1] for i in range(len(inputs))]
@@ -273,7 +244,7 @@ def spelling(tiny_checkpoints, plain):
     for i, p in enumerate(tokens):  # each input meets its first trigger where planned (or never)
         assert next((k for k, t in enumerate(p[:THINK]) if t in triggers), None) == CLOSE_AT.get(i)
     hooks = SpellThinkEnd(model, pieces, triggers)
-    streams = [hf_stream(model, i, x, THINK + 2)[0] for i, x in enumerate(engine_inputs(model))]
+    streams = [hf_greedy(model, i, x, THINK + 2)[0] for i, x in enumerate(engine_inputs(model))]
     yield model, streams
     hooks.remove()
 

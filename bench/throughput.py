@@ -81,7 +81,9 @@ def run_static(tte: UnifiedTTE, inputs, budgets, batch_size) -> tuple[list[str],
 
 
 def _trace_tokens(tte, sequence, budget, raw) -> str:
-    prompt = tte.batch_inputs([load_input(0, check_input(0, raw))], [0], "query", True, None, tte.decode_options())
+    prompt = tte.batch_inputs(
+        [load_input(0, check_input(0, raw))], [0], "query", True, None, tte.decode_options()
+    )
     n_prompt = int(prompt["attention_mask"].sum())
     generated = sequence[n_prompt:-1][:budget]  # drop the embedding token, cut to the budget
     return tte.decode_traces([generated])[0]

@@ -24,7 +24,7 @@ from tte_fast.checkpoint.loading import (
     resolve_dtype,
 )
 from tte_fast.checkpoint.model_types import QWEN_VL_MODEL_TYPES
-from tte_fast.checkpoint.tte_config import TTEConfig
+from tte_fast.checkpoint.tte_config import GENERATION_SOURCES, TTEConfig
 from tte_fast.inputs import EmbedInput, InputError, as_input_list, check_input, load_input
 from tte_fast.profiling import instrument_vision_encoder, stage
 from tte_fast.prompting.batching import embed_batch, normalize, prompt_batch, unpadded
@@ -51,9 +51,6 @@ GENERATION_OPTIONS = (
     "repetition_penalty",
     "generation",
 )
-# Where sampling settings not passed come from: DecodeOptions' defaults (greedy, no penalty), or the
-# checkpoint's generation_config.json, as its authors run it (Qwen-VL: greedy over penalised logits).
-GENERATION_SOURCES = ("greedy", "checkpoint")
 # generation_config fields generation="checkpoint" reads (None there: DecodeOptions' default).
 CHECKPOINT_SAMPLING = ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty")
 
@@ -94,8 +91,12 @@ class UnifiedTTE:
         self.config = config or TTEConfig()
         self.head = head
         self.embed_token, self.embed_token_id = self.config.resolve_embed_token(self.tokenizer)
+        self.prompt_embed_token_id = self.config.resolve_prompt_embed_token(self.tokenizer)
         self.think_end_token_id, self.stop_strings = _stop_rule(self.tokenizer, self.config)
-        self.eos_token_ids = _eos_token_ids(hf_model, self.tokenizer)
+        # A trace ends at an EOS (the checkpoint's, or stop_tokens instead) or at the embedding token.
+        stops = self.config.resolve_stop_tokens(self.tokenizer)
+        stops = _eos_token_ids(hf_model, self.tokenizer) if stops is None else stops
+        self.eos_token_ids = tuple(dict.fromkeys((*stops, self.embed_token_id)))
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else self.eos_token_ids[0]
         instrument_vision_encoder(self.hf_model)  # its own NVTX range inside prefill
@@ -321,7 +322,7 @@ class UnifiedTTE:
             raise TypeError(
                 f"unknown generation options {unknown}; expected some of {list(GENERATION_OPTIONS)}"
             )
-        source = options.pop("generation", "greedy")
+        source = options.pop("generation", None) or self.config.generation
         if source not in GENERATION_SOURCES:
             raise ValueError(f"generation must be one of {GENERATION_SOURCES}, got {source!r}")
         if source == "checkpoint":
@@ -334,6 +335,7 @@ class UnifiedTTE:
             think_end_token_id=self.think_end_token_id,
             pad_token_id=self.pad_token_id,
             stop_strings=self.stop_strings,
+            embed_fallback=self.config.embed_fallback,
             **options,
         )
 
@@ -455,6 +457,9 @@ class UnifiedTTE:
                 self.vision,
                 traces=None if traces is None else [traces[i] for i in indices],
                 embed_token_id=self.embed_token_id,
+                prompt_embed=self.config.prompt_embed,
+                prompt_embed_token_id=self.prompt_embed_token_id,
+                sequential_positions=self.config.positions == "sequential",
             )
             lengths = batch["attention_mask"].sum(-1).tolist()
             if self.context_length is not None:

@@ -7,11 +7,20 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from tte_fast.prompting.prompts import PromptConfig
+from tte_fast.runtime.options import EMBED_FALLBACKS
 from tte_fast.settings.checks import positive_int
 from tte_fast.settings.schema import ConfigError, build
 
 TTE_CONFIG_FILE = "tte_config.json"
 HEADS = ("last_token", "tte_u")
+# Where a prompt that does not think is embedded: at the embedding token appended to it, at its last
+# token (nothing appended), or at the last occurrence of ``prompt_embed_token`` inside it.
+PROMPT_EMBEDS = ("append", "last", "token")
+# Position ids: the model's own (M-RoPE over image grids for Qwen-VL), or 0, 1, 2, ... for every token.
+POSITIONS = ("model", "sequential")
+# Where sampling settings not passed come from: DecodeOptions' defaults (greedy, no penalty), or the
+# checkpoint's generation_config.json, as its authors run it (Qwen-VL: greedy over penalised logits).
+GENERATION_SOURCES = ("greedy", "checkpoint")
 # The checkpoint's own embedding token wins when the tokenizer has it.
 EMB_TOKEN = "<emb>"
 
@@ -21,7 +30,13 @@ class TTEConfig:
     """Head type and its parameters, prompts, embedding token and generation budgets.
 
     ``embed_token=None`` means: ``<emb>`` if the tokenizer has it, else ``fallback_embed_token``
-    (the chat template's end-of-turn token, Qwen's EOS).
+    (the chat template's end-of-turn token, Qwen's EOS). A model that generates its embedding token
+    stops there and is embedded at it; one that stops otherwise is embedded as ``embed_fallback``
+    says (``"force"``: at the embedding token fed after its trace; ``"last"``: at its last token).
+    ``stop_tokens`` (None: the checkpoint's EOS tokens) replace the tokens that end a trace; the
+    embedding token always ends one. ``generation`` is where unset sampling options come from
+    (``"checkpoint"``: its generation_config). ``recipe`` names the recipe these settings came from
+    (``tte_fast.checkpoint.recipes``); ``min_pixels`` / ``max_pixels`` override the image processor's.
     """
 
     head: str = "last_token"
@@ -34,6 +49,15 @@ class TTEConfig:
     max_think_tokens: int = 256
     max_answer_tokens: int = 32
     prompts: PromptConfig = field(default_factory=PromptConfig)
+    stop_tokens: list[str] | None = None
+    embed_fallback: str = "force"
+    prompt_embed: str = "append"
+    prompt_embed_token: str | None = None
+    positions: str = "model"
+    generation: str = "greedy"
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    recipe: str | None = None
 
     def __post_init__(self):
         if self.head not in HEADS:
@@ -42,6 +66,28 @@ class TTEConfig:
         if isinstance(self.stop_strings, str) or not all(isinstance(t, str) and t for t in self.stop_strings):
             raise ValueError(f"stop_strings must be a list of non-empty strings, got {self.stop_strings!r}")
         self.stop_strings = list(self.stop_strings)
+        if self.stop_tokens is not None:
+            if isinstance(self.stop_tokens, str) or not all(isinstance(t, str) and t for t in self.stop_tokens):
+                raise ValueError(f"stop_tokens must be a list of non-empty strings, got {self.stop_tokens!r}")
+            self.stop_tokens = list(self.stop_tokens)
+        for name, allowed in (
+            ("embed_fallback", EMBED_FALLBACKS),
+            ("prompt_embed", PROMPT_EMBEDS),
+            ("positions", POSITIONS),
+            ("generation", GENERATION_SOURCES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if (self.prompt_embed == "token") != bool(self.prompt_embed_token):
+            raise ValueError(
+                "prompt_embed='token' needs prompt_embed_token (and only it does), got "
+                f"prompt_embed={self.prompt_embed!r}, prompt_embed_token={self.prompt_embed_token!r}"
+            )
+        for name in ("min_pixels", "max_pixels"):
+            if getattr(self, name) is not None:
+                positive_int(name, getattr(self, name))
+        if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels {self.min_pixels} exceeds max_pixels {self.max_pixels}")
         if isinstance(self.prompts, dict):
             self.prompts = PromptConfig.from_dict(self.prompts)
 
@@ -88,3 +134,25 @@ class TTEConfig:
             if token in vocab:
                 return token, vocab[token]
         raise ValueError(f"the tokenizer has none of the embedding tokens {candidates}; set embed_token")
+
+    def resolve_prompt_embed_token(self, tokenizer) -> int | None:
+        """The id of ``prompt_embed_token`` (None unless ``prompt_embed="token"``); a clear error when
+        the tokenizer lacks it."""
+        if self.prompt_embed != "token":
+            return None
+        return token_id(tokenizer, self.prompt_embed_token, "prompt_embed_token")
+
+    def resolve_stop_tokens(self, tokenizer) -> tuple[int, ...] | None:
+        """The ids of ``stop_tokens`` (None: the checkpoint's EOS tokens stand)."""
+        if self.stop_tokens is None:
+            return None
+        return tuple(token_id(tokenizer, t, "stop_tokens") for t in self.stop_tokens)
+
+
+def token_id(tokenizer, token: str, setting: str) -> int:
+    """The id of a whole vocabulary token (a vocab lookup: ``convert_tokens_to_ids`` maps a missing
+    token to ``<unk>``)."""
+    found = tokenizer.get_vocab().get(token)
+    if found is None:
+        raise ValueError(f"{setting}: the tokenizer has no token {token!r}")
+    return found

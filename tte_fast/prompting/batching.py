@@ -2,7 +2,9 @@
 
 ``prompt_batch`` renders inputs through the chat template (``tte_fast.prompting.prompts``) and tokenizes them
 (the Qwen-VL processor with images, or the tokenizer) into one left-padded batch; prompts that do
-not think end in the embedding token. ``embed_batch`` reads the embedding of such a batch: the
+not think end in the token they are embedded at: the embedding token appended (a prompt with a
+trace always), the prompt's own last token, or the last occurrence of a prompt token (the prompt is
+cut after it: under causal attention nothing later changes that token's state). ``embed_batch`` reads the embedding of such a batch: the
 L2-normalised final-norm state of its last token (last-token head), or the TTE_u head over the
 layer L-k states. ``UnifiedTTE.encode`` runs both under ``inference_mode``; the training jobs run
 them with gradients, so what is trained is exactly what is run.
@@ -16,7 +18,7 @@ from tte_fast.inputs import EmbedInput
 from tte_fast.kernels import pool_normalize
 from tte_fast.profiling import stage
 from tte_fast.prompting.prompts import PromptConfig, render_prompt
-from tte_fast.runtime.positions import prefill_position_ids
+from tte_fast.runtime.positions import SEQUENTIAL_POSITIONS, prefill_position_ids
 from tte_fast.runtime.runner import model_inputs
 
 
@@ -29,9 +31,15 @@ def prompt_batch(
     vision: bool,
     traces: list[str | None] | None = None,
     embed_token_id: int | None = None,
+    prompt_embed: str = "append",
+    prompt_embed_token_id: int | None = None,
+    sequential_positions: bool = False,
 ) -> dict:
-    """One left-padded batch (CPU tensors) of ``items`` (images loaded); without thinking each
-    prompt (with its trace, if any) is closed by ``embed_token_id``."""
+    """One left-padded batch (CPU tensors) of ``items`` (images loaded). Without thinking each
+    prompt is closed by ``embed_token_id`` (``prompt_embed="append"``, or any prompt with a trace),
+    ends at its own last token (``"last"``), or is cut after its last ``prompt_embed_token_id``
+    (``"token"``). ``sequential_positions`` marks the batch for 0, 1, 2, ... positions."""
+    given = traces is not None and any(t is not None for t in traces)
     traces = traces or [None] * len(items)
     texts = [
         render_prompt(processor, item, side, think, prompts, vision, trace=trace)
@@ -48,11 +56,48 @@ def prompt_batch(
             texts, padding=True, padding_side="left", return_tensors="pt", add_special_tokens=False
         )
     batch = dict(batch)
-    if not think:
-        if embed_token_id is None:
-            raise ValueError("a batch that does not think needs the embedding token id")
-        batch = append_token(batch, embed_token_id)
-    return batch
+    if sequential_positions:
+        batch[SEQUENTIAL_POSITIONS] = True
+    if think or (prompt_embed == "last" and not given):
+        return batch
+    if prompt_embed == "token" and not given:
+        if prompt_embed_token_id is None:
+            raise ValueError("prompt_embed='token' needs the prompt embedding token id")
+        return cut_after_last(batch, prompt_embed_token_id, getattr(processor, "image_token_id", None))
+    if embed_token_id is None:
+        raise ValueError("a batch that does not think needs the embedding token id")
+    return append_token(batch, embed_token_id)
+
+
+def cut_after_last(batch: dict, token_id: int, image_token_id: int | None = None) -> dict:
+    """A left-padded batch whose rows end at their last ``token_id`` (what follows it is dropped and
+    the rows padded again); an error naming the row where it is missing or an image token follows."""
+    ids, mask = batch["input_ids"], batch["attention_mask"].bool()
+    width = ids.shape[1]
+    columns = torch.arange(width)
+    hits = (ids == token_id) & mask
+    ends = torch.where(hits, columns, -1).max(-1).values
+    for row, end in enumerate(ends.tolist()):
+        if end < 0:
+            raise ValueError(f"row {row} of the batch has no prompt embedding token (id {token_id})")
+        if image_token_id is not None and bool((ids[row, end + 1 :] == image_token_id).any()):
+            raise ValueError(f"row {row} has image tokens after its prompt embedding token (id {token_id})")
+    starts = width - mask.sum(-1)
+    new_width = int((ends + 1 - starts).max())
+    # Column c of the new row r is old column ends[r] + 1 - new_width + c (negative: padding).
+    source = ends.view(-1, 1) + 1 - new_width + torch.arange(new_width).view(1, -1)
+    inside = source >= starts.view(-1, 1)
+    gather = source.clamp(min=0)
+    out = dict(batch)
+    for key in ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids"):
+        value = batch.get(key)
+        if value is not None:
+            out[key] = torch.where(inside, value.gather(1, gather), torch.zeros_like(gather))
+    out["attention_mask"] = inside.to(batch["attention_mask"].dtype)
+    pad = ids[~mask]
+    if pad.numel():  # keep the processor's pad id on padding columns
+        out["input_ids"] = torch.where(inside, out["input_ids"], pad[0])
+    return out
 
 
 def append_token(batch: dict, token_id: int) -> dict:

@@ -442,11 +442,11 @@ class Engine:
         """Resolve a slot's request from its row of the book (and its embedding's hidden state), and
         free the slot."""
         book = self.book
-        n_kept, n_generated, reason = torch.stack(
-            [book.n_kept[index], book.n_generated()[index], book.reason[index]]
+        n_kept, n_generated, reason, last = torch.stack(
+            [book.n_kept[index], book.n_generated()[index], book.reason[index], book.tail[index]]
         ).tolist()
         kept = book.tokens[index, :n_kept].cpu().to(slot.prompt_ids.dtype)
-        tail = [] if hidden is None else [self.model.embed_token_id]
+        tail = [] if hidden is None or last < 0 else [last]
         sequence = torch.cat([slot.prompt_ids, kept, torch.tensor(tail, dtype=kept.dtype)])
         embedding = None
         if hidden is not None:

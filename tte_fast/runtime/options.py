@@ -12,6 +12,9 @@ if TYPE_CHECKING:
     from tte_fast.runtime.stop_strings import StopStrings
 
 
+EMBED_FALLBACKS = ("force", "last")
+
+
 @dataclass(frozen=True)
 class DecodeOptions:
     """When rows stop and how tokens are picked.
@@ -24,6 +27,10 @@ class DecodeOptions:
 
     ``repetition_penalty`` is HF's: the logits of every token id a row has seen (prompt and sampled)
     are penalised before greedy or sampled picking; 1.0 is off.
+
+    ``embed_fallback`` is where a row that embeds reads its embedding when it stops without sampling
+    its embedding token: ``"force"`` feeds the embedding token, ``"last"`` feeds its last sampled token
+    and reads there (RGE's rule).
     """
 
     max_think_tokens: int = 256
@@ -38,6 +45,7 @@ class DecodeOptions:
     seed: int | None = None
     repetition_penalty: float = 1.0
     stop_strings: StopStrings | None = None  # built once per tokenizer (``StopStrings.of``)
+    embed_fallback: str = "force"
 
     def __post_init__(self):
         positive_int("max_think_tokens", self.max_think_tokens)
@@ -48,6 +56,8 @@ class DecodeOptions:
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
         check_repetition_penalty(self.repetition_penalty)
+        if self.embed_fallback not in EMBED_FALLBACKS:
+            raise ValueError(f"embed_fallback must be one of {EMBED_FALLBACKS}, got {self.embed_fallback!r}")
 
     @property
     def closes_think(self) -> bool:

@@ -3,6 +3,10 @@
 Text positions are ``cumsum(mask) - 1``; Qwen-VL models use M-RoPE, ``position_ids`` of shape
 ``[4, B, L]`` (the text row, then three rows from the model's ``get_rope_index``); a decode step's
 three M-RoPE rows are the text position plus the row's ``rope_deltas``.
+
+A batch that carries ``SEQUENTIAL_POSITIONS`` (True) gets text positions in every M-RoPE row, image
+tokens included, and no deltas: how checkpoints trained with plain sequential positions (VLM2Vec,
+whose prompts lack the ``<|vision_start|>`` its ``get_rope_index`` looks for) are run.
 """
 
 from __future__ import annotations
@@ -10,6 +14,9 @@ from __future__ import annotations
 import inspect
 
 import torch
+
+# Batch key (a bool, not a model input): positions 0, 1, 2, ... for every token, images included.
+SEQUENTIAL_POSITIONS = "sequential_positions"
 
 
 def text_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -29,7 +36,7 @@ def prefill_position_ids(hf_model, batch: dict) -> tuple[torch.Tensor, torch.Ten
     if not uses_mrope(hf_model):
         return text, None
     has_vision = batch.get("image_grid_thw") is not None or batch.get("video_grid_thw") is not None
-    if has_vision:
+    if has_vision and not batch.get(SEQUENTIAL_POSITIONS):
         get_rope_index = hf_model.model.get_rope_index
         accepted = inspect.signature(get_rope_index).parameters
         kwargs = {

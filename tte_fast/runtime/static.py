@@ -6,8 +6,9 @@ token per row over a preallocated KV cache. Rows stop on their own by the one st
 positions stay contiguous, so what a static batch decodes after the stop never reaches that row.
 
 With ``embed_token_id`` set, each row feeds its embedding token on the step right after it stops
-(if its budget ran out, its last sampled token is fed first) and the final-norm hidden state there
-is the row's embedding: no prefix is encoded again.
+(if its budget ran out, its last sampled token is fed first; with the fallback ``"last"`` that token
+is the one it embeds at) and the final-norm hidden state there is the row's embedding: no prefix is
+encoded again.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class DecodeOutput:
     stop_reasons: list[str]  # "eos", "stop_string", "think_budget" or "answer_budget"
     attention_mask: torch.Tensor  # [B, T_total] over every position fed, 1 where it is the row's token
     embed_hidden: torch.Tensor | None = None  # [B, D] final-norm hidden state at the embedding token
-    embed_token_id: int | None = None
+    tails: list[int] | None = None  # per row, the token embedded at after the kept ones (-1: none)
     steps: int = 0
 
     def first_rows(self, n: int) -> DecodeOutput:
@@ -57,17 +58,17 @@ class DecodeOutput:
             self.stop_reasons[:n],
             self.attention_mask[:n],
             embed,
-            self.embed_token_id,
+            None if self.tails is None else self.tails[:n],
             self.steps,
         )
 
     @property
     def sequences(self) -> list[torch.Tensor]:
-        """Per row: prompt, kept tokens, then the embedding token (when one was fed)."""
-        tail = [] if self.embed_token_id is None else [self.embed_token_id]
+        """Per row: prompt, kept tokens, then the token embedded at when it is not the last kept one."""
+        tails = self.tails or [-1] * len(self.kept)
         return [
-            torch.cat([p, k.to(p.device), torch.tensor(tail, dtype=p.dtype, device=p.device)])
-            for p, k in zip(self.prompt_ids, self.kept)
+            torch.cat([p, k.to(p.device), torch.tensor([t] if t >= 0 else [], dtype=p.dtype, device=p.device)])
+            for p, k, t in zip(self.prompt_ids, self.kept, tails)
         ]
 
 
@@ -198,7 +199,7 @@ class StaticBatches:
             stop_reasons=book.stop_reasons(),
             attention_mask=mask[:, :column].clone(),
             embed_hidden=embed_hidden,
-            embed_token_id=embed_token_id,
+            tails=None if embed_token_id is None else book.tail.tolist(),
             steps=step,
         )
 

@@ -5,8 +5,11 @@ text of its generated tokens completes a stop string (its tokens are kept), when
 ``max_think_tokens`` tokens without closing ``</think>``, when it has sampled ``max_answer_tokens``
 tokens after closing it (counted from the closing token itself, so 0 stops right at ``</think>``),
 or at ``max_new_tokens``. A row that embeds then feeds its embedding token on its own cache: at once
-after an EOS (``EMBED``), or after feeding its last sampled token otherwise (``KEEP_LAST``, then
-``EMBED``). A row that does not embed is ``DONE`` at once.
+after an EOS (``EMBED``; a model that generates its embedding token stops there, the token is an EOS),
+or after feeding its last sampled token otherwise (``KEEP_LAST``, then ``EMBED``). With the fallback
+``"last"`` a row that did not sample its embedding token instead feeds its last sampled token (a
+dropped EOS included) as the one it embeds at (``EMBED``). A row that does not embed is ``DONE`` at
+once.
 
 ``</think>`` closes on a token id compare where it is one token (Qwen3); where it is several tokens
 (Qwen2-VL, Qwen2.5-VL) it is matched on the generated text, as stop strings are
@@ -50,7 +53,8 @@ class RowBook:
     """Per-row decode state of ``rows`` rows, each with its own budgets, on ``device``.
 
     ``tokens[r, :n_kept[r]]`` are the row's kept tokens; ``n_generated()`` adds a dropped EOS.
-    ``next_feed`` is what each row feeds at the next step (meaningful where ``feeds``)."""
+    ``next_feed`` is what each row feeds at the next step (meaningful where ``feeds``); ``tail`` is
+    the token a row embeds at when it is not the last kept one (-1: it is, or the row embeds nowhere)."""
 
     def __init__(self, rows: int, width: int, options: DecodeOptions, device):
         self.eos_token_ids, self.think_end_token_id = options.eos_token_ids, options.think_end_token_id
@@ -62,7 +66,9 @@ class RowBook:
         self.max_think, self.max_answer, self.max_new = (zeros.clone() for _ in range(3))
         self.closed = torch.zeros(rows, dtype=torch.bool, device=device)
         self.embeds = torch.zeros(rows, dtype=torch.bool, device=device)
+        self.force = torch.ones(rows, dtype=torch.bool, device=device)  # the "force" fallback
         self.next_feed = zeros.clone()
+        self.tail = torch.full((rows,), -1, dtype=torch.long, device=device)
         self.eos_ids = torch.tensor(options.eos_token_ids or [-1], dtype=torch.long, device=device)
         self.embed_id = torch.tensor(options.pad_token_id, device=device)
         # Text matching (StopStrings): each row's automaton state, and the table it steps through.
@@ -86,6 +92,8 @@ class RowBook:
             counter[rows] = 0
         self.closed[rows] = False
         self.embeds[rows] = embed_token_id is not None
+        self.force[rows] = options.embed_fallback == "force"
+        self.tail[rows] = -1
         self.max_think[rows] = options.max_think_tokens
         self.max_answer[rows] = options.max_answer_tokens
         self.max_new[rows] = options.max_new_tokens
@@ -111,18 +119,26 @@ class RowBook:
         else:
             sampling = alive if only is None else alive & only
         is_eos, stop = self._record(token, sampling)
+        # Fallback "last": a row that stops without sampling its embedding token embeds at its last one.
+        own = self.embeds & ~self.force & (token != self.embed_id)
         stopped = torch.where(
             self.embeds,
-            torch.where(is_eos, RowState.EMBED, RowState.KEEP_LAST),
+            torch.where(is_eos | own, RowState.EMBED, RowState.KEEP_LAST),
             torch.full_like(self.state, RowState.DONE),
         )
         # A row out of budget has fed its last token: its embedding token comes next.
         moved_on = torch.where(self.state == RowState.KEEP_LAST, RowState.EMBED, self.state)
         others = moved_on if only is None else self.state
+        before = self.state
         self.state = torch.where(sampling, torch.where(stop, stopped, RowState.ALIVE), others)
+        embeds_own = sampling & stop & own
         feed = torch.where(sampling, token, self.next_feed)
-        feed = torch.where(self.state == RowState.EMBED, self.embed_id, feed)
+        feed = torch.where((self.state == RowState.EMBED) & ~embeds_own, self.embed_id, feed)
         self.next_feed = torch.where(self.state == RowState.DONE, self.pad_token_id, feed)
+        # The token embedded at joins the sequence unless it is already its last kept token.
+        entered = (self.state == RowState.EMBED) & (before != RowState.EMBED)
+        fed_apart = entered & ~(embeds_own & ~is_eos)
+        self.tail = torch.where(fed_apart, self.next_feed, self.tail)
 
     def _record(self, token: torch.Tensor, sampling: torch.Tensor):
         """Store the sampled tokens; which rows hit EOS, which stop (EOS or a budget)."""

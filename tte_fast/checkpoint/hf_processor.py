@@ -56,14 +56,22 @@ def build_processor(
     )
 
 
-def default_image_processor(path: str):
+def default_image_processor(path: str, min_pixels: int | None = None, max_pixels: int | None = None):
     """The runtime's image processor for a checkpoint folder: the C++-backed one when the
-    extension is built, else transformers' PIL processor (same outputs)."""
+    extension is built, else transformers' PIL processor (same outputs). ``min_pixels`` /
+    ``max_pixels`` replace the checkpoint's pixel budget."""
     try:
         from tte_fast.preprocess import ImageProcessor
     except ImportError:  # extension not built: stay usable with the pure-Python processor
         from transformers import Qwen2VLImageProcessorPil as ImageProcessor
-    return ImageProcessor.from_pretrained(path)
+    budget = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
+    processor = ImageProcessor.from_pretrained(path, **budget)
+    size = processor.size
+    if size.shortest_edge and size.longest_edge and size.shortest_edge > size.longest_edge:
+        raise ValueError(
+            f"the image processor's min_pixels {size.shortest_edge} exceed its max_pixels {size.longest_edge}"
+        )
+    return processor
 
 
 def saved_chat_template(path: str) -> str | None:
@@ -97,15 +105,16 @@ def renders_images(processor) -> bool:
     return isinstance(text, str) and image_token in text
 
 
-def load_processor(path: str, model_type: str, image_processor=None):
-    """Tokenizer for text-only models; an images-only Qwen-VL processor for Qwen-VL checkpoints.
+def load_processor(path: str, model_type: str, image_processor=None, min_pixels=None, max_pixels=None):
+    """Tokenizer for text-only models; an images-only Qwen-VL processor for Qwen-VL checkpoints
+    (``min_pixels`` / ``max_pixels``: its pixel budget instead of the checkpoint's).
 
     A Qwen-VL chat template that cannot render image parts (a text-only tokenizer template, say)
     is replaced by the packaged Qwen-VL template, with a warning, instead of failing in ``encode``."""
     tokenizer = AutoTokenizer.from_pretrained(path)
     if not is_qwen_vl(model_type):
         return tokenizer
-    image_processor = image_processor or default_image_processor(path)
+    image_processor = image_processor or default_image_processor(path, min_pixels, max_pixels)
     processor = build_processor(model_type, tokenizer, image_processor, saved_chat_template(path))
     if not renders_images(processor):
         warnings.warn(

@@ -6,6 +6,7 @@ import os
 
 import torch
 
+from tte_fast.checkpoint.adapters import adapter_base, checkpoint_file, merge_adapter
 from tte_fast.checkpoint.model_types import QWEN_VL_MODEL_TYPES, auto_model_class, is_qwen_vl
 from tte_fast.checkpoint.tte_config import TTEConfig
 
@@ -60,11 +61,15 @@ def default_attention(device: torch.device, dtype, head: str, compile) -> str:
     return "sdpa"
 
 
-def load_backbone(path_or_id: str, dtype, device: torch.device, attn_implementation: str):
-    """The HF model (Qwen-VL, or any text-only causal LM) and its model type; unsupported types fail early."""
+def load_backbone(path_or_id: str, dtype, device: torch.device, attn_implementation: str, base_model=None):
+    """The HF model (Qwen-VL, or any text-only causal LM) and its model type; unsupported types fail
+    early. A PEFT adapter checkpoint loads its base (``base_model``, default: the one its
+    ``adapter_config.json`` names) with the adapter merged."""
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+    adapter = path_or_id if (base_model or adapter_base(path_or_id)) else None
+    path_or_id = base_model or adapter_base(path_or_id) or path_or_id
     try:
         hf_config = AutoConfig.from_pretrained(path_or_id)
     except (ValueError, KeyError) as e:
@@ -80,4 +85,15 @@ def load_backbone(path_or_id: str, dtype, device: torch.device, attn_implementat
         )
     auto = auto_model_class(model_type)
     hf_model = auto.from_pretrained(path_or_id, dtype=dtype, attn_implementation=attn_implementation)
+    if adapter is not None:
+        hf_model = merge_adapter(hf_model, adapter)
     return hf_model.to(device).eval(), model_type
+
+
+def processor_source(path_or_id: str, base_model: str | None = None) -> str:
+    """Where a checkpoint's tokenizer and processor are: itself, or for an adapter that ships none,
+    its base model."""
+    base = base_model or adapter_base(path_or_id)
+    if base is None or checkpoint_file(path_or_id, "tokenizer_config.json") is not None:
+        return path_or_id
+    return base

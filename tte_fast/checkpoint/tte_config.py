@@ -32,7 +32,8 @@ class TTEConfig:
     ``embed_token=None`` means: ``<emb>`` if the tokenizer has it, else ``fallback_embed_token``
     (the chat template's end-of-turn token, Qwen's EOS). A model that generates its embedding token
     stops there and is embedded at it; one that stops otherwise is embedded as ``embed_fallback``
-    says (``"force"``: at the embedding token fed after its trace; ``"last"``: at its last token).
+    says (``"force"``: at the embedding token fed after its trace; ``"last_sampled"``: at its last
+    sampled token, fed; ``"last_fed"``: at the last token it fed).
     ``stop_tokens`` (None: the checkpoint's EOS tokens) replace the tokens that end a trace; the
     embedding token always ends one. ``generation`` is where unset sampling options come from
     (``"checkpoint"``: its generation_config). ``recipe`` names the recipe these settings came from

@@ -319,8 +319,8 @@ class Engine:
             self.book.start(slot_index, request.options, embed_id)
             self._start_seen(slot_index, batch, row, request.options, logits.shape[-1])
             admitted.append(slot_index)
-        # Their first tokens, from the prefill's logits; a think-only request may stop right here.
-        return self._advance(self._sample(admitted, logits), only=admitted)
+        # Their first tokens, from the prefill's logits; a request may stop right here.
+        return self._advance(self._sample(admitted, logits), only=admitted, hidden=hidden)
 
     def _prefill_forward(self, batch: dict, positions: torch.Tensor, cache) -> tuple[torch.Tensor, list]:
         """Prefill the prompts of ``batch`` onto ``cache`` (None: embed only): the hidden state of each
@@ -377,21 +377,31 @@ class Engine:
             self.seen.record(tokens, slot_indices)
         return tokens
 
-    def _advance(self, tokens: torch.Tensor | None, only: list[int] | None = None) -> int:
+    def _advance(self, tokens: torch.Tensor | None, only: list[int] | None = None, hidden=None, order=None) -> int:
         """Move the book by the stop rule (``only``: just these slots took a token) and finish the
-        think-only requests that stopped; one host read of the states. How many finished."""
+        requests that stopped: think-only ones, and those embedded at the last token they fed, from
+        ``hidden`` (the step's states, row ``r`` for slot ``(order or only)[r]``); one host read of the
+        states. How many finished."""
         mask = None
         if only is not None:
             mask = torch.zeros(len(self.slots), dtype=torch.bool, device=self.book.state.device)
             mask[only] = True
         self.book.advance(tokens, mask)
-        self._states = [RowState(s) for s in self.book.state.tolist()]
+        states, read_now = torch.stack([self.book.state, self.book.read_now.long()]).tolist()
+        self._states = [RowState(s) for s in states]
+        row_of = {i: row for row, i in enumerate(order or only or ())}
         finished = 0
         for i in range(len(self.slots)) if only is None else only:
             slot = self.slots[i]
-            if slot is not None and self._states[i] == RowState.DONE and not slot.request.embed:
+            if slot is None or self._states[i] != RowState.DONE:
+                continue
+            if not slot.request.embed:
                 self._finish(i, slot, None)
-                finished += 1
+            elif read_now[i]:
+                self._finish(i, slot, hidden[row_of[i]])
+            else:
+                continue
+            finished += 1
         return finished
 
     def _decode(self) -> int:
@@ -436,18 +446,25 @@ class Engine:
         if logits is not None and picked != list(range(len(order))):
             logits = logits[picked]  # a copy of the rows that sample, only when some do not
         sampled = None if logits is None else self._sample(alive, logits)
-        return finished + self._advance(sampled)
+        return finished + self._advance(sampled, hidden=hidden, order=order)
 
     def _finish(self, index: int, slot: _Slot, hidden: torch.Tensor | None) -> None:
         """Resolve a slot's request from its row of the book (and its embedding's hidden state), and
         free the slot."""
         book = self.book
-        n_kept, n_generated, reason, last = torch.stack(
-            [book.n_kept[index], book.n_generated()[index], book.reason[index], book.tail[index]]
+        n_kept, n_generated, reason, last, n_embedded = torch.stack(
+            [
+                book.n_kept[index],
+                book.n_generated()[index],
+                book.reason[index],
+                book.tail[index],
+                book.embedded_length()[index],
+            ]
         ).tolist()
         kept = book.tokens[index, :n_kept].cpu().to(slot.prompt_ids.dtype)
         tail = [] if hidden is None or last < 0 else [last]
-        sequence = torch.cat([slot.prompt_ids, kept, torch.tensor(tail, dtype=kept.dtype)])
+        inside = kept if hidden is None else kept[:n_embedded]
+        sequence = torch.cat([slot.prompt_ids, inside, torch.tensor(tail, dtype=kept.dtype)])
         embedding = None
         if hidden is not None:
             with stage("embed"):

@@ -12,7 +12,8 @@ if TYPE_CHECKING:
     from tte_fast.runtime.stop_strings import StopStrings
 
 
-EMBED_FALLBACKS = ("force", "last")
+# Where a row that stops without sampling its embedding token is embedded (tte_fast.runtime.stop).
+EMBED_FALLBACKS = ("force", "last_sampled", "last_fed")
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,9 @@ class DecodeOptions:
     are penalised before greedy or sampled picking; 1.0 is off.
 
     ``embed_fallback`` is where a row that embeds reads its embedding when it stops without sampling
-    its embedding token: ``"force"`` feeds the embedding token, ``"last"`` feeds its last sampled token
-    and reads there (RGE's rule).
+    its embedding token: ``"force"`` feeds the embedding token, ``"last_sampled"`` feeds its last
+    sampled token and reads there (RGE's rule), ``"last_fed"`` reads the state at the last token it
+    fed, with no further step (UME-R1's rule).
     """
 
     max_think_tokens: int = 256

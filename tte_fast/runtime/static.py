@@ -6,9 +6,10 @@ token per row over a preallocated KV cache. Rows stop on their own by the one st
 positions stay contiguous, so what a static batch decodes after the stop never reaches that row.
 
 With ``embed_token_id`` set, each row feeds its embedding token on the step right after it stops
-(if its budget ran out, its last sampled token is fed first; with the fallback ``"last"`` that token
-is the one it embeds at) and the final-norm hidden state there is the row's embedding: no prefix is
-encoded again.
+(if its budget ran out, its last sampled token is fed first) and the final-norm hidden state there
+is the row's embedding: no prefix is encoded again. A row that stops without sampling its
+embedding token may embed by its fallback instead (``tte_fast.runtime.stop``): at its last sampled
+token, fed, or at the last token it fed, read from the step that just ran.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class DecodeOutput:
     attention_mask: torch.Tensor  # [B, T_total] over every position fed, 1 where it is the row's token
     embed_hidden: torch.Tensor | None = None  # [B, D] final-norm hidden state at the embedding token
     tails: list[int] | None = None  # per row, the token embedded at after the kept ones (-1: none)
+    embedded: list[int] | None = None  # per row, kept tokens inside the sequence embedded
     steps: int = 0
 
     def first_rows(self, n: int) -> DecodeOutput:
@@ -59,16 +61,19 @@ class DecodeOutput:
             self.attention_mask[:n],
             embed,
             None if self.tails is None else self.tails[:n],
+            None if self.embedded is None else self.embedded[:n],
             self.steps,
         )
 
     @property
     def sequences(self) -> list[torch.Tensor]:
-        """Per row: prompt, kept tokens, then the token embedded at when it is not the last kept one."""
+        """Per row, the tokens its embedding was read at the end of: prompt, kept tokens (those fed),
+        then the token embedded at when it is not the last kept one."""
         tails = self.tails or [-1] * len(self.kept)
+        lengths = self.embedded or [len(k) for k in self.kept]
         return [
-            torch.cat([p, k.to(p.device), torch.tensor([t] if t >= 0 else [], dtype=p.dtype, device=p.device)])
-            for p, k, t in zip(self.prompt_ids, self.kept, tails)
+            torch.cat([p, k[:n].to(p.device), torch.tensor([t] if t >= 0 else [], dtype=p.dtype, device=p.device)])
+            for p, k, t, n in zip(self.prompt_ids, self.kept, tails, lengths)
         ]
 
 
@@ -168,6 +173,8 @@ class StaticBatches:
         with stage("decode"):
             while True:
                 book.advance(pick_tokens(logits, options, generators, seen) if any_sampling else None)
+                if embed_hidden is not None:  # rows embedded at the last token they fed: this state
+                    embed_hidden = torch.where(book.read_now.view(-1, 1), hidden, embed_hidden)
                 # One host sync per step: is any row left, and does any row still need logits?
                 any_left, any_sampling = torch.stack([book.feeds.any(), book.sampling.any()]).tolist()
                 if not any_left:
@@ -200,6 +207,7 @@ class StaticBatches:
             attention_mask=mask[:, :column].clone(),
             embed_hidden=embed_hidden,
             tails=None if embed_token_id is None else book.tail.tolist(),
+            embedded=None if embed_token_id is None else book.embedded_length().tolist(),
             steps=step,
         )
 

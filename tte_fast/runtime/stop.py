@@ -6,10 +6,12 @@ text of its generated tokens completes a stop string (its tokens are kept), when
 tokens after closing it (counted from the closing token itself, so 0 stops right at ``</think>``),
 or at ``max_new_tokens``. A row that embeds then feeds its embedding token on its own cache: at once
 after an EOS (``EMBED``; a model that generates its embedding token stops there, the token is an EOS),
-or after feeding its last sampled token otherwise (``KEEP_LAST``, then ``EMBED``). With the fallback
-``"last"`` a row that did not sample its embedding token instead feeds its last sampled token (a
-dropped EOS included) as the one it embeds at (``EMBED``). A row that does not embed is ``DONE`` at
-once.
+or after feeding its last sampled token otherwise (``KEEP_LAST``, then ``EMBED``). That is the
+fallback ``"force"``; a row that stops without sampling its embedding token may instead embed at its
+last sampled token, fed as the one it embeds at (``"last_sampled"``, RGE's rule: ``EMBED`` with that
+token, a dropped EOS included), or at the last token it has already fed, whose state the step that
+sampled the stopping token computed (``"last_fed"``, UME-R1's rule: ``DONE`` at once, ``read_now``).
+A row that does not embed is ``DONE`` at once.
 
 ``</think>`` closes on a token id compare where it is one token (Qwen3); where it is several tokens
 (Qwen2-VL, Qwen2.5-VL) it is matched on the generated text, as stop strings are
@@ -26,8 +28,11 @@ from enum import IntEnum
 
 import torch
 
-from tte_fast.runtime.options import DecodeOptions
+from tte_fast.runtime.options import EMBED_FALLBACKS, DecodeOptions
 from tte_fast.runtime.stop_strings import CLOSES, KIND_BITS, STOPS
+
+
+FORCE, LAST_SAMPLED, LAST_FED = range(len(EMBED_FALLBACKS))
 
 
 class RowState(IntEnum):
@@ -54,7 +59,9 @@ class RowBook:
 
     ``tokens[r, :n_kept[r]]`` are the row's kept tokens; ``n_generated()`` adds a dropped EOS.
     ``next_feed`` is what each row feeds at the next step (meaningful where ``feeds``); ``tail`` is
-    the token a row embeds at when it is not the last kept one (-1: it is, or the row embeds nowhere)."""
+    the token a row embeds at when it is not the last kept one (-1: it is, or the row embeds nowhere);
+    ``read_now`` marks the rows whose embedding is the state the last step computed (``"last_fed"``),
+    and ``unfed_last`` those whose last kept token is not part of the sequence embedded."""
 
     def __init__(self, rows: int, width: int, options: DecodeOptions, device):
         self.eos_token_ids, self.think_end_token_id = options.eos_token_ids, options.think_end_token_id
@@ -66,7 +73,9 @@ class RowBook:
         self.max_think, self.max_answer, self.max_new = (zeros.clone() for _ in range(3))
         self.closed = torch.zeros(rows, dtype=torch.bool, device=device)
         self.embeds = torch.zeros(rows, dtype=torch.bool, device=device)
-        self.force = torch.ones(rows, dtype=torch.bool, device=device)  # the "force" fallback
+        self.fallback = zeros.clone()  # index into EMBED_FALLBACKS
+        self.read_now = torch.zeros(rows, dtype=torch.bool, device=device)
+        self.unfed_last = torch.zeros(rows, dtype=torch.bool, device=device)
         self.next_feed = zeros.clone()
         self.tail = torch.full((rows,), -1, dtype=torch.long, device=device)
         self.eos_ids = torch.tensor(options.eos_token_ids or [-1], dtype=torch.long, device=device)
@@ -92,8 +101,10 @@ class RowBook:
             counter[rows] = 0
         self.closed[rows] = False
         self.embeds[rows] = embed_token_id is not None
-        self.force[rows] = options.embed_fallback == "force"
+        self.fallback[rows] = EMBED_FALLBACKS.index(options.embed_fallback)
         self.tail[rows] = -1
+        self.read_now[rows] = False
+        self.unfed_last[rows] = False
         self.max_think[rows] = options.max_think_tokens
         self.max_answer[rows] = options.max_answer_tokens
         self.max_new[rows] = options.max_new_tokens
@@ -119,13 +130,15 @@ class RowBook:
         else:
             sampling = alive if only is None else alive & only
         is_eos, stop = self._record(token, sampling)
-        # Fallback "last": a row that stops without sampling its embedding token embeds at its last one.
-        own = self.embeds & ~self.force & (token != self.embed_id)
-        stopped = torch.where(
-            self.embeds,
-            torch.where(is_eos | own, RowState.EMBED, RowState.KEEP_LAST),
-            torch.full_like(self.state, RowState.DONE),
-        )
+        # Rows that stop without sampling their embedding token, and embed by a fallback of their own.
+        own = self.embeds & (self.fallback != FORCE) & (token != self.embed_id)
+        last_fed = own & (self.fallback == LAST_FED)
+        done = torch.full_like(self.state, RowState.DONE)
+        stopped = torch.where(is_eos | own, RowState.EMBED, RowState.KEEP_LAST)
+        stopped = torch.where(self.embeds & ~last_fed, stopped, done)
+        self.read_now = sampling & stop & last_fed
+        # A stop token is dropped; any other last token is kept, though "last_fed" never fed it.
+        self.unfed_last = torch.where(self.read_now, ~is_eos, self.unfed_last)
         # A row out of budget has fed its last token: its embedding token comes next.
         moved_on = torch.where(self.state == RowState.KEEP_LAST, RowState.EMBED, self.state)
         others = moved_on if only is None else self.state
@@ -196,6 +209,10 @@ class RowBook:
     def n_generated(self) -> torch.Tensor:
         """Sampled tokens per row: the kept ones plus a dropped EOS."""
         return self.n_kept + (self.reason == StopReason.EOS).long()
+
+    def embedded_length(self) -> torch.Tensor:
+        """Kept tokens per row inside the sequence its embedding was read at."""
+        return self.n_kept - self.unfed_last.long()
 
     def stop_reasons(self) -> list[str]:
         return [StopReason(r).label for r in self.reason.tolist()]

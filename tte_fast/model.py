@@ -20,10 +20,12 @@ from tte_fast.checkpoint.loading import (
     build_head,
     default_attention,
     load_backbone,
+    processor_source,
     resolve_device,
     resolve_dtype,
 )
 from tte_fast.checkpoint.model_types import QWEN_VL_MODEL_TYPES
+from tte_fast.checkpoint.recipes import get_recipe
 from tte_fast.checkpoint.tte_config import GENERATION_SOURCES, TTEConfig
 from tte_fast.inputs import EmbedInput, InputError, as_input_list, check_input, load_input
 from tte_fast.profiling import instrument_vision_encoder, stage
@@ -90,6 +92,8 @@ class UnifiedTTE:
         self.vision = model_type in QWEN_VL_MODEL_TYPES
         self.config = config or TTEConfig()
         self.head = head
+        if self.config.recipe is not None:
+            get_recipe(self.config.recipe).check(self.tokenizer, model_type)
         self.embed_token, self.embed_token_id = self.config.resolve_embed_token(self.tokenizer)
         self.prompt_embed_token_id = self.config.resolve_prompt_embed_token(self.tokenizer)
         self.think_end_token_id, self.stop_strings = _stop_rule(self.tokenizer, self.config)
@@ -123,6 +127,8 @@ class UnifiedTTE:
         compile: bool | str = False,
         image_processor=None,
         prefill_attention: str = "auto",
+        recipe: str | None = None,
+        base_model: str | None = None,
         **opts,
     ) -> UnifiedTTE:
         """Load a HF Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint or any HF causal LM (text only).
@@ -136,12 +142,18 @@ class UnifiedTTE:
         ``"xformers"`` or ``"sdpa_varlen"`` force one (see ``tte_fast.runtime.packed_prefill``). ``head`` is
         ``"last_token"`` (default) or ``"tte_u"``; ``opts`` override ``TTEConfig`` fields
         (``embed_token``, ``max_think_tokens``, ``prompts``, ...) over the checkpoint's saved ones.
+        ``recipe`` (``"ume_r1"``, ``"rge"``, ``"vlm2vec"``: ``tte_fast.checkpoint.recipes``) runs a
+        published embedder as its authors do: its settings go over the saved ones, under ``opts``.
+        A PEFT adapter checkpoint loads ``base_model`` (default: the base its adapter config names)
+        with the adapter merged.
         """
         overrides = dict(opts)
         unknown = sorted(set(overrides) - {f.name for f in fields(TTEConfig)})
         if unknown:
             raise TypeError(f"unknown from_pretrained options {unknown}")
         config = TTEConfig.load(path_or_id) or TTEConfig()
+        if recipe is not None:
+            config = get_recipe(recipe).apply(config)
         if head is not None:
             overrides["head"] = head
         if head_layers is not None:
@@ -154,8 +166,14 @@ class UnifiedTTE:
         device, dtype = resolve_device(device), resolve_dtype(dtype)
         if attn_implementation is None:
             attn_implementation = default_attention(device, dtype, config.head, compile)
-        hf_model, model_type = load_backbone(path_or_id, dtype, device, attn_implementation)
-        processor = load_processor(path_or_id, model_type, image_processor)
+        hf_model, model_type = load_backbone(path_or_id, dtype, device, attn_implementation, base_model)
+        processor = load_processor(
+            processor_source(path_or_id, base_model),
+            model_type,
+            image_processor,
+            min_pixels=config.min_pixels,
+            max_pixels=config.max_pixels,
+        )
         head_module = build_head(config, path_or_id, hf_model)
         return cls(
             hf_model,

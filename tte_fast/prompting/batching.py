@@ -12,6 +12,9 @@ them with gradients, so what is trained is exactly what is run.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import PIL.Image
 import torch
 
 from tte_fast.inputs import EmbedInput
@@ -41,6 +44,8 @@ def prompt_batch(
     (``"token"``). ``sequential_positions`` marks the batch for 0, 1, 2, ... positions."""
     given = traces is not None and any(t is not None for t in traces)
     traces = traces or [None] * len(items)
+    if vision and prompts.text_image_size:
+        items = [with_blank_image(item, prompts.text_image_size) for item in items]
     texts = [
         render_prompt(processor, item, side, think, prompts, vision, trace=trace)
         for item, side, trace in zip(items, sides, traces)
@@ -98,6 +103,13 @@ def cut_after_last(batch: dict, token_id: int, image_token_id: int | None = None
     if pad.numel():  # keep the processor's pad id on padding columns
         out["input_ids"] = torch.where(inside, out["input_ids"], pad[0])
     return out
+
+
+def with_blank_image(item: EmbedInput, size: int) -> EmbedInput:
+    """``item``, or for a text-only one a copy with a white ``size`` x ``size`` image."""
+    if item.image is not None:
+        return item
+    return replace(item, image=PIL.Image.new("RGB", (size, size), (255, 255, 255)))
 
 
 def append_token(batch: dict, token_id: int) -> dict:

@@ -89,6 +89,9 @@ def test_a_bad_penalty_is_a_value_error_naming_it(vl_model, bad):
         DecodeOptions(repetition_penalty=bad)
     with pytest.raises(ValueError, match="repetition_penalty"):
         vl_model.decode_options(repetition_penalty=bad)
+    if bad is None:  # EncodeParams' None leaves the penalty to the model's generation source
+        assert "repetition_penalty" not in EncodeParams(repetition_penalty=None).decode_kwargs()
+        return
     with pytest.raises(ValueError, match="repetition_penalty"):
         EncodeParams(repetition_penalty=bad)
 

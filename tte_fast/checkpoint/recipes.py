@@ -149,3 +149,13 @@ def get_recipe(name: str) -> Recipe:
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; expected one of {sorted(RECIPES)}")
     return RECIPES[name]
+
+
+def add_recipe_argument(parser) -> None:
+    """``--recipe NAME`` on a command that loads a model."""
+    parser.add_argument(
+        "--recipe",
+        default=None,
+        choices=sorted(RECIPES),
+        help="run a published embedder as its authors do (see docs/models.md)",
+    )

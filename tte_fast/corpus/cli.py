@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 
+from tte_fast.checkpoint.recipes import add_recipe_argument
 from tte_fast.corpus.reader import Columns, CorpusError, open_corpus
 from tte_fast.runtime.packed_prefill import PREFILL_ATTENTION
 
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=PREFILL_ATTENTION,
         help="admission prefill: auto packs prompts without padding via flash-attn/xformers on GPU",
     )
+    add_recipe_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -95,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
             max_answer_tokens=args.max_answer_tokens,
             batch_size=args.batch_size,
             prefill_attention=args.prefill_attention,
+            recipe=args.recipe,
             embedding_dtype=args.embedding_dtype,
         )
     except ValueError as err:

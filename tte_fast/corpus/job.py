@@ -66,7 +66,7 @@ class EncodeSettings(EncodeParams):
         """The settings as the manifest records them, with the model's defaults filled in."""
         reasoner, embedder = roles(model)
         thinking = reasoner.config.prompts.thinks(self.side) if self.think is None else bool(self.think)
-        decode = reasoner.decode_options(max_think_tokens=self.max_think_tokens, **self.generation())
+        decode = reasoner.decode_options(max_think_tokens=self.max_think_tokens, **self.decode_kwargs())
         settings = {
             "side": self.side,
             "think": thinking,

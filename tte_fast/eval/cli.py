@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from tte_fast.checkpoint.recipes import add_recipe_argument
 from tte_fast.distributed import process_group, world
 from tte_fast.settings.yaml_config import ConfigError, load_config, save_config
 
@@ -23,14 +24,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("config", help="evaluation YAML (see docs/eval.md)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted-key overrides")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or table")
+    add_recipe_argument(parser)
     args = parser.parse_args(argv)
+    overrides = args.overrides + ([f"model.recipe={args.recipe}"] if args.recipe else [])
 
     from tte_fast.eval.config import parse_config
     from tte_fast.eval.data import EvalDataError
     from tte_fast.eval.runner import evaluate
 
     try:
-        raw = load_config(args.config, args.overrides)
+        raw = load_config(args.config, overrides)
         config = parse_config(raw, base_dir=os.path.dirname(os.path.abspath(args.config)))
     except ConfigError as err:
         raise SystemExit(f"tte-fast eval: {err}") from None

@@ -211,7 +211,7 @@ class ModelRunner:
         if self.two_model:
             budget = params.max_think_tokens
             new = (
-                self.reasoner.think(part, max_think_tokens=budget, **common, **params.generation())
+                self.reasoner.think(part, max_think_tokens=budget, **common, **params.decode_kwargs())
                 if part
                 else []
             )

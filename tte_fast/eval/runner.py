@@ -21,17 +21,20 @@ from tte_fast.eval.encoder import ModelRunner
 from tte_fast.eval.report import build_results, format_table, write_outputs
 from tte_fast.eval.scoring import score_task
 
-MODEL_KEYS = {"path", "reasoner", "embedder", "device", "dtype", "options"}
+MODEL_KEYS = {"path", "reasoner", "embedder", "device", "dtype", "recipe", "options"}
 
 
 def load_model(spec: dict, scratch_dir: str):
     """A model from the config's ``model`` mapping: ``path`` (UnifiedTTE) or ``reasoner`` +
-    ``embedder`` (TwoModelTTE), each a checkpoint or ``tiny:qwen2_vl``; ``device``, ``dtype`` and
-    ``options`` (more ``from_pretrained`` arguments) apply to either."""
+    ``embedder`` (TwoModelTTE), each a checkpoint or ``tiny:qwen2_vl``; ``device``, ``dtype``,
+    ``recipe`` (``tte_fast.checkpoint.recipes``) and ``options`` (more ``from_pretrained``
+    arguments) apply to either."""
     unknown = sorted(set(spec) - MODEL_KEYS)
     if unknown:
         raise ValueError(f"model: unknown keys {unknown}; known: {sorted(MODEL_KEYS)}")
     kwargs = {"device": spec.get("device"), "dtype": spec.get("dtype"), **(spec.get("options") or {})}
+    if spec.get("recipe"):
+        kwargs["recipe"] = spec["recipe"]
     if spec.get("reasoner") or spec.get("embedder"):
         if not (spec.get("reasoner") and spec.get("embedder")):
             raise ValueError("model: a two-model pipeline needs both reasoner and embedder")

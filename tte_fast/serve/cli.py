@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from tte_fast.checkpoint.recipes import add_recipe_argument
 from tte_fast.runtime.packed_prefill import PREFILL_ATTENTION
 from tte_fast.serve.config import API_KEY_ENV, MiB, ServeConfig
 
@@ -25,6 +26,7 @@ def parser() -> argparse.ArgumentParser:
         choices=PREFILL_ATTENTION,
         help="admission prefill: auto packs prompts without padding via flash-attn/xformers on GPU",
     )
+    add_recipe_argument(p)
     p.add_argument("--api-key", help=f"required as 'Authorization: Bearer KEY' (default: ${API_KEY_ENV})")
     p.add_argument("--slots", type=int, default=d.slots, help="inputs that think at once")
     p.add_argument("--media-dir", help="serve file:// images from this folder only (default: none)")
@@ -86,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         dtype=args.dtype,
         compile=args.compile,
         prefill_attention=args.prefill_attention,
+        **({"recipe": args.recipe} if args.recipe else {}),
     )
     if not isinstance(model, UnifiedTTE):
         raise SystemExit("tte-fast serve: serves one model (a UnifiedTTE), not a reasoner and an embedder")

@@ -54,7 +54,7 @@ class EmbeddingService:
                 param="max_think_tokens",
                 code="think_budget_too_large",
             )
-        return self.model.decode_options(**{**params.generation(), "max_think_tokens": max_think_tokens})
+        return self.model.decode_options(**{**params.decode_kwargs(), "max_think_tokens": max_think_tokens})
 
     def thinks(self, params: EncodeParams) -> bool:
         return self.model.config.prompts.thinks(params.side) if params.think is None else params.think

@@ -22,28 +22,41 @@ def reference(stream, options: DecodeOptions, embed: bool):
     kept, feeds, closed, n_answer = [], [], False, 0
     for n, token in enumerate(stream, start=1):
         if token in options.eos_token_ids:
-            return kept, "eos", feeds + [EMBED] * embed, n
+            return kept, "eos", feeds + embed_feeds(token, options, embed), n
         n_answer += closed
         closed |= token == options.think_end_token_id
         kept.append(token)
         answer_out = closed and n_answer >= options.max_answer_tokens
         if (not closed and n >= options.max_think_tokens) or answer_out or n >= options.max_new_tokens:
             reason = "answer_budget" if answer_out else "think_budget"
-            return kept, reason, feeds + [token, EMBED] * embed, n
+            tail = [token, EMBED] if options.embed_fallback == "force" else embed_feeds(token, options, embed)
+            return kept, reason, feeds + tail * embed, n
         feeds.append(token)
     raise AssertionError("the stream ran out before the row stopped")
 
 
-def random_row(rng: random.Random):
+def embed_feeds(last: int, options: DecodeOptions, embed: bool) -> list[int]:
+    """What a row that stops at ``last`` still feeds: its embedding token (sampled, or forced), its
+    last token (``"last_sampled"``), or nothing (``"last_fed"``: read at what it fed already)."""
+    if not embed:
+        return []
+    if last == EMBED or options.embed_fallback == "force":
+        return [EMBED]
+    return [last] if options.embed_fallback == "last_sampled" else []
+
+
+def random_row(rng: random.Random, fallback: str = "force"):
     options = DecodeOptions(
         max_think_tokens=rng.randint(1, 6),
         max_answer_tokens=rng.randint(0, 3),
-        eos_token_ids=(EOS,),
+        eos_token_ids=(EOS, EMBED),  # a model that generates its embedding token stops there
         think_end_token_id=THINK_END,
         pad_token_id=PAD,
+        embed_fallback=fallback,
     )
-    # Mostly ordinary tokens, with </think> and EOS often enough to reach every branch.
-    stream = [rng.choice([1, 2, 3, THINK_END, THINK_END, EOS]) for _ in range(options.max_new_tokens)]
+    # Mostly ordinary tokens, with </think>, EOS and the embedding token often enough for every branch.
+    choices = [1, 2, 3, THINK_END, THINK_END, EOS, EMBED]
+    stream = [rng.choice(choices) for _ in range(options.max_new_tokens)]
     return stream, options, rng.random() < 0.75
 
 
@@ -52,6 +65,7 @@ def run_book(rows, starts):
     its prefill, ``only`` that row), then every step feeds, ``fed``, samples the ALIVE rows."""
     book = RowBook(len(rows), 0, rows[0][1], "cpu")
     feeds = [[] for _ in rows]
+    book.reads = [[] for _ in rows]  # per row, the steps at which it was read in place (read_now)
     for step in range(max(starts) + 40):
         for r, (stream, options, embed) in enumerate(rows):
             if starts[r] == step:
@@ -59,22 +73,30 @@ def run_book(rows, starts):
                 only = torch.zeros(len(rows), dtype=torch.bool)
                 only[r] = True
                 book.advance(torch.full((len(rows),), stream[0]), only)
+                note_reads(book, step)
         if step >= min(starts):
             for r in book.feeds.nonzero().view(-1).tolist():
                 feeds[r].append(int(book.next_feed[r]))
             book.fed()
             token = [s[min(int(book.n_sampled[r]), len(s) - 1)] for r, (s, _, _) in enumerate(rows)]
             book.advance(torch.tensor(token))
+            note_reads(book, step)
         if step > max(starts) and not bool(book.feeds.any()):
             break
     return book, feeds
 
 
+def note_reads(book: RowBook, step: int) -> None:
+    for r in book.read_now.nonzero().view(-1).tolist():
+        book.reads[r].append(step)
+
+
+@pytest.mark.parametrize("fallback", ["force", "last_sampled", "last_fed"])
 @pytest.mark.parametrize("staggered", [False, True])
 @pytest.mark.parametrize("seed", range(6))
-def test_row_book_follows_the_reference(seed, staggered):
+def test_row_book_follows_the_reference(seed, staggered, fallback):
     rng = random.Random(seed)
-    rows = [random_row(rng) for _ in range(8)]
+    rows = [random_row(rng, fallback) for _ in range(8)]
     starts = [rng.randint(0, 5) if staggered else 0 for _ in rows]
     book, feeds = run_book(rows, starts)
     assert (book.state == RowState.DONE).all()
@@ -84,6 +106,12 @@ def test_row_book_follows_the_reference(seed, staggered):
         assert book.stop_reasons()[r] == reason
         assert int(book.n_generated()[r]) == n_sampled
         assert feeds[r] == want_feeds, (r, stream, options, embed)
+        # "last_fed" rows that did not sample their embedding token are read in place, once.
+        in_place = embed and fallback == "last_fed" and stream[n_sampled - 1] != EMBED
+        assert len(book.reads[r]) == int(in_place), (r, stream)
+        if embed:  # the sequence embedded: the kept tokens it fed, then a token fed apart from them
+            tail = int(book.tail[r])
+            assert kept[: int(book.embedded_length()[r])] + ([tail] if tail >= 0 else []) == feeds[r], r
 
 
 def test_answer_budgets_count_from_the_closing_token():

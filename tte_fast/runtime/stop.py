@@ -145,11 +145,12 @@ class RowBook:
         before = self.state
         self.state = torch.where(sampling, torch.where(stop, stopped, RowState.ALIVE), others)
         embeds_own = sampling & stop & own
+        # What rows entering EMBED feed is set once (rows already there keep theirs).
+        entered = (self.state == RowState.EMBED) & (before != RowState.EMBED)
         feed = torch.where(sampling, token, self.next_feed)
-        feed = torch.where((self.state == RowState.EMBED) & ~embeds_own, self.embed_id, feed)
+        feed = torch.where(entered & ~embeds_own, self.embed_id, feed)
         self.next_feed = torch.where(self.state == RowState.DONE, self.pad_token_id, feed)
         # The token embedded at joins the sequence unless it is already its last kept token.
-        entered = (self.state == RowState.EMBED) & (before != RowState.EMBED)
         fed_apart = entered & ~(embeds_own & ~is_eos)
         self.tail = torch.where(fed_apart, self.next_feed, self.tail)
 

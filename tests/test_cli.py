@@ -105,3 +105,22 @@ def test_demo_help_lists_the_demo_options(capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
     assert "--max-think-tokens" in capsys.readouterr().out
+
+
+def test_encode_runs_a_recipe(model, tmp_path):
+    """``--recipe`` reaches the model: the embeddings are the recipe's, not the checkpoint's own."""
+    path, tte = model
+    inputs_file = _jsonl(tmp_path, ["a red car", {"text": "a cat", "image": "cat.png"}])
+    output = str(tmp_path / "out.safetensors")
+    _encode(path, inputs_file, output, "--recipe", "vlm2vec", "--no-think")
+    inputs = ["a red car", {"text": "a cat", "image": str(tmp_path / "cat.png")}]
+    recipe = UnifiedTTE.from_pretrained(path, device="cpu", recipe="vlm2vec")
+    got = load_file(output)["embeddings"]
+    torch.testing.assert_close(got, recipe.encode(inputs, think=False).embeddings, atol=1e-5, rtol=0)
+    assert (got - tte.encode(inputs, think=False).embeddings).abs().max() > 1e-2
+
+
+def test_an_unknown_recipe_is_refused_before_loading(model, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        _encode(model[0], _jsonl(tmp_path, ["x"]), str(tmp_path / "o.safetensors"), "--recipe", "nope")
+    assert "invalid choice: 'nope'" in capsys.readouterr().err

@@ -73,3 +73,41 @@ def test_eos_ids_of_a_tokenizer_without_end_of_turn_token():
     assert tokenizer.convert_tokens_to_ids("<|im_end|>") == 0  # what the lookup must not use
     model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=None))
     assert _eos_token_ids(model, tokenizer) == (2,)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"prompt_embed": "token"}, "prompt_embed_token"),
+        ({"prompt_embed_token": "<x>"}, "prompt_embed_token"),
+        ({"prompt_embed": "middle"}, "prompt_embed"),
+        ({"positions": "3d"}, "positions"),
+        ({"embed_fallback": "last"}, "embed_fallback"),
+        ({"generation": "hf"}, "generation"),
+        ({"stop_tokens": "<emb>"}, "stop_tokens"),
+        ({"min_pixels": 0}, "min_pixels"),
+        ({"min_pixels": 5000, "max_pixels": 4000}, "exceeds max_pixels"),
+    ],
+)
+def test_settings_that_cannot_work_are_refused(settings, message):
+    from tte_fast.checkpoint.tte_config import TTEConfig
+
+    with pytest.raises(ValueError, match=message):
+        TTEConfig(**settings)
+
+
+def test_stop_tokens_replace_the_checkpoints_and_pixels_are_set_at_load(tiny_checkpoints):
+    path = tiny_checkpoints["qwen2_vl"]
+    default = UnifiedTTE.from_pretrained(path, device="cpu")
+    model = UnifiedTTE.from_pretrained(
+        path, device="cpu", stop_tokens=["<|object_ref_end|>"], embed_token="<|box_start|>", max_pixels=9999
+    )
+    vocab = model.tokenizer.get_vocab()
+    # The embedding token always ends a trace; the checkpoint's EOS tokens no longer do.
+    assert model.eos_token_ids == (vocab["<|object_ref_end|>"], vocab["<|box_start|>"])
+    assert default.eos_token_ids[0] == vocab["<|im_end|>"] and vocab["<|im_end|>"] not in model.eos_token_ids
+    assert model.processor.image_processor.size.longest_edge == 9999
+    with pytest.raises(ValueError, match="stop_tokens: the tokenizer has no token '<nope>'"):
+        UnifiedTTE.from_pretrained(path, device="cpu", stop_tokens=["<nope>"])
+    with pytest.raises(ValueError, match="unknown recipe 'nope'"):
+        UnifiedTTE.from_pretrained(path, device="cpu", recipe="nope")

@@ -204,3 +204,20 @@ def test_weight_digests_see_any_single_change(dtype):
     swapped = t.clone()
     swapped[[0, 1]] = swapped[[1, 0]]  # same values, other places
     assert tensor_checksum(swapped) != base[1]
+
+
+def test_cli_recipe_loads_the_model_with_it(tiny_checkpoints, tmp_path, monkeypatch):
+    import tte_fast.eval.runner as runner
+    from tte_fast.cli import main
+
+    example = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "eval", "config.yaml")
+    loaded = {}
+
+    def load_only(config, verbose=True):
+        loaded["model"] = runner.load_model(config.model, str(tmp_path))
+
+    monkeypatch.setattr(runner, "evaluate", load_only)
+    path = tiny_checkpoints["qwen2_vl"]
+    main(["eval", example, f"model.path={path}", f"output_dir={tmp_path}", "--recipe", "vlm2vec"])
+    assert loaded["model"].config.recipe == "vlm2vec"
+    assert "recipe: vlm2vec" in (tmp_path / "config.yaml").read_text()  # the resolved config says so

@@ -135,3 +135,15 @@ def test_cli_prefill_attention_reaches_the_serving_engine(tiny_checkpoints, monk
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.update(app=app))
     main(["--model", tiny_checkpoints["qwen2_vl"], "--device", "cpu", "--prefill-attention", "sdpa_varlen"])
     assert served["app"].state.service.engine.prefill_attention == "sdpa_varlen"
+
+
+def test_cli_recipe_reaches_the_served_model(tiny_checkpoints, monkeypatch):
+    import uvicorn
+
+    from tte_fast.serve.cli import main
+
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.update(app=app))
+    main(["--model", tiny_checkpoints["qwen2_vl"], "--device", "cpu", "--recipe", "vlm2vec"])
+    config = served["app"].state.service.model.config
+    assert (config.recipe, config.positions, config.prompt_embed) == ("vlm2vec", "sequential", "last")

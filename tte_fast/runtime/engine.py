@@ -43,7 +43,9 @@ from tte_fast.runtime.packed_prefill import (
     text_attention,
 )
 from tte_fast.runtime.positions import decode_position_ids, prefill_position_ids, uses_mrope
+from tte_fast.runtime import slot_attention
 from tte_fast.runtime.runner import model_inputs
+from tte_fast.runtime.slot_attention import SLOT_ATTENTION
 from tte_fast.runtime.sampling import SeenTokens, row_generators, sampling_probs
 from tte_fast.runtime.slot_cache import SlotCache
 from tte_fast.runtime.stop import RowBook, RowState, StopReason
@@ -101,9 +103,11 @@ class Engine:
         # Unless told otherwise, prefill as the model was loaded to (``from_pretrained(prefill_attention=)``).
         requested = model.prefill_attention if prefill_attention is None else prefill_attention
         self.prefill_attention = choose_prefill_attention(requested, model.hf_model)
-        # Decode steps attend through the slot cache's 4-D bias, which flash-attn cannot take.
+        # Compiled decode steps attend through the slot cache's 4-D bias, which flash-attn cannot
+        # take; eager steps through the slot attention, in place.
         loaded = model.hf_model.config.get_text_config()._attn_implementation or ""
-        self._decode_attention = "sdpa" if loaded.startswith("flash") else None
+        self._compiled_attention = "sdpa" if loaded.startswith("flash") else None
+        slot_attention.register()
         # Free slots that trigger an admission prefill while others decode (a quarter by default).
         self.admit_at = max(1, slots // 4) if admit_at is None else admit_at
         self.runner = model.runner
@@ -405,13 +409,15 @@ class Engine:
         return finished
 
     def _decode(self) -> int:
-        """One token for every busy slot. Compiled steps always run all slots (one fixed shape); eager
-        steps run only the busy ones, so a lightly loaded engine does not pay for empty slots."""
+        """One token for every busy slot. Compiled steps always run all slots over the whole slot
+        length (one fixed shape); eager steps run only the busy ones, over the columns they use,
+        attending over the cache in place (``tte_fast.runtime.slot_attention``), so a lightly
+        loaded engine pays neither for empty slots nor for columns nobody has written."""
         model, runner = self.model, self.runner
         device = self.cache.positions.device
         busy = [i for i, s in enumerate(self.slots) if s is not None]
         rows = None if runner.compiled or len(busy) == len(self.slots) else busy
-        self.cache.select(rows)
+        self.cache.select(rows, windowed=not runner.compiled)
         order = list(range(len(self.slots))) if rows is None else rows
         index = None if rows is None else torch.tensor(rows, device=device)
         tokens = (self.book.next_feed if index is None else self.book.next_feed[index]).view(len(order), 1)
@@ -422,8 +428,9 @@ class Engine:
         alive = [i for i in busy if self._states[i] == RowState.ALIVE]
         if runner.compiled:
             runner.shapes.record((len(self.slots), self.cache.length))
+        attention = self._compiled_attention if runner.compiled else SLOT_ATTENTION
         try:
-            with stage("decode_step"), text_attention(model.hf_model, self._decode_attention):
+            with stage("decode_step"), text_attention(model.hf_model, attention):
                 if alive:
                     hidden, logits = runner.step(tokens, positions, bias, self.cache, None)
                 else:
@@ -433,7 +440,7 @@ class Engine:
         self.steps += 1
         advanced = torch.zeros(len(self.slots), dtype=torch.long, device=device)
         advanced[busy] = 1
-        self.cache.positions += advanced
+        self.cache.advance(busy)
         self.text_pos += advanced
         finished = 0
         for row, i in enumerate(order):

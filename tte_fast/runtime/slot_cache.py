@@ -5,7 +5,9 @@ sit compactly in columns ``0 .. position - 1``: a prompt is copied in without it
 each decode step writes one column per slot at that slot's own position. A slot attends to columns
 ``0 .. position`` only (``attention_bias``), so whatever an earlier request left past that point
 never reaches a new one. A step over all slots has shapes that depend only on (slots, length), so
-a compiled step replays; ``select`` runs an eager step over the busy slots only.
+a compiled step replays; ``select`` runs an eager step over the busy slots only, and over the
+columns they use: ``update`` then returns every slot's keys and values up to that width as views,
+with the busy rows attached, for ``tte_fast.runtime.slot_attention`` (nothing is gathered).
 
 It implements the part of transformers' ``Cache`` interface that a forward with explicit
 ``position_ids`` and a 4-D attention mask uses: ``update`` per layer.
@@ -16,6 +18,11 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache
 
+from tte_fast.runtime.slot_attention import ROWS
+
+# Widths of an eager step's attention are multiples of this (a bounded set of shapes).
+WIDTH_STEP = 64
+
 
 class SlotCache(Cache):
     def __init__(self, num_layers: int, slots: int, kv_heads: int, head_dim: int, length: int, dtype, device):
@@ -24,8 +31,11 @@ class SlotCache(Cache):
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.positions = torch.zeros(slots, dtype=torch.long, device=device)  # next column per slot
+        self.host_positions = [0] * slots  # the same, on the host (no device read to size a step)
         self._all_rows = torch.arange(slots, device=device)
         self._rows = self._all_rows  # the slots the current step runs (``select``)
+        self._selected: torch.Tensor | None = None  # those rows, None when they are all slots
+        self._width = length  # the columns the current step attends over
         self._mark_static()
 
     def _mark_static(self) -> None:
@@ -51,12 +61,21 @@ class SlotCache(Cache):
     def slots(self) -> int:
         return self.keys[0].shape[0]
 
-    def select(self, rows: list[int] | None) -> None:
-        """Run the next steps on these slots only (None: all of them, the fixed-shape step)."""
-        self._rows = self._all_rows if rows is None else torch.tensor(rows, device=self._all_rows.device)
+    def select(self, rows: list[int] | None, windowed: bool = False) -> None:
+        """Run the next steps on these slots only (None: all of them, the fixed-shape step);
+        ``windowed``: over the columns they use (rounded up to ``WIDTH_STEP``), not the whole length."""
+        device = self._all_rows.device
+        self._selected = None if rows is None else torch.tensor(rows, device=device)
+        self._rows = self._all_rows if rows is None else self._selected
+        width = self.length
+        if windowed:
+            used = max(self.host_positions[i] for i in (range(self.slots) if rows is None else rows)) + 1
+            width = min(self.length, -(-used // WIDTH_STEP) * WIDTH_STEP)
+        self._width = width
 
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
-        """Write one new column per selected slot (a decode step) and return their cache rows."""
+        """Write one new column per selected slot (a decode step); return every slot's keys and
+        values over the step's columns (views), the selected rows attached as ``ROWS``."""
         n_rows = self._rows.shape[0]
         if key_states.shape[0] != n_rows or key_states.shape[2] != 1:
             raise ValueError(
@@ -67,18 +86,30 @@ class SlotCache(Cache):
         positions = self.positions[self._rows]
         keys[self._rows, :, positions] = key_states[:, :, 0]
         values[self._rows, :, positions] = value_states[:, :, 0]
-        if n_rows == self.slots:
-            return keys, values
-        return keys[self._rows], values[self._rows]  # a gather: the rows of the busy slots
+        if self._selected is None and self._width == self.length:
+            return keys, values  # the fixed-shape step (compiled: the buffers themselves)
+        keys, values = keys[:, :, : self._width], values[:, :, : self._width]
+        if self._selected is not None:
+            setattr(keys, ROWS, self._selected)
+        return keys, values
+
+    def advance(self, rows: list[int]) -> None:
+        """After a step: the slots ``rows`` each wrote one column."""
+        step = torch.zeros(self.slots, dtype=torch.long, device=self.positions.device)
+        step[rows] = 1
+        self.positions += step
+        for i in rows:
+            self.host_positions[i] += 1
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return 0  # positions are always passed explicitly; each slot has its own length
 
     def attention_bias(self, dtype) -> torch.Tensor:
-        """Additive mask ``[selected slots, 1, 1, length]``: 0 on columns ``0 .. position`` of each slot (its
-        tokens and the one being written), the dtype's minimum elsewhere (finite: never a NaN row)."""
-        columns = torch.arange(self.length, device=self.positions.device)
-        allowed = columns[None, :] <= self.positions[self._rows][:, None]
+        """Additive mask ``[slots, 1, 1, width]`` over the step's columns: 0 on columns ``0 .. position``
+        of each slot (its tokens and the one being written), the dtype's minimum elsewhere (finite:
+        never a NaN row). Over the whole length with all slots selected, the fixed-shape step's."""
+        columns = torch.arange(self._width, device=self.positions.device)
+        allowed = columns[None, :] <= self.positions[:, None]
         bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
         return bias.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None, None, :]
 
@@ -93,6 +124,7 @@ class SlotCache(Cache):
             self.keys[layer][slot, :, :n_tokens] = keys[row, :, columns]
             self.values[layer][slot, :, :n_tokens] = values[row, :, columns]
         self.positions[slot] = n_tokens
+        self.host_positions[slot] = n_tokens
 
     def grow(self, length: int) -> None:
         """Longer slots, keeping what they hold (rare: the engine doubles the length when needed)."""

@@ -1,0 +1,46 @@
+"""Decode attention over the slot cache in place (tte_fast.runtime.slot_attention): the busy slots'
+attention equals a gathered float64 reference, and a step's keys and values are views of the cache
+over the columns the busy slots use (nothing copied)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tte_fast.runtime.slot_attention import ROWS, slot_attention, slot_attention_reference
+from tte_fast.runtime.slot_cache import WIDTH_STEP, SlotCache
+
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("seed", range(3))
+def test_busy_slots_attend_as_a_gathered_reference(seed, dtype):
+    gen = torch.Generator().manual_seed(seed)
+    slots, heads, kv_heads, dim, length = 6, 4, 2, 8, 130
+    cache = SlotCache(2, slots, kv_heads, dim, length, dtype, "cpu")
+    for layer in range(2):
+        cache.keys[layer].copy_(torch.randn(cache.keys[layer].shape, generator=gen))
+        cache.values[layer].copy_(torch.randn(cache.values[layer].shape, generator=gen))
+    lengths = torch.randint(0, 100, (slots,), generator=gen).tolist()
+    for slot, n in enumerate(lengths):
+        cache.positions[slot], cache.host_positions[slot] = n, n
+    busy = sorted(torch.randperm(slots, generator=gen)[:4].tolist())
+    cache.select(busy, windowed=True)
+    new_k, new_v = (torch.randn(len(busy), kv_heads, 1, dim, generator=gen, dtype=dtype) for _ in range(2))
+    keys, values = cache.update(new_k, new_v, 1)
+    width = -(-(max(lengths[i] for i in busy) + 1) // WIDTH_STEP) * WIDTH_STEP
+    assert keys.shape == (slots, kv_heads, min(width, length), dim)
+    # Views of the cache itself: the step copies no slot's keys or values.
+    assert keys.untyped_storage().data_ptr() == cache.keys[1].untyped_storage().data_ptr()
+    assert values.untyped_storage().data_ptr() == cache.values[1].untyped_storage().data_ptr()
+    assert getattr(keys, ROWS).tolist() == busy
+    query = torch.randn(len(busy), heads, 1, dim, generator=gen, dtype=dtype)
+    bias = cache.attention_bias(dtype)
+    got, _ = slot_attention(None, query, keys, values, bias, scaling=dim**-0.5)
+    want = slot_attention_reference(query, keys, values, bias, torch.tensor(busy), scaling=dim**-0.5)
+    assert got.shape == (len(busy), 1, heads, dim)
+    torch.testing.assert_close(got.double(), want, atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype])
+    # The new columns went to each busy slot's own position.
+    for row, slot in enumerate(busy):
+        assert torch.equal(cache.keys[1][slot, :, lengths[slot]], new_k[row, :, 0])

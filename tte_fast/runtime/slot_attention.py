@@ -1,0 +1,54 @@
+"""Decode attention over the slot cache in place: no copy of the busy slots' keys and values.
+
+An eager engine step runs its linear layers on the busy slots only, but their keys and values sit
+among every slot's in the cache. Gathering those rows for the attention copies them, every layer
+and step (on CPU that copy was about a fifth of a step). Here each layer's cache ``update``
+returns every slot's keys and values as a view, cut to the columns the busy slots use, with the
+busy rows attached (``ROWS``); this attention function places the busy queries among zero ones and
+runs SDPA over all slots, whose bias keeps each slot to its own columns, then keeps the busy rows.
+Idle slots cost one zero query each against their columns; nothing is copied.
+
+``slot_attention_reference`` is the plain-torch reference it is tested against (gathered rows,
+float64 softmax).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+SLOT_ATTENTION = "tte_fast_slot_attention"
+# Attribute of the key view a slot cache returns: the slot of each query row (absent: all slots).
+ROWS = "_tte_slot_rows"
+
+
+def slot_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """HF attention function: ``query [B, H, 1, d]`` of the busy slots, ``key/value [S, H_kv, W, d]``
+    of every slot, ``attention_mask`` an additive ``[S, 1, 1, W]`` bias -> ``[B, 1, H, d]``."""
+    rows = getattr(key, ROWS, None)
+    if rows is not None:
+        placed = query.new_zeros((key.shape[0], *query.shape[1:]))
+        placed[rows] = query
+        query = placed
+    out = F.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, scale=scaling, enable_gqa=query.shape[1] != key.shape[1]
+    )
+    if rows is not None:
+        out = out[rows]
+    return out.transpose(1, 2).contiguous(), None
+
+
+def slot_attention_reference(query, key, value, bias, rows, scaling=None) -> torch.Tensor:
+    """The busy slots' attention with their rows gathered, in float64: ``[B, 1, H, d]``."""
+    groups = query.shape[1] // key.shape[1]
+    k, v = (t[rows].double().repeat_interleave(groups, 1) for t in (key, value))
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    scores = (query.double() @ k.transpose(-1, -2)) * scale + bias[rows].double()
+    return (scores.softmax(-1) @ v).transpose(1, 2)
+
+
+def register() -> None:
+    """Add the slot attention to transformers' registry (idempotent)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(SLOT_ATTENTION, slot_attention)

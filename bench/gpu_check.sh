@@ -50,6 +50,8 @@ step latency_tiny 60 $PY bench/latency.py --device cuda --json "$OUT/latency_tin
 step throughput_2b 90 $PY bench/throughput.py --model /tmp/qwen2_vl_2b --device cuda --dtype bfloat16 \
   --inputs 128 --max-think-tokens 128 --batch-size 16 --repeats 1 --check 4 --compile --skip-hf \
   --json "$OUT/throughput_2b.json"  # the engine's slot step as CUDA graphs, checked against static batches
+step recipes_2b 100 $PY bench/recipes.py --shape qwen2_vl_2b --shape-dir /tmp/qwen2_vl_2b --device cuda \
+  --dtype bfloat16 --batch 16 --inputs 16 --max-new-tokens 32 --runs 1 --json "$OUT/recipes_2b.json"  # vs authors'
 step packed_tests 60 $PY -m pytest -q -rs tests/runtime/test_packed_prefill.py tests/runtime/test_varlen_attention.py
 step prefill_2b 60 $PY bench/prefill.py --model /tmp/qwen2_vl_2b --device cuda --dtype bfloat16 \
   --prompts 16 --max-words 1200 --json "$OUT/prefill_2b.json"  # padded vs flash_varlen / xformers / sdpa_varlen
@@ -61,6 +63,6 @@ step preprocess_16cores 60 $PY bench/preprocess.py --target-sizes --repeats 3 --
 
 echo; echo "== summary ($(cat "$OUT/device.txt" | tail -n 1)) =="
 printf '%s\n' "${status[@]}"
-for name in bench_kernels unified_2b latency_2b throughput_2b prefill_2b; do  # their result tables, last
+for name in bench_kernels unified_2b latency_2b throughput_2b recipes_2b prefill_2b; do  # their result tables, last
   echo "-- $name"; tail -n 15 "$OUT/$name.log"
 done

@@ -77,3 +77,18 @@ def test_bench_throughput_runs_and_checks_the_paths(tmp_path):
     assert set(report["paths"]) == {"hf", "static", "continuous"}
     assert all(report["checks"]["traces_equal"].values())
     assert report["checks"]["embedding_max_abs_diff"] < 1e-5
+
+
+def test_bench_recipes_runs_and_matches_the_authors(tmp_path):
+    """Every recipe against its authors' pipeline on tiny look-alikes: same sequences, same embeddings."""
+    bench = _bench_module("recipes")
+    out = tmp_path / "recipes.json"
+    args = ["--inputs", "3", "--batch", "2", "--max-new-tokens", "6", "--runs", "1"]
+    bench.main([*args, "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert set(report["recipes"]) == {"ume_r1", "rge", "vlm2vec"}
+    for name, r in report["recipes"].items():
+        assert r["think"] == (name != "vlm2vec")
+        assert r["authors_s"] > 0 and r["tte_fast_s"] > 0 and r["speedup"] > 0
+        assert r["sequences_identical"] == r["sequences_total"] == 3, name
+        assert r["max_abs_diff"] < 1e-4, name

@@ -101,7 +101,11 @@ def build_random_checkpoint(shape: str, path: str, seed: int = 0, dtype=torch.bf
     return _build_checkpoint(_load_config(SHAPE_CONFIGS[shape]), path, seed, dtype, device, tiny=False)
 
 
-def _build_checkpoint(config, path: str, seed: int, dtype, device, tiny: bool, sharpen: bool = False) -> str:
+def _build_checkpoint(
+    config, path: str, seed: int, dtype, device, tiny: bool, sharpen: bool = False, tokens=(), prepare=None
+) -> str:
+    """Save a random model of ``config`` with the Qwen tokenizer at ``path``; ``tokens`` are added to
+    the tokenizer (embeddings resized to it) and ``prepare(model, tokenizer)`` runs before saving."""
     from transformers import AutoTokenizer
 
     from tte_fast.checkpoint.hf_processor import CHAT_TEMPLATE_FILE, packaged_chat_template
@@ -113,9 +117,16 @@ def _build_checkpoint(config, path: str, seed: int, dtype, device, tiny: bool, s
         model = auto_model_class(model_type).from_config(config, dtype=dtype)
     if sharpen:
         sharpen_text_decoder(model)
+    tokenizer = AutoTokenizer.from_pretrained(qwen_tokenizer_dir())
+    if tokens:
+        tokenizer.add_tokens(list(tokens))
+        with torch.device(device):
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    if prepare is not None:
+        prepare(model, tokenizer)
     os.makedirs(path, exist_ok=True)
     model.save_pretrained(path)  # safetensors
-    AutoTokenizer.from_pretrained(qwen_tokenizer_dir()).save_pretrained(path)
+    tokenizer.save_pretrained(path)
     if is_qwen_vl(model_type):
         _image_processor_for(config, tiny).save_pretrained(path)
         with open(os.path.join(path, CHAT_TEMPLATE_FILE), "w", encoding="utf-8") as f:
@@ -137,3 +148,77 @@ def sharpen_text_decoder(model) -> None:
                 module = getattr(block, name, None)
                 if module is not None:
                     module.weight.mul_(gain)  # biases (zero at init) stay zero
+
+
+# Recipe -> (tiny model type, tokens its published checkpoint adds).
+RECIPE_CHECKPOINTS = {
+    "ume_r1": ("qwen2_vl", ("<gen_emb>", "<disc_emb>")),
+    "rge": ("qwen2_5_vl", ("<emb>",)),
+    "vlm2vec": ("qwen2_vl", ()),
+}
+# Qwen-VL-Instruct's generation_config.json sampling (top_k=1: greedy over penalised logits).
+QWEN_VL_SAMPLING = dict(do_sample=True, top_k=1, top_p=0.001, temperature=0.01, repetition_penalty=1.05)
+# emits_embed_token: the embedding token's LM-head row along the final states' mean direction, at
+# this scale; UME-R1's <gen_emb> input row and <|im_end|>'s LM-head row along a fresh direction.
+EMIT_SCALE, STOP_INPUT_SCALE, STOP_SCALE = 0.35, 8.0, 0.3
+
+
+def build_recipe_checkpoint(recipe: str, path: str, seed: int = 0, emits_embed_token: bool = False) -> str:
+    """A tiny random checkpoint shaped like ``recipe``'s published one: its model type, its added
+    tokens (``tokenizer.add_tokens``, embeddings resized) and Qwen-VL-Instruct's generation_config.
+
+    ``emits_embed_token=True`` makes the random model generate its embedding token (UME-R1's
+    ``<gen_emb>``, RGE's ``<emb>``) within a few steps for most inputs: that token's LM-head row
+    points along the mean direction of the model's final states, so it wins the argmax where a
+    state leans that way more than usual. UME-R1's ``<gen_emb>`` is then followed by ``<|im_end|>``,
+    as the trained model's ``...<gen_emb><|im_end|>``: ``<gen_emb>``'s input row and ``<|im_end|>``'s
+    LM-head row share a direction."""
+    from transformers import GenerationConfig
+
+    if recipe not in RECIPE_CHECKPOINTS:
+        raise ValueError(f"unknown recipe {recipe!r}; expected one of {sorted(RECIPE_CHECKPOINTS)}")
+    model_type, tokens = RECIPE_CHECKPOINTS[recipe]
+
+    def prepare(model, tokenizer):
+        vocab = tokenizer.get_vocab()
+        model.generation_config = GenerationConfig(
+            bos_token_id=vocab["<|endoftext|>"],
+            pad_token_id=vocab["<|endoftext|>"],
+            eos_token_id=[vocab["<|im_end|>"], vocab["<|endoftext|>"]],
+            **QWEN_VL_SAMPLING,
+        )
+        if emits_embed_token:
+            _emit_embed_token(model, tokenizer, recipe)
+
+    config = tiny_config(model_type)
+    return _build_checkpoint(
+        config, path, seed, torch.float32, "cpu", tiny=True, sharpen=True, tokens=tokens, prepare=prepare
+    )
+
+
+@torch.no_grad()
+def _emit_embed_token(model, tokenizer, recipe: str) -> None:
+    vocab = tokenizer.get_vocab()
+    token = "<gen_emb>" if recipe == "ume_r1" else "<emb>"
+    # The model's own generations (greedy, from a chat prompt) give the mean direction of its states.
+    prompt = "<|im_start|>user\nDescribe a cat and a dog.<|im_end|>\n<|im_start|>assistant\n"
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    out = model.generate(
+        input_ids=ids,
+        max_new_tokens=24,
+        do_sample=False,
+        repetition_penalty=1.0,
+        eos_token_id=None,
+        output_hidden_states=True,
+        return_dict_in_generate=True,
+    )
+    mean = torch.cat([step[-1][0, -1:] for step in out.hidden_states]).mean(0)
+    mean /= mean.norm()
+    head, embed = model.get_output_embeddings().weight, model.get_input_embeddings().weight
+    head[vocab[token]] = EMIT_SCALE * mean
+    if recipe == "ume_r1":
+        direction = torch.randn(mean.shape[0], generator=torch.Generator().manual_seed(1))
+        direction -= (direction @ mean) * mean  # away from what triggers <gen_emb>
+        direction /= direction.norm()
+        embed[vocab[token]] = STOP_INPUT_SCALE * direction
+        head[vocab["<|im_end|>"]] = STOP_SCALE * direction

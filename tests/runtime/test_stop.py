@@ -21,9 +21,11 @@ def reference(stream, options: DecodeOptions, embed: bool):
     sampled, written from the rule's description."""
     kept, feeds, closed, n_answer = [], [], False, 0
     for n, token in enumerate(stream, start=1):
-        if token in options.eos_token_ids:
-            return kept, "eos", feeds + embed_feeds(token, options, embed), n
         n_answer += closed
+        if token in options.eos_token_ids:
+            out = (not closed and n >= options.max_think_tokens) or n >= options.max_new_tokens
+            out |= closed and n_answer >= options.max_answer_tokens
+            return kept, "eos", feeds + embed_feeds(token, options, embed, out), n
         closed |= token == options.think_end_token_id
         kept.append(token)
         answer_out = closed and n_answer >= options.max_answer_tokens
@@ -35,14 +37,17 @@ def reference(stream, options: DecodeOptions, embed: bool):
     raise AssertionError("the stream ran out before the row stopped")
 
 
-def embed_feeds(last: int, options: DecodeOptions, embed: bool) -> list[int]:
+def embed_feeds(last: int, options: DecodeOptions, embed: bool, budget_out: bool = False) -> list[int]:
     """What a row that stops at ``last`` still feeds: its embedding token (sampled, or forced), its
-    last token (``"last_sampled"``), or nothing (``"last_fed"``: read at what it fed already)."""
+    last token (``"last_sampled"``), or nothing (``"last_fed"``: read at what it fed already, also
+    when the embedding token it sampled is the last one its budget allows, ``budget_out``)."""
     if not embed:
+        return []
+    if options.embed_fallback == "last_fed" and (last != EMBED or budget_out):
         return []
     if last == EMBED or options.embed_fallback == "force":
         return [EMBED]
-    return [last] if options.embed_fallback == "last_sampled" else []
+    return [last]
 
 
 def random_row(rng: random.Random, fallback: str = "force"):
@@ -106,8 +111,8 @@ def test_row_book_follows_the_reference(seed, staggered, fallback):
         assert book.stop_reasons()[r] == reason
         assert int(book.n_generated()[r]) == n_sampled
         assert feeds[r] == want_feeds, (r, stream, options, embed)
-        # "last_fed" rows that did not sample their embedding token are read in place, once.
-        in_place = embed and fallback == "last_fed" and stream[n_sampled - 1] != EMBED
+        # "last_fed" rows that do not feed their embedding token are read in place, once.
+        in_place = embed and fallback == "last_fed" and want_feeds[-1:] != [EMBED]
         assert len(book.reads[r]) == int(in_place), (r, stream)
         if embed:  # the sequence embedded: the kept tokens it fed, then a token fed apart from them
             tail = int(book.tail[r])
@@ -137,8 +142,8 @@ def test_both_schedulers_follow_a_changed_rule(vl_model, monkeypatch):
     original = RowBook._record
 
     def stop_after_two(self, token, sampling):
-        is_eos, stop = original(self, token, sampling)
-        return is_eos, stop | (sampling & (self.n_sampled >= 2))
+        is_eos, stop, exhausted = original(self, token, sampling)
+        return is_eos, stop | (sampling & (self.n_sampled >= 2)), exhausted
 
     monkeypatch.setattr(RowBook, "_record", stop_after_two)
     for scheduler in ("static", "continuous"):

@@ -10,7 +10,8 @@ or after feeding its last sampled token otherwise (``KEEP_LAST``, then ``EMBED``
 fallback ``"force"``; a row that stops without sampling its embedding token may instead embed at its
 last sampled token, fed as the one it embeds at (``"last_sampled"``, RGE's rule: ``EMBED`` with that
 token, a dropped EOS included), or at the last token it has already fed, whose state the step that
-sampled the stopping token computed (``"last_fed"``, UME-R1's rule: ``DONE`` at once, ``read_now``).
+sampled the stopping token computed (``"last_fed"``, UME-R1's rule: ``DONE`` at once, ``read_now``;
+also where the embedding token is the last token the budget allows, which that rule never feeds).
 A row that does not embed is ``DONE`` at once.
 
 ``</think>`` closes on a token id compare where it is one token (Qwen3); where it is several tokens
@@ -129,9 +130,12 @@ class RowBook:
             token, sampling = self.next_feed, torch.zeros_like(alive)
         else:
             sampling = alive if only is None else alive & only
-        is_eos, stop = self._record(token, sampling)
-        # Rows that stop without sampling their embedding token, and embed by a fallback of their own.
-        own = self.embeds & (self.fallback != FORCE) & (token != self.embed_id)
+        is_eos, stop, exhausted = self._record(token, sampling)
+        # Rows that stop without sampling their embedding token, and embed by a fallback of their own;
+        # under "last_fed" also a row whose embedding token is its last budgeted one (UME-R1's index
+        # rule then reads the step before: that token is never fed).
+        last_budgeted = (self.fallback == LAST_FED) & (token == self.embed_id) & exhausted
+        own = self.embeds & (self.fallback != FORCE) & ((token != self.embed_id) | last_budgeted)
         last_fed = own & (self.fallback == LAST_FED)
         done = torch.full_like(self.state, RowState.DONE)
         stopped = torch.where(is_eos | own, RowState.EMBED, RowState.KEEP_LAST)
@@ -155,7 +159,8 @@ class RowBook:
         self.tail = torch.where(fed_apart, self.next_feed, self.tail)
 
     def _record(self, token: torch.Tensor, sampling: torch.Tensor):
-        """Store the sampled tokens; which rows hit EOS, which stop (EOS or a budget)."""
+        """Store the sampled tokens; which rows hit EOS, which stop (EOS or a budget), and which have
+        sampled the last token their budget allows (whatever it is)."""
         column = self.n_sampled.clamp(max=self.tokens.shape[1] - 1).view(-1, 1)
         current = self.tokens.gather(1, column).view(-1)
         self.tokens.scatter_(1, column, torch.where(sampling, token, current).view(-1, 1))
@@ -170,12 +175,13 @@ class RowBook:
         think_out = ~self.closed & (self.n_sampled >= self.max_think)
         answer_out = self.closed & (self.n_answer >= self.max_answer)
         text_stop = text_stop & ~is_eos
-        budget = sampling & ~is_eos & (think_out | answer_out | (self.n_sampled >= self.max_new))
+        exhausted = sampling & (think_out | answer_out | (self.n_sampled >= self.max_new))
+        budget = exhausted & ~is_eos
         self.n_kept = torch.where(sampling & ~is_eos, self.n_sampled, self.n_kept)
         reason = torch.where(answer_out, StopReason.ANSWER_BUDGET, StopReason.THINK_BUDGET)
         reason = torch.where(text_stop, StopReason.STOP_STRING, torch.where(budget, reason, self.reason))
         self.reason = torch.where(is_eos, StopReason.EOS, reason)
-        return is_eos, is_eos | text_stop | budget
+        return is_eos, is_eos | text_stop | budget, exhausted
 
     def _match_text(self, token: torch.Tensor, sampling: torch.Tensor):
         """Step each sampling row's automaton by its token: which rows' text just completed the think

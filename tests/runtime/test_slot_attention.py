@@ -4,6 +4,8 @@ over the columns the busy slots use (nothing copied)."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -37,7 +39,8 @@ def test_busy_slots_attend_as_a_gathered_reference(seed, dtype):
     assert getattr(keys, ROWS).tolist() == busy
     query = torch.randn(len(busy), heads, 1, dim, generator=gen, dtype=dtype)
     bias = cache.attention_bias(dtype)
-    got, _ = slot_attention(None, query, keys, values, bias, scaling=dim**-0.5)
+    module = SimpleNamespace(num_key_value_groups=heads // kv_heads, is_causal=True)  # as HF's attention
+    got, _ = slot_attention(module, query, keys, values, bias, scaling=dim**-0.5)
     want = slot_attention_reference(query, keys, values, bias, torch.tensor(busy), scaling=dim**-0.5)
     assert got.shape == (len(busy), 1, heads, dim)
     torch.testing.assert_close(got.double(), want, atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype])

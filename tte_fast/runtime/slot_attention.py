@@ -5,8 +5,9 @@ among every slot's in the cache. Gathering those rows for the attention copies t
 and step (on CPU that copy was about a fifth of a step). Here each layer's cache ``update``
 returns every slot's keys and values as a view, cut to the columns the busy slots use, with the
 busy rows attached (``ROWS``); this attention function places the busy queries among zero ones and
-runs SDPA over all slots, whose bias keeps each slot to its own columns, then keeps the busy rows.
-Idle slots cost one zero query each against their columns; nothing is copied.
+runs transformers' SDPA attention over all slots (which packs a single query's grouped heads onto
+the key heads instead of repeating the keys), whose bias keeps each slot to its own columns, then
+keeps the busy rows. Idle slots cost one zero query each against their columns; nothing is copied.
 
 ``slot_attention_reference`` is the plain-torch reference it is tested against (gathered rows,
 float64 softmax).
@@ -15,7 +16,6 @@ float64 softmax).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 SLOT_ATTENTION = "tte_fast_slot_attention"
 # Attribute of the key view a slot cache returns: the slot of each query row (absent: all slots).
@@ -25,17 +25,17 @@ ROWS = "_tte_slot_rows"
 def slot_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """HF attention function: ``query [B, H, 1, d]`` of the busy slots, ``key/value [S, H_kv, W, d]``
     of every slot, ``attention_mask`` an additive ``[S, 1, 1, W]`` bias -> ``[B, 1, H, d]``."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
     rows = getattr(key, ROWS, None)
     if rows is not None:
         placed = query.new_zeros((key.shape[0], *query.shape[1:]))
         placed[rows] = query
         query = placed
-    out = F.scaled_dot_product_attention(
-        query, key, value, attn_mask=attention_mask, scale=scaling, enable_gqa=query.shape[1] != key.shape[1]
+    out, _ = sdpa_attention_forward(
+        module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=False
     )
-    if rows is not None:
-        out = out[rows]
-    return out.transpose(1, 2).contiguous(), None
+    return (out if rows is None else out[rows]), None
 
 
 def slot_attention_reference(query, key, value, bias, rows, scaling=None) -> torch.Tensor:

@@ -52,7 +52,10 @@ def test_prompts_end_where_they_are_embedded(vl_model, seed):
 
 
 def test_a_prompt_without_its_embedding_token_is_an_error():
-    batch = {"input_ids": torch.tensor([[0, 5, 6], [5, 3, 4]]), "attention_mask": torch.tensor([[0, 1, 1], [1, 1, 1]])}
+    batch = {
+        "input_ids": torch.tensor([[0, 5, 6], [5, 3, 4]]),
+        "attention_mask": torch.tensor([[0, 1, 1], [1, 1, 1]]),
+    }
     assert unpadded(cut_after_last(batch, 5))[1].tolist() == [5]
     with pytest.raises(ValueError, match="row 0"):
         cut_after_last({**batch, "input_ids": torch.tensor([[0, 1, 6], [5, 3, 4]])}, 5)

@@ -29,14 +29,18 @@ def test_user_templates_and_placeholders_lay_out_the_turn_exactly(vl_model):
     written into the text, no chat template at all."""
     image = EmbedInput(text="What is in the image", instruction="Find it:", image=object())
     text = EmbedInput(text="  a cat ", instruction="")
-    plain = PromptConfig(chat=False, user_template="{image}{input}", image_placeholder="<|image_pad|> ", joiner=" ")
+    plain = PromptConfig(
+        chat=False, user_template="{image}{input}", image_placeholder="<|image_pad|> ", joiner=" "
+    )
     assert render_prompt(vl_model.processor, image, "query", False, plain, True) == (
         "<|image_pad|> Find it: What is in the image"
     )
     # No image: no placeholder; an empty instruction falls back to the side's.
     want = PromptConfig().query_instruction + "   a cat "
     assert render_prompt(vl_model.processor, text, "query", False, plain, True) == want
-    stripped = PromptConfig(user_template="{input}\n<x>\n{reasoning}", strip_input=True, reasoning_instruction="R")
+    stripped = PromptConfig(
+        user_template="{input}\n<x>\n{reasoning}", strip_input=True, reasoning_instruction="R"
+    )
     rendered = render_prompt(vl_model.processor, text, "target", True, stripped, True)
     user = PromptConfig().target_instruction + "\n  a cat".rstrip() + "\n<x>\nR"
     messages = [{"role": "user", "content": [{"type": "text", "text": user}]}]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import random_pixels
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from tte_fast.model import UnifiedTTE
@@ -129,3 +130,21 @@ def test_seed_decides_the_trace(model, scheduler):
     assert all(a != b for a, b in zip(first, other)), "another seed gave the same trace"
     greedy = model.think(INPUTS, max_think_tokens=6, scheduler=scheduler)
     assert all(a != b for a, b in zip(first, greedy)), "sampling gave the greedy trace"
+
+
+def test_sampling_from_the_top_one_is_the_argmax_without_a_draw(vl_model, monkeypatch):
+    """Qwen-VL's generation_config samples with top_k=1 (and top_p=0.001): HF's warpers leave one
+    token, so the pick is the argmax and no distribution is built or drawn from, in either scheduler."""
+    logits = 3 * torch.randn(6, 512, generator=torch.Generator().manual_seed(0))
+    qwen = dict(do_sample=True, temperature=0.01, top_k=1, top_p=0.001)
+    expected = hf_probs(logits, qwen["temperature"], qwen["top_k"], qwen["top_p"])
+    assert ((expected > 0).sum(-1) == 1).all()
+    spy = DrawSpy(monkeypatch)
+    tokens = pick_tokens(logits, DecodeOptions(**qwen), None)
+    assert torch.equal(tokens, expected.argmax(-1))
+    inputs = ["a red car", {"text": "a cat", "image": random_pixels(1, 40, 56)}]
+    greedy = vl_model.encode(inputs, think=True, max_think_tokens=4)
+    for scheduler in ("continuous", "static"):
+        sampled = vl_model.encode(inputs, think=True, max_think_tokens=4, scheduler=scheduler, **qwen)
+        assert [s.tolist() for s in sampled.sequences] == [s.tolist() for s in greedy.sequences]
+    assert spy.probs == []

@@ -67,7 +67,8 @@ class Recipe:
             )
         if self.vision and not is_qwen_vl(model_type):
             raise ValueError(
-                f"recipe {self.name!r} needs a Qwen-VL checkpoint, got the text-only model type {model_type!r}"
+                f"recipe {self.name!r} needs a Qwen-VL checkpoint, "
+                f"got the text-only model type {model_type!r}"
             )
 
 

@@ -68,7 +68,9 @@ class TTEConfig:
             raise ValueError(f"stop_strings must be a list of non-empty strings, got {self.stop_strings!r}")
         self.stop_strings = list(self.stop_strings)
         if self.stop_tokens is not None:
-            if isinstance(self.stop_tokens, str) or not all(isinstance(t, str) and t for t in self.stop_tokens):
+            if isinstance(self.stop_tokens, str) or not all(
+                isinstance(t, str) and t for t in self.stop_tokens
+            ):
                 raise ValueError(f"stop_tokens must be a list of non-empty strings, got {self.stop_tokens!r}")
             self.stop_tokens = list(self.stop_tokens)
         for name, allowed in (

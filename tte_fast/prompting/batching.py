@@ -1,13 +1,14 @@
 """Model-input batches and the embedding forward, shared by inference and training.
 
-``prompt_batch`` renders inputs through the chat template (``tte_fast.prompting.prompts``) and tokenizes them
-(the Qwen-VL processor with images, or the tokenizer) into one left-padded batch; prompts that do
-not think end in the token they are embedded at: the embedding token appended (a prompt with a
-trace always), the prompt's own last token, or the last occurrence of a prompt token (the prompt is
-cut after it: under causal attention nothing later changes that token's state). ``embed_batch`` reads the embedding of such a batch: the
-L2-normalised final-norm state of its last token (last-token head), or the TTE_u head over the
-layer L-k states. ``UnifiedTTE.encode`` runs both under ``inference_mode``; the training jobs run
-them with gradients, so what is trained is exactly what is run.
+``prompt_batch`` renders inputs through the chat template (``tte_fast.prompting.prompts``) and
+tokenizes them (the Qwen-VL processor with images, or the tokenizer) into one left-padded batch;
+prompts that do not think end in the token they are embedded at: the embedding token appended (a
+prompt with a trace always), the prompt's own last token, or the last occurrence of a prompt token
+(the prompt is cut after it: under causal attention nothing later changes that token's state).
+``embed_batch`` reads the embedding of such a batch: the L2-normalised final-norm state of its last
+token (last-token head), or the TTE_u head over the layer L-k states. ``UnifiedTTE.encode`` runs
+both under ``inference_mode``; the training jobs run them with gradients, so what is trained is
+exactly what is run.
 """
 
 from __future__ import annotations

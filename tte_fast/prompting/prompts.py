@@ -56,7 +56,8 @@ class PromptConfig:
                 self.user_template.format(input="", image="", reasoning="")
             except (KeyError, IndexError, ValueError) as e:
                 raise ValueError(
-                    f"user_template may use only {{input}}, {{image}} and {{reasoning}}: {self.user_template!r} ({e})"
+                    "user_template may use only {input}, {image} and {reasoning}: "
+                    f"{self.user_template!r} ({e})"
                 ) from None
         if not isinstance(self.text_image_size, int) or self.text_image_size < 0:
             raise ValueError(f"text_image_size must be an int >= 0, got {self.text_image_size!r}")

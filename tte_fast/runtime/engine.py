@@ -35,6 +35,7 @@ from tte_fast.inputs import EmbedInput, InputError, load_input
 from tte_fast.profiling import stage
 from tte_fast.prompting.batching import normalize, unpadded
 from tte_fast.prompting.chunking import split_inputs
+from tte_fast.runtime import slot_attention
 from tte_fast.runtime.options import DecodeOptions
 from tte_fast.runtime.packed_prefill import (
     IMPLEMENTATION,
@@ -43,10 +44,9 @@ from tte_fast.runtime.packed_prefill import (
     text_attention,
 )
 from tte_fast.runtime.positions import decode_position_ids, prefill_position_ids, uses_mrope
-from tte_fast.runtime import slot_attention
 from tte_fast.runtime.runner import model_inputs
+from tte_fast.runtime.sampling import SeenTokens, draws_argmax, row_generators, sampling_probs
 from tte_fast.runtime.slot_attention import SLOT_ATTENTION
-from tte_fast.runtime.sampling import SeenTokens, row_generators, sampling_probs
 from tte_fast.runtime.slot_cache import SlotCache
 from tte_fast.runtime.stop import RowBook, RowState, StopReason
 from tte_fast.settings.checks import positive_int
@@ -374,14 +374,16 @@ class Engine:
         tokens[index] = logits.argmax(-1)
         for row, i in enumerate(slot_indices):
             options = self.slots[i].request.options
-            if options.do_sample:
+            if not draws_argmax(options):
                 probs = sampling_probs(logits[row : row + 1], options)[0]
                 tokens[i] = torch.multinomial(probs, 1, generator=self.slots[i].generator)[0]
         if self.seen is not None:
             self.seen.record(tokens, slot_indices)
         return tokens
 
-    def _advance(self, tokens: torch.Tensor | None, only: list[int] | None = None, hidden=None, order=None) -> int:
+    def _advance(
+        self, tokens: torch.Tensor | None, only: list[int] | None = None, hidden=None, order=None
+    ) -> int:
         """Move the book by the stop rule (``only``: just these slots took a token) and finish the
         requests that stopped: think-only ones, and those embedded at the last token they fed, from
         ``hidden`` (the step's states, row ``r`` for slot ``(order or only)[r]``); one host read of the

@@ -30,21 +30,39 @@ def row_generators(batch: dict, options: DecodeOptions) -> list[torch.Generator]
     return generators
 
 
+def draws_argmax(options: DecodeOptions) -> bool:
+    """Whether a pick is the argmax: greedy, or sampling from the top 1 (Qwen-VL's generation_config:
+    ``top_k=1``), whose draw can only be that token (up to exact ties, where HF draws among them)."""
+    return not options.do_sample or options.top_k == 1
+
+
 def sampling_probs(logits: torch.Tensor, options: DecodeOptions) -> torch.Tensor:
     """[B, V] probabilities a sampled token is drawn from: temperature, then top-k, then top-p
-    (the order of HF's logits warpers)."""
+    (the order of HF's logits warpers). With top-k, top-p sorts only the k kept scores."""
     scores = logits / options.temperature
     if options.top_k:
-        kth = torch.topk(scores, min(options.top_k, scores.shape[-1]), dim=-1).values[:, -1:]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
+        k = min(options.top_k, scores.shape[-1])
+        top, where = torch.topk(scores, k, dim=-1)
+        kept = scores >= top[:, -1:]
+        if options.top_p < 1 and not bool((kept.sum(-1) > k).any()):  # no tie at the k-th score
+            top = _top_p(top, options.top_p)  # sorted descending already
+            return torch.zeros_like(scores).scatter(-1, where, top.softmax(-1))
+        scores = scores.masked_fill(~kept, float("-inf"))
     if options.top_p < 1:
         sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
-        cumulative = sorted_scores.softmax(-1).cumsum(-1)
-        # Drop a token once the mass before it already reaches top_p (the top token always stays).
-        drop_sorted = cumulative - sorted_scores.softmax(-1) >= options.top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        drop = torch.zeros_like(scores, dtype=torch.bool).scatter(
+            -1, order, torch.isneginf(_top_p(sorted_scores, options.top_p))
+        )
         scores = scores.masked_fill(drop, float("-inf"))
     return scores.softmax(-1)
+
+
+def _top_p(sorted_scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Scores sorted descending with a token dropped (-inf) once the mass before it already reaches
+    ``top_p`` (the top token always stays)."""
+    probs = sorted_scores.softmax(-1)
+    drop = probs.cumsum(-1) - probs >= top_p
+    return sorted_scores.masked_fill(drop, float("-inf"))
 
 
 def penalize(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -115,7 +133,7 @@ def pick_tokens(
         tokens = pick_tokens(logits, options, generators)
         seen.record(tokens)
         return tokens
-    if not options.do_sample:
+    if draws_argmax(options):
         return logits.argmax(-1)
     probs = sampling_probs(logits, options)
     if generators is None:

@@ -72,7 +72,9 @@ class DecodeOutput:
         tails = self.tails or [-1] * len(self.kept)
         lengths = self.embedded or [len(k) for k in self.kept]
         return [
-            torch.cat([p, k[:n].to(p.device), torch.tensor([t] if t >= 0 else [], dtype=p.dtype, device=p.device)])
+            torch.cat(
+                [p, k[:n].to(p.device), torch.tensor([t] if t >= 0 else [], dtype=p.dtype, device=p.device)]
+            )
             for p, k, t, n in zip(self.prompt_ids, self.kept, tails, lengths)
         ]
 

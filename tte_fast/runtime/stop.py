@@ -32,7 +32,6 @@ import torch
 from tte_fast.runtime.options import EMBED_FALLBACKS, DecodeOptions
 from tte_fast.runtime.stop_strings import CLOSES, KIND_BITS, STOPS
 
-
 FORCE, LAST_SAMPLED, LAST_FED = range(len(EMBED_FALLBACKS))
 
 

@@ -29,7 +29,6 @@ GENERATION = (
 )
 
 
-
 @dataclass(frozen=True)
 class EncodeParams:
     """Budgets (None: the checkpoint's), sampling and repetition penalty (None: the model's source,

@@ -13,7 +13,7 @@ process 0 writes the caches.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 import torch.distributed as dist
@@ -26,6 +26,8 @@ from tte_fast.eval.fingerprint import digest, input_fingerprint, module_fingerpr
 
 # TTEConfig fields that shape traces (they enter through the trace fingerprint instead).
 _BUDGETS = ("max_think_tokens", "max_answer_tokens")
+# TTEConfig settings a trace depends on beyond the prompts and the resolved decode options.
+_TRACE_SETTINGS = ("positions", "min_pixels", "max_pixels", "recipe")
 
 
 @dataclass
@@ -68,16 +70,13 @@ class ModelRunner:
         return self.reasoner.config.prompts.thinks(side) if setting is None else bool(setting)
 
     def decode_options(self) -> dict:
-        config, opts = self.reasoner.config, self.options
-        return {
-            "max_think_tokens": config.max_think_tokens
-            if opts.max_think_tokens is None
-            else opts.max_think_tokens,
-            "max_answer_tokens": (
-                config.max_answer_tokens if opts.max_answer_tokens is None else opts.max_answer_tokens
-            ),
-            "do_sample": False,
-        }
+        """How the reasoner decodes, resolved (budgets, sampling from its generation source, stop and
+        embedding tokens, fallback): what its traces depend on besides the prompts."""
+        opts = self.options
+        resolved = self.reasoner.decode_options(
+            max_think_tokens=opts.max_think_tokens, max_answer_tokens=opts.max_answer_tokens
+        )
+        return {f.name: getattr(resolved, f.name) for f in fields(resolved) if f.name != "stop_strings"}
 
     def trace_fingerprint(self, side: str) -> str:
         config = self.reasoner.config
@@ -87,6 +86,7 @@ class ModelRunner:
             config.prompts.to_dict(),
             config.think_end_token,
             list(config.stop_strings),  # they end traces too
+            {k: v for k, v in config.to_dict().items() if k in _TRACE_SETTINGS},
             side,
             self.decode_options(),
         )

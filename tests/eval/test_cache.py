@@ -221,3 +221,22 @@ def test_cli_recipe_loads_the_model_with_it(tiny_checkpoints, tmp_path, monkeypa
     main(["eval", example, f"model.path={path}", f"output_dir={tmp_path}", "--recipe", "vlm2vec"])
     assert loaded["model"].config.recipe == "vlm2vec"
     assert "recipe: vlm2vec" in (tmp_path / "config.yaml").read_text()  # the resolved config says so
+
+
+def test_traces_are_keyed_on_how_the_reasoner_decodes(tiny_checkpoints):
+    """A setting that changes traces (stop tokens, the checkpoint's sampling) changes their cache key."""
+    from tte_fast.eval.encoder import ModelRunner
+    from tte_fast.model import UnifiedTTE
+
+    path = tiny_checkpoints["qwen2_vl"]
+    keys = {
+        name: ModelRunner(UnifiedTTE.from_pretrained(path, device="cpu", **opts)).trace_fingerprint("query")
+        for name, opts in {
+            "plain": {},
+            "again": {},
+            "stop_tokens": {"stop_tokens": ["<|object_ref_end|>"]},
+            "checkpoint_sampling": {"generation": "checkpoint", "max_pixels": 4000},
+        }.items()
+    }
+    assert keys["plain"] == keys["again"]
+    assert len({keys["plain"], keys["stop_tokens"], keys["checkpoint_sampling"]}) == 3

@@ -9,6 +9,11 @@ runs transformers' SDPA attention over all slots (which packs a single query's g
 the key heads instead of repeating the keys), whose bias keeps each slot to its own columns, then
 keeps the busy rows. Idle slots cost one zero query each against their columns; nothing is copied.
 
+On CUDA tensors it runs ``tte_fast.kernels.decode_attention`` instead (a Triton kernel: one program
+per busy row and key head reads that slot's columns in place, so idle slots cost nothing). Each
+slot's visible columns come from the bias: its zero entries, which the slot cache's bias puts on
+columns ``0 .. position`` (a prefix). The CPU path is the SDPA one above.
+
 ``slot_attention_reference`` is the plain-torch reference it is tested against (gathered rows,
 float64 softmax).
 """
@@ -28,6 +33,13 @@ def slot_attention(module, query, key, value, attention_mask, scaling=None, drop
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     rows = getattr(key, ROWS, None)
+    if query.is_cuda and attention_mask is not None and not dropout:
+        from tte_fast.kernels import decode_attention
+
+        # Rows and lengths are in range by construction (no device sync to check them per layer).
+        lengths = visible_lengths(attention_mask)
+        out = decode_attention(query, key, value, lengths, rows, scaling, check_values=False)
+        return out, None
     if rows is not None:
         placed = query.new_zeros((key.shape[0], *query.shape[1:]))
         placed[rows] = query
@@ -36,6 +48,13 @@ def slot_attention(module, query, key, value, attention_mask, scaling=None, drop
         module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=False
     )
     return (out if rows is None else out[rows]), None
+
+
+def visible_lengths(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Each slot's visible columns ``[S]`` from a slot cache's ``[S, 1, 1, W]`` mask: its zero
+    entries (additive bias) or True ones (boolean), a prefix ``0 .. position``."""
+    bias = attention_mask[:, 0, 0, :]
+    return (bias if bias.dtype == torch.bool else bias == 0).sum(-1)
 
 
 def slot_attention_reference(query, key, value, bias, rows, scaling=None) -> torch.Tensor:

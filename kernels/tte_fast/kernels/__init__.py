@@ -12,13 +12,14 @@ import torch
 
 from tte_fast.profiling import ranged
 
+from .decode_attention import decode_attention
 from .indexing import last_token_index
 from .infonce_torch import InfoNCETorch, infonce_forward_backward_torch
 from .pool_normalize_torch import pool_normalize_torch
 from .reference import infonce_loss_reference, pool_normalize_reference
 from .validation import check_infonce_inputs, check_pool_inputs, resolve_backend
 
-__all__ = ["infonce_loss", "infonce_loss_and_grads", "last_token_index", "pool_normalize"]
+__all__ = ["decode_attention", "infonce_loss", "infonce_loss_and_grads", "last_token_index", "pool_normalize"]
 
 
 @ranged("pool_normalize")

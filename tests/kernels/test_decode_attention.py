@@ -1,0 +1,165 @@
+"""Decode attention over a slot cache: every backend against the float64 reference of the engine's
+slot attention (gathered rows), fresh inputs each run; bad inputs raise."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import assert_rel_close
+from kernel_cases import on_every_backend, poison_empty
+
+from tte_fast import kernels
+from tte_fast.runtime.slot_attention import ROWS, slot_attention_reference, visible_lengths
+from tte_fast.runtime.slot_cache import SlotCache
+
+# Inputs are rounded to the dtype first, so only the fp32 accumulation (fp32) or the output's
+# rounding to the dtype (fp16 / bf16) separates a backend from the float64 reference.
+TOLERANCE = {torch.float32: 1e-5, torch.float16: 2 * 2**-10, torch.bfloat16: 2 * 2**-7}
+
+
+@pytest.fixture(autouse=True)
+def fresh_seed():
+    seed = torch.seed()
+    print(f"torch seed {seed}")
+
+
+def slot_inputs(slots, heads, kv_heads, width, dim, dtype, device, busy, extra_columns=0):
+    """Query of the busy slots, key/value views ``[S, H_kv, W, d]`` cut from a longer cache (when
+    ``extra_columns``), lengths in [1, W] with 1 and W both present, and the engine's bias."""
+    cache = 2 * torch.randn(2, slots, kv_heads, width + extra_columns, dim, dtype=torch.float64)
+    cache = cache.to(device, dtype)
+    key, value = cache[0, :, :, :width], cache[1, :, :, :width]
+    lengths = torch.randint(1, width + 1, (slots,))
+    lengths[torch.randperm(slots)[:2]] = torch.tensor([1, width])[: min(2, slots)]
+    rows = torch.randperm(slots)[:busy].sort().values if busy < slots else None
+    batch = busy if rows is not None else slots
+    query = (2 * torch.randn(batch, heads, 1, dim, dtype=torch.float64)).to(device, dtype)
+    columns = torch.arange(width)
+    hidden = columns[None, :] >= lengths[:, None]  # as the slot cache's bias: the dtype's minimum
+    bias = torch.zeros(slots, width, dtype=dtype).masked_fill_(hidden, torch.finfo(dtype).min)
+    return query, key, value, lengths.to(device), rows, bias[:, None, None, :]
+
+
+def reference(query, key, value, lengths, rows, bias, scaling=None):
+    rows = torch.arange(key.shape[0]) if rows is None else rows
+    return slot_attention_reference(query.cpu(), key.cpu(), value.cpu(), bias, rows, scaling)
+
+
+@on_every_backend
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(
+    "slots,heads,kv_heads,width,dim,busy,extra",
+    [
+        (1, 2, 2, 1, 8, 1, 0),  # one slot, one column, MHA
+        (4, 4, 4, 17, 16, 4, 5),  # MHA, all slots, non-contiguous view
+        (6, 4, 2, 130, 32, 3, 0),  # GQA, a busy subset, several column blocks
+        (5, 6, 2, 65, 24, 2, 63),  # GQA (3 per group: padded), d not a power of two, view of a longer cache
+        (3, 8, 1, 130, 16, 3, 0),  # one key head for all
+    ],
+)
+def test_decode_attention_matches_reference(
+    backend, device, dtype, slots, heads, kv_heads, width, dim, busy, extra
+):
+    for _ in range(2):  # two fresh draws per case
+        query, key, value, lengths, rows, bias = slot_inputs(
+            slots, heads, kv_heads, width, dim, dtype, device, busy, extra
+        )
+        assert extra == 0 or not key.is_contiguous()
+        out = kernels.decode_attention(
+            query, key, value, lengths, rows=None if rows is None else rows.to(device), backend=backend
+        )
+        assert out.shape == (query.shape[0], 1, heads, dim) and out.dtype == dtype
+        assert_rel_close(out, reference(query, key, value, lengths, rows, bias), TOLERANCE[dtype], "output")
+
+
+@on_every_backend
+def test_decode_attention_scaling_and_unwritten_output(backend, device, monkeypatch):
+    """An explicit scaling is used, and every output element is written (``torch.empty`` poisoned)."""
+    query, key, value, lengths, rows, bias = slot_inputs(4, 4, 2, 40, 16, torch.float32, device, 3)
+    poison_empty(monkeypatch)
+    out = kernels.decode_attention(
+        query, key, value, lengths, rows=rows.to(device), scaling=0.7, backend=backend
+    )
+    monkeypatch.undo()
+    assert_rel_close(out, reference(query, key, value, lengths, rows, bias, 0.7), 1e-5, "output")
+
+
+@on_every_backend
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_attention_over_a_slot_cache_step(backend, device, dtype):
+    """What the engine's slot attention runs on CUDA: a windowed step's key views, busy rows
+    (``ROWS``) and the lengths read off the cache's bias (``visible_lengths``)."""
+    slots, heads, kv_heads, dim, length = 5, 4, 2, 16, 200
+    cache = SlotCache(1, slots, kv_heads, dim, length, dtype, device)
+    cache.keys[0].copy_(torch.randn(cache.keys[0].shape))
+    cache.values[0].copy_(torch.randn(cache.values[0].shape))
+    positions = [0, 70, 3, 127, 190]  # slot 4 idle, past the step's width
+    for slot, n in enumerate(positions):
+        cache.positions[slot], cache.host_positions[slot] = n, n
+    busy = [0, 1, 3]
+    cache.select(busy, windowed=True)
+    new = [torch.randn(len(busy), kv_heads, 1, dim).to(device, dtype) for _ in range(2)]
+    keys, values = cache.update(*new, 0)
+    assert keys.shape[2] == 128 and not keys.is_contiguous()
+    bias = cache.attention_bias(dtype)
+    lengths = visible_lengths(bias)
+    assert lengths.tolist() == [1, 71, 4, 128, 128]
+    query = torch.randn(len(busy), heads, 1, dim).to(device, dtype)
+    rows = getattr(keys, ROWS)
+    out = kernels.decode_attention(query, keys, values, lengths, rows, backend=backend)
+    expected = slot_attention_reference(query.cpu(), keys.cpu(), values.cpu(), bias.cpu(), rows.cpu())
+    assert_rel_close(out, expected, TOLERANCE[dtype], "output")
+
+
+def test_decode_attention_auto_picks_torch_on_cpu():
+    query, key, value, lengths, _, bias = slot_inputs(2, 2, 1, 9, 8, torch.float32, "cpu", 2)
+    out = kernels.decode_attention(query, key, value, lengths)
+    assert torch.equal(out, kernels.decode_attention(query, key, value, lengths, backend="torch"))
+
+
+def _bad_cases():
+    q, k, v, n = (
+        torch.randn(2, 4, 1, 8),
+        torch.randn(3, 2, 10, 8),
+        torch.randn(3, 2, 10, 8),
+        torch.tensor([1, 5, 10]),
+    )
+    rows = torch.tensor([0, 2])
+    return [
+        ((q, k, v, n), {}, r"query's B \(2\) must equal the number of slots S \(3\)"),
+        ((q[:, :3], k, v, n), {"rows": rows}, r"query heads \(3\) must be a multiple of key heads \(2\)"),
+        ((q[:, :, :, :4], k, v, n), {"rows": rows}, "query head_dim 4 does not match key's 8"),
+        ((q.expand(2, 4, 2, 8), k, v, n), {"rows": rows}, r"one token per row.*\[2, 4, 2, 8\]"),
+        ((q, k, v[:, :, :9], n), {"rows": rows}, r"value shape \[3, 2, 9, 8\] does not match"),
+        (
+            (q.half(), k, v, n),
+            {"rows": rows},
+            "key dtype torch.float32 does not match query dtype",
+        ),
+        ((q, k, v.double(), n), {"rows": rows}, "value dtype torch.float64"),
+        ((q[0], k, v, n), {"rows": rows}, "query must have 4 dimensions"),
+        ((q.long(), k, v, n), {"rows": rows}, "query must be a floating-point tensor"),
+        ((q, k, v, n[:2]), {"rows": rows}, r"lengths must have shape \[3\], got \[2\]"),
+        ((q, k, v, n.float()), {"rows": rows}, "lengths must be an integer tensor"),
+        ((q, k, v, torch.tensor([1, 5, 11])), {"rows": rows}, r"lengths .* \[1, W=10\], found 11"),
+        ((q, k, v, torch.tensor([1, 5, 0])), {"rows": rows}, r"lengths .* \[1, W=10\], found 0"),
+        ((q, k, v, n), {"rows": torch.tensor([0, 3])}, r"rows must lie in \[0, S=3\), found 3"),
+        ((q, k, v, n), {"rows": torch.tensor([-1, 2])}, "found -1"),
+        ((q, k, v, n), {"rows": torch.tensor([0])}, r"rows must have shape \[2\]"),
+        ((q, k, v, n), {"rows": rows, "scaling": float("nan")}, "scaling must be a finite number"),
+        ((q, k, v, n), {"rows": rows, "backend": "cuda"}, "backend must be one of"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(_bad_cases())))
+def test_decode_attention_bad_input(case):
+    args, kwargs, match = _bad_cases()[case]
+    with pytest.raises(ValueError, match=match):
+        kernels.decode_attention(*args, **kwargs)
+
+
+def test_decode_attention_idle_slot_lengths_are_not_checked():
+    """Only the busy rows' lengths must be in range: an idle slot may hold anything."""
+    q, k, v = torch.randn(1, 2, 1, 8), torch.randn(2, 2, 4, 8), torch.randn(2, 2, 4, 8)
+    out = kernels.decode_attention(q, k, v, torch.tensor([3, 0]), rows=torch.tensor([0]))
+    assert out.shape == (1, 1, 2, 8) and torch.isfinite(out).all()

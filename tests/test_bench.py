@@ -92,3 +92,29 @@ def test_bench_recipes_runs_and_matches_the_authors(tmp_path):
         assert r["authors_s"] > 0 and r["tte_fast_s"] > 0 and r["speedup"] > 0
         assert r["sequences_identical"] == r["sequences_total"] == 3, name
         assert r["max_abs_diff"] < 1e-4, name
+
+
+def test_bench_peer_vllm_dry_run_and_comparison(tmp_path, tiny_checkpoints):
+    """peer_vllm.py without vLLM: the tte_fast side on a tiny model (--dry-run), and the comparison
+    of two sides fed the tte_fast side's own output (traces identical, embeddings equal)."""
+    bench = _bench_module("peer_vllm")
+    out = tmp_path / "peer.json"
+    args = ["--dry-run", "--inputs", "3", "--think-budget", "4", "--slots", "2", "--dtypes", "float32"]
+    bench.main([*args, "--repeats", "1", "--work", str(tmp_path / "work"), "--json", str(out)])
+    row = json.loads(out.read_text())["results"]["float32"]
+    assert row["inputs"] == 3 and row["tte_fast_generated_tokens"] > 0 and "vllm_s" not in row
+
+    opts = type("Args", (), {"think_budget": 4, "slots": 2, "repeats": 1})
+    tte = bench.tte_side(opts, tiny_checkpoints["qwen2"], "float32", bench.make_queries(3))
+    for prompt, trace, sequence in zip(tte["prompts"], tte["traces"], tte["sequences"]):
+        assert sequence == prompt + trace + [tte["embed_token_id"]]
+    peer = {
+        "generate_s": [1.0],
+        "embed_s": [0.5],
+        "traces": tte["traces"],
+        "embeddings": tte["embeddings"].tolist(),
+        "embeddings_of_tte_sequences": tte["embeddings"].tolist(),
+    }
+    row = bench.compare(tte, peer, 3)
+    assert row["traces_identical"] == 3 and row["embed_max_abs_diff_same_ids"] < 1e-6
+    assert row["vllm_s"] == 1.5

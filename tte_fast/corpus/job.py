@@ -21,7 +21,6 @@ The output folder must be one folder all processes see (a shared filesystem acro
 from __future__ import annotations
 
 import dataclasses
-import os
 import secrets
 import sys
 import time
@@ -31,20 +30,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from tte_fast.corpus.reader import Corpus
-from tte_fast.corpus.store import (
-    EMBEDDING_DTYPES,
-    FORMAT,
-    OutputFolder,
-    manifest_differences,
-    shard_schema,
-    shard_table,
-)
-from tte_fast.corpus.world import World
-from tte_fast.settings.checks import positive_int
+from tte_fast.corpus.sharded import JobFolderError, JobRun, run_sharded
+from tte_fast.corpus.store import EMBEDDING_DTYPES, FORMAT, OutputFolder, shard_schema, shard_table
 from tte_fast.settings.params import EncodeParams
 
 
-class CorpusJobError(RuntimeError):
+class CorpusJobError(JobFolderError):
     """The job refused to start (output folder in use, different model or setting)."""
 
 
@@ -127,72 +118,34 @@ def encode_corpus(
     the same one). Raises :class:`CorpusJobError` when the folder holds a different job's output
     (or any output, without ``resume``)."""
     settings = settings or EncodeSettings()
-    positive_int("shard_size", shard_size)
+    manifest = _manifest(model, corpus, settings, model_path)
     folder = OutputFolder(output)
-    with World() as world:
-        manifest = _manifest(model, corpus, settings, model_path, world.size)
-        world.agree(lambda: _check_folder(folder, manifest, resume))
-        if world.rank == 0:
-            os.makedirs(output, exist_ok=True)
-            folder.remove_stale_temporaries()
-            folder.write_manifest({**manifest, "status": "running", "counts": folder.counts()})
-        world.barrier()
-        done = folder.done_ids()
-        world.barrier()  # every process has listed the folder before any writes to it
-        pending = [p for p, i in enumerate(corpus.ids) if i not in done]
-        shards = [pending[s : s + shard_size] for s in range(0, len(pending), shard_size)]
-        mine = shards[world.rank :: world.size]
-        stats: dict = {}
-        world.agree(
-            lambda: stats.update(
-                _encode_shards(model, corpus, folder, settings, manifest, mine, progress, world.rank)
-            ),
-            "while encoding",
-        )
-        totals = world.sum(stats)
-        failures = world.gather(stats["failures"])
-        world.barrier()
-        counts = folder.counts()
-        summary = _summary(output, manifest, len(corpus), len(done), totals, failures, counts, world.size)
-        if world.rank == 0:
-            status = "complete" if totals["encoded"] == len(pending) else "partial"
-            folder.write_manifest({**manifest, "status": status, "counts": counts, "last_run": summary})
-        world.barrier()
-    return summary
+
+    def work(shards: list[list[int]], rank: int) -> dict:
+        return _encode_shards(model, corpus, folder, settings, manifest, shards, progress, rank)
+
+    return run_sharded(
+        output,
+        manifest,
+        corpus.ids,
+        work,
+        lambda run: _summary(output, manifest, run),
+        fmt=FORMAT,
+        shard_size=shard_size,
+        resume=resume,
+        processed="encoded",
+        what="an encoding",
+        error=CorpusJobError,
+    )
 
 
-def _manifest(model, corpus: Corpus, settings: EncodeSettings, model_path, world_size: int) -> dict:
+def _manifest(model, corpus: Corpus, settings: EncodeSettings, model_path) -> dict:
     return {
-        "format": FORMAT,
         "model": model_description(model),
         "settings": {**settings.resolved(model), "columns": corpus.columns.to_dict()},
         "schema": {"id": corpus.id_type, "embedding_dtype": settings.embedding_dtype},
         "source": {"model": model_path, "input": corpus.path, "ids": corpus.id_source, "inputs": len(corpus)},
-        "world_size": world_size,
     }
-
-
-def _check_folder(folder: OutputFolder, manifest: dict, resume: bool) -> None:
-    saved = folder.read_manifest()
-    if not resume:
-        if not folder.is_empty():
-            raise CorpusJobError(
-                f"{folder.path} already holds an encoding: pass --resume (resume=True) to continue it, "
-                "or choose another folder"
-            )
-        return
-    if saved is None:
-        if folder.shards():
-            raise CorpusJobError(f"{folder.path} holds shards but no manifest: cannot tell what made them")
-        return
-    if saved.get("format") != FORMAT:
-        raise CorpusJobError(f"{folder.manifest_path}: format {saved.get('format')!r}, expected {FORMAT!r}")
-    differences = manifest_differences(saved, manifest)
-    if differences:
-        listed = "\n  ".join(differences[:8]) + ("\n  ..." if len(differences) > 8 else "")
-        raise CorpusJobError(
-            f"refusing to resume {folder.path}: it was written with a different model or setting:\n  {listed}"
-        )
 
 
 def _encode_shards(model, corpus, folder, settings, manifest, shards, progress, rank) -> dict:
@@ -269,24 +222,25 @@ def _error_message(message: str | None, index: int) -> str | None:
     return message[len(prefix) :] if message.startswith(prefix) else message
 
 
-def _summary(output, manifest, inputs, already, totals, failures, counts, world_size) -> dict:
+def _summary(output: str, manifest: dict, run: JobRun) -> dict:
+    totals = run.totals
     seconds = max(totals["seconds_max"], 1e-9)
     return {
         "output": output,
         "model_fingerprint": manifest["model"]["fingerprint"],
-        "world_size": world_size,
-        "inputs": inputs,
-        "already_done": already,
+        "world_size": run.world_size,
+        "inputs": run.inputs,
+        "already_done": run.already_done,
         "encoded": totals["encoded"],
         "succeeded": totals["succeeded"],
         "failed": totals["failed"],
-        "failures": [f for per_rank in failures for f in per_rank][:20],
+        "failures": run.failures[:20],
         "shards_written": totals["shards"],
         "tokens": totals["tokens"],
         "seconds": round(seconds, 3),
         "inputs_per_s": round(totals["encoded"] / seconds, 3),
         "tokens_per_s": round(totals["tokens"] / seconds, 1),
-        "table": counts,
+        "table": run.counts,
     }
 
 

@@ -23,6 +23,9 @@ def test_single_relevant_at_rank_three():
     assert m["precision@5"] == pytest.approx(1 / 5) and m["precision@10"] == pytest.approx(1 / 10)
     assert m["recall@1"] == 0 and m["recall@5"] == 1
     assert m["map@5"] == pytest.approx(1 / 3)
+    # One relevant candidate found: precision 1/k, recall 1, so f1@k = 2 / (k + 1) (VLM2Vec's
+    # ImageNet-1K report has f1@5 = 0.3187 beside hit@5 = 0.956 = 0.3187 * 6 / 2).
+    assert m["f1@5"] == pytest.approx(2 / 6) and m["f1@10"] == pytest.approx(2 / 11)
     # DCG = 1 / log2(2 + 2); the ideal puts the one relevant first: 1 / log2(2).
     assert m["ndcg_linear@5"] == pytest.approx(1 / L2(4))
     assert m["ndcg_exp@5"] == pytest.approx(1 / L2(4))
@@ -43,6 +46,8 @@ def test_graded_relevance_linear_and_exponential_gain():
     assert m["recall@5"] == pytest.approx(1.0) and m["recall@1"] == 0
     assert m["map@5"] == pytest.approx((1 / 2 + 2 / 3 + 3 / 5) / 3)
     assert m["precision@5"] == pytest.approx(3 / 5)
+    assert m["f1@5"] == pytest.approx(2 * (3 / 5) * 1.0 / (3 / 5 + 1.0))  # = 0.75
+    assert m["f1@1"] == 0  # nothing relevant in the top 1: precision and recall are both 0
     # At k = 1 the ideal DCG is the best grade alone.
     assert m["ndcg_linear@1"] == 0
 
@@ -82,7 +87,7 @@ def test_names_and_selection():
         == ["hit@1", "hit@5", "hit@10", "mrr@1", "mrr@5", "mrr@10"]
     )
     with pytest.raises(ValueError, match="unknown metrics"):
-        query_metrics(["a"], {"a": 1}, metrics=["f1"])
+        query_metrics(["a"], {"a": 1}, metrics=["auc"])
 
 
 def test_ndcg_matches_scikit_learn_on_random_graded_rankings():
@@ -131,12 +136,12 @@ def test_chance_level_small_pool_and_spread():
 def _task_data(local: bool):
     """12 queries, query i's positive is d_i, listed first among its 4 candidates (as in MMEB),
     put in the readers' corpus order."""
-    from tte_fast.eval.data import _finish
+    from tte_fast.eval.records import finish_task
 
     n = 12
     ids = [f"d{i}" for i in range(n)]
     lists = [[ids[(i + j) % n] for j in range(4)] for i in range(n)] if local else None
-    return _finish(
+    return finish_task(
         "t", [f"q{i}" for i in range(n)], [{}] * n, ids, [{}] * n, [{f"d{i}": 1.0} for i in range(n)], lists
     )
 

@@ -6,13 +6,15 @@ encode: {batch_size: 8, max_think_tokens: null, think_queries: null, think_targe
 search: {backend: exact}               # exact | faiss_flat | faiss_ivf | faiss_hnsw
 output_dir: eval_out                   # results.json, predictions/, the resolved config
 cache_dir: null                        # default: OUTPUT_DIR/cache
+suite: null                            # {name: mmeb_v2, data_root, modalities, tasks, sample_cap}
 tasks:                                 # a list, or a mapping name -> task (as VLM2Vec's YAMLs)
   - name: MSCOCO_i2t
-    dataset_parser: mmeb               # mmeb (qry_text, tgt_text[], ...) or tte (queries, corpus, qrels)
-    data_path: data/MSCOCO_i2t.parquet
+    dataset_parser: mmeb               # mmeb (qry_inst, qry_text, tgt_text[], ...), beir or tte
+    data_path: data/MSCOCO_i2t.parquet # a file or folder; or hf_dataset (+ hf_subset) instead
+    dataset_split: null                # which split's shards a folder or hf_dataset gives (hf: test)
     image_root: images/
     eval_type: local                   # local | global
-    meta_task: retrieval               # classification, vqa, retrieval, grounding, video, visdoc
+    meta_task: retrieval               # classification, vqa, retrieval, grounding, video_*, visdoc, ...
     metrics: [hit, ndcg_linear]        # default: all
     sample_cap: 1000                   # alias: num_sample_per_subset
 ```
@@ -28,7 +30,8 @@ from tte_fast.settings.checks import positive_int
 from tte_fast.settings.params import EncodeParams
 from tte_fast.settings.schema import ConfigError, build
 
-PARSERS = ("mmeb", "tte")
+PARSERS = ("mmeb", "beir", "tte")
+HF_PARSERS = ("mmeb", "beir")  # the layouts the datasets library can read
 EVAL_TYPES = ("local", "global")
 # meta-task -> modality; the headline metric follows the modality (MMEB-V2).
 META_TASKS = {
@@ -42,6 +45,10 @@ META_TASKS = {
     "video_retrieval": "video",
     "moment_retrieval": "video",
     "visdoc": "visdoc",
+    "vidore_v1": "visdoc",
+    "vidore_v2": "visdoc",
+    "visrag": "visdoc",
+    "visdoc_ood": "visdoc",
 }
 HEADLINES = {"image": "hit@1", "video": "hit@1", "visdoc": "ndcg_linear@5"}
 SECTIONS = ("tasks", "model", "encode", "search")
@@ -53,11 +60,15 @@ EvalConfigError = ConfigError  # the name this package used before configs share
 @dataclass
 class TaskConfig:
     name: str
-    data_path: str
+    data_path: str | None = None
     dataset_parser: str = "mmeb"
+    hf_dataset: str | None = None  # a dataset id for the datasets library, instead of data_path
+    hf_subset: str | None = None  # its config name (MMEB_Test_Instruct: the task's name)
+    dataset_split: str | None = None
+    language: str | None = None  # beir: keep the queries of this language (ViDoRe v2)
     image_root: str | None = None
     eval_type: str = "local"
-    meta_task: str = "retrieval"
+    meta_task: str | None = None  # default: visdoc for beir tasks, else retrieval
     modality: str | None = None
     metrics: list[str] = field(default_factory=lambda: list(METRICS))
     sample_cap: int | None = None
@@ -72,6 +83,16 @@ class TaskConfig:
             )
         if self.eval_type not in EVAL_TYPES:
             raise EvalConfigError(f"{where}: eval_type must be one of {EVAL_TYPES}, got {self.eval_type!r}")
+        if (self.data_path is None) == (self.hf_dataset is None):
+            raise EvalConfigError(f"{where}: set either data_path or hf_dataset (one of them)")
+        if self.hf_dataset is not None and self.dataset_parser not in HF_PARSERS:
+            raise EvalConfigError(
+                f"{where}: hf_dataset works with dataset_parser {HF_PARSERS}, not {self.dataset_parser!r}"
+            )
+        if self.language is not None and self.dataset_parser != "beir":
+            raise EvalConfigError(f"{where}: language filters beir queries; {self.dataset_parser!r} has none")
+        if self.meta_task is None:
+            self.meta_task = "visdoc" if self.dataset_parser == "beir" else "retrieval"
         if self.modality is None:
             if self.meta_task not in META_TASKS:
                 raise EvalConfigError(
@@ -178,18 +199,24 @@ def _task(i: int, raw) -> dict:
     raw = dict(raw)
     if "num_sample_per_subset" in raw:
         raw.setdefault("sample_cap", raw.pop("num_sample_per_subset"))
-    for key in ("name", "data_path"):
-        if not raw.get(key):
-            raise EvalConfigError(f"tasks.{i} has no {key}")
+    if not raw.get("name"):
+        raise EvalConfigError(f"tasks.{i} has no name")
+    if not raw.get("data_path") and not raw.get("hf_dataset"):
+        raise EvalConfigError(f"tasks.{i} ({raw['name']}) has no data_path (or hf_dataset)")
     return raw
 
 
 def parse_config(data: dict, base_dir: str = ".") -> EvalConfig:
     """An :class:`EvalConfig` from a loaded YAML mapping; relative paths start at ``base_dir``."""
     data = {k: v for k, v in data.items() if v is not None or k not in SECTIONS}  # null: the defaults
-    tasks = data.pop("tasks", None)
+    tasks = _task_list(data.pop("tasks", None) or [])
+    suite = data.pop("suite", None)
+    if suite is not None:  # a named benchmark's tasks, after any listed by hand
+        from tte_fast.eval.mmeb_v2 import suite_tasks
+
+        tasks = tasks + suite_tasks(suite)
     if tasks:
-        data["tasks"] = [_task(i, raw) for i, raw in enumerate(_task_list(tasks))]
+        data["tasks"] = [_task(i, raw) for i, raw in enumerate(tasks)]
     config = build(EvalConfig, data)
     if not config.tasks:
         raise EvalConfigError("the config has no tasks")

@@ -6,6 +6,7 @@ relevance judgments, also those the ranking missed) and rel_i the grade at rank 
 - ``hit@k``: 1 if a relevant candidate is in the top k, else 0.
 - ``precision@k``: relevant candidates in the top k, divided by k (also when the list is shorter).
 - ``recall@k``: relevant candidates in the top k, divided by R.
+- ``f1@k``: the harmonic mean of precision@k and recall@k (0 when both are 0), as VLM2Vec reports it.
 - ``map@k``: the sum of precision@(i+1) over the relevant ranks i < k, divided by R (trec_eval's
   ``map_cut``).
 - ``mrr@k``: 1 / (rank + 1) of the first relevant candidate in the top k, else 0.
@@ -24,7 +25,7 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from tte_fast.settings.checks import positive_int
 
 KS = (1, 5, 10)
-METRICS = ("hit", "ndcg_linear", "ndcg_exp", "precision", "recall", "map", "mrr")
+METRICS = ("hit", "ndcg_linear", "ndcg_exp", "precision", "recall", "f1", "map", "mrr")
 
 
 def metric_names(metrics: Iterable[str] = METRICS, ks: Iterable[int] = KS) -> list[str]:
@@ -78,10 +79,12 @@ def query_metrics(
             if h:
                 seen += 1
                 precisions.append(seen / (i + 1))
+        precision, recall = n_hits / k, n_hits / total
         values = {
             "hit": 1.0 if n_hits else 0.0,
-            "precision": n_hits / k,
-            "recall": n_hits / total,
+            "precision": precision,
+            "recall": recall,
+            "f1": 2 * precision * recall / (precision + recall) if n_hits else 0.0,
             "map": sum(precisions) / total,
             "mrr": 0.0 if first is None else 1.0 / (first + 1),
             "ndcg_linear": _dcg(top) / _dcg(grades[:k]),

@@ -1,5 +1,6 @@
 """The evaluation job: load the model, then per task read, encode (through the caches), score; then
-aggregate, print the table and write ``results.json``, ``predictions/*.jsonl`` and ``timings.json``.
+aggregate, print the table and write ``results.json``, ``predictions/*.jsonl``, ``timings.json`` and
+the same results in VLM2Vec's layout (``vlm2vec/``).
 
 Under torch.distributed every process encodes its share and scores the gathered embeddings;
 process 0 prints and writes.
@@ -20,6 +21,7 @@ from tte_fast.eval.data import read_task
 from tte_fast.eval.encoder import ModelRunner
 from tte_fast.eval.report import build_results, format_table, write_outputs
 from tte_fast.eval.scoring import score_task
+from tte_fast.eval.vlm2vec_outputs import write_vlm2vec_outputs
 
 MODEL_KEYS = {"path", "reasoner", "embedder", "device", "dtype", "recipe", "options"}
 
@@ -42,6 +44,12 @@ def load_model(spec: dict, scratch_dir: str):
     if not spec.get("path"):
         raise ValueError("model: set path (UnifiedTTE) or reasoner and embedder (TwoModelTTE)")
     return load_tte(spec["path"], scratch_dir=scratch_dir, **kwargs)
+
+
+def model_name(spec: dict) -> str:
+    """What VLM2Vec's reports call the model: the checkpoint folder's name (the embedder's of a pair)."""
+    path = spec.get("embedder") or spec.get("path")
+    return os.path.basename(str(path).rstrip("/\\")) if path else "model"
 
 
 def evaluate(config: EvalConfig, model=None, verbose: bool = True) -> dict:
@@ -69,6 +77,7 @@ def evaluate(config: EvalConfig, model=None, verbose: bool = True) -> dict:
     results = build_results(summaries, runner.describe(), settings)
     if rank == 0:
         write_outputs(config.output_dir, results, predictions)
+        write_vlm2vec_outputs(config.output_dir, results, predictions, model_name(config.model))
         with open(os.path.join(config.output_dir, "timings.json"), "w", encoding="utf-8") as f:
             json.dump({"seconds": timings}, f, indent=2)
         if verbose:

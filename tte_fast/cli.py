@@ -12,6 +12,11 @@ COMMANDS = {
     "demo": ("tte_fast.demo", "think, embed and retrieve on minibench queries with the shipped model"),
     "train": ("tte_fast.train.cli", "train a reasoner, an embedder or a TTE_u head: train CONFIG.yaml"),
     "encode": ("tte_fast.corpus.cli", "embed a JSONL / parquet corpus into parquet shards (resumable)"),
+    "traces": (
+        "tte_fast.traces.cli",
+        "reasoning traces of training records or eval tasks into parquet shards (resumable), joined "
+        "into training records: traces CONFIG.yaml",
+    ),
     "eval": ("tte_fast.eval.cli", "MMEB-style evaluation: eval CONFIG.yaml [key=value ...]"),
     "minibench": (
         "tte_fast.minibench.cli",

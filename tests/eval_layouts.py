@@ -88,8 +88,8 @@ BEIR_QRELS = [
     {"query-id": 1, "corpus-id": 10, "score": 2},
     {"query-id": 1, "corpus-id": 11, "score": 1},
     {"query-id": 1, "corpus-id": 12, "score": 0},
-    {"query-id": 2, "corpus-id": 12, "score": 1},
     {"query-id": 2, "corpus-id": 12, "score": 2},
+    {"query-id": 2, "corpus-id": 12, "score": 1},
     {"query-id": 3, "corpus-id": 12, "score": 1},
 ]
 CORPUS_IDS = (10, 11, 12, 13)

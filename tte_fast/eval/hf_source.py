@@ -2,9 +2,9 @@
 for a task that names ``hf_dataset`` (a dataset id, or a local folder laid out as one) and a split.
 
 Nothing here downloads on its own account: ``datasets`` reads its local cache, and with
-``HF_HUB_OFFLINE=1`` (or ``HF_DATASETS_OFFLINE=1``) it reads only that. Image columns are read
-undecoded (``{"bytes", "path"}`` cells), as the parquet files hold them, so the readers see the same
-records from the library as from the files.
+``HF_HUB_OFFLINE=1`` (or ``HF_DATASETS_OFFLINE=1``) it reads only that. Records are taken as stored,
+so image columns stay ``{"bytes", "path"}`` cells (nothing is decoded twice) and the readers see the
+same records from the library as from the files.
 """
 
 from __future__ import annotations
@@ -31,7 +31,4 @@ def load_rows(dataset: str, subset: str | None, split: str) -> tuple[list[dict],
         table = datasets.load_dataset(dataset, subset, split=split)
     except (FileNotFoundError, ValueError, ConnectionError) as err:
         raise EvalDataError(f"{label}: cannot load ({type(err).__name__}: {err})") from None
-    for column, feature in table.features.items():
-        if isinstance(feature, datasets.Image):
-            table = table.cast_column(column, datasets.Image(decode=False))
-    return table.to_list(), label
+    return table.to_list(), label  # the stored cells: an image stays {"bytes", "path"}, undecoded

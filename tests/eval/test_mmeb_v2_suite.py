@@ -1,0 +1,100 @@
+"""The mmeb_v2 task list against what VLM2Vec's evaluation YAMLs say (names, counts, local/global,
+meta-tasks, headline metric per modality, data sources), and the ``suite`` config section."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from tte_fast.eval import MMEB_V2_TASKS
+from tte_fast.eval.config import EvalConfigError, parse_config
+
+# The YAMLs' task names in order, per modality (a sample of each meta-task, and the ends).
+IMAGE_ORDER = ["ImageNet-1K", "N24News", "HatefulMemes", "VOC2007", "SUN397", "Place365", "ImageNet-A"]
+LOCAL_VIDEO = {"SmthSmthV2", "QVHighlight", "Charades-STA", "MomentSeeker", "Video-MME", "NExTQA"}
+LOCAL_VIDEO |= {"EgoSchema", "MVBench", "ActivityNetQA"}
+
+
+def by_name():
+    return {t.name: t for t in MMEB_V2_TASKS}
+
+
+def test_counts_order_and_ranking():
+    tasks = MMEB_V2_TASKS
+    assert Counter(t.modality for t in tasks) == {"image": 36, "video": 18, "visdoc": 27}
+    assert [t.name for t in tasks][:7] == IMAGE_ORDER
+    assert [t.name for t in tasks if t.modality == "visdoc"][-4:] == [
+        "ViDoSeek-page",
+        "ViDoSeek-doc",
+        "MMLongBench-doc",
+        "MMLongBench-page",
+    ]
+    assert Counter((t.modality, t.meta_task) for t in tasks) == {
+        ("image", "classification"): 10,
+        ("image", "vqa"): 10,
+        ("image", "retrieval"): 12,
+        ("image", "grounding"): 4,
+        ("video", "video_classification"): 5,
+        ("video", "video_retrieval"): 5,
+        ("video", "moment_retrieval"): 3,
+        ("video", "video_qa"): 5,
+        ("visdoc", "vidore_v1"): 10,
+        ("visdoc", "vidore_v2"): 7,
+        ("visdoc", "visrag"): 6,
+        ("visdoc", "visdoc_ood"): 4,
+    }
+    assert all(t.eval_type == "local" for t in tasks if t.modality == "image")
+    assert all(t.eval_type == "global" for t in tasks if t.modality == "visdoc")
+    assert {t.name for t in tasks if t.modality == "video" and t.eval_type == "local"} == LOCAL_VIDEO
+    assert len({t.name for t in tasks}) == 81
+
+
+def test_sources():
+    tasks = by_name()
+    assert (tasks["MSCOCO_t2i"].hf_dataset, tasks["MSCOCO_t2i"].hf_subset) == (
+        "ziyjiang/MMEB_Test_Instruct",
+        "MSCOCO_t2i",
+    )
+    assert tasks["ViDoRe_docvqa"].hf_dataset == "vidore/docvqa_test_subsampled_beir"
+    assert (tasks["VisRAG_MP-DocVQA"].hf_dataset, tasks["VisRAG_MP-DocVQA"].split) == (
+        "openbmb/VisRAG-Ret-Test-MP-DocVQA",
+        "train",
+    )
+    english, every = tasks["ViDoRe_esg_reports_v2"], tasks["ViDoRe_esg_reports_v2_multilingual"]
+    assert english.hf_dataset == every.hf_dataset == "vidore/esg_reports_v2"
+    assert (english.language, every.language) == ("english", None)
+    assert (tasks["K700"].hf_dataset, tasks["MSR-VTT"].hf_subset) == ("VLM2Vec/Kinetics-700", "test_1k")
+
+
+def test_suite_section_expands_into_tasks():
+    config = parse_config(
+        {"suite": {"name": "mmeb_v2", "data_root": "eval_data", "sample_cap": 50}},
+        base_dir="/base",
+    )
+    tasks = {t.name: t for t in config.tasks}
+    assert len(tasks) == 36 + 27  # image and visual documents by default
+    image = tasks["ImageNet-1K"]
+    assert (image.dataset_parser, image.hf_subset, image.dataset_split) == ("mmeb", "ImageNet-1K", "test")
+    assert (image.image_root, image.headline, image.sample_cap) == ("eval_data/image-tasks", "hit@1", 50)
+    doc = tasks["ViDoRe_biomedical_lectures_v2"]
+    assert (doc.dataset_parser, doc.eval_type, doc.language) == ("beir", "global", "english")
+    assert (doc.meta_task, doc.modality, doc.headline) == ("vidore_v2", "visdoc", "ndcg_linear@5")
+    assert doc.query_instruction and doc.target_instruction
+    picked = parse_config({"suite": {"name": "mmeb_v2", "tasks": ["CIRR", "VisRAG_PlotQA"]}})
+    assert [t.name for t in picked.tasks] == ["CIRR", "VisRAG_PlotQA"]
+
+
+@pytest.mark.parametrize(
+    "suite,message",
+    [
+        ({"name": "mmeb_v2", "modalities": ["video"]}, "'SmthSmthV2' is a video task"),
+        ({"name": "mmeb_v2", "tasks": ["ImageNet"]}, r"not MMEB-V2 tasks: \['ImageNet'\]"),
+        ({"name": "mmeb_v2", "modalities": ["audio"]}, r"unknown \['audio'\]"),
+        ({"name": "mteb"}, "suite.name must be 'mmeb_v2', got 'mteb'"),
+        ({"name": "mmeb_v2", "root": "x"}, r"unknown keys \['root'\]"),
+    ],
+)
+def test_bad_suites_are_named(suite, message):
+    with pytest.raises(EvalConfigError, match=message):
+        parse_config({"suite": suite})

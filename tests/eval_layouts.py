@@ -104,7 +104,11 @@ def write_parquet_beir(folder, split: str = "test") -> str:
     """A BEIR repository: ``queries/``, ``corpus/`` (two shards, image cells holding PNG bytes) and
     ``qrels/`` of parquet files named ``SPLIT-0000i-of-0000n.parquet``."""
     corpus = [
-        {"corpus-id": corpus_id(c, split), "image": {"bytes": png_bytes(c), "path": f"{c}.png"}}
+        {
+            "corpus-id": corpus_id(c, split),
+            "image": {"bytes": png_bytes(c), "path": f"{c}.png"},
+            "text": f"OCR of page {c}",  # a page is its image: columns like this one are not read
+        }
         for c in CORPUS_IDS
     ]
     qrels = [{**r, "corpus-id": corpus_id(r["corpus-id"], split)} for r in BEIR_QRELS]

@@ -20,6 +20,8 @@ dataset_info:
     dtype: int64
   - name: image
     dtype: image
+  - name: text
+    dtype: string
 configs:
 {configs}
 ---

@@ -166,6 +166,9 @@ def test_beir_errors_name_the_value(tmp_path):
         EvalDataError, match=r"queries.jsonl: record 0: no query-id \(columns: \['id', 'query'\]\)"
     ):
         read_task(t, str(tmp_path))
+    write_jsonl(folder / "queries.jsonl", [{"query-id": "1", "text": "x"}])
+    with pytest.raises(EvalDataError, match="record 0: query '1' has no query text"):
+        read_task(t, str(tmp_path))
     write_jsonl(folder / "queries.jsonl", [{"query-id": "1", "query": "x"}])
     (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n1\t10\thigh\n")
     with pytest.raises(EvalDataError, match="test.tsv: record 0: score must be a number, got 'high'"):

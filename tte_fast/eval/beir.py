@@ -3,7 +3,8 @@ publish it: three tables, each a file or a folder of shards (parquet, JSONL; qre
 
 - ``queries``: ``query-id``, ``query`` (and ``language`` in ViDoRe v2, which ``language`` filters on);
 - ``corpus``: ``corpus-id``, ``image``: Hugging Face's image cell ``{"bytes", "path"}`` (the bytes
-  are used as they are; without them the path, from ``image_root``) or a path string;
+  are used as they are; without them the path, from ``image_root``) or a path string. A page is its
+  image alone: other columns (ViDoRe's ``markdown`` and the like) are not read, as VLM2Vec reads none;
 - ``qrels``: ``query-id``, ``corpus-id``, ``score``: graded relevance; as VLM2Vec reads it, grades
   <= 0 are dropped and a pair judged twice keeps its higher grade.
 
@@ -69,7 +70,7 @@ def read_beir(
         where = f"{sources['corpus']}: record {n}"
         corpus_ids.append(_id(row, "corpus-id", where))
         image = _image(row.get("image"), image_root, where)
-        corpus.append(make_input(row.get("text"), image, task.target_instruction, where))
+        corpus.append(make_input(None, image, task.target_instruction, where))
     known = set(corpus_ids)
     if len(known) != len(corpus_ids):
         repeated = sorted(c for c, k in Counter(corpus_ids).items() if k > 1)
@@ -96,7 +97,9 @@ def read_beir(
                 f"{sources['qrels']}: query {qid!r} judges corpus ids not in "
                 f"{sources['corpus']}: {unknown[:5]}"
             )
-        queries.append(make_input(row.get("query"), None, task.query_instruction, where))
+        if not isinstance(row.get("query"), str) or not row["query"].strip():
+            raise EvalDataError(f"{where}: query {qid!r} has no query text (got {row.get('query')!r})")
+        queries.append(make_input(row["query"], None, task.query_instruction, where))
         query_ids.append(qid)
         relevance.append(grades)
     return finish_task(task.name, query_ids, queries, corpus_ids, corpus, relevance, None)

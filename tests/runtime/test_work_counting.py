@@ -38,15 +38,16 @@ def sample_inputs(vision: bool) -> list:
 
 @contextlib.contextmanager
 def layer_inputs(hf_model, index: int = 0):
-    """[B, t] of the hidden states decoder layer ``index`` ran over, one entry per completed call."""
-    layer = find_decoder(hf_model).layers[index]
+    """[B, t] of the hidden states decoder layer ``index`` ran over, one entry per completed call:
+    counted at its attention output projection, which transformers' layers and the fused decoder
+    (``tte_fast.runtime.fused_decoder``) both call."""
+    projection = find_decoder(hf_model).layers[index].self_attn.o_proj
 
-    def record(module, args, kwargs, output):
-        hidden = args[0] if args else kwargs["hidden_states"]
-        calls.append(tuple(hidden.shape[:2]))
+    def record(module, args, output):
+        calls.append(tuple(args[0].shape[:2]))
 
     calls: list[tuple[int, int]] = []
-    handle = layer.register_forward_hook(record, with_kwargs=True)
+    handle = projection.register_forward_hook(record)
     try:
         yield calls
     finally:

@@ -436,7 +436,7 @@ class Engine:
                 if alive:
                     hidden, logits = runner.step(tokens, positions, bias, self.cache, None)
                 else:
-                    hidden, logits = runner.forward(tokens, positions, bias, self.cache, None), None
+                    hidden, logits = runner.decode_hidden(tokens, positions, bias, self.cache, None), None
         finally:
             self.cache.select(None)
         self.steps += 1

@@ -3,8 +3,12 @@
 It drives the backbone (``hf_model.base_model``, whose output is the final-norm hidden state) and
 the LM head directly, with explicit positions and masks, so both schedulers (static batches,
 ``tte_fast.runtime.static``; continuous slots, ``tte_fast.runtime.engine``) run the same forward.
+Decode steps onto a slot cache (the engine's) run through our own fused forward
+(``tte_fast.runtime.fused_decoder``) where the model's text decoder is supported, unless
+``decoder="transformers"``; prefills and the static scheduler's steps run transformers' modules.
 ``compile=True`` wraps the decode step in ``torch.compile`` (CUDA graphs on GPU via
-``mode="reduce-overhead"``); a string (or a backend callable) names the compile backend. Compiled
+``mode="reduce-overhead"``, inductor's C++ kernels on CPU); a string (or a backend callable) names
+the compile backend. Compiled
 steps see batches and cache lengths padded to powers of two (``tte_fast.runtime.static_cache``), so
 the number of graphs stays bounded.
 """
@@ -15,7 +19,11 @@ import inspect
 
 import torch
 
+from tte_fast.runtime.fused_decoder import FusedDecoder, unsupported_reason
+from tte_fast.runtime.slot_cache import SlotCache
 from tte_fast.runtime.static_cache import CompiledShapes, compiled_length, eager_length
+
+DECODERS = ("auto", "fused", "transformers")
 
 
 def model_inputs(backbone, batch: dict) -> dict:
@@ -33,8 +41,9 @@ def cache_argument(backbone) -> str:
 class Runner:
     """Forward passes of ``hf_model``'s text stack (vision towers run inside the prefill)."""
 
-    def __init__(self, hf_model, compile=False):
+    def __init__(self, hf_model, compile=False, decoder: str = "auto"):
         self.hf_model = hf_model
+        self.fused = _fused_decoder(hf_model, decoder)
         self.backbone = hf_model.base_model
         self.lm_head = hf_model.get_output_embeddings()
         self.cache_kw = cache_argument(self.backbone)
@@ -45,9 +54,9 @@ class Runner:
             backend = "inductor" if compile is True else compile
             graphs = backend == "inductor" and self.device.type == "cuda"
             compiled = torch.compile(
-                self.decode_step, backend=backend, mode="reduce-overhead" if graphs else None, dynamic=False
+                self._step, backend=backend, mode="reduce-overhead" if graphs else None, dynamic=False
             )
-            self.step = _graph_step(compiled) if graphs else compiled
+            self.step = _refreshed(self, _graph_step(compiled) if graphs else compiled)
             context = getattr(hf_model.config.get_text_config(), "max_position_embeddings", 32768)
             self.shapes = CompiledShapes(max_length=context)
 
@@ -77,15 +86,59 @@ class Runner:
         """The final-norm hidden state of the last new token of each row, ``[B, D]``."""
         return self.hidden_states(input_ids, position_ids, mask, cache, cache_position, **extra)[:, -1]
 
+    def decode_hidden(self, input_ids, position_ids, mask, cache, cache_position=None) -> torch.Tensor:
+        """A decode step's final-norm hidden states ``[B, D]``: fused onto a slot cache where supported."""
+        self._refresh(cache)
+        return self._hidden(input_ids, position_ids, mask, cache, cache_position)
+
     def decode_step(self, input_ids, position_ids, mask, cache, cache_position=None):
         """One shape-static step: ``[B, 1]`` tokens -> (final-norm hidden ``[B, D]``, logits ``[B, V]``)."""
-        hidden = self.forward(input_ids, position_ids, mask, cache, cache_position)
+        self._refresh(cache)
+        return self._step(input_ids, position_ids, mask, cache, cache_position)
+
+    def _step(self, input_ids, position_ids, mask, cache, cache_position=None):
+        """``decode_step`` without the fused weights' check: what ``torch.compile`` traces."""
+        hidden = self._hidden(input_ids, position_ids, mask, cache, cache_position)
         return hidden, self.lm_head(hidden).float()
+
+    def _hidden(self, input_ids, position_ids, mask, cache, cache_position=None) -> torch.Tensor:
+        if self._fuses(cache):
+            return self.fused.forward(input_ids, position_ids, mask, cache)
+        return self.forward(input_ids, position_ids, mask, cache, cache_position)
+
+    def _fuses(self, cache) -> bool:
+        return self.fused is not None and isinstance(cache, SlotCache)
+
+    def _refresh(self, cache) -> None:
+        """Remake the fused weights if a source weight changed (outside any compiled graph)."""
+        if self._fuses(cache):
+            self.fused.refresh()
 
     def cache_positions(self, start: int, length: int, device) -> torch.Tensor | None:
         if not self.pass_cache_position:
             return None
         return torch.arange(start, start + length, device=device)
+
+
+def _refreshed(runner: Runner, compiled_step):
+    """The compiled step, with the fused weights checked before each call (outside the graph)."""
+
+    def step(input_ids, position_ids, mask, cache, cache_position=None):
+        runner._refresh(cache)
+        return compiled_step(input_ids, position_ids, mask, cache, cache_position)
+
+    return step
+
+
+def _fused_decoder(hf_model, decoder: str) -> FusedDecoder | None:
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+    if decoder == "transformers":
+        return None
+    reason = unsupported_reason(hf_model)
+    if reason is not None and decoder == "fused":
+        raise ValueError(f"decoder='fused' cannot run this model: {reason}")
+    return None if reason is not None else FusedDecoder(hf_model)
 
 
 def _graph_step(compiled):

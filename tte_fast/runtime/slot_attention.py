@@ -4,15 +4,20 @@ An eager engine step runs its linear layers on the busy slots only, but their ke
 among every slot's in the cache. Gathering those rows for the attention copies them, every layer
 and step (on CPU that copy was about a fifth of a step). Here each layer's cache ``update``
 returns every slot's keys and values as a view, cut to the columns the busy slots use, with the
-busy rows attached (``ROWS``); this attention function places the busy queries among zero ones and
-runs transformers' SDPA attention over all slots (which packs a single query's grouped heads onto
-the key heads instead of repeating the keys), whose bias keeps each slot to its own columns, then
-keeps the busy rows. Idle slots cost one zero query each against their columns; nothing is copied.
+busy rows attached (``ROWS``); the attention places the busy queries among zero ones and runs one
+small matmul per slot and key head over all slots (a query's grouped heads packed onto their key
+head instead of repeating the keys), whose bias keeps each slot to its own columns, then keeps the
+busy rows. Idle slots cost one zero query each against their columns; nothing is copied. The
+arithmetic is transformers' eager attention (scores in the input dtype, softmax in float32).
 
 On CUDA tensors it runs ``tte_fast.kernels.decode_attention`` instead (a Triton kernel: one program
 per busy row and key head reads that slot's columns in place, so idle slots cost nothing). Each
 slot's visible columns come from the bias: its zero entries, which the slot cache's bias puts on
-columns ``0 .. position`` (a prefix). The CPU path is the SDPA one above.
+columns ``0 .. position`` (a prefix).
+
+``attend`` is the entry point of both decoders: transformers' layers reach it through the
+registered attention function ``slot_attention``, the fused decoder (``tte_fast.runtime.fused_decoder``)
+calls it directly.
 
 ``slot_attention_reference`` is the plain-torch reference it is tested against (gathered rows,
 float64 softmax).
@@ -30,24 +35,44 @@ ROWS = "_tte_slot_rows"
 def slot_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """HF attention function: ``query [B, H, 1, d]`` of the busy slots, ``key/value [S, H_kv, W, d]``
     of every slot, ``attention_mask`` an additive ``[S, 1, 1, W]`` bias -> ``[B, 1, H, d]``."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    if dropout:
+        raise ValueError(f"the slot attention is for decoding: dropout must be 0, got {dropout}")
+    return attend(query, key, value, attention_mask, scaling), None
 
+
+def attend(query, key, value, bias, scaling=None) -> torch.Tensor:
+    """The busy slots' decode attention over every slot's keys and values in place (the rows of
+    ``key``'s ``ROWS`` attribute, all slots without it): ``[B, 1, H, d]``."""
     rows = getattr(key, ROWS, None)
-    if query.is_cuda and attention_mask is not None and not dropout:
+    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    if query.is_cuda:
         from tte_fast.kernels import decode_attention
 
         # Rows and lengths are in range by construction (no device sync to check them per layer).
-        lengths = visible_lengths(attention_mask)
-        out = decode_attention(query, key, value, lengths, rows, scaling, check_values=False)
-        return out, None
+        lengths = visible_lengths(bias)
+        return decode_attention(query, key, value, lengths, rows, scale, check_values=False)
     if rows is not None:
         placed = query.new_zeros((key.shape[0], *query.shape[1:]))
         placed[rows] = query
         query = placed
-    out, _ = sdpa_attention_forward(
-        module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=False
-    )
-    return (out if rows is None else out[rows]), None
+    out = grouped_attention(query, key, value, bias, scale)
+    return out if rows is None else out[rows]
+
+
+def grouped_attention(query, key, value, bias, scale: float) -> torch.Tensor:
+    """One query per slot against its own key head's columns, with HF's eager arithmetic (scores and
+    weighted sum in the input dtype, softmax in float32): ``query [S, H, 1, d]``, ``key/value
+    [S, H_kv, W, d]`` (any strides over W), ``bias [S, 1, 1, W]`` -> ``[S, 1, H, d]``.
+
+    A query's grouped heads are packed onto their key head, so each slot and key head is one small
+    matmul over its keys read in place (no repeated keys, no copy); at decode shapes this runs
+    several times faster on CPU than PyTorch's fused SDPA kernel, which is built for long queries."""
+    slots, heads, _, dim = query.shape
+    kv_heads = key.shape[1]
+    grouped = query.reshape(slots, kv_heads, heads // kv_heads, dim)
+    scores = torch.matmul(grouped, key.transpose(-1, -2)) * scale + bias  # [S, H_kv, G, W]
+    weights = scores.softmax(-1, dtype=torch.float32).to(query.dtype)
+    return torch.matmul(weights, value).reshape(slots, 1, heads, dim)
 
 
 def visible_lengths(attention_mask: torch.Tensor) -> torch.Tensor:

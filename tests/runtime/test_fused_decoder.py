@@ -1,0 +1,137 @@
+"""The fused decoder (tte_fast.runtime.fused_decoder) against transformers' own forward.
+
+One decode step of random tokens onto a slot cache holding random earlier columns, the busy slots
+a subset with their own lengths and M-RoPE deltas: the fused step's hidden states, and the keys and
+values it writes, equal transformers' layers run over a copy of the same cache (the reference), for
+every supported model type. Weights changed after a step are picked up; unsupported models fall
+back to transformers or, when the fused decoder is asked for, fail with the reason.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import LlamaConfig, Qwen3Config
+
+from tte_fast.checkpoint.model_types import auto_model_class
+from tte_fast.runtime import slot_attention
+from tte_fast.runtime.fused_decoder import FusedDecoder, unsupported_reason
+from tte_fast.runtime.packed_prefill import text_attention
+from tte_fast.runtime.positions import decode_position_ids, uses_mrope
+from tte_fast.runtime.runner import Runner
+from tte_fast.runtime.slot_cache import SlotCache
+from tte_fast.testing import TINY_MODEL_TYPES, tiny_config
+
+TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 3e-2}
+SMALL_TEXT = dict(
+    vocab_size=512,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+)
+
+
+def make_model(model_type: str, dtype=torch.float32):
+    torch.manual_seed(0)
+    if model_type == "llama":
+        config = LlamaConfig(**SMALL_TEXT, rope_theta=10000.0)
+    elif model_type == "qwen3":
+        config = Qwen3Config(**SMALL_TEXT, head_dim=16)
+    else:
+        config = tiny_config(model_type)
+    model = auto_model_class(config.model_type).from_config(config, dtype=dtype).eval()
+    with torch.no_grad():  # non-trivial norm weights and biases, so that dropping one shows
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight") or name.endswith(".bias"):
+                param.add_(torch.randn_like(param) * 0.3)
+    return model
+
+
+def filled_cache(model, slots: int, length: int, gen) -> tuple[SlotCache, list[int]]:
+    cache = SlotCache.for_model(model, slots, length)
+    for keys, values in zip(cache.keys, cache.values):
+        keys.copy_(torch.randn(keys.shape, generator=gen))
+        values.copy_(torch.randn(values.shape, generator=gen))
+    lengths = torch.randint(1, length - 1, (slots,), generator=gen).tolist()
+    for slot, n in enumerate(lengths):
+        cache.positions[slot], cache.host_positions[slot] = n, n
+    return cache, lengths
+
+
+def step_inputs(model, cache, busy, lengths, gen):
+    vocab = model.get_input_embeddings().num_embeddings
+    ids = torch.randint(0, vocab, (len(busy), 1), generator=gen)
+    text = torch.tensor([lengths[i] for i in busy])
+    deltas = torch.randint(-7, 8, (len(busy), 1), generator=gen) if uses_mrope(model) else None
+    return ids, decode_position_ids(text, deltas)
+
+
+def run_step(runner, cache, busy, ids, positions, dtype):
+    slot_attention.register()
+    cache.select(busy, windowed=True)
+    try:
+        with torch.inference_mode(), text_attention(runner.hf_model, slot_attention.SLOT_ATTENTION):
+            return runner.decode_hidden(ids, positions, cache.attention_bias(dtype), cache)
+    finally:
+        cache.select(None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("model_type", [*TINY_MODEL_TYPES, "llama", "qwen3"])
+def test_a_fused_step_equals_transformers(model_type, dtype):
+    model = make_model(model_type, dtype)
+    fused, reference = Runner(model, decoder="fused"), Runner(model, decoder="transformers")
+    assert fused.fused is not None and reference.fused is None
+    gen = torch.Generator().manual_seed(1)
+    cache, lengths = filled_cache(model, slots=5, length=70, gen=gen)
+    twin = copy.deepcopy(cache)
+    busy = [0, 2, 3]
+    ids, positions = step_inputs(model, cache, busy, lengths, gen)
+    got = run_step(fused, cache, busy, ids, positions, dtype)
+    want = run_step(reference, twin, busy, ids, positions, dtype)
+    tol = TOLERANCE[dtype]
+    torch.testing.assert_close(got.float(), want.float(), atol=tol, rtol=tol)
+    for layer in range(len(cache.keys)):  # the same columns written, and only those
+        torch.testing.assert_close(cache.keys[layer], twin.keys[layer], atol=tol, rtol=tol)
+        torch.testing.assert_close(cache.values[layer], twin.values[layer], atol=tol, rtol=tol)
+
+
+def test_changed_weights_are_picked_up():
+    """Training between decodes (in place, or a weight replaced) never leaves stale fused weights."""
+    model = make_model("qwen2")
+    fused, reference = Runner(model, decoder="fused"), Runner(model, decoder="transformers")
+    gen = torch.Generator().manual_seed(2)
+    cache, lengths = filled_cache(model, slots=3, length=40, gen=gen)
+    busy = [0, 1, 2]
+    ids, positions = step_inputs(model, cache, busy, lengths, gen)
+    run_step(fused, copy.deepcopy(cache), busy, ids, positions, torch.float32)
+    layer = model.model.layers[1]
+    with torch.no_grad():
+        layer.self_attn.k_proj.weight.mul_(3.0)  # in place
+    layer.mlp.up_proj.weight = torch.nn.Parameter(layer.mlp.up_proj.weight * 2.0)  # replaced
+    got = run_step(fused, copy.deepcopy(cache), busy, ids, positions, torch.float32)
+    want = run_step(reference, copy.deepcopy(cache), busy, ids, positions, torch.float32)
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
+
+
+def test_unsupported_models_run_through_transformers():
+    from peft import LoraConfig, get_peft_model
+
+    model = make_model("qwen2")
+    wrapped = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+    reason = unsupported_reason(wrapped)
+    assert reason is not None and "q_proj" in reason
+    assert Runner(wrapped).fused is None  # "auto" falls back
+    with pytest.raises(ValueError, match="q_proj"):
+        Runner(wrapped, decoder="fused")
+    gelu = make_model("llama")
+    gelu.config.hidden_act = "gelu"
+    with pytest.raises(ValueError, match="gelu"):
+        FusedDecoder(gelu)
+    with pytest.raises(ValueError, match="decoder must be one of"):
+        Runner(model, decoder="fast")

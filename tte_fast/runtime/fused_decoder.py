@@ -1,0 +1,173 @@
+"""Our own decode-step forward of the supported text decoders, with fused projections.
+
+transformers' decoder layers run three query/key/value linears, two MLP input linears, and norms,
+residuals and rotary embeddings as separate small ops, each through module dispatch; at decode
+batch sizes those ops and calls are a large share of a step. ``FusedDecoder`` runs the same
+arithmetic from the checkpoint's own weights with one ``[q; k; v]`` matmul and one ``[gate; up]``
+matmul per layer, the residual add folded into the next norm, and the decode attention over the
+slot cache in place (``tte_fast.runtime.slot_attention.attend``). Nothing else changes: positions,
+rotary tables (the model's own rotary module, M-RoPE included), norms in float32 as HF computes them.
+
+Supported: Llama, Qwen2, Qwen3 and the text stacks of Qwen2-VL, Qwen2.5-VL and Qwen3-VL, with plain
+``nn.Linear`` projections (a PEFT-wrapped model runs through transformers). Vision towers and
+prefills stay transformers'. The fused weights are a copy made on first use and made again when a
+source weight changes (in place or replaced), so training between decodes never reads stale weights.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tte_fast.heads import find_decoder
+from tte_fast.runtime.slot_attention import attend
+
+SUPPORTED_TYPES = frozenset(
+    {"llama", "qwen2", "qwen3", "qwen2_vl", "qwen2_vl_text", "qwen2_5_vl", "qwen2_5_vl_text", "qwen3_vl_text"}
+)
+
+
+def unsupported_reason(hf_model) -> str | None:
+    """Why ``hf_model``'s text decoder cannot run fused (None: it can)."""
+    config = hf_model.config.get_text_config()
+    if config.model_type not in SUPPORTED_TYPES:
+        return f"model type {config.model_type!r} (supported: {', '.join(sorted(SUPPORTED_TYPES))})"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"activation {config.hidden_act!r} (supported: 'silu')"
+    if any(t != "full_attention" for t in getattr(config, "layer_types", None) or ()):
+        return "sliding-window layers"
+    text = find_decoder(hf_model)
+    for i, layer in enumerate(text.layers):
+        attn, mlp = layer.self_attn, layer.mlp
+        for name, module in _projections(attn, mlp):
+            if type(module) is not nn.Linear:
+                return f"layer {i} {name} is a {type(module).__name__}, not a plain Linear"
+    return None
+
+
+def _projections(attn, mlp):
+    names = ("q_proj", "k_proj", "v_proj", "o_proj")
+    return [(n, getattr(attn, n)) for n in names] + [
+        (n, getattr(mlp, n)) for n in ("gate_proj", "up_proj", "down_proj")
+    ]
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """HF's RMSNorm: normalised in float32, cast back, then scaled."""
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class _Layer:
+    """One decoder layer's weights: fused ``[q; k; v]`` and ``[gate; up]``, the rest as loaded."""
+
+    def __init__(self, layer: nn.Module):
+        attn, mlp = layer.self_attn, layer.mlp
+        self.attn = attn  # transformers' module: head counts and scaling, as its own forward reads them
+        self.qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
+        biases = [attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]
+        self.qkv_bias = None if biases[0] is None else torch.cat(biases)
+        self.splits = [attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features]
+        self.o = attn.o_proj
+        self.gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
+        gate_up_biases = [mlp.gate_proj.bias, mlp.up_proj.bias]
+        self.gate_up_bias = None if gate_up_biases[0] is None else torch.cat(gate_up_biases)
+        self.down = mlp.down_proj
+        self.input_norm, self.post_norm = layer.input_layernorm, layer.post_attention_layernorm
+        self.q_norm, self.k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
+        self.scaling = attn.scaling
+        self.head_dim = attn.head_dim
+
+
+class FusedDecoder:
+    """Decode steps of ``hf_model``'s text stack with fused projections (see the module docstring)."""
+
+    def __init__(self, hf_model):
+        reason = unsupported_reason(hf_model)
+        if reason is not None:
+            raise ValueError(f"the fused decoder does not support this model: {reason}")
+        self.hf_model = hf_model
+        self.text = find_decoder(hf_model)
+        self.config = hf_model.config.get_text_config()
+        config = self.config
+        rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+        self.mrope_section = rope.get("mrope_section")
+        self.layers: list[_Layer] = []
+        self._sources: list[tuple[int, int]] = []
+
+    @classmethod
+    def for_model(cls, hf_model) -> FusedDecoder | None:
+        """The fused decoder of ``hf_model``, or None where it is not supported."""
+        return cls(hf_model) if unsupported_reason(hf_model) is None else None
+
+    def _source_state(self) -> list[tuple[int, int]]:
+        """Where each source weight lives and how often it was written in place."""
+        state = []
+        for layer in self.text.layers:
+            for _, module in _projections(layer.self_attn, layer.mlp):
+                for p in (module.weight, module.bias):
+                    if p is not None:
+                        state.append((p.data_ptr(), p._version))
+        return state
+
+    def refresh(self) -> None:
+        """(Re)build the fused weights if any source weight changed since they were made."""
+        state = self._source_state()
+        if state == self._sources:
+            return
+        with torch.inference_mode(False), torch.no_grad():
+            self.layers = [_Layer(layer) for layer in self.text.layers]
+        self._sources = state
+
+    def rotary(self, hidden: torch.Tensor, position_ids: torch.Tensor):
+        """cos and sin ``[B, L, head_dim]`` from the model's own rotary module; ``position_ids`` as the
+        runner passes them: ``[B, L]``, or ``[4, B, L]`` (text row, then the three M-RoPE rows)."""
+        if position_ids.ndim == 3 and position_ids.shape[0] == 4:
+            position_ids = position_ids[1:]
+        cos, sin = self.text.rotary_emb(hidden, position_ids)
+        if cos.ndim == 4:  # [3, B, L, d]: older M-RoPE modules leave the sections to the attention
+            sections = list(self.mrope_section) * 2
+            cos, sin = (_mrope_layout(t, sections) for t in (cos, sin))
+        return cos, sin
+
+    def forward(self, input_ids, position_ids, bias, cache) -> torch.Tensor:
+        """One decode step of ``[B, 1]`` tokens onto ``cache`` (a slot cache; ``bias`` its attention
+        bias) -> final-norm hidden states ``[B, D]``. Call ``refresh`` first (the runner does)."""
+        hidden = self.text.embed_tokens(input_ids)
+        cos, sin = self.rotary(hidden, position_ids)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        batch = input_ids.shape[0]
+        residual = hidden
+        x = rms_norm(hidden, self.layers[0].input_norm.weight, self.layers[0].input_norm.variance_epsilon)
+        for index, layer in enumerate(self.layers):
+            q, k, v = F.linear(x, layer.qkv, layer.qkv_bias).split(layer.splits, dim=-1)
+            q = q.view(batch, 1, -1, layer.head_dim)
+            k = k.view(batch, 1, -1, layer.head_dim)
+            if layer.q_norm is not None:
+                q = rms_norm(q, layer.q_norm.weight, layer.q_norm.variance_epsilon)
+                k = rms_norm(k, layer.k_norm.weight, layer.k_norm.variance_epsilon)
+            q, k = q.transpose(1, 2), k.transpose(1, 2)
+            v = v.view(batch, 1, -1, layer.head_dim).transpose(1, 2)
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+            keys, values = cache.update(k, v, index)
+            attention = attend(q, keys, values, bias, layer.scaling)
+            residual = residual + layer.o(attention.reshape(batch, 1, -1))
+            x = rms_norm(residual, layer.post_norm.weight, layer.post_norm.variance_epsilon)
+            gate, up = F.linear(x, layer.gate_up, layer.gate_up_bias).chunk(2, dim=-1)
+            residual = residual + layer.down(F.silu(gate) * up)
+            norm = self.layers[index + 1].input_norm if index + 1 < len(self.layers) else self.text.norm
+            x = rms_norm(residual, norm.weight, norm.variance_epsilon)
+        return x[:, -1]
+
+
+def _mrope_layout(table: torch.Tensor, sections: list[int]) -> torch.Tensor:
+    """``[3, B, L, d]`` -> ``[B, L, d]``: each section of the head dim from its M-RoPE row (t, h, w)."""
+    return torch.cat([part[i % 3] for i, part in enumerate(table.split(sections, dim=-1))], dim=-1)

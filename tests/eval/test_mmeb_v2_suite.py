@@ -109,3 +109,56 @@ def test_the_shipped_example_config_parses():
     with open(path, encoding="utf-8") as f:
         config = parse_config(yaml.safe_load(f))
     assert len(config.tasks) == 36 + 27 and config.output_dir == "eval_out/mmeb_v2"
+
+
+# Entries as VLM2Vec's image.yaml, visdoc.yaml and video.yaml write them.
+VLM2VEC_ENTRIES = {
+    "ImageNet-1K": {
+        "dataset_parser": "image_cls",
+        "dataset_name": "ImageNet-1K",
+        "dataset_split": "test",
+        "image_root": "image-tasks/",
+        "eval_type": "local",
+    },
+    "ViDoRe_esg_reports_v2": {
+        "dataset_parser": "vidore",
+        "dataset_name": "ViDoRe_esg_reports_v2",
+        "image_root": "visdoc-tasks/esg_reports_v2",
+        "eval_type": "global",
+    },
+    "VisRAG_ChartQA": {
+        "dataset_parser": "visrag",
+        "dataset_name": "VisRAG_ChartQA",
+        "image_root": "visdoc-tasks/VisRAG_ChartQA",
+        "eval_type": "global",
+    },
+}
+
+
+def test_vlm2vec_yaml_entries_read_as_the_tasks_they_name():
+    ours = {t.name: t for t in parse_config({"tasks": VLM2VEC_ENTRIES}).tasks}
+    suite = {t.name: t for t in parse_config({"suite": {"name": "mmeb_v2", "data_root": "."}}).tasks}
+    for name, task in ours.items():
+        if name == "ImageNet-1K":
+            assert task.image_root == "image-tasks/"
+            task.image_root = suite[name].image_root
+        assert task == suite[name], name
+    local = {**VLM2VEC_ENTRIES["ImageNet-1K"], "data_path": "copies/ImageNet-1K", "num_sample_per_subset": 9}
+    task = parse_config({"tasks": {"ImageNet-1K": local}}).tasks[0]
+    assert (task.data_path, task.hf_dataset, task.sample_cap) == ("copies/ImageNet-1K", None, 9)
+
+
+@pytest.mark.parametrize(
+    "entry,message",
+    [
+        ({"dataset_parser": "ssv2", "dataset_name": "SmthSmthV2"}, "'ssv2' reads video"),
+        (
+            {"dataset_parser": "image_cls", "dataset_name": "ViDoRe_docvqa"},
+            "'ViDoRe_docvqa' is no MMEB-V2 image",
+        ),
+        ({"dataset_parser": "vidore", "dataset_name": "Nope"}, "'Nope' is no MMEB-V2 visdoc task"),
+    ],
+)
+def test_bad_vlm2vec_entries_are_named(entry, message):
+    with pytest.raises(EvalConfigError, match=message):
+        parse_config({"tasks": {"x": entry}})

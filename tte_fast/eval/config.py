@@ -193,7 +193,8 @@ def _task_list(tasks) -> list[dict]:
 
 
 def _task(i: int, raw) -> dict:
-    """Task ``i`` with VLM2Vec's ``num_sample_per_subset`` read as ``sample_cap``."""
+    """Task ``i`` with VLM2Vec's ``num_sample_per_subset`` read as ``sample_cap``, and an entry of
+    VLM2Vec's YAMLs (``dataset_parser: image_cls``, ``vidore``, ...) read as the MMEB-V2 task it names."""
     if not isinstance(raw, dict):
         raise EvalConfigError(f"tasks.{i} must be a mapping, got {type(raw).__name__}")
     raw = dict(raw)
@@ -201,6 +202,10 @@ def _task(i: int, raw) -> dict:
         raw.setdefault("sample_cap", raw.pop("num_sample_per_subset"))
     if not raw.get("name"):
         raise EvalConfigError(f"tasks.{i} has no name")
+    from tte_fast.eval.mmeb_v2 import from_vlm2vec, is_vlm2vec_entry
+
+    if is_vlm2vec_entry(raw):  # an entry of VLM2Vec's own YAMLs
+        raw = from_vlm2vec(raw)
     if not raw.get("data_path") and not raw.get("hf_dataset"):
         raise EvalConfigError(f"tasks.{i} ({raw['name']}) has no data_path (or hf_dataset)")
     return raw

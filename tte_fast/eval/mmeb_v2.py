@@ -10,6 +10,10 @@ A config's ``suite`` section expands into these tasks::
 ``data_root`` is the folder VLM2Vec's download script fills (``image-tasks/`` holds the images of the
 image tasks); the records come through the ``datasets`` library (see :mod:`tte_fast.eval.hf_source`).
 Video tasks are listed but cannot be run yet: tte_fast has no video input.
+
+Entries of VLM2Vec's own YAMLs (``dataset_parser: image_cls`` ... ``vidore``, ``visrag``, with
+``dataset_name``) are read as the task they name (:func:`from_vlm2vec`), so those files can serve as
+a config's ``tasks``.
 """
 
 from __future__ import annotations
@@ -206,3 +210,43 @@ def suite_tasks(spec: dict) -> list[dict]:
         chosen = [BY_NAME[n] for n in names]
     data_root = spec.get("data_root") or "."
     return [t.task_config(data_root, spec.get("sample_cap")) for t in chosen]
+
+
+# VLM2Vec's dataset_parser names: those read here (-> modality), and the video ones, not yet.
+VLM2VEC_PARSERS = {p: "image" for p in ("image_cls", "image_qa", "image_i2t", "image_t2i", "image_i2i_vg")}
+VLM2VEC_PARSERS |= {"vidore": "visdoc", "visrag": "visdoc"}
+VLM2VEC_VIDEO_PARSERS = {
+    *("ssv2", "video_classification", "msrvtt", "msvd", "didemo", "youcook2", "vatex"),
+    *("moment_retrieval", "momentseeker", "videomme", "nextqa", "egoschema", "mvbench", "activitynetqa"),
+}
+# Keys of VLM2Vec's entries that the translation consumes (the task is found by its dataset name).
+_VLM2VEC_ONLY = ("dataset_name", "dataset_parser")
+
+
+def is_vlm2vec_entry(raw: dict) -> bool:
+    parser = raw.get("dataset_parser")
+    return parser in VLM2VEC_PARSERS or parser in VLM2VEC_VIDEO_PARSERS
+
+
+def from_vlm2vec(raw: dict) -> dict:
+    """A task entry as VLM2Vec's YAMLs write it (its ``dataset_parser``, ``dataset_name``,
+    ``dataset_split``, ``image_root``, ``eval_type``) as ours, the task found by its dataset name."""
+    name, parser = raw["name"], raw["dataset_parser"]
+    if parser in VLM2VEC_VIDEO_PARSERS:
+        raise ConfigError(
+            f"task {name!r}: dataset_parser {parser!r} reads video; tte_fast reads no video yet"
+        )
+    dataset = raw.get("dataset_name", name)
+    known = BY_NAME.get(dataset)
+    if known is None or known.modality != VLM2VEC_PARSERS[parser]:
+        raise ConfigError(
+            f"task {name!r}: dataset_name {dataset!r} is no MMEB-V2 {VLM2VEC_PARSERS[parser]} task"
+        )
+    entry = known.task_config(".")
+    entry.update({k: v for k, v in raw.items() if k not in _VLM2VEC_ONLY})
+    if entry.get("data_path"):  # local copies of the records instead of the dataset id
+        entry.pop("hf_dataset")
+        entry.pop("hf_subset")
+    if known.modality == "visdoc":
+        entry.pop("image_root", None)  # where VLM2Vec saves the pages it reads from the corpus
+    return entry

@@ -20,6 +20,7 @@ import os
 
 from tte_fast.eval.beir import TABLES, read_beir
 from tte_fast.eval.config import TaskConfig
+from tte_fast.eval.hf_source import DEFAULT_SPLIT, load_rows
 from tte_fast.eval.mmeb import read_mmeb
 from tte_fast.eval.records import (
     EvalDataError,
@@ -130,11 +131,9 @@ def _beir_tables(task: TaskConfig, folder: str) -> tuple[dict, dict]:
 
 
 def _hf_tables(task: TaskConfig) -> tuple[dict, dict]:
-    from tte_fast.eval.hf_source import load_rows
-
     tables, sources = {}, {}
     for name in TABLES:
-        tables[name], sources[name] = load_rows(task.hf_dataset, name, task.dataset_split or "test")
+        tables[name], sources[name] = load_rows(task.hf_dataset, name, task.dataset_split or DEFAULT_SPLIT)
     return tables, sources
 
 
@@ -153,9 +152,7 @@ def read_task(task: TaskConfig, base_dir: str = ".") -> TaskData:
         root = path if os.path.isdir(path) else os.path.dirname(path)
     if task.dataset_parser == "mmeb":
         if path is None:
-            from tte_fast.eval.hf_source import load_rows
-
-            rows, source = load_rows(task.hf_dataset, task.hf_subset, task.dataset_split or "test")
+            rows, source = load_rows(task.hf_dataset, task.hf_subset, task.dataset_split or DEFAULT_SPLIT)
         else:
             rows, source = read_table(path, task.dataset_split)
         return read_mmeb(task, rows, source, root)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from tte_fast.eval.records import EvalDataError
 
+DEFAULT_SPLIT = "test"  # MMEB_Test_Instruct's and ViDoRe's; VisRAG's sets name theirs train
+
 
 def _library():
     try:

@@ -93,6 +93,7 @@ def test_suite_section_expands_into_tasks():
         ({"name": "mmeb_v2", "modalities": ["audio"]}, r"unknown \['audio'\]"),
         ({"name": "mteb"}, "suite.name must be 'mmeb_v2', got 'mteb'"),
         ({"name": "mmeb_v2", "root": "x"}, r"unknown keys \['root'\]"),
+        ({"name": "mmeb_v2", "modalities": "image"}, "suite.modalities must be a list, got 'image'"),
     ],
 )
 def test_bad_suites_are_named(suite, message):

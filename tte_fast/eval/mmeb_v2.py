@@ -196,6 +196,9 @@ def suite_tasks(spec: dict) -> list[dict]:
         raise ConfigError(f"suite: unknown keys {unknown}; known: {sorted(SUITE_KEYS)}")
     if spec.get("name") != "mmeb_v2":
         raise ConfigError(f"suite.name must be 'mmeb_v2', got {spec.get('name')!r}")
+    for key in ("modalities", "tasks"):
+        if spec.get(key) is not None and not isinstance(spec[key], list):
+            raise ConfigError(f"suite.{key} must be a list, got {spec[key]!r}")
     modalities = spec.get("modalities") or ["image", "visdoc"]
     bad = [m for m in modalities if m not in MODALITIES]
     if bad:

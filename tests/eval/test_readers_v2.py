@@ -125,6 +125,12 @@ def test_beir_parquet_repository(tmp_path, split):
     assert data.queries[0] == {"text": "revenue by year"}
     english = read_task(beir_task(data_path="set", language="english", sample_cap=1), str(tmp_path))
     assert english.query_ids == ["1"]
+    french = read_task(beir_task(data_path="set", language="french"), str(tmp_path))
+    assert french.query_ids == ["3"] and french.relevance == [{cid[2]: 1.0}]
+    with pytest.raises(
+        EvalDataError, match=r"no query has language 'german' \(found: \['english', 'french'\]\)"
+    ):
+        read_task(beir_task(data_path="set", language="german"), str(tmp_path))
 
 
 def test_beir_jsonl_and_tsv(tmp_path):
@@ -182,3 +188,19 @@ def test_beir_errors_name_the_value(tmp_path):
     write_jsonl(folder / "corpus.jsonl", [{"corpus-id": "10", "image": "10.png"}] * 2)
     with pytest.raises(EvalDataError, match=r"corpus-id must be unique; repeated: \['10'\]"):
         read_task(t, str(tmp_path))
+
+
+def test_beir_errors_give_the_files_record_number_after_filtering():
+    from tte_fast.eval.beir import read_beir
+
+    tables = {
+        "queries": [{"query-id": "1", "query": "a", "language": "english"}, {"query-id": "9", "query": "b"}],
+        "corpus": [{"corpus-id": "10", "image": {"bytes": png_bytes(0), "path": None}}],
+        "qrels": [{"query-id": "1", "corpus-id": "10", "score": 1}],
+    }
+    sources = {name: name for name in tables}
+    with pytest.raises(EvalDataError, match="queries: record 1: query '9' has no relevant"):
+        read_beir(beir_task(data_path="-", language=None), tables, sources, ".")
+    tables["queries"][1]["language"] = "french"
+    with pytest.raises(EvalDataError, match="queries: record 1: query '9' has no relevant"):
+        read_beir(beir_task(data_path="-", language="french"), tables, sources, ".")

@@ -75,17 +75,20 @@ def read_beir(
     if len(known) != len(corpus_ids):
         repeated = sorted(c for c, k in Counter(corpus_ids).items() if k > 1)
         raise EvalDataError(f"{sources['corpus']}: corpus-id must be unique; repeated: {repeated[:5]}")
-    rows = tables["queries"]
+    rows = list(enumerate(tables["queries"]))  # record numbers as in the file, also after filtering
     if task.language is not None:
-        rows = [r for r in rows if r.get("language") == task.language]
+        languages = sorted({str(r.get("language")) for _, r in rows})
+        rows = [(n, r) for n, r in rows if r.get("language") == task.language]
         if not rows:
-            raise EvalDataError(f"{sources['queries']}: no query has language {task.language!r}")
+            raise EvalDataError(
+                f"{sources['queries']}: no query has language {task.language!r} (found: {languages})"
+            )
     if task.sample_cap:
         rows = rows[: task.sample_cap]
     if not rows:
         raise EvalDataError(f"{sources['queries']}: no queries")
     query_ids, queries, relevance = [], [], []
-    for n, row in enumerate(rows):
+    for n, row in rows:
         where = f"{sources['queries']}: record {n}"
         qid = _id(row, "query-id", where)
         grades = qrels.get(qid)

@@ -17,7 +17,7 @@ from tte_fast.cli import main
 from tte_fast.eval import evaluate
 from tte_fast.eval import parse_config as parse_eval_config
 from tte_fast.model import UnifiedTTE
-from tte_fast.traces import generate_traces
+from tte_fast.traces import TraceJobError, generate_traces
 from tte_fast.traces.config import parse_traces_config
 from tte_fast.traces.join import JoinError, join_outputs
 from tte_fast.traces.sources import read_inputs
@@ -161,3 +161,15 @@ def test_eval_cache_join_serves_the_eval(tiny_checkpoints, tmp_path, capsys):
     raw["output_dir"] = str(tmp_path / "sampled")
     with pytest.raises(SystemExit, match="no eval trace fingerprint for side"):
         main(["traces", write_config(tmp_path / "data", raw), "--quiet"])
+
+
+def test_resume_refuses_another_reasoner(tmp_path):
+    """The reasoner's fingerprint is part of what a resumed folder must match."""
+    raw = traces_config(tmp_path, "m", write_pairs(tmp_path, 2, bad=False), str(tmp_path / "out"))
+    config = _generate(raw, tmp_path)
+    other = ScriptedReasoner()
+    other.description = lambda: {"backend": "scripted", "fingerprint": "scripted-2"}
+    with pytest.raises(
+        TraceJobError, match='reasoner.fingerprint: "scripted-1" .in the folder. vs "scripted-2"'
+    ):
+        generate_traces(other, read_inputs(config), config.output_dir, sides=config.sides, resume=True)

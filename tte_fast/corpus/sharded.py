@@ -51,16 +51,18 @@ def run_sharded(
     processed: str,
     what: str,
     error: type[Exception] = JobFolderError,
+    compared: tuple[str, ...] = ("model", "settings", "schema"),
 ) -> dict:
     """Run ``work(shards, rank)`` (shards: lists of input positions; it returns numeric stats,
     ``processed`` among them, and a ``failures`` list) on every process and return
     ``summarize(run)``. ``fmt`` is the folder format the manifest names; ``what`` names the
-    folder's content in messages ("an encoding"); ``error`` is raised for a folder it refuses."""
+    folder's content in messages ("an encoding"); ``error`` is raised for a folder it refuses;
+    ``compared`` are the manifest sections a resumed folder must match."""
     positive_int("shard_size", shard_size)
     folder = OutputFolder(output)
     with World() as world:
         manifest = {"format": fmt, **manifest, "world_size": world.size}
-        world.agree(lambda: check_folder(folder, manifest, resume, fmt, what, error))
+        world.agree(lambda: check_folder(folder, manifest, resume, fmt, what, error, compared))
         if world.rank == 0:
             os.makedirs(output, exist_ok=True)
             folder.remove_stale_temporaries()
@@ -87,7 +89,13 @@ def run_sharded(
 
 
 def check_folder(
-    folder: OutputFolder, manifest: dict, resume: bool, fmt: str, what: str, error=JobFolderError
+    folder: OutputFolder,
+    manifest: dict,
+    resume: bool,
+    fmt: str,
+    what: str,
+    error=JobFolderError,
+    compared=("model", "settings", "schema"),
 ) -> None:
     """Refuse a used folder without ``resume``, and with it a folder of another format, model or
     setting (every differing manifest leaf is named)."""
@@ -105,7 +113,7 @@ def check_folder(
         return
     if saved.get("format") != fmt:
         raise error(f"{folder.manifest_path}: format {saved.get('format')!r}, expected {fmt!r}")
-    differences = manifest_differences(saved, manifest)
+    differences = manifest_differences(saved, manifest, compared)
     if differences:
         listed = "\n  ".join(differences[:8]) + ("\n  ..." if len(differences) > 8 else "")
         raise error(

@@ -66,6 +66,7 @@ def generate_traces(
         processed="generated",
         what="traces",
         error=TraceJobError,
+        compared=("reasoner", "settings", "schema"),
     )
 
 

@@ -1,0 +1,76 @@
+"""A reasoner's prompts and decode options without its weights, for backends that run the weights
+themselves (vLLM, Ray Data): a ``UnifiedTTE`` over the checkpoint's architecture on the ``meta``
+device, so prompts, stop tokens, budgets and trace decoding come from the very code ``think`` runs,
+and a 72B teacher costs no memory here. Its fingerprint reads the checkpoint's files instead of
+weights it does not hold."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import struct
+
+# Files whose bytes shape a checkpoint's traces besides its weights.
+SETTING_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "preprocessor_config.json",
+    "tte_config.json",
+)
+
+
+def weightless_model(path: str, recipe: str | None = None):
+    """The ``UnifiedTTE`` of checkpoint ``path`` with meta-device weights (prompts and decoding only)."""
+    import torch
+    from transformers import AutoConfig, GenerationConfig
+
+    from tte_fast.checkpoint.hf_processor import load_processor
+    from tte_fast.checkpoint.loading import processor_source
+    from tte_fast.checkpoint.model_types import auto_model_class
+    from tte_fast.checkpoint.recipes import get_recipe
+    from tte_fast.checkpoint.tte_config import TTEConfig
+    from tte_fast.model import UnifiedTTE
+
+    hf_config = AutoConfig.from_pretrained(path)
+    with torch.device("meta"):
+        hf_model = auto_model_class(hf_config.model_type).from_config(hf_config)
+    with contextlib.suppress(OSError):  # no generation_config.json: keep the one from_config made
+        hf_model.generation_config = GenerationConfig.from_pretrained(path)
+    config = TTEConfig.load(path) or TTEConfig()
+    if recipe is not None:
+        config = get_recipe(recipe).apply(config)
+    processor = load_processor(
+        processor_source(path),
+        hf_config.model_type,
+        min_pixels=config.min_pixels,
+        max_pixels=config.max_pixels,
+    )
+    return UnifiedTTE(hf_model, processor, hf_config.model_type, config)
+
+
+def checkpoint_fingerprint(path: str) -> str:
+    """A digest of a checkpoint folder: its setting files' bytes and, per safetensors file, its
+    header (tensor names, dtypes, shapes, offsets) and size; a hub id is taken by name."""
+    h = hashlib.blake2b(digest_size=20)
+    if not os.path.isdir(path):
+        h.update(f"id:{path}".encode())
+        return h.hexdigest()
+    for name in SETTING_FILES:
+        file = os.path.join(path, name)
+        if os.path.isfile(file):
+            with open(file, "rb") as f:
+                h.update(name.encode() + hashlib.blake2b(f.read(), digest_size=20).digest())
+    for name in sorted(os.listdir(path)):
+        if name.endswith(".safetensors"):
+            file = os.path.join(path, name)
+            with open(file, "rb") as f:
+                (length,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(length))
+            h.update(f"{name}|{os.path.getsize(file)}|{json.dumps(header, sort_keys=True)}".encode())
+    return h.hexdigest()

@@ -82,12 +82,18 @@ def _image_processor_for(config, tiny: bool):
     )
 
 
-def build_tiny_checkpoint(model_type: str, path: str, seed: int = 0, position_sensitive: bool = True) -> str:
+def build_tiny_checkpoint(
+    model_type: str, path: str, seed: int = 0, position_sensitive: bool = True, **config_overrides
+) -> str:
     """Build a random-weight tiny model of ``model_type`` and save it as a checkpoint at ``path``.
 
     ``position_sensitive=False`` keeps the plain init: such a model never closes ``</think>`` nor
-    stops, so every trace runs exactly its budget (what throughput benchmarks want to control)."""
+    stops, so every trace runs exactly its budget (what throughput benchmarks want to control).
+    ``config_overrides`` set fields of the tiny config (``head_dim=64``, say, for engines whose
+    attention kernels take only some head sizes)."""
     config = tiny_config(model_type)
+    for name, value in config_overrides.items():
+        setattr(config, name, value)
     return _build_checkpoint(config, path, seed, torch.float32, "cpu", tiny=True, sharpen=position_sensitive)
 
 

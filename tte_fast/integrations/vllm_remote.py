@@ -69,9 +69,10 @@ class RemoteLLM:
             json.dump({"prompts": prompts, "settings": settings}, f)
         self.proc.stdin.write(f"{self.calls}\n")
         self.proc.stdin.flush()
-        for line in self.proc.stdout:  # vLLM may log on stdout too: wait for our line
+        for line in self.proc.stdout:  # vLLM logs on stdout too (its engine process): keep them
             if line.split() == [DONE, str(self.calls)]:
                 break
+            self.log.write(line)
         else:
             self.log.flush()
             with open(self.log.name, encoding="utf-8", errors="replace") as f:

@@ -1,0 +1,216 @@
+"""Reasoner backends give our engine's traces, token for token (fp32, greedy).
+
+- Always: the two-request split of our stop rule (``tte_fast.traces.external``) on a single-budget
+  engine, HF ``generate``, equals our engine, across EOS, think-end, think and answer budgets; the
+  weightless prompt model renders the prompts and decode options of the loaded one.
+- With vLLM's CPU build in ``.venv-vllm`` (bench/README.md, "vLLM peer"): the vLLM backend itself.
+- With vLLM and Ray Data's LLM support in this environment: the Ray backend on a local instance.
+- With vLLM and a GPU: images through the vLLM backend.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tte_fast.model import UnifiedTTE
+from tte_fast.settings.params import EncodeParams
+from tte_fast.traces.engine_reasoner import EngineReasoner, resolved_decode
+from tte_fast.traces.external import build_prompt
+from tte_fast.traces.sources import TraceInput
+from tte_fast.traces.weightless import weightless_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+VLLM_PYTHON = os.path.join(REPO, ".venv-vllm", "bin", "python")
+TEXTS = [
+    "What is photosynthesis?",
+    "Explain black holes to a child.",
+    "Three facts about honey bees.",
+    "Summarise the French Revolution.",
+    "Why does compound interest matter?",
+    "How do vaccines work?",
+]
+
+
+def _inputs(with_bad: bool = True) -> list[TraceInput]:
+    items = [TraceInput(f"q{i}", "query", {"text": t}, f"line {i}") for i, t in enumerate(TEXTS)]
+    if with_bad:
+        items.insert(2, TraceInput("img", "query", {"text": "x", "image": "cat.png"}, "line img"))
+        items.append(TraceInput("long", "target", {"text": "word " * 5000}, "line long"))
+    return items
+
+
+class SingleBudgetHF:
+    """An engine with one budget per request, as vLLM's ``LLM.generate``: HF greedy ``generate``
+    stopping at the stop ids (kept in the output, as vLLM keeps them)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    @staticmethod
+    def sampling_params(**settings) -> dict:
+        return settings
+
+    def generate(self, prompts, settings, use_tqdm=False):
+        from types import SimpleNamespace
+
+        assert settings["temperature"] == 0.0 and settings["stop"] == [] and settings["ignore_eos"]
+        out = []
+        for p in prompts:
+            ids = torch.tensor([p["prompt_token_ids"]])
+            with torch.inference_mode():
+                full = self.model.hf_model.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=settings["max_tokens"],
+                    do_sample=False,
+                    eos_token_id=settings["stop_token_ids"],
+                    pad_token_id=self.model.pad_token_id,
+                )
+            new = full[0, ids.shape[1] :].tolist()
+            reason = new[-1] if new and new[-1] in settings["stop_token_ids"] else None
+            out.append(
+                SimpleNamespace(
+                    prompt_token_ids=p["prompt_token_ids"],
+                    outputs=[SimpleNamespace(token_ids=new, stop_reason=reason)],
+                )
+            )
+        return out
+
+
+@pytest.fixture(scope="module")
+def text_path(tiny_checkpoints):
+    return tiny_checkpoints["qwen2"]
+
+
+def _often_generated_token(model) -> str:
+    """A token the tiny model writes early in its traces, to serve as its think end."""
+    reasoner = EngineReasoner(model, EncodeParams(max_think_tokens=4, batch_size=8))
+    traces = [g.trace for g in reasoner.generate(_inputs(with_bad=False))]
+    ids = model.tokenizer(traces[0][len(model.config.prompts.think_prefix) :], add_special_tokens=False)
+    return model.tokenizer.convert_ids_to_tokens(ids["input_ids"][1])
+
+
+def test_two_requests_on_a_single_budget_engine_equal_our_engine(text_path):
+    from tte_fast.integrations.vllm_reasoner import VllmReasoner
+
+    base = UnifiedTTE.from_pretrained(text_path, device="cpu")
+    think_end = _often_generated_token(base)
+    for answer_budget in (0, 3):
+        model = UnifiedTTE.from_pretrained(
+            text_path, device="cpu", think_end_token=think_end, max_answer_tokens=answer_budget
+        )
+        params = EncodeParams(max_think_tokens=5, batch_size=4)
+        expected = EngineReasoner(model, params).generate(_inputs())
+        split = VllmReasoner(text_path, params, llm=SingleBudgetHF(model), prompt_model=model)
+        assert split.generate(_inputs()) == expected
+        reasons = {g.stop_reason for g in expected if g.error is None}
+        assert ("answer_budget" in reasons) and ({"think_budget", "eos"} & reasons), reasons
+        assert (
+            "image file not found" in expected[2].error
+            and "exceeds the model's context" in expected[-1].error
+        )
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "qwen2_vl"])
+def test_the_weightless_model_prompts_and_decodes_as_the_loaded_one(tiny_checkpoints, model_type):
+    path = tiny_checkpoints[model_type]
+    loaded, weightless = UnifiedTTE.from_pretrained(path, device="cpu"), weightless_model(path)
+    assert weightless.hf_model.device.type == "meta"
+    options = [m.decode_options(max_think_tokens=7) for m in (loaded, weightless)]
+    assert resolved_decode(options[0]) == resolved_decode(options[1])
+    for i, x in enumerate(_inputs(with_bad=False)):
+        prompts = [build_prompt(m, i, x.input, "query", options[0]).token_ids for m in (loaded, weightless)]
+        assert prompts[0] == prompts[1]
+
+
+def _vllm_cpu_available() -> bool:
+    if not os.path.isfile(VLLM_PYTHON):
+        return False
+    probe = subprocess.run([VLLM_PYTHON, "-c", "import vllm"], capture_output=True, cwd="/")
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(
+    not _vllm_cpu_available(), reason="needs vLLM's CPU build in .venv-vllm (bench/README.md)"
+)
+def test_vllm_backend_equals_our_engine(tmp_path):
+    from tte_fast.integrations.vllm_reasoner import VllmReasoner
+    from tte_fast.testing import build_tiny_checkpoint
+
+    # vLLM's CPU attention takes head sizes from 32 up: the tiny model's 16 would fail there.
+    shape = {"hidden_size": 128, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 64}
+    text_path = build_tiny_checkpoint("qwen2", str(tmp_path / "qwen2_h64"), **shape)
+    params = EncodeParams(max_think_tokens=16, batch_size=8)
+    expected = EngineReasoner(UnifiedTTE.from_pretrained(text_path, device="cpu"), params).generate(_inputs())
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    engine_args = {"python": VLLM_PYTHON, "max_model_len": 1024, "seed": 0}
+    vllm = VllmReasoner(text_path, params, dtype="float32", engine_args=engine_args)
+    try:
+        assert vllm.generate(_inputs()) == expected
+    finally:
+        vllm.llm.close()
+
+
+def _importable(*names: str) -> bool:
+    try:
+        return all(importlib.util.find_spec(n) is not None for n in names)
+    except ModuleNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(
+    not _importable("vllm", "ray.data.llm"), reason="needs vLLM and ray[data,llm] in this environment"
+)
+def test_ray_backend_on_a_local_instance_equals_our_engine(text_path):
+    import ray
+
+    from tte_fast.integrations.ray_reasoner import RayReasoner
+
+    params = EncodeParams(max_think_tokens=16, batch_size=8)
+    expected = EngineReasoner(UnifiedTTE.from_pretrained(text_path, device="cpu"), params).generate(_inputs())
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
+    try:
+        reasoner = RayReasoner(text_path, params, dtype="float32", ray={"concurrency": 1, "batch_size": 4})
+        assert reasoner.generate(_inputs()) == expected
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.skipif(
+    not (_importable("vllm", "torchvision") and torch.cuda.is_available()),
+    reason="multimodal vLLM needs torchvision and a GPU machine with vLLM installed",
+)
+def test_vllm_backend_with_images_equals_our_engine(tiny_checkpoints, tmp_path):
+    from PIL import Image
+
+    from tte_fast.integrations.vllm_reasoner import VllmReasoner
+
+    path = tiny_checkpoints["qwen2_vl"]
+    Image.new("RGB", (56, 84), (200, 30, 30)).save(tmp_path / "red.png")
+    inputs = [
+        TraceInput(f"i{i}", "query", {"text": t, "image": str(tmp_path / "red.png")}, "")
+        for i, t in enumerate(TEXTS[:3])
+    ]
+    params = EncodeParams(max_think_tokens=16, batch_size=4)
+    model = UnifiedTTE.from_pretrained(path, device="cuda", dtype=torch.float32)
+    expected = EngineReasoner(model, params).generate(inputs)
+    vllm = VllmReasoner(
+        path, params, dtype="float32", engine_args={"max_model_len": 2048, "enforce_eager": True}
+    )
+    assert vllm.generate(inputs) == expected
+
+
+def test_a_missing_extra_is_named(monkeypatch):
+    from tte_fast.integrations import vllm_reasoner
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm raises ImportError
+    with pytest.raises(ImportError, match=r"pip install 'tte_fast\[vllm\]'"):
+        vllm_reasoner.import_vllm()

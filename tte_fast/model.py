@@ -84,6 +84,7 @@ class UnifiedTTE:
         head=None,
         compile: bool | str = False,
         prefill_attention: str = "auto",
+        decoder: str = "auto",
     ):
         self.hf_model = hf_model.eval()
         self.processor = processor
@@ -105,7 +106,7 @@ class UnifiedTTE:
         self.pad_token_id = pad if pad is not None else self.eos_token_ids[0]
         instrument_vision_encoder(self.hf_model)  # its own NVTX range inside prefill
         # One runner (the model's prefill and decode steps) under both schedulers.
-        self.runner = Runner(hf_model, compile=compile)
+        self.runner = Runner(hf_model, compile=compile, decoder=decoder)
         self.batches = StaticBatches(self.runner)
         # The engine's admission prefill: padded, or packed through a varlen attention (checked now).
         self.prefill_attention = choose_prefill_attention(prefill_attention, hf_model)
@@ -129,6 +130,7 @@ class UnifiedTTE:
         prefill_attention: str = "auto",
         recipe: str | None = None,
         base_model: str | None = None,
+        decoder: str = "auto",
         **opts,
     ) -> UnifiedTTE:
         """Load a HF Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint or any HF causal LM (text only).
@@ -139,7 +141,10 @@ class UnifiedTTE:
         ``prefill_attention`` is how the continuous-batching engine prefills the prompts it admits:
         ``"auto"`` packs them without padding through flash-attn's or xformers' variable-length
         attention where installed (CUDA), else pads them; ``"padded"``, ``"flash_varlen"``,
-        ``"xformers"`` or ``"sdpa_varlen"`` force one (see ``tte_fast.runtime.packed_prefill``). ``head`` is
+        ``"xformers"`` or ``"sdpa_varlen"`` force one (see ``tte_fast.runtime.packed_prefill``).
+        ``decoder`` runs the engine's decode steps: ``"auto"`` (default) through our fused forward
+        where the text decoder is supported (``tte_fast.runtime.fused_decoder``), ``"fused"`` requires
+        it, ``"transformers"`` runs transformers' modules. ``head`` is
         ``"last_token"`` (default) or ``"tte_u"``; ``opts`` override ``TTEConfig`` fields
         (``embed_token``, ``max_think_tokens``, ``prompts``, ...) over the checkpoint's saved ones.
         ``recipe`` (``"ume_r1"``, ``"rge"``, ``"vlm2vec"``: ``tte_fast.checkpoint.recipes``) runs a
@@ -183,6 +188,7 @@ class UnifiedTTE:
             head=head_module,
             compile=compile,
             prefill_attention=prefill_attention,
+            decoder=decoder,
         )
 
     def save_pretrained(self, directory: str) -> None:

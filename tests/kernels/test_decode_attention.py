@@ -89,7 +89,7 @@ def test_decode_attention_scaling_and_unwritten_output(backend, device, monkeypa
 def test_decode_attention_over_a_slot_cache_step(backend, device, dtype):
     """What the engine's slot attention runs on CUDA: a windowed step's key views, busy rows
     (``ROWS``) and the lengths read off the cache's bias (``visible_lengths``)."""
-    slots, heads, kv_heads, dim, length = 5, 4, 2, 16, 200
+    slots, heads, kv_heads, dim, length = 5, 4, 2, 16, 400  # long enough for a window on CPU
     cache = SlotCache(1, slots, kv_heads, dim, length, dtype, device)
     cache.keys[0].copy_(torch.randn(cache.keys[0].shape))
     cache.values[0].copy_(torch.randn(cache.values[0].shape))

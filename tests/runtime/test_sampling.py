@@ -14,7 +14,7 @@ from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogit
 
 from tte_fast.model import UnifiedTTE
 from tte_fast.runtime.options import DecodeOptions
-from tte_fast.runtime.sampling import pick_tokens
+from tte_fast.runtime.sampling import greedy_tokens, pick_tokens
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -148,3 +148,20 @@ def test_sampling_from_the_top_one_is_the_argmax_without_a_draw(vl_model, monkey
         sampled = vl_model.encode(inputs, think=True, max_think_tokens=4, scheduler=scheduler, **qwen)
         assert [s.tolist() for s in sampled.sequences] == [s.tolist() for s in greedy.sequences]
     assert spy.probs == []
+
+
+@pytest.mark.parametrize("vocab", [7, 1024, 3000, 151669])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_greedy_tokens_are_torch_argmax(vocab, dtype):
+    """The two-pass CPU argmax picks what torch.argmax picks: ties to the first index (within a chunk
+    and across chunks), NaN as the maximum, the last partial chunk included."""
+    gen = torch.Generator().manual_seed(vocab)
+    logits = torch.randn(9, vocab, generator=gen).to(dtype)
+    logits[1] = 0.0  # all tied: index 0
+    top = logits[2].max()
+    logits[2, [vocab // 2, vocab - 1]] = top + 1  # a tie across chunks: the first one
+    logits[3, vocab - 1] = 50.0  # the maximum in the last (partial) chunk
+    logits[4, vocab // 3] = float("nan")
+    logits[4, vocab - 1] = float("nan")
+    assert torch.equal(greedy_tokens(logits), logits.argmax(-1))
+    assert greedy_tokens(logits)[3] == vocab - 1

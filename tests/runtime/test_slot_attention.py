@@ -19,7 +19,7 @@ TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 @pytest.mark.parametrize("seed", range(3))
 def test_busy_slots_attend_as_a_gathered_reference(seed, dtype):
     gen = torch.Generator().manual_seed(seed)
-    slots, heads, kv_heads, dim, length = 6, 4, 2, 8, 130
+    slots, heads, kv_heads, dim, length = 6, 4, 2, 8, 400  # a window under a third of it: a view
     cache = SlotCache(2, slots, kv_heads, dim, length, dtype, "cpu")
     for layer in range(2):
         cache.keys[layer].copy_(torch.randn(cache.keys[layer].shape, generator=gen))
@@ -32,7 +32,7 @@ def test_busy_slots_attend_as_a_gathered_reference(seed, dtype):
     new_k, new_v = (torch.randn(len(busy), kv_heads, 1, dim, generator=gen, dtype=dtype) for _ in range(2))
     keys, values = cache.update(new_k, new_v, 1)
     width = -(-(max(lengths[i] for i in busy) + 1) // WIDTH_STEP) * WIDTH_STEP
-    assert keys.shape == (slots, kv_heads, min(width, length), dim)
+    assert keys.shape == (slots, kv_heads, width, dim) and not keys.is_contiguous()
     # Views of the cache itself: the step copies no slot's keys or values.
     assert keys.untyped_storage().data_ptr() == cache.keys[1].untyped_storage().data_ptr()
     assert values.untyped_storage().data_ptr() == cache.values[1].untyped_storage().data_ptr()
@@ -47,3 +47,18 @@ def test_busy_slots_attend_as_a_gathered_reference(seed, dtype):
     # The new columns went to each busy slot's own position.
     for row, slot in enumerate(busy):
         assert torch.equal(cache.keys[1][slot, :, lengths[slot]], new_k[row, :, 0])
+
+
+def test_a_wide_window_on_cpu_is_the_whole_contiguous_length():
+    """On CPU a strided window costs the attention a copy: past a third of the slot length the step
+    attends over the whole length (contiguous, the bias hiding the unwritten columns)."""
+    cache = SlotCache(1, 3, 2, 8, 3 * WIDTH_STEP, torch.float32, "cpu")
+    for slot, n in enumerate([5, 70, 10]):
+        cache.positions[slot], cache.host_positions[slot] = n, n
+    cache.select([0, 2], windowed=True)  # their columns fit one step of width
+    keys, _ = cache.update(torch.zeros(2, 2, 1, 8), torch.zeros(2, 2, 1, 8), 0)
+    assert keys.shape[2] == WIDTH_STEP and not keys.is_contiguous()
+    cache.select([0, 1], windowed=True)  # 71 columns: two steps, more than a third
+    keys, _ = cache.update(torch.zeros(2, 2, 1, 8), torch.zeros(2, 2, 1, 8), 0)
+    assert keys.shape[2] == cache.length and keys.is_contiguous()
+    assert cache.attention_bias(torch.float32).shape[-1] == cache.length

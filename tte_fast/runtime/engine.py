@@ -45,7 +45,13 @@ from tte_fast.runtime.packed_prefill import (
 )
 from tte_fast.runtime.positions import decode_position_ids, prefill_position_ids, uses_mrope
 from tte_fast.runtime.runner import model_inputs
-from tte_fast.runtime.sampling import SeenTokens, draws_argmax, row_generators, sampling_probs
+from tte_fast.runtime.sampling import (
+    SeenTokens,
+    draws_argmax,
+    greedy_tokens,
+    row_generators,
+    sampling_probs,
+)
 from tte_fast.runtime.slot_attention import SLOT_ATTENTION
 from tte_fast.runtime.slot_cache import SlotCache
 from tte_fast.runtime.stop import RowBook, RowState, StopReason
@@ -371,7 +377,7 @@ class Engine:
             (len(self.slots),), self.model.pad_token_id, dtype=torch.long, device=logits.device
         )
         index = torch.tensor(slot_indices, dtype=torch.long, device=logits.device)
-        tokens[index] = logits.argmax(-1)
+        tokens[index] = greedy_tokens(logits)
         for row, i in enumerate(slot_indices):
             options = self.slots[i].request.options
             if not draws_argmax(options):

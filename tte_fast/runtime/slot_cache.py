@@ -22,6 +22,10 @@ from tte_fast.runtime.slot_attention import ROWS
 
 # Widths of an eager step's attention are multiples of this (a bounded set of shapes).
 WIDTH_STEP = 64
+# On CPU a window narrower than the slots is a strided view, which the attention's matmuls copy
+# first (about 2.5x the cost of attending over a contiguous column); the whole length, contiguous,
+# is cheaper unless the window is under 1 / CPU_WINDOW_SHARE of it. (CUDA's kernel reads in place.)
+CPU_WINDOW_SHARE = 3
 
 
 class SlotCache(Cache):
@@ -71,6 +75,8 @@ class SlotCache(Cache):
         if windowed:
             used = max(self.host_positions[i] for i in (range(self.slots) if rows is None else rows)) + 1
             width = min(self.length, -(-used // WIDTH_STEP) * WIDTH_STEP)
+            if not self._all_rows.is_cuda and width * CPU_WINDOW_SHARE > self.length:
+                width = self.length
         self._width = width
 
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):

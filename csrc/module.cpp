@@ -123,9 +123,34 @@ tte::QwenParams make_params(int64_t patch_size, int64_t temporal_patch_size, int
   return p;
 }
 
-py::tuple preprocess_batch(const py::sequence& images, const tte::QwenParams& params, int64_t num_threads) {
+// A caller-given output size (video frames: Qwen3-VL sizes a video by its frame count too); raises
+// unless both sides are positive multiples of patch_size * merge_size within the pixel budget.
+std::pair<int64_t, int64_t> given_size(const py::handle& size, const tte::QwenParams& params, int64_t index) {
+  const std::string prefix = "image " + std::to_string(index) + ": ";
+  std::pair<int64_t, int64_t> hw;
+  try {
+    hw = size.cast<std::pair<int64_t, int64_t>>();
+  } catch (const py::cast_error&) {
+    throw py::type_error(prefix + "target size must be a (height, width) pair of ints");
+  }
+  const int64_t factor = params.patch_size * params.merge_size;
+  if (hw.first <= 0 || hw.second <= 0 || hw.first % factor != 0 || hw.second % factor != 0 ||
+      hw.first > kMaxPixelBudget / hw.second) {
+    throw py::value_error(prefix + "target size must be positive multiples of patch_size * merge_size = " +
+                          std::to_string(factor) + " within the pixel budget, got " + std::to_string(hw.first) +
+                          "x" + std::to_string(hw.second));
+  }
+  return hw;
+}
+
+py::tuple preprocess_batch(const py::sequence& images, const tte::QwenParams& params, int64_t num_threads,
+                           const py::object& target_sizes) {
   const int64_t n = static_cast<int64_t>(py::len(images));
   if (n == 0) throw py::value_error("no images given");
+  if (!target_sizes.is_none() && static_cast<int64_t>(py::len(target_sizes)) != n) {
+    throw py::value_error("target_sizes must hold one (height, width) per image: got " +
+                          std::to_string(py::len(target_sizes)) + " for " + std::to_string(n) + " images");
+  }
   if (num_threads < 1) throw py::value_error("num_threads must be >= 1, got " + std::to_string(num_threads));
   std::vector<py::array> arrays;  // keeps every input alive while the GIL is released
   std::vector<tte::ImageView> views;
@@ -141,6 +166,7 @@ py::tuple preprocess_batch(const py::sequence& images, const tte::QwenParams& pa
     views.push_back(view_of(arrays.back(), i));
     try {
       sizes.push_back(tte::target_size(views.back(), params));
+      if (!target_sizes.is_none()) sizes.back() = given_size(target_sizes[py::int_(i)], params, i);
     } catch (const std::invalid_argument& e) {
       throw py::value_error("image " + std::to_string(i) + ": " + e.what());
     }
@@ -241,18 +267,21 @@ PYBIND11_MODULE(_C, m) {
       [](const py::sequence& images, int64_t patch_size, int64_t temporal_patch_size, int64_t merge_size,
          int64_t min_pixels, int64_t max_pixels, bool do_resize, int resample, bool do_rescale,
          double rescale_factor, bool do_normalize, const std::vector<double>& image_mean,
-         const std::vector<double>& image_std, int pass_order, int64_t num_threads) {
+         const std::vector<double>& image_std, int pass_order, int64_t num_threads,
+         const py::object& target_sizes) {
         const tte::QwenParams params =
             make_params(patch_size, temporal_patch_size, merge_size, min_pixels, max_pixels, do_resize, resample,
                         do_rescale, rescale_factor, do_normalize, image_mean, image_std, pass_order);
-        return preprocess_batch(images, params, num_threads);
+        return preprocess_batch(images, params, num_threads, target_sizes);
       },
       py::arg("images"), py::kw_only(), py::arg("patch_size"), py::arg("temporal_patch_size"),
       py::arg("merge_size"), py::arg("min_pixels"), py::arg("max_pixels"), py::arg("do_resize"),
       py::arg("resample"), py::arg("do_rescale"), py::arg("rescale_factor"), py::arg("do_normalize"),
       py::arg("image_mean"), py::arg("image_std"), py::arg("pass_order"), py::arg("num_threads"),
+      py::arg("target_sizes") = py::none(),
       "Qwen2-VL preprocessing of uint8 HxW / HxWxC arrays (C in 1, 3, 4) on num_threads threads with the "
-      "GIL released. Returns (pixel_values float32 [patches, 3*T*P*P], image_grid_thw int64 [n, 3]).");
+      "GIL released; target_sizes (one (height, width) per image, multiples of patch_size * merge_size) replace "
+      "smart-resize's sizes (the image checks still apply). Returns (pixel_values float32 [patches, 3*T*P*P], image_grid_thw int64 [n, 3]).");
   m.def("set_avx2_enabled", &tte::set_avx2_enabled, py::arg("enabled"),
         "Use (True, the default where the CPU has it) or skip the AVX2 resampling path; outputs are equal.");
   m.def("avx2_enabled", &tte::avx2_enabled, "Whether the AVX2 resampling path is in use.");

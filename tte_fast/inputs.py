@@ -1,18 +1,22 @@
 """Input normalisation for ``encode`` / ``think``.
 
-An input is a str (text) or a dict with any of ``text``, ``image`` and ``instruction``; an image is
-anything ``tte_fast.media.image_io`` loads (a PIL image, a uint8 numpy array or tensor, a file path or
-encoded bytes), checked and decoded there exactly as the ``ImageProcessor`` does. Checks that need
-no decoding run over the whole list first (``check_input``), so a bad input fails before any model
-work; images are decoded batch by batch (``load_input``). Every error names the input's index.
+An input is a str (text) or a dict with any of ``text``, ``image``, ``video`` and ``instruction``;
+an image is anything ``tte_fast.media.image_io`` loads (a PIL image, a uint8 numpy array or tensor, a
+file path or encoded bytes), checked and decoded there exactly as the ``ImageProcessor`` does; a
+video is a list of frames, a folder of frame images or a video file (``tte_fast.media.video_io``).
+Checks that need no decoding run over the whole list first (``check_input``), so a bad input fails
+before any model work; images are decoded batch by batch (``load_input``), videos when their batch
+is built (their frames are sampled by the model's video processor). Every error names the input's
+index.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tte_fast.media.image_io import InputError, InputTypeError, check_image, load_image
+from tte_fast.media.video_io import check_video
 
 __all__ = [
     "INPUT_KEYS",
@@ -25,16 +29,18 @@ __all__ = [
     "load_input",
 ]
 
-INPUT_KEYS = ("text", "image", "instruction")
+INPUT_KEYS = ("text", "image", "instruction", "video")
 
 
 @dataclass
 class EmbedInput:
-    """One normalised input; ``image`` is an RGB PIL image once loaded."""
+    """One normalised input; ``image`` is an RGB PIL image once loaded, ``video`` a
+    ``tte_fast.media.video_io.VideoClip`` once its batch is built."""
 
     text: str | None = None
     image: object = None
     instruction: str | None = None
+    video: object = None
 
 
 def as_input_list(inputs) -> list:
@@ -57,19 +63,21 @@ def check_input(index: int, raw) -> EmbedInput:
     unknown = sorted(set(raw) - set(INPUT_KEYS))
     if unknown:
         raise InputError(index, f"unknown keys {unknown}; an input dict takes {list(INPUT_KEYS)}")
-    text, image, instruction = (raw.get(k) for k in INPUT_KEYS)
+    text, image, instruction, video = (raw.get(k) for k in INPUT_KEYS)
     for name, value in (("text", text), ("instruction", instruction)):
         if value is not None and not isinstance(value, str):
             raise InputTypeError(index, f"{name!r} must be a str, got {type(value).__name__}")
-    if (text is None or not text.strip()) and image is None:
-        raise InputError(index, "needs a non-empty 'text' or an 'image' (got neither)")
+    if (text is None or not text.strip()) and image is None and video is None:
+        raise InputError(index, "needs a non-empty 'text' or an 'image' or a 'video' (got none)")
     if image is not None:
         check_image(index, image)
-    return EmbedInput(text=text or None, image=image, instruction=instruction or None)
+    if video is not None:
+        check_video(index, video)
+    return EmbedInput(text=text or None, image=image, instruction=instruction or None, video=video)
 
 
 def load_input(index: int, item: EmbedInput) -> EmbedInput:
     """A copy of ``item`` with its image decoded."""
     if item.image is None:
         return item
-    return EmbedInput(text=item.text, image=load_image(index, item.image), instruction=item.instruction)
+    return replace(item, image=load_image(index, item.image))

@@ -198,6 +198,8 @@ class UnifiedTTE:
         self.tokenizer.save_pretrained(directory)
         if self.vision:
             self.processor.image_processor.save_pretrained(directory)
+            if getattr(self.processor, "video_processor", None) is not None:
+                self.processor.video_processor.save_pretrained(directory)
             with open(os.path.join(directory, CHAT_TEMPLATE_FILE), "w", encoding="utf-8") as f:
                 f.write(self.processor.chat_template)
         if self.head is not None:
@@ -431,8 +433,9 @@ class UnifiedTTE:
         for i, raw in enumerate(as_input_list(inputs)):
             try:
                 item = check_input(i, raw)
-                if item.image is not None and not self.vision:
-                    raise InputError(i, f"has an image, but {self.model_type!r} is a text-only model")
+                if (item.image is not None or item.video is not None) and not self.vision:
+                    media = "an image" if item.image is not None else "a video"
+                    raise InputError(i, f"has {media}, but {self.model_type!r} is a text-only model")
             except InputError as e:
                 if on_error == "raise":
                     raise
@@ -445,7 +448,7 @@ class UnifiedTTE:
         positive_int("batch_size", batch_size)
         order = sorted(
             (i for i, item in enumerate(items) if item is not None),
-            key=lambda i: (items[i].image is not None, len(items[i].text or "")),
+            key=lambda i: (items[i].video is not None, items[i].image is not None, len(items[i].text or "")),
         )
         show = progress if progress is not None else len(order) > 4 * batch_size
         with tqdm(total=len(order), desc=desc, disable=not show, unit="input") as bar:
@@ -484,6 +487,7 @@ class UnifiedTTE:
                 prompt_embed=self.config.prompt_embed,
                 prompt_embed_token_id=self.prompt_embed_token_id,
                 sequential_positions=self.config.positions == "sequential",
+                indices=list(indices),
             )
             lengths = batch["attention_mask"].sum(-1).tolist()
             if self.context_length is not None:

@@ -27,6 +27,7 @@ _CONFIG_DIR = os.path.join(os.path.dirname(__file__), "configs")
 # Small pixel budget so tiny models see a handful of patches per image.
 TINY_MIN_PIXELS = 4 * 28 * 28
 TINY_MAX_PIXELS = 64 * 28 * 28
+TINY_VIDEO_FRAMES = 4  # the frame count tiny Qwen3-VL checkpoints size their video budget for
 # Weight gains applied to the tiny text decoders over their init (std 0.02). q/k x16: attention logits
 # of std ~6 (instead of ~0.03), so attention, and with it RoPE, decides which tokens a token sees;
 # where the model normalises q and k (Qwen3 QK-norm), their norm weights x2 do that instead. v/o and
@@ -134,10 +135,23 @@ def _build_checkpoint(
     model.save_pretrained(path)  # safetensors
     tokenizer.save_pretrained(path)
     if is_qwen_vl(model_type):
-        _image_processor_for(config, tiny).save_pretrained(path)
+        image_processor = _image_processor_for(config, tiny)
+        image_processor.save_pretrained(path)
+        _video_processor_for(model_type, image_processor, tiny).save_pretrained(path)
         with open(os.path.join(path, CHAT_TEMPLATE_FILE), "w", encoding="utf-8") as f:
             f.write(packaged_chat_template())
     return path
+
+
+def _video_processor_for(model_type: str, image_processor, tiny: bool):
+    from tte_fast.video_preprocess import VideoProcessor, sampling_style
+
+    pixels = {}
+    if tiny:  # a tiny frame budget; Qwen3-VL's covers all frames (TINY_VIDEO_FRAMES of them)
+        frames = TINY_VIDEO_FRAMES if sampling_style(model_type) == "qwen3" else 1
+        pixels = {"min_pixels": image_processor.size["shortest_edge"] * frames}
+        pixels["max_pixels"] = image_processor.size["longest_edge"] // 4 * frames
+    return VideoProcessor.for_checkpoint(model_type, image_processor, **pixels)
 
 
 @torch.no_grad()

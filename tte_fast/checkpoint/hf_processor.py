@@ -1,8 +1,9 @@
 """Load a checkpoint's tokenizer / processor without torchvision.
 
-The stock Qwen-VL processors insist on a video processor, whose class needs torchvision; CPU
-torch wheels cannot sit next to torchvision, and embedding needs images only. The processors
-built here accept ``video_processor=None`` and are otherwise the HF classes, unchanged.
+The stock Qwen-VL processors insist on a transformers video processor, whose class needs
+torchvision; CPU torch wheels cannot sit next to torchvision. The processors built here take our
+C++-backed ``tte_fast.video_preprocess.VideoProcessor`` (or ``video_processor=None``) and are
+otherwise the HF classes, unchanged: their video placeholders, timestamps and token types are theirs.
 """
 
 from __future__ import annotations
@@ -15,6 +16,11 @@ import warnings
 from transformers import AutoTokenizer, ProcessorMixin
 
 from tte_fast.checkpoint.model_types import is_qwen_vl, processor_class
+
+try:
+    from tte_fast.video_preprocess import VideoProcessor
+except ImportError:  # the C++ extension is not built: images through transformers, no video
+    VideoProcessor = None
 
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 # The older processor template file many published Qwen-VL checkpoints ship: {"chat_template": "..."}.
@@ -35,7 +41,9 @@ def _processor_class(model_type: str) -> type:
     base = processor_class(model_type)
 
     def check_argument_for_proper_class(self, argument_name, argument):
-        if argument_name == "video_processor" and argument is None:
+        if argument_name == "video_processor" and (
+            argument is None or VideoProcessor and isinstance(argument, VideoProcessor)
+        ):
             return None
         return base.check_argument_for_proper_class(self, argument_name, argument)
 
@@ -47,12 +55,15 @@ def _processor_class(model_type: str) -> type:
 
 
 def build_processor(
-    model_type: str, tokenizer, image_processor, chat_template: str | None = None
+    model_type: str, tokenizer, image_processor, chat_template: str | None = None, video_processor=None
 ) -> ProcessorMixin:
-    """A Qwen-VL processor (tokenizer + image processor, no video) for ``model_type``."""
+    """A Qwen-VL processor (tokenizer + image processor + our video processor, or none) for ``model_type``."""
     template = chat_template or getattr(tokenizer, "chat_template", None) or packaged_chat_template()
     return _processor_class(model_type)(
-        image_processor=image_processor, tokenizer=tokenizer, chat_template=template
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=video_processor,
+        chat_template=template,
     )
 
 
@@ -115,12 +126,24 @@ def load_processor(path: str, model_type: str, image_processor=None, min_pixels=
     if not is_qwen_vl(model_type):
         return tokenizer
     image_processor = image_processor or default_image_processor(path, min_pixels, max_pixels)
-    processor = build_processor(model_type, tokenizer, image_processor, saved_chat_template(path))
+    video_processor = _video_processor(model_type, image_processor, path)
+    processor = build_processor(
+        model_type, tokenizer, image_processor, saved_chat_template(path), video_processor
+    )
     if not renders_images(processor):
         warnings.warn(
             f"the chat template of {path!r} cannot render image parts; using the packaged Qwen-VL template",
             UserWarning,
             stacklevel=2,
         )
-        processor = build_processor(model_type, tokenizer, image_processor, packaged_chat_template())
+        processor = build_processor(
+            model_type, tokenizer, image_processor, packaged_chat_template(), video_processor
+        )
     return processor
+
+
+def _video_processor(model_type: str, image_processor, path: str):
+    """Our video processor for the checkpoint; None where the C++ extension is not built."""
+    if VideoProcessor is None:
+        return None
+    return VideoProcessor.for_checkpoint(model_type, image_processor, path)

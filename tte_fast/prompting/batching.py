@@ -18,8 +18,9 @@ from dataclasses import replace
 import PIL.Image
 import torch
 
-from tte_fast.inputs import EmbedInput
+from tte_fast.inputs import EmbedInput, InputError
 from tte_fast.kernels import pool_normalize
+from tte_fast.media.video_io import VideoClip
 from tte_fast.profiling import stage
 from tte_fast.prompting.prompts import PromptConfig, render_prompt
 from tte_fast.runtime.positions import SEQUENTIAL_POSITIONS, prefill_position_ids
@@ -38,8 +39,10 @@ def prompt_batch(
     prompt_embed: str = "append",
     prompt_embed_token_id: int | None = None,
     sequential_positions: bool = False,
+    indices: list[int] | None = None,
 ) -> dict:
-    """One left-padded batch (CPU tensors) of ``items`` (images loaded). Without thinking each
+    """One left-padded batch (CPU tensors) of ``items`` (images loaded; videos are loaded here by
+    the processor's video processor, errors naming ``indices``, default 0, 1, ...). Without thinking each
     prompt is closed by ``embed_token_id`` (``prompt_embed="append"``, or any prompt with a trace),
     ends at its own last token (``"last"``), or is cut after its last ``prompt_embed_token_id``
     (``"token"``). ``sequential_positions`` marks the batch for 0, 1, 2, ... positions."""
@@ -54,7 +57,12 @@ def prompt_batch(
     if vision:
         images = [item.image for item in items if item.image is not None]
         batch = processor(
-            text=texts, images=images or None, padding=True, padding_side="left", return_tensors="pt"
+            text=texts,
+            images=images or None,
+            padding=True,
+            padding_side="left",
+            return_tensors="pt",
+            **video_arguments(processor, items, indices),
         )
     else:
         tokenizer = getattr(processor, "tokenizer", processor)
@@ -62,6 +70,9 @@ def prompt_batch(
             texts, padding=True, padding_side="left", return_tensors="pt", add_special_tokens=False
         )
     batch = dict(batch)
+    batch.pop(
+        "video_metadata", None
+    )  # read by the processor (timestamps, seconds per grid); not a model input
     if sequential_positions:
         batch[SEQUENTIAL_POSITIONS] = True
     if think or (prompt_embed == "last" and not given):
@@ -106,9 +117,32 @@ def cut_after_last(batch: dict, token_id: int, image_token_id: int | None = None
     return out
 
 
+def load_videos(processor, items: list[EmbedInput], indices: list[int] | None = None) -> list[EmbedInput]:
+    """``items`` with their videos' sampled frames loaded (``VideoClip``); errors name ``indices``."""
+    indices = list(range(len(items))) if indices is None else indices
+    video_processor = getattr(processor, "video_processor", None)
+    out = []
+    for index, item in zip(indices, items):
+        if item.video is not None and not isinstance(item.video, VideoClip):
+            if video_processor is None:
+                raise InputError(index, "has a video, but this processor has no video processor")
+            item = replace(item, video=video_processor.load(index, item.video))
+        out.append(item)
+    return out
+
+
+def video_arguments(processor, items: list[EmbedInput], indices: list[int] | None) -> dict:
+    """The processor call's ``videos`` and ``video_metadata`` (nothing for a batch without video)."""
+    if all(item.video is None for item in items):
+        return {}
+    clips = [item.video for item in load_videos(processor, items, indices) if item.video is not None]
+    metadata = [processor.video_processor.metadata(clip) for clip in clips]
+    return {"videos": [clip.frames for clip in clips], "video_metadata": metadata}
+
+
 def with_blank_image(item: EmbedInput, size: int) -> EmbedInput:
     """``item``, or for a text-only one a copy with a white ``size`` x ``size`` image."""
-    if item.image is not None:
+    if item.image is not None or item.video is not None:
         return item
     return replace(item, image=PIL.Image.new("RGB", (size, size), (255, 255, 255)))
 

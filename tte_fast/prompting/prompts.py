@@ -1,6 +1,6 @@
 """Prompts through the model's chat template, or as plain text.
 
-A prompt is one user turn (image first, then the task instruction, then the text; with thinking,
+A prompt is one user turn (image first, then video, then the task instruction, then the text; with thinking,
 the reasoning instruction last) followed by the assistant generation prompt. With thinking on, the
 assistant turn opens with ``think_prefix`` so the model writes ``<think> ... </think>`` and a short
 answer; a given trace is appended after the generation prompt in the same place. The embedding
@@ -105,6 +105,8 @@ def build_messages(
     if vision:
         as_part = item.image is not None and config.image_placeholder is None
         content = ([{"type": "image"}] if as_part else []) + [{"type": "text", "text": text}]
+        if item.video is not None:  # a chat part even where images are written into the text
+            content.insert(int(as_part), {"type": "video"})
     else:
         content = text
     messages = [{"role": "user", "content": content}]
@@ -126,6 +128,8 @@ def render_prompt(
     """The prompt string: chat turn + generation prompt, then the think prefix (thinking) or ``trace``."""
     # A trace answers the reasoning prompt, so it follows the same user turn that thinking uses.
     reasoning = think or trace is not None
+    if item.video is not None and not config.chat:
+        raise ValueError("videos need the chat template; prompts with chat=False take text and images only")
     if config.chat:
         messages = build_messages(item, side, reasoning, config, vision)
         text = template_owner.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)

@@ -106,8 +106,8 @@ def load_item(source: str, name: str, raw: dict, vision: bool) -> EmbedInput:
         item = load_input(0, check_input(0, {k: v for k, v in raw.items() if v is not None}))
     except InputError as e:
         raise DataError(f"{source}: {name}: {str(e).split(': ', 1)[-1]}") from None
-    if item.image is not None and not vision:
-        raise DataError(f"{source}: {name} has an image, but the model is text-only")
+    if (item.image is not None or item.video is not None) and not vision:
+        raise DataError(f"{source}: {name} has an image or a video, but the model is text-only")
     return item
 
 

@@ -5,7 +5,8 @@ Each reader checks every record's structure up front and names the record (``fil
 by default the data file's folder) and decoded later, in the DataLoader workers.
 
 - embedder / head JSONL: ``{"query": {...}, "pos": {...}, "negs": [{...}], "query_trace": str,
-  "pos_trace": str}``; an input is ``{"text", "image", "instruction"}`` (or a plain string). A trace
+  "pos_trace": str}``; an input is ``{"text", "image", "video", "instruction"}`` (or a plain string;
+  a video is a file or a folder of frames). A trace
   is what ``UnifiedTTE.think`` returns (think prefix included), appended as ``encode(traces=...)`` does.
 - reasoner JSONL: ``{"input": {...}, "trace": str, "answer": str}``; the trace is the reasoning text
   without the ``<think>`` tags, which training adds.
@@ -116,12 +117,13 @@ def _input(source: str, raw, root: str, name: str) -> dict:
     for key in INPUT_KEYS:
         if raw.get(key) is not None and not isinstance(raw[key], str):
             raise DataError(f"{source}: {name}.{key} must be a string, got {type(raw[key]).__name__}")
-    text, image = (raw.get("text") or "").strip(), raw.get("image") or None
-    if not text and image is None:
-        raise DataError(f"{source}: {name!r} is empty (needs a non-empty text or an image)")
-    if image is not None:
-        image = image if os.path.isabs(image) else os.path.join(root, image)
-    return {"text": text or None, "image": image, "instruction": raw.get("instruction") or None}
+    text, image, video = (raw.get("text") or "").strip(), raw.get("image") or None, raw.get("video") or None
+    if not text and image is None and video is None:
+        raise DataError(f"{source}: {name!r} is empty (needs a non-empty text, an image or a video)")
+    # Media paths (a video: a file or a folder of frames) are relative to the records' folder.
+    image, video = (p if p is None or os.path.isabs(p) else os.path.join(root, p) for p in (image, video))
+    out = {"text": text or None, "image": image, "instruction": raw.get("instruction") or None}
+    return {**out, "video": video} if video is not None else out
 
 
 def _string(source: str, row: dict, key: str, required: bool) -> str | None:

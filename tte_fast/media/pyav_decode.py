@@ -1,0 +1,77 @@
+"""Video files decoded with PyAV (the optional ``video`` extra: ``pip install tte_fast[video]``).
+
+The frame count and rate come from the container where it records them; otherwise one decoding
+pass counts the frames. Frames are decoded in order and only the sampled ones are kept as RGB
+arrays, so memory holds the sampled frames, not the video.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tte_fast.media.image_io import InputError
+
+MISSING_DECODER = (
+    "decoding video files needs PyAV: pip install 'tte_fast[video]' (or pass the video as a folder "
+    "or a list of frames, which need nothing more)"
+)
+
+
+def _av():
+    try:
+        import av
+    except ImportError as error:
+        raise ImportError(MISSING_DECODER) from error
+    return av
+
+
+@dataclass
+class VideoFile:
+    """One video file: its first video stream's frame count and rate, read on demand."""
+
+    index: int
+    path: str
+    frame_count: int
+    fps: float | None
+
+    @classmethod
+    def open(cls, index: int, path: str) -> VideoFile:
+        av = _av()
+        try:
+            with av.open(path) as container:
+                if not container.streams.video:
+                    raise InputError(index, f"video file {path!r} has no video stream")
+                stream = container.streams.video[0]
+                fps = float(stream.average_rate) if stream.average_rate else None
+                count = stream.frames or sum(1 for _ in container.decode(stream))
+        except InputError:
+            raise
+        except Exception as error:  # PyAV raises its own error types (InvalidDataError, ...) for bad data
+            raise InputError(index, f"cannot read video file {path!r}: {error}") from error
+        if count == 0:
+            raise InputError(index, f"video file {path!r} has no frames")
+        return cls(index, path, count, fps)
+
+    def read(self, indices: list[int]) -> list[np.ndarray]:
+        """The frames at ``indices`` (repeats allowed) as RGB uint8 arrays, in the order asked."""
+        wanted = set(indices)
+        kept: dict[int, np.ndarray] = {}
+        try:
+            with _av().open(self.path) as container:
+                for k, frame in enumerate(container.decode(video=0)):
+                    if k in wanted:
+                        kept[k] = frame.to_ndarray(format="rgb24")
+                    if len(kept) == len(wanted):
+                        break
+        except Exception as error:
+            raise InputError(self.index, f"cannot decode video file {self.path!r}: {error}") from error
+        missing = sorted(wanted - set(kept))
+        if missing:
+            raise InputError(
+                self.index,
+                f"video file {self.path!r} ended after {len(kept)} of the frames asked; frame {missing[0]} "
+                f"is missing (the container claims {self.frame_count} frames)",
+            )
+        return [kept[i] for i in indices]

@@ -19,7 +19,8 @@ MISSING_DECODER = (
 )
 
 
-def _av():
+def require_pyav():
+    """The ``av`` module; an ImportError naming the ``video`` extra where it is not installed."""
     try:
         import av
     except ImportError as error:
@@ -38,7 +39,7 @@ class VideoFile:
 
     @classmethod
     def open(cls, index: int, path: str) -> VideoFile:
-        av = _av()
+        av = require_pyav()
         try:
             with av.open(path) as container:
                 if not container.streams.video:
@@ -59,7 +60,7 @@ class VideoFile:
         wanted = set(indices)
         kept: dict[int, np.ndarray] = {}
         try:
-            with _av().open(self.path) as container:
+            with require_pyav().open(self.path) as container:
                 for k, frame in enumerate(container.decode(video=0)):
                     if k in wanted:
                         kept[k] = frame.to_ndarray(format="rgb24")
@@ -71,7 +72,7 @@ class VideoFile:
         if missing:
             raise InputError(
                 self.index,
-                f"video file {self.path!r} ended after {len(kept)} of the frames asked; frame {missing[0]} "
-                f"is missing (the container claims {self.frame_count} frames)",
+                f"video file {self.path!r} has no frame {missing[0]}: it ended before it (the container "
+                f"claims {self.frame_count} frames)",
             )
         return [kept[i] for i in indices]

@@ -49,6 +49,10 @@ def check_video(index: int, video) -> None:
             raise InputError(index, "video URLs are not fetched; download it and pass a file or frames")
         if not os.path.exists(path):
             raise InputError(index, f"video not found: {path!r}")
+        if not os.path.isdir(path):
+            from tte_fast.media.pyav_decode import require_pyav
+
+            require_pyav()  # a missing decoder is named before any model work
     else:
         raise InputTypeError(index, f"video must be {VIDEO_ACCEPTED}; got {type(video).__name__}")
 

@@ -1,0 +1,126 @@
+"""Video pixels and grids against transformers: each frame through its Qwen2VLImageProcessorPil (the
+image path's reference, resized by Pillow), grouped by its Qwen3-VL video processor's patchify; sizes
+from its smart_resize functions. transformers' real video processors (torchvision) when installed."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from helpers import random_pixels
+from transformers import Qwen2VLImageProcessorPil
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as qwen2_smart_resize
+from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+from transformers.models.qwen3_vl.video_processing_qwen3_vl import smart_resize as qwen3_smart_resize
+
+from tte_fast.video_preprocess import VideoSettings, preprocess_videos
+
+QWEN2 = VideoSettings(style="qwen2", min_pixels=4 * 28 * 28, max_pixels=24 * 28 * 28)
+QWEN3 = VideoSettings(
+    style="qwen3",
+    patch_size=16,
+    min_pixels=8 * 32 * 32,
+    max_pixels=60 * 32 * 32,
+    image_mean=[0.5, 0.5, 0.5],
+    image_std=[0.5, 0.5, 0.5],
+)
+
+
+def reference_size(s: VideoSettings, frames: int, height: int, width: int) -> tuple[int, int]:
+    factor = s.patch_size * s.merge_size
+    if s.style == "qwen2":
+        return qwen2_smart_resize(height, width, factor, s.min_pixels, s.max_pixels)
+    return qwen3_smart_resize(
+        frames, height, width, s.temporal_patch_size, factor, s.min_pixels, s.max_pixels
+    )
+
+
+def reference_video(video: np.ndarray, s: VideoSettings) -> tuple[torch.Tensor, list[int]]:
+    """transformers' pixels for one [frames, H, W, 3] video (Pillow resizing, as the image path)."""
+    height, width = reference_size(s, *video.shape[:3])
+    P = s.patch_size
+    # merge_size=1, one frame per row: the rows are the frame's patches in raster order.
+    frame_processor = Qwen2VLImageProcessorPil(
+        patch_size=P,
+        merge_size=1,
+        temporal_patch_size=1,
+        do_resize=False,
+        image_mean=s.image_mean,
+        image_std=s.image_std,
+    )
+    planes = []
+    for frame in video:
+        resized = PIL.Image.fromarray(frame).resize((width, height), PIL.Image.Resampling.BICUBIC)
+        rows = frame_processor(images=[resized], return_tensors="pt")["pixel_values"]
+        grid = rows.view(height // P, width // P, 3, P, P)
+        planes.append(grid.permute(2, 0, 3, 1, 4).reshape(3, height, width))
+    # transformers' own temporal grouping (padding by the last frame) and merge-ordered flattening
+    patches, t, h, w = Qwen3VLVideoProcessor.patchify(
+        None, torch.stack(planes)[None], P, s.merge_size, s.temporal_patch_size
+    )
+    return patches[0], [t, h, w]
+
+
+def random_video(seed: int, frames: int, height: int, width: int) -> np.ndarray:
+    return random_pixels(seed, frames * height, width).reshape(frames, height, width, 3)
+
+
+@pytest.mark.parametrize(
+    "settings, shapes",
+    [
+        (QWEN2, [(5, 70, 100), (4, 130, 48)]),  # an odd frame count: the last frame repeated
+        (QWEN3, [(3, 90, 64), (6, 40, 150)]),
+    ],
+    ids=["qwen2", "qwen3"],
+)
+def test_pixels_and_grids_equal_transformers(settings, shapes):
+    videos = [random_video(i, *shape) for i, shape in enumerate(shapes)]
+    pixels, grids = preprocess_videos(videos, settings, num_threads=2)
+    expected = [reference_video(v, settings) for v in videos]
+    assert grids.tolist() == [grid for _, grid in expected]
+    assert pixels.dtype == torch.float32
+    torch.testing.assert_close(pixels, torch.cat([p for p, _ in expected]), rtol=0, atol=0)
+
+
+def test_temporal_patch_holds_consecutive_frames():
+    """A row of a temporal patch holds frame 2k then 2k+1, channel by channel (not two copies)."""
+    video = np.stack([np.full((56, 56, 3), value, np.uint8) for value in (0, 255, 128)])
+    settings = VideoSettings(
+        min_pixels=56 * 56, max_pixels=56 * 56, image_mean=[0.0] * 3, image_std=[1.0] * 3
+    )
+    pixels, grids = preprocess_videos([video], settings)
+    assert grids.tolist() == [[2, 4, 4]]
+    rows = pixels.view(2, 16, 3, 2, 14 * 14)  # [temporal patch, patch, channel, frame, pixel]
+    torch.testing.assert_close(rows[0, :, :, 0], torch.zeros(16, 3, 196))
+    torch.testing.assert_close(rows[0, :, :, 1], torch.ones(16, 3, 196))
+    torch.testing.assert_close(rows[1, :, :, 0], rows[1, :, :, 1])  # frame 2 and its repeat
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("torchvision") is None, reason="transformers' video processors need torchvision"
+)
+@pytest.mark.parametrize("model", ["qwen2", "qwen3"])
+def test_close_to_transformers_video_processors(model):
+    """Their torchvision resampling differs from Pillow's by rounding: grids equal, pixels close."""
+    if model == "qwen2":
+        from transformers import Qwen2VLVideoProcessor as processor_class
+
+        settings = QWEN2
+    else:
+        processor_class, settings = Qwen3VLVideoProcessor, QWEN3
+    processor = processor_class(
+        patch_size=settings.patch_size,
+        size={"shortest_edge": settings.min_pixels, "longest_edge": settings.max_pixels},
+        image_mean=settings.image_mean,
+        image_std=settings.image_std,
+        do_sample_frames=False,
+    )
+    smooth = [np.repeat(np.repeat(random_video(i, 4, 20, 30), 4, axis=1), 4, axis=2) for i in range(2)]
+    theirs = processor(videos=smooth, return_tensors="pt", cap_pixels_per_frame=False)
+    pixels, grids = preprocess_videos(smooth, settings)
+    assert grids.tolist() == theirs["video_grid_thw"].tolist()
+    assert pixels.shape == theirs["pixel_values_videos"].shape
+    assert (pixels - theirs["pixel_values_videos"]).abs().mean() < 0.05

@@ -118,3 +118,17 @@ def test_bench_peer_vllm_dry_run_and_comparison(tmp_path, tiny_checkpoints):
     row = bench.compare(tte, peer, 3)
     assert row["traces_identical"] == 3 and row["embed_max_abs_diff_same_ids"] < 1e-6
     assert row["vllm_s"] == 1.5
+
+
+def test_bench_traces_dry_run_and_comparison():
+    """traces.py without vLLM: our engine's side (--dry-run) on a tiny model, its prompts the ones
+    sent to vLLM; the comparison counts identical traces, stop reasons and token counts."""
+    from tte_fast.traces.store import Generation
+
+    bench = _bench_module("traces")
+    row = bench.main(["--dry-run", "--inputs", "3", "--think-budget", "3", "--slots", "2", "--repeats", "1"])
+    assert row["inputs"] == 3 and row["prompts_identical"] == 3 and row["engine"]["generated_tokens"] > 0
+    ours = [Generation("x", "eos", 5, 2), Generation("y", "eos", 5, 2)]
+    theirs = [Generation("x", "eos", 5, 2), Generation("z", "eos", 5, 3)]
+    counts = bench.compare(ours, theirs)
+    assert counts == {"traces_identical": 1, "stop_reasons_identical": 2, "token_counts_identical": 1}

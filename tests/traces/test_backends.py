@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import sys
 import pytest
 import torch
 
+from tte_fast.inputs import InputError
 from tte_fast.model import UnifiedTTE
 from tte_fast.settings.params import EncodeParams
 from tte_fast.traces.engine_reasoner import EngineReasoner, resolved_decode
@@ -117,6 +119,68 @@ def test_two_requests_on_a_single_budget_engine_equal_our_engine(text_path):
             "image file not found" in expected[2].error
             and "exceeds the model's context" in expected[-1].error
         )
+
+
+def test_two_model_tte_with_a_vllm_thinker_encodes_as_with_our_reasoner(text_path):
+    """A TwoModelTTE whose reasoner thinks on a single-budget engine (vLLM's shape) embeds what the
+    all-ours pipeline embeds: same traces, same embeddings, same errors."""
+    from tte_fast.integrations.vllm_thinker import VllmThinker
+    from tte_fast.two_model import TwoModelTTE
+
+    model = UnifiedTTE.from_pretrained(text_path, device="cpu")
+    thinker = VllmThinker.from_checkpoint(text_path, llm=SingleBudgetHF(model))
+    items = [x.input for x in _inputs()]
+    expected = TwoModelTTE(model, model).encode(items, max_think_tokens=5, on_error="skip")
+    got = TwoModelTTE(thinker, model).encode(items, max_think_tokens=5, on_error="skip")
+    assert got.traces == expected.traces and got.errors == expected.errors
+    torch.testing.assert_close(got.embeddings, expected.embeddings, atol=1e-6, rtol=0)
+    with pytest.raises(InputError, match="input 2: image file not found"):
+        thinker.think(items, max_think_tokens=5)
+    with pytest.raises(TypeError, match="only thinks"):
+        thinker.encode(items)
+
+
+def test_eval_and_load_tte_take_a_vllm_thinker(text_path, tmp_path, monkeypatch):
+    """The eval runs a TwoModelTTE with a vLLM reasoner (its traces keyed by the checkpoint's files,
+    apart from our engine's), and ``load_tte`` reads ``vllm:PATH`` with vLLM's arguments from the
+    environment, naming the variable when they are not a JSON object."""
+    from tte_fast.checkpoint.load import load_tte
+    from tte_fast.eval import evaluate
+    from tte_fast.eval import parse_config as parse_eval_config
+    from tte_fast.eval.encoder import ModelRunner
+    from tte_fast.integrations.vllm_thinker import VllmThinker
+    from tte_fast.two_model import TwoModelTTE
+
+    model = UnifiedTTE.from_pretrained(text_path, device="cpu")
+    thinker = VllmThinker.from_checkpoint(text_path, llm=SingleBudgetHF(model))
+    set_dir = tmp_path / "set"  # a text-only task of our layout (the model is text-only)
+    set_dir.mkdir()
+    rows = {
+        "queries": [{"id": f"q{i}", "text": t} for i, t in enumerate(TEXTS[:3])],
+        "corpus": [{"id": f"c{i}", "text": f"answer {i}"} for i in range(3)],
+        "qrels": [{"query_id": f"q{i}", "corpus_id": f"c{i}", "relevance": 1} for i in range(3)],
+    }
+    for name, lines in rows.items():
+        (set_dir / f"{name}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    task = {"name": "text_task", "dataset_parser": "tte", "data_path": "set", "eval_type": "global"}
+    raw = {
+        "tasks": [task],
+        "encode": {"max_think_tokens": 4, "progress": False},
+        "output_dir": str(tmp_path / "out"),
+    }
+    pipelines = {"vllm": TwoModelTTE(thinker, model), "ours": TwoModelTTE(model, model)}
+    fingerprints = {k: ModelRunner(m).trace_fingerprint("query") for k, m in pipelines.items()}
+    assert fingerprints["vllm"] != fingerprints["ours"]
+    config = parse_eval_config(raw, str(tmp_path))
+    results = {k: evaluate(config, model=m, verbose=False) for k, m in pipelines.items()}
+    assert results["vllm"]["tasks"]["text_task"]["encode"]["query"]["thought"] == 3
+    assert (
+        results["vllm"]["tasks"]["text_task"]["metrics"] == results["ours"]["tasks"]["text_task"]["metrics"]
+    )
+
+    monkeypatch.setenv("TTE_FAST_VLLM_ARGS", "[1]")
+    with pytest.raises(ValueError, match="TTE_FAST_VLLM_ARGS must be a JSON object"):
+        load_tte(text_path, reasoner=f"vllm:{text_path}", device="cpu")
 
 
 @pytest.mark.parametrize("model_type", ["qwen2", "qwen2_vl"])

@@ -11,6 +11,10 @@ import os
 import tempfile
 
 TINY_PREFIX = "tiny:"
+# A reasoner that thinks on vLLM (tte_fast.integrations.vllm_thinker): ``vllm:PATH``; vllm.LLM's
+# arguments as JSON in this environment variable (``{"tensor_parallel_size": 4}``).
+VLLM_PREFIX = "vllm:"
+VLLM_ARGS_ENV = "TTE_FAST_VLLM_ARGS"
 
 
 def load_tte(spec: str, reasoner: str | None = None, scratch_dir: str | None = None, **kwargs):
@@ -26,11 +30,38 @@ def load_tte(spec: str, reasoner: str | None = None, scratch_dir: str | None = N
         if name is not None and str(name).startswith(TINY_PREFIX):
             print(f"NOTE: {name} is a tiny model with RANDOM, UNTRAINED weights: expect chance-level scores.")
     spec = resolve_tiny(str(spec), folder)
+    if reasoner is not None and str(reasoner).startswith(VLLM_PREFIX):
+        return TwoModelTTE(vllm_thinker(str(reasoner), kwargs), UnifiedTTE.from_pretrained(spec, **kwargs))
     if reasoner is not None:
         return TwoModelTTE.from_pretrained(resolve_tiny(str(reasoner), folder), spec, **kwargs)
     if all(os.path.isdir(os.path.join(spec, d)) for d in ("reasoner", "embedder")):
         return TwoModelTTE.from_pretrained(spec, **kwargs)
     return UnifiedTTE.from_pretrained(spec, **kwargs)
+
+
+def vllm_thinker(spec: str, kwargs: dict):
+    """The ``VllmThinker`` of ``vllm:PATH`` (dtype and recipe from ``kwargs``, vLLM's arguments from
+    ``TTE_FAST_VLLM_ARGS``)."""
+    import json
+
+    from tte_fast.integrations.vllm_thinker import VllmThinker
+
+    raw = os.environ.get(VLLM_ARGS_ENV, "{}")
+    try:
+        engine_args = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{VLLM_ARGS_ENV} must be a JSON object of vllm.LLM arguments, got {raw!r} ({err})"
+        ) from None
+    if not isinstance(engine_args, dict):
+        raise ValueError(f"{VLLM_ARGS_ENV} must be a JSON object of vllm.LLM arguments, got {raw!r}")
+    dtype = kwargs.get("dtype")
+    return VllmThinker.from_checkpoint(
+        spec[len(VLLM_PREFIX) :],
+        dtype=None if dtype is None else str(dtype).replace("torch.", ""),
+        recipe=kwargs.get("recipe"),
+        engine_args=engine_args,
+    )
 
 
 def resolve_tiny(spec: str, folder: str) -> str:

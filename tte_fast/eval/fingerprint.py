@@ -9,6 +9,7 @@ hashed. Either way, changing any single value changes the fingerprint.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -85,7 +86,7 @@ def _image_bytes(image) -> bytes:
 
 
 def input_fingerprint(item) -> str:
-    """Fingerprint of one model input (str or dict): its text, instruction and image content."""
+    """Fingerprint of one model input (str or dict): its text, instruction, image and video content."""
     if isinstance(item, str):
         item = {"text": item}
     h = hashlib.blake2b(digest_size=16)
@@ -95,7 +96,23 @@ def input_fingerprint(item) -> str:
     if image is not None:
         h.update(b"image=")
         h.update(hashlib.blake2b(_image_bytes(image), digest_size=16).digest())
+    video = item.get("video")
+    if video is not None:
+        h.update(b"video=")
+        for frame in _video_frames(video):
+            h.update(hashlib.blake2b(_image_bytes(frame), digest_size=16).digest())
     return h.hexdigest()
+
+
+def _video_frames(video) -> list:
+    """What a video's content is read from: its frames (a folder's frame files), or its file."""
+    if isinstance(video, (str, os.PathLike)) and os.path.isdir(video):
+        from tte_fast.media.video_io import frame_files
+
+        return frame_files(0, os.fspath(video))
+    if isinstance(video, (str, os.PathLike, bytes)):
+        return [video]
+    return list(video)
 
 
 def _public(config: dict) -> dict:
@@ -109,11 +126,22 @@ def unified_parts(model) -> dict:
     image_processor = getattr(processor, "image_processor", None)
     return {
         "model_type": model.model_type,
-        "backbone": module_fingerprint(model.hf_model),
+        # A model whose weights live elsewhere (a reasoner on vLLM) names them itself.
+        "backbone": model.weights_fingerprint()
+        if hasattr(model, "weights_fingerprint")
+        else module_fingerprint(model.hf_model),
         "hf_config": _public(model.hf_model.config.to_dict()),
         "chat_template": getattr(processor, "chat_template", None)
         or getattr(model.tokenizer, "chat_template", None),
         "vocab": len(model.tokenizer),
         "image_processor": image_processor.to_dict() if image_processor is not None else None,
+        "video_processor": _video_settings(processor),
         "dtype": str(next(model.hf_model.parameters()).dtype),
     }
+
+
+def _video_settings(processor) -> dict | None:
+    """The video processor's settings (sampling, budget); None for processors without one."""
+    video_processor = getattr(processor, "video_processor", None)
+    settings = getattr(video_processor, "settings", None)
+    return None if settings is None else dataclasses.asdict(settings)

@@ -69,8 +69,8 @@ class RayReasoner(VllmReasoner):
     def description(self) -> dict:
         return {**super().description(), "ray": self.ray_settings}
 
-    def _generate(self, requests: list[dict], phase: str) -> list[tuple]:
-        sampling = sampling_settings(self.options, phase)
+    def _generate(self, requests: list[dict], phase: str, options) -> list[tuple]:
+        sampling = sampling_settings(options, phase)
         rows = []
         for i, r in enumerate(requests):
             row = {"row": i, "tokenized_prompt": r["prompt_token_ids"], "sampling_params": sampling}
@@ -81,6 +81,6 @@ class RayReasoner(VllmReasoner):
         results = []
         for r in out:
             tokens = [int(t) for t in r["generated_tokens"]]
-            reason = stop_reason(self.options, phase, tokens, r["generated_text"])
+            reason = stop_reason(options, phase, tokens, r["generated_text"])
             results.append((int(r["num_input_tokens"]), tokens, reason))
         return results

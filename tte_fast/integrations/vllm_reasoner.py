@@ -84,8 +84,8 @@ class VllmReasoner:
     def settings(self) -> dict:
         return {**prompt_settings(self.model.config), "decode": resolved_decode(self.options)}
 
-    def _generate(self, requests: list[dict], phase: str) -> list[tuple]:
-        settings = sampling_settings(self.options, phase)
+    def _generate(self, requests: list[dict], phase: str, options) -> list[tuple]:
+        settings = sampling_settings(options, phase)
         make = getattr(self.llm, "sampling_params", None) or import_vllm().SamplingParams
         sampling = make(**settings)
         outputs = self.llm.generate(requests, sampling, use_tqdm=False)
@@ -93,7 +93,13 @@ class VllmReasoner:
             (len(o.prompt_token_ids), list(o.outputs[0].token_ids), o.outputs[0].stop_reason) for o in outputs
         ]
 
-    def generate(self, inputs: list) -> list[Generation]:
-        prompts, errors = prompts_of(self.model, self.options, inputs)
-        done = run_two_phase(self.model, self.options, prompts, self._generate) if prompts else {}
+    def generate(self, inputs: list, options=None) -> list[Generation]:
+        """A :class:`Generation` per ``TraceInput``, decoded with ``options`` (default: the job's)."""
+        options = options or self.options
+        prompts, errors = prompts_of(self.model, options, inputs)
+
+        def generate(requests: list[dict], phase: str) -> list[tuple]:
+            return self._generate(requests, phase, options)
+
+        done = run_two_phase(self.model, options, prompts, generate) if prompts else {}
         return [Generation(error=errors[i]) if i in errors else done[i] for i in range(len(inputs))]

@@ -23,6 +23,10 @@ llm = LLM(**json.loads(sys.argv[1]))
 work = sys.argv[2]
 for line in sys.stdin:
     n = line.strip()
+    if n.startswith("reset"):
+        llm.reset_prefix_cache()
+        print("{DONE}", n, flush=True)
+        continue
     with open(os.path.join(work, "request-" + n + ".json")) as f:
         req = json.load(f)
     outs = llm.generate(req["prompts"], SamplingParams(**req["settings"]), use_tqdm=False)
@@ -67,17 +71,7 @@ class RemoteLLM:
         self.calls += 1
         with open(os.path.join(self.work, f"request-{self.calls}.json"), "w", encoding="utf-8") as f:
             json.dump({"prompts": prompts, "settings": settings}, f)
-        self.proc.stdin.write(f"{self.calls}\n")
-        self.proc.stdin.flush()
-        for line in self.proc.stdout:  # vLLM logs on stdout too (its engine process): keep them
-            if line.split() == [DONE, str(self.calls)]:
-                break
-            self.log.write(line)
-        else:
-            self.log.flush()
-            with open(self.log.name, encoding="utf-8", errors="replace") as f:
-                tail = f.read()[-3000:]
-            raise RuntimeError(f"the vLLM worker exited (code {self.proc.wait()}):\n{tail}")
+        self._call(str(self.calls))
         with open(os.path.join(self.work, f"answer-{self.calls}.json"), encoding="utf-8") as f:
             answers = json.load(f)
         return [
@@ -87,6 +81,24 @@ class RemoteLLM:
             )
             for a in answers
         ]
+
+    def reset_prefix_cache(self) -> None:
+        """Drop the worker's cached KV blocks (so a timed run does not reuse the one before)."""
+        self.calls += 1
+        self._call(f"reset{self.calls}")
+
+    def _call(self, command: str) -> None:
+        """Send ``command`` to the worker and wait for its done line."""
+        self.proc.stdin.write(f"{command}\n")
+        self.proc.stdin.flush()
+        for line in self.proc.stdout:  # vLLM logs on stdout too (its engine process): keep them
+            if line.split() == [DONE, command]:
+                return
+            self.log.write(line)
+        self.log.flush()
+        with open(self.log.name, encoding="utf-8", errors="replace") as f:
+            tail = f.read()[-3000:]
+        raise RuntimeError(f"the vLLM worker exited (code {self.proc.wait()}):\n{tail}")
 
     def close(self) -> None:
         if self.proc.poll() is None:

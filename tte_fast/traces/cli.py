@@ -69,7 +69,10 @@ def _generate(config, raw: dict, args) -> dict:
         inputs = read_inputs(config)
     except (DataError, ValueError) as err:
         raise SystemExit(f"tte-fast traces: {err}") from None
-    reasoner = load_reasoner(config)
+    try:
+        reasoner = load_reasoner(config)
+    except ImportError as err:  # a backend's optional extra: the message names it
+        raise SystemExit(f"tte-fast traces: {err}") from None
     try:
         summary = generate_traces(
             reasoner,

@@ -7,7 +7,8 @@ every ``world_size``-th shard, and each shard is written whole or not at all, so
 after a kill finishes the folder to what an uninterrupted run writes. A bad input (missing or
 corrupt image, prompt too long) is a row with its error; the job goes on. Resuming checks the
 manifest: another reasoner (weights, config, processor, dtype), backend, prompt or decode setting,
-or another input selection is refused rather than mixed in.
+or side is refused rather than mixed in. Inputs are keyed by content, so resuming over records
+added since generates just those.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 
 from tte_fast.corpus.sharded import JobFolderError, JobRun, run_sharded
 from tte_fast.corpus.store import OutputFolder
-from tte_fast.traces.store import FORMAT, shard_table
+from tte_fast.traces.store import FORMAT, SCHEMA, shard_table
 
 
 class TraceJobError(JobFolderError):
@@ -44,8 +45,10 @@ def generate_traces(
     manifest = {
         "reasoner": reasoner.description(),
         "settings": {**reasoner.settings(), "sides": list(sides)},
-        "schema": {"inputs": inputs.description},
-        "source": {**(source or {}), "inputs": len(inputs)},
+        "schema": {"columns": SCHEMA.names},
+        # Not compared on resuming: rows are keyed by input content, so records added since are
+        # simply generated, and those already there kept.
+        "source": {**(source or {}), "inputs": len(inputs), "read": inputs.description},
     }
     if hasattr(reasoner, "eval_trace_fingerprints"):
         manifest["eval_trace_fingerprints"] = reasoner.eval_trace_fingerprints(sides)

@@ -25,8 +25,9 @@ SETTING_FILES = (
 )
 
 
-def weightless_model(path: str, recipe: str | None = None):
-    """The ``UnifiedTTE`` of checkpoint ``path`` with meta-device weights (prompts and decoding only)."""
+def weightless_model(path: str, recipe: str | None = None, cls=None):
+    """The ``UnifiedTTE`` (or subclass ``cls``) of checkpoint ``path`` with meta-device weights
+    (prompts and decoding only)."""
     import torch
     from transformers import AutoConfig, GenerationConfig
 
@@ -51,7 +52,7 @@ def weightless_model(path: str, recipe: str | None = None):
         min_pixels=config.min_pixels,
         max_pixels=config.max_pixels,
     )
-    return UnifiedTTE(hf_model, processor, hf_config.model_type, config)
+    return (cls or UnifiedTTE)(hf_model, processor, hf_config.model_type, config)
 
 
 def checkpoint_fingerprint(path: str) -> str:

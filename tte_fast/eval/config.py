@@ -9,7 +9,7 @@ cache_dir: null                        # default: OUTPUT_DIR/cache
 suite: null                            # {name: mmeb_v2, data_root, modalities, tasks, sample_cap}
 tasks:                                 # a list, or a mapping name -> task (as VLM2Vec's YAMLs)
   - name: MSCOCO_i2t
-    dataset_parser: mmeb               # mmeb (qry_inst, qry_text, tgt_text[], ...), beir or tte
+    dataset_parser: mmeb               # mmeb (qry_inst, qry_text, tgt_text[], ...), beir, video or tte
     data_path: data/MSCOCO_i2t.parquet # a file or folder; or hf_dataset (+ hf_subset) instead
     dataset_split: null                # which split's shards a folder or hf_dataset gives (hf: test)
     image_root: images/
@@ -17,6 +17,12 @@ tasks:                                 # a list, or a mapping name -> task (as V
     meta_task: retrieval               # classification, vqa, retrieval, grounding, video_*, visdoc, ...
     metrics: [hit, ndcg_linear]        # default: all
     sample_cap: 1000                   # alias: num_sample_per_subset
+  - name: MSR-VTT                      # a video task: VLM2Vec's rows and their saved frame folders
+    dataset_parser: video
+    video_parser: msrvtt               # VLM2Vec's dataset_parser (tte_fast.eval.video_rows)
+    hf_dataset: VLM2Vec/MSR-VTT
+    frame_root: video-tasks/frames/video_ret/MSR-VTT
+    num_frames: 8                      # frames read of each folder's saved ones
 ```
 """
 
@@ -30,8 +36,8 @@ from tte_fast.settings.checks import positive_int
 from tte_fast.settings.params import EncodeParams
 from tte_fast.settings.schema import ConfigError, build
 
-PARSERS = ("mmeb", "beir", "tte")
-HF_PARSERS = ("mmeb", "beir")  # the layouts the datasets library can read
+PARSERS = ("mmeb", "beir", "tte", "video")
+HF_PARSERS = ("mmeb", "beir", "video")  # the layouts the datasets library can read
 EVAL_TYPES = ("local", "global")
 # meta-task -> modality; the headline metric follows the modality (MMEB-V2).
 META_TASKS = {
@@ -74,9 +80,16 @@ class TaskConfig:
     sample_cap: int | None = None
     query_instruction: str | None = None
     target_instruction: str | None = None
+    video_parser: str | None = None  # video: the rows' layout (VLM2Vec's dataset_parser name)
+    frame_root: str | None = None  # video: the folder of each video's saved frames
+    num_frames: int = 8  # video: frames read from each folder
 
     def __post_init__(self):
         where = f"task {self.name!r}"
+        if self.dataset_parser == "video":
+            _check_video_task(where, self)
+        elif self.video_parser is not None or self.frame_root is not None:
+            raise EvalConfigError(f"{where}: video_parser and frame_root belong to dataset_parser 'video'")
         if self.dataset_parser not in PARSERS:
             raise EvalConfigError(
                 f"{where}: dataset_parser must be one of {PARSERS}, got {self.dataset_parser!r}"
@@ -92,7 +105,8 @@ class TaskConfig:
         if self.language is not None and self.dataset_parser != "beir":
             raise EvalConfigError(f"{where}: language filters beir queries; {self.dataset_parser!r} has none")
         if self.meta_task is None:
-            self.meta_task = "visdoc" if self.dataset_parser == "beir" else "retrieval"
+            defaults = {"beir": "visdoc", "video": "video"}
+            self.meta_task = defaults.get(self.dataset_parser, "retrieval")
         if self.modality is None:
             if self.meta_task not in META_TASKS:
                 raise EvalConfigError(
@@ -182,6 +196,23 @@ class EvalConfig:
     @property
     def cache_path(self) -> str:
         return self.cache_dir or os.path.join(self.output_dir, "cache")
+
+
+def _check_video_task(where: str, task: TaskConfig) -> None:
+    from tte_fast.eval.video_rows import UNREAD_VIDEO_PARSERS, VIDEO_PARSERS
+
+    if task.video_parser in UNREAD_VIDEO_PARSERS:
+        raise EvalConfigError(
+            f"{where}: video_parser {task.video_parser!r} (moment retrieval, MVBench) is not read yet; "
+            f"readable: {list(VIDEO_PARSERS)}"
+        )
+    if task.video_parser not in VIDEO_PARSERS:
+        raise EvalConfigError(
+            f"{where}: video_parser must be one of {list(VIDEO_PARSERS)}, got {task.video_parser!r}"
+        )
+    if not task.frame_root:
+        raise EvalConfigError(f"{where}: a video task needs frame_root (the folder of its videos' frames)")
+    positive_int(f"{where}: num_frames", task.num_frames, EvalConfigError)
 
 
 def _task_list(tasks) -> list[dict]:

@@ -9,7 +9,10 @@
   ``.jsonl`` or ``.parquet``, and ``qrels`` (``.jsonl`` with ``query_id``, ``corpus_id``,
   ``relevance``; or a ``.tsv`` with those three columns and a header line), grades > 0 relevant.
 
-``mmeb`` and ``beir`` tasks can instead name ``hf_dataset`` (and ``hf_subset``, ``dataset_split``):
+- ``video`` (:mod:`tte_fast.eval.video_rows`): MMEB-V2's video tasks, VLM2Vec's rows (their layout
+  named by ``video_parser``) with each video's saved frames under ``frame_root``.
+
+``mmeb``, ``beir`` and ``video`` tasks can instead name ``hf_dataset`` (and ``hf_subset``, ``dataset_split``):
 the records then come through the ``datasets`` library (:mod:`tte_fast.eval.hf_source`).
 Image paths are relative to the task's ``image_root`` (default: the data file's folder).
 """
@@ -32,6 +35,7 @@ from tte_fast.eval.records import (
     read_table,
     resolve_image,
 )
+from tte_fast.eval.video_rows import read_video_task
 
 __all__ = ["EvalDataError", "TaskData", "read_rows", "read_task"]
 
@@ -159,4 +163,10 @@ def read_task(task: TaskConfig, base_dir: str = ".") -> TaskData:
     if task.dataset_parser == "beir":
         tables, sources = _beir_tables(task, path) if path else _hf_tables(task)
         return read_beir(task, tables, sources, root)
+    if task.dataset_parser == "video":
+        if path is None:
+            rows, source = load_rows(task.hf_dataset, task.hf_subset, task.dataset_split or DEFAULT_SPLIT)
+        else:
+            rows, source = read_table(path, task.dataset_split)
+        return read_video_task(task, rows, source, _resolve(base_dir, task.frame_root))
     return read_tte(task, path, root)

@@ -183,6 +183,62 @@ def test_eval_and_load_tte_take_a_vllm_thinker(text_path, tmp_path, monkeypatch)
         load_tte(text_path, reasoner=f"vllm:{text_path}", device="cpu")
 
 
+class RayShapedProcessor:
+    """Ray Data's LLM processor in shape: rows in (``tokenized_prompt``, ``sampling_params``), rows
+    out in another order with ``num_input_tokens``, ``generated_tokens`` and ``generated_text`` (the
+    stop token's text left out, as vLLM leaves it), and no stop reason."""
+
+    def __init__(self, model):
+        self.engine, self.model = SingleBudgetHF(model), model
+
+    def __call__(self, rows):
+        out = []
+        for row in reversed(rows):
+            prompt = {"prompt_token_ids": row["tokenized_prompt"]}
+            (answer,) = self.engine.generate([prompt], row["sampling_params"])
+            tokens = answer.outputs[0].token_ids
+            shown = tokens[:-1] if answer.outputs[0].stop_reason is not None else tokens
+            text = self.model.tokenizer.decode(shown)
+            out.append(
+                {
+                    **row,
+                    "num_input_tokens": len(prompt["prompt_token_ids"]),
+                    "generated_tokens": tokens,
+                    "generated_text": text,
+                }
+            )
+        return type("Dataset", (), {"take_all": lambda self: out})()
+
+
+def test_ray_rows_and_stop_reasons_give_our_engines_traces(text_path):
+    """The Ray backend's rows and its stop reasons read off tokens and text, on a Ray-shaped
+    processor (no Ray here): our engine's traces, across EOS, think end and both budgets."""
+    from tte_fast.integrations.ray_reasoner import RayReasoner
+    from tte_fast.integrations.vllm_reasoner import VllmReasoner
+
+    think_end = _often_generated_token(UnifiedTTE.from_pretrained(text_path, device="cpu"))
+    model = UnifiedTTE.from_pretrained(
+        text_path, device="cpu", think_end_token=think_end, max_answer_tokens=3
+    )
+    params = EncodeParams(max_think_tokens=5, batch_size=4)
+    reasoner = RayReasoner.__new__(RayReasoner)  # without Ray: the processor and dataset module stand in
+    VllmReasoner.__init__(reasoner, text_path, params, llm=False, prompt_model=model)
+    reasoner.processor = RayShapedProcessor(model)
+    reasoner.data = type("RayData", (), {"from_items": staticmethod(lambda rows: rows)})
+    assert reasoner.generate(_inputs()) == EngineReasoner(model, params).generate(_inputs())
+
+    # Stop strings: Ray reports none, so the text's end tells (vLLM keeps the string in it).
+    from tte_fast.integrations.ray_reasoner import stop_reason
+    from tte_fast.traces.external import answer_outcome
+
+    options = UnifiedTTE.from_pretrained(text_path, device="cpu", stop_strings=["the end"]).decode_options()
+    eos = options.eos_token_ids[0]
+    assert stop_reason(options, "answer", [7, 8], "and that is the end") == "the end"
+    assert answer_outcome(options, [7, 8], "the end") == "stop_string"
+    assert stop_reason(options, "answer", [7, 8], "no stop here") is None
+    assert stop_reason(options, "think", [7, eos], "anything") == eos
+
+
 @pytest.mark.parametrize("model_type", ["qwen2", "qwen2_vl"])
 def test_the_weightless_model_prompts_and_decodes_as_the_loaded_one(tiny_checkpoints, model_type):
     path = tiny_checkpoints[model_type]

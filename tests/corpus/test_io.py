@@ -107,7 +107,7 @@ def test_parquet_without_id_column_numbers_rows(tmp_path):
     [
         ({"id": [1, None], "text": ["a", "b"]}, r"c.parquet row 1: the 'id' column is empty"),
         ({"id": [3, 3], "text": ["a", "b"]}, r"c.parquet row 1: duplicate id 3"),
-        ({"id": [1], "caption": ["a"]}, r"c.parquet: has neither a 'text' nor an 'image' column"),
+        ({"id": [1], "caption": ["a"]}, r"c.parquet: has none of the 'text', 'image' and 'video' columns"),
         ({"id": pa.array([], pa.int64()), "text": pa.array([], pa.string())}, r"c.parquet: no inputs"),
     ],
 )

@@ -36,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--inputs",
         required=True,
-        help='JSONL (one string or {"id", "text", "image", "instruction"} a line) or parquet with those '
-        "columns; relative image paths start at the file's folder (or --image-root)",
+        help='JSONL (one string or {"id", "text", "image", "video", "instruction"} a line) or parquet with '
+        "those columns; relative image and video paths start at the file's folder (or --image-root)",
     )
     parser.add_argument(
         "--output",
@@ -59,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--max-answer-tokens", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--image-root", default=None, help="folder relative image paths start at")
-    for name in ("id", "text", "image", "instruction"):
+    parser.add_argument("--image-root", default=None, help="folder relative image and video paths start at")
+    for name in ("id", "text", "image", "instruction", "video"):
         parser.add_argument(
             f"--{name}-column", default=name, help=f"key or column of the {name} (default {name})"
         )
@@ -81,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    columns = Columns(args.id_column, args.text_column, args.image_column, args.instruction_column)
+    columns = Columns(
+        args.id_column, args.text_column, args.image_column, args.instruction_column, args.video_column
+    )
     try:
         corpus = open_corpus(args.inputs, columns, args.image_root)
     except CorpusError as err:

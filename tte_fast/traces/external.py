@@ -30,16 +30,20 @@ from tte_fast.traces.store import Generation
 
 @dataclass
 class Prompt:
-    """One input's request: ``token_ids`` (ours), and the loaded image for Qwen-VL models."""
+    """One input's request: ``token_ids`` (ours), and for Qwen-VL models the loaded image and the
+    pixel budget our processor resizes it to (where the checkpoint's config overrides its own)."""
 
     token_ids: list[int]
     image: object = None
+    pixels: dict | None = None
 
     def request(self, extra: list[int] = ()) -> dict:
         """The engine's prompt (vLLM's ``TokensPrompt``) with ``extra`` tokens appended."""
         out = {"prompt_token_ids": list(self.token_ids) + list(extra)}
         if self.image is not None:
             out["multi_modal_data"] = {"image": self.image}
+            if self.pixels:
+                out["mm_processor_kwargs"] = dict(self.pixels)
         return out
 
 
@@ -58,7 +62,10 @@ def build_prompt(model, index: int, raw: dict, side: str, options) -> Prompt:
         if prompts.text_image_size:
             item = with_blank_image(item, prompts.text_image_size)
         text = render_prompt(model.processor, item, side, True, prompts, True)
-        prompt = Prompt(model.tokenizer(text, add_special_tokens=False)["input_ids"], item.image)
+        config = model.config
+        pixels = {"min_pixels": config.min_pixels, "max_pixels": config.max_pixels}
+        pixels = {k: v for k, v in pixels.items() if v is not None}
+        prompt = Prompt(model.tokenizer(text, add_special_tokens=False)["input_ids"], item.image, pixels)
     budget = options.max_new_tokens + 1
     length = len(prompt.token_ids)
     if model.context_length is not None and length + budget > model.context_length:

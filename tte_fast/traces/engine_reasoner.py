@@ -5,6 +5,7 @@ request's stop reason and token counts kept."""
 from __future__ import annotations
 
 from dataclasses import fields
+from functools import cached_property
 
 from tte_fast.inputs import InputError, check_input
 from tte_fast.runtime.engine import run_requests
@@ -44,10 +45,21 @@ class EngineReasoner:
         self.think_prefix = model.config.prompts.think_prefix
         self.think_end = model.config.think_end_token
 
-    def description(self) -> dict:
-        from tte_fast.eval.fingerprint import digest, unified_parts
+    @cached_property
+    def eval_runner(self):
+        """The eval's view of this reasoner with these budgets; it fingerprints the weights once
+        (reading every weight: the slow part of a fingerprint), for the manifest and the eval keys."""
+        from tte_fast.eval.config import EncodeConfig
+        from tte_fast.eval.encoder import ModelRunner
 
-        parts = unified_parts(self.model)
+        budgets = {"max_think_tokens": self.options.max_think_tokens}
+        budgets["max_answer_tokens"] = self.options.max_answer_tokens
+        return ModelRunner(self.model, EncodeConfig(**budgets))
+
+    def description(self) -> dict:
+        from tte_fast.eval.fingerprint import digest
+
+        parts = self.eval_runner.reasoner_parts
         return {
             "backend": self.backend,
             "fingerprint": digest("reasoner", parts),
@@ -62,13 +74,7 @@ class EngineReasoner:
         """side -> the fingerprint ``tte-fast eval`` keys this reasoner's traces by, where its
         decoding is the one these traces had (eval decodes with the budgets and the model's
         sampling); absent where it is not."""
-        from tte_fast.eval.config import EncodeConfig
-        from tte_fast.eval.encoder import ModelRunner
-
-        encode = EncodeConfig(
-            max_think_tokens=self.options.max_think_tokens, max_answer_tokens=self.options.max_answer_tokens
-        )
-        runner = ModelRunner(self.model, encode)
+        runner = self.eval_runner
         if runner.decode_options() != resolved_decode(self.options):
             return {}
         return {side: runner.trace_fingerprint(side) for side in sides}

@@ -108,6 +108,9 @@ def test_file_decoded_with_pyav(tmp_path):
     clip = load_video(0, path, FrameSampling(fps=2.0))  # 2 s at 10 fps: 4 frames at 2 fps
     assert clip.total_frames == 20 and clip.fps == 10.0 and clip.indices == [0, 5, 10, 15]
     assert which(clip) == [0, 5, 10, 15]
+    with open(path, "rb") as f:  # the file's bytes decode the same
+        from_bytes = load_video(0, f.read(), FrameSampling(fps=2.0))
+    np.testing.assert_array_equal(from_bytes.frames, clip.frames)
 
 
 def test_missing_pyav_names_the_extra(tmp_path, monkeypatch):
@@ -136,6 +139,7 @@ def test_missing_pyav_names_the_extra(tmp_path, monkeypatch):
         ([np.zeros((8, 8), np.float32)], "input 3: image array must be uint8"),
         (42, "input 3: video must be a list of frames"),
         ("https://example.com/a.mp4", "input 3: video URLs are not fetched"),
+        (b"", "input 3: video bytes are empty"),
     ],
 )
 def test_bad_videos_fail_at_check(video, message):
@@ -168,3 +172,5 @@ def test_unreadable_video_file(tmp_path):
     path.write_bytes(b"this is no video")
     with pytest.raises(InputError, match="input 1: cannot read video file .*clip.mp4"):
         load_video(1, str(path), FrameSampling())
+    with pytest.raises(InputError, match="input 1: cannot read video bytes"):
+        load_video(1, b"this is no video", FrameSampling())

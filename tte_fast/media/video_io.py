@@ -2,10 +2,10 @@
 
 Frames are any images ``tte_fast.media.image_io`` loads (PIL images, uint8 arrays, paths, bytes);
 a 4-D uint8 array or tensor (frames x H x W x C) is a list of frames too. A folder's frames are its
-image files in natural order (``frame_2`` before ``frame_10``); a file is decoded with PyAV (the
-``video`` extra). Only the sampled frames are decoded (``FrameSampling``). Every bad video raises
-``InputError`` naming its input index: not found, empty, unreadable, frames of different sizes, or
-more frames than the limit.
+image files in natural order (``frame_2`` before ``frame_10``); a file (or its encoded bytes) is
+decoded with PyAV (the ``video`` extra). Only the sampled frames are decoded (``FrameSampling``).
+Every bad video raises ``InputError`` naming its input index: not found, empty, unreadable, frames
+of different sizes, or more frames than the limit.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ import numpy as np
 from tte_fast.media.frame_sampling import FrameSampling
 from tte_fast.media.image_io import InputError, InputTypeError, _is_tensor, check_image, load_image
 
-VIDEO_ACCEPTED = "a list of frames (images), a 4-D uint8 array, a folder of frame images or a video file path"
+VIDEO_ACCEPTED = (
+    "a list of frames (images), a 4-D uint8 array, a folder of frame images, a video file path or its bytes"
+)
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
@@ -43,6 +45,10 @@ def check_video(index: int, video) -> None:
             check_image(index, frame)
     elif _is_array(video):
         _check_frames_array(index, video)
+    elif isinstance(video, (bytes, bytearray, memoryview)):
+        if memoryview(video).nbytes == 0:
+            raise InputError(index, "video bytes are empty")
+        _require_decoder()
     elif isinstance(video, (str, os.PathLike)):
         path = os.fspath(video)
         if path.startswith(("http://", "https://")):
@@ -50,9 +56,7 @@ def check_video(index: int, video) -> None:
         if not os.path.exists(path):
             raise InputError(index, f"video not found: {path!r}")
         if not os.path.isdir(path):
-            from tte_fast.media.pyav_decode import require_pyav
-
-            require_pyav()  # a missing decoder is named before any model work
+            _require_decoder()
     else:
         raise InputTypeError(index, f"video must be {VIDEO_ACCEPTED}; got {type(video).__name__}")
 
@@ -103,14 +107,24 @@ def _source(index: int, video):
     if isinstance(video, (list, tuple)) or _is_array(video):
         frames = list(video)
         return len(frames), None, lambda indices: [_rgb(index, frames[i]) for i in indices]
+    from tte_fast.media.pyav_decode import VideoFile
+
+    if isinstance(video, (bytes, bytearray, memoryview)):
+        source = VideoFile.open(index, bytes(video))
+        return source.frame_count, source.fps, source.read
     path = os.fspath(video)
     if os.path.isdir(path):
         files = frame_files(index, path)
         return len(files), None, lambda indices: [_rgb(index, files[i]) for i in indices]
-    from tte_fast.media.pyav_decode import VideoFile
-
     source = VideoFile.open(index, path)
     return source.frame_count, source.fps, source.read
+
+
+def _require_decoder() -> None:
+    """A missing decoder is named before any model work."""
+    from tte_fast.media.pyav_decode import require_pyav
+
+    require_pyav()
 
 
 def _rgb(index: int, frame) -> np.ndarray:

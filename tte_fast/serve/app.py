@@ -183,19 +183,25 @@ def _check_lengths(req: EmbeddingRequest, count: _TokenCounter, context: int | N
 
 
 async def _load_items(req: EmbeddingRequest, media: MediaLoader, vision: bool) -> list:
-    """Checked inputs with their images fetched and decoded (concurrently)."""
+    """Checked inputs with their images fetched and decoded and their videos fetched (concurrently)."""
     for raw in req.items:
-        if raw.image is not None and not vision:
-            raise APIError(400, f"{raw.param}: this model is text-only and takes no images", param=raw.param)
+        if (raw.image is not None or raw.video is not None) and not vision:
+            kind = "images" if raw.image is not None else "videos"
+            raise APIError(400, f"{raw.param}: this model is text-only and takes no {kind}", param=raw.param)
     images = await asyncio.gather(
         *(media.load(i, raw.param, raw.image) for i, raw in enumerate(req.items) if raw.image is not None)
     )
-    images = iter(images)
+    videos = await asyncio.gather(
+        *(media.load_video(raw.param, raw.video) for raw in req.items if raw.video is not None)
+    )
+    images, videos = iter(images), iter(videos)
     items = []
     for i, raw in enumerate(req.items):
         fields = {"text": raw.text, "instruction": raw.instruction}
         if raw.image is not None:
             fields["image"] = next(images)
+        if raw.video is not None:
+            fields["video"] = next(videos)
         try:
             items.append(check_input(i, {k: v for k, v in fields.items() if v is not None}))
         except InputError as error:

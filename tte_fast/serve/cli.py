@@ -37,6 +37,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-inputs", type=int, default=d.max_inputs, help="inputs per request")
     p.add_argument("--max-image-pixels", type=int, default=d.max_image_pixels)
     p.add_argument("--max-image-mb", type=float, default=d.max_image_bytes / MiB, help="per fetched image")
+    p.add_argument("--max-video-mb", type=float, default=d.max_video_bytes / MiB, help="per fetched video")
     p.add_argument("--max-think-tokens", type=int, default=d.max_think_tokens, help="most a request may ask")
     p.add_argument("--max-queue", type=int, default=d.max_queue, help="inputs in flight before 429")
     p.add_argument("--request-timeout", type=float, default=d.request_timeout_s, help="seconds (504 after)")
@@ -56,6 +57,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         max_inputs=args.max_inputs,
         max_image_pixels=args.max_image_pixels,
         max_image_bytes=int(args.max_image_mb * MiB),
+        max_video_bytes=int(args.max_video_mb * MiB),
         max_think_tokens=args.max_think_tokens,
         max_queue=args.max_queue,
         request_timeout_s=args.request_timeout,

@@ -20,12 +20,13 @@ class ServeConfig:
     - ``max_image_pixels``: decoded width x height of one image, checked from the image header
       before any pixel is decoded (decompression bombs; 400 above it).
     - ``max_image_bytes``: encoded size of one image read from the media folder or a remote host.
+    - ``max_video_bytes``: encoded size of one video file (a data URL, the media folder, a remote host).
     - ``max_think_tokens``: the most a request may ask for (400 above it); a request that asks
       for nothing gets the checkpoint's budget, capped at this.
     - ``max_queue``: inputs waiting or running over all requests (429 when a request would pass it).
     - ``request_timeout_s``: a request still unfinished after this is cancelled (504).
-    - ``media_dir``: ``file://`` images are read only under this folder (symlinks resolved); None
-      refuses local files.
+    - ``media_dir``: ``file://`` images and videos (files or frame folders) are read only under this
+      folder (symlinks resolved); None refuses local files.
     - ``allowed_hosts``: host names whose ``http(s)`` image URLs are fetched (no redirects, at most
       ``max_image_bytes``, ``remote_timeout_s``); empty refuses every remote URL.
     - ``matryoshka``: the checkpoint was trained for truncated embeddings, so ``dimensions`` below
@@ -39,6 +40,7 @@ class ServeConfig:
     max_inputs: int = 64
     max_image_pixels: int = 4096 * 4096
     max_image_bytes: int = 16 * MiB
+    max_video_bytes: int = 256 * MiB
     max_think_tokens: int = 1024
     max_queue: int = 256
     request_timeout_s: float = 300.0
@@ -48,7 +50,14 @@ class ServeConfig:
     matryoshka: bool = False
 
     def __post_init__(self):
-        for name in ("slots", "max_body_bytes", "max_inputs", "max_image_pixels", "max_image_bytes"):
+        for name in (
+            "slots",
+            "max_body_bytes",
+            "max_inputs",
+            "max_image_pixels",
+            "max_image_bytes",
+            "max_video_bytes",
+        ):
             positive_int(name, getattr(self, name))
         positive_int("max_think_tokens", self.max_think_tokens)
         positive_int("max_queue", self.max_queue)

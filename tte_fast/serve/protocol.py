@@ -2,9 +2,10 @@
 
 Fields as OpenAI and vLLM take them (``model``, ``input``, ``messages``, ``encoding_format``,
 ``dimensions``, ``user``) plus ours (``think``, ``side``, ``max_think_tokens``, ``return_traces``).
-A chat becomes one input: ``system`` text is its instruction, ``user`` text parts are its text and
-its one ``image_url`` part its image. Wrong types and unknown fields are 422, wrong values 400;
-every error names the field, and an input's error names its index (``input[2]``, ``messages[1]``).
+A chat becomes one input: ``system`` text is its instruction, ``user`` text parts are its text, its
+one ``image_url`` part its image and its one ``video_url`` part its video (as vLLM takes them).
+Wrong types and unknown fields are 422, wrong values 400; every error names the field, and an
+input's error names its index (``input[2]``, ``messages[1]``).
 """
 
 from __future__ import annotations
@@ -33,12 +34,13 @@ ENCODINGS = ("float", "base64")
 
 @dataclass
 class RawItem:
-    """One input before its image is fetched: ``image`` is the URL / data URL / base64 string."""
+    """One input before its media are fetched: ``image`` / ``video`` is the URL / data URL / base64 string."""
 
     param: str  # how errors name it: input[i] or messages[i]
     text: str | None = None
     image: str | None = None
     instruction: str | None = None
+    video: str | None = None
 
 
 @dataclass
@@ -184,14 +186,18 @@ def _chat(param: str, chat: list, where: str) -> RawItem:
                 if item.image is not None:
                     raise APIError(400, f"{param}: one image per input", param=param, code="too_many_images")
                 item.image = _image_url(f"{at}.content[{k}]", part.get("image_url"))
+            elif kind == "video_url" and role == "user":
+                if item.video is not None:
+                    raise APIError(400, f"{param}: one video per input", param=param, code="too_many_videos")
+                item.video = _image_url(f"{at}.content[{k}]", part.get("video_url"), "video_url")
             else:
                 raise APIError(
                     400, f"{at}.content[{k}]: a {role} message takes no {kind!r} part", param=param
                 )
     item.text = "\n".join(t for t in texts if t) or None
     item.instruction = "\n".join(t for t in instructions if t) or None
-    if item.text is None and item.image is None:
-        raise APIError(400, f"{param} has neither text nor an image", param=param, code="empty_input")
+    if item.text is None and item.image is None and item.video is None:
+        raise APIError(400, f"{param} has no text, image or video", param=param, code="empty_input")
     return item
 
 
@@ -203,8 +209,8 @@ def _parts(at: str, content) -> list[dict]:
     return content
 
 
-def _image_url(at: str, value) -> str:
+def _image_url(at: str, value, part: str = "image_url") -> str:
     url = value.get("url") if isinstance(value, dict) else value
     if not isinstance(url, str) or not url:
-        raise _type_error(f"{at}.image_url", value, 'an object {"url": "..."} or a string')
+        raise _type_error(f"{at}.{part}", value, 'an object {"url": "..."} or a string')
     return url

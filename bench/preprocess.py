@@ -1,5 +1,7 @@
 """Image preprocessing throughput: transformers' Qwen2VLImageProcessorPil against tte_fast's C++
-ImageProcessor with 1 thread and with all cores, on decoded PIL images and end to end from JPEG bytes.
+ImageProcessor with 1 thread and with all cores, on decoded PIL images and end to end from JPEG bytes;
+and video frames: transformers' Qwen2VLVideoProcessor (where torchvision is installed; else its PIL
+image processor frame by frame) against tte_fast's video preprocessing (frames/s).
 
     python bench/preprocess.py                  # quick: 8 x 640x480 and 2 x 2048x1536
     python bench/preprocess.py --target-sizes   # 32 x 640x480 and 8 x 2048x1536 (Qwen2-VL default pixels)
@@ -24,6 +26,7 @@ import harness  # noqa: E402
 WORKLOADS = {  # name -> (height, width); batch sizes come from the flags
     "640x480": (480, 640),
     "2048x1536": (1536, 2048),
+    "video 640x480": (480, 640),  # one video of that many frames, Qwen2-VL's default video budget
 }
 
 
@@ -61,7 +64,10 @@ def run_point(workload: str, count: int, method: str, threads: int, source: str,
     height, width = WORKLOADS[workload]
     images = _images(count, height, width)
     encoded = _jpeg(images) if source == "jpeg" else None
-    if method == "hf":
+    reference = "Qwen2VLImageProcessorPil"
+    if source == "video":
+        step, reference = _video_step(images, method, threads)
+    elif method == "hf":
         processor = Qwen2VLImageProcessorPil()
 
         def step():
@@ -76,7 +82,9 @@ def run_point(workload: str, count: int, method: str, threads: int, source: str,
     def step_to_device():
         out = step()
         if device != "cpu":
-            out["pixel_values"].to(device, non_blocking=False)
+            out["pixel_values" if "pixel_values" in out else "pixel_values_videos"].to(
+                device, non_blocking=False
+            )
 
     timing = harness.median_times({"step": step_to_device}, device, repeats)["step"]
     return {
@@ -84,6 +92,7 @@ def run_point(workload: str, count: int, method: str, threads: int, source: str,
         "images": count,
         "source": source,
         "method": method,
+        "reference": reference,
         "threads": threads,
         "median_ms": timing.wall_s * 1e3,
         # CPU time of the whole process (all threads): on a shared machine, where other jobs take
@@ -92,6 +101,39 @@ def run_point(workload: str, count: int, method: str, threads: int, source: str,
         "images_per_s": count / timing.wall_s,
         "peak_rss_mb": harness.peak_rss() / 2**20,
     }
+
+
+def _video_step(images, method: str, threads: int):
+    """(one video's preprocessing, the reference's name): Qwen2-VL's video settings on both sides."""
+    import numpy as np
+    import torch
+    from transformers import Qwen2VLImageProcessorPil
+
+    from tte_fast.video_preprocess import VideoSettings, preprocess_videos
+
+    settings = VideoSettings()  # transformers' Qwen2-VL video defaults: 128..768 merged patches a frame
+    video = np.stack([np.asarray(image) for image in images])
+
+    def ours():
+        pixels, grid = preprocess_videos([video], settings, threads)
+        return {"pixel_values_videos": pixels, "video_grid_thw": grid}
+
+    if method == "tte_fast":
+        return ours, ""
+    try:
+        from transformers import Qwen2VLVideoProcessor
+
+        processor = Qwen2VLVideoProcessor(do_sample_frames=False)
+    except ImportError:  # no torchvision: its PIL image processor per frame (the grouping is a reshape)
+        frame_processor = Qwen2VLImageProcessorPil(
+            min_pixels=settings.min_pixels, max_pixels=settings.max_pixels, temporal_patch_size=1
+        )
+        return lambda: frame_processor(images, return_tensors="pt"), "Qwen2VLImageProcessorPil per frame"
+
+    def theirs():
+        return processor(videos=[torch.from_numpy(video)], return_tensors="pt", cap_pixels_per_frame=False)
+
+    return theirs, "Qwen2VLVideoProcessor"
 
 
 def print_rows(rows: list[dict], device: str) -> None:
@@ -112,7 +154,9 @@ def print_rows(rows: list[dict], device: str) -> None:
             )
             for r in rows
         ],  # fmt: skip
-        title=f"image preprocessing, Qwen2-VL default pixels, device={device}, cpu_count={os.cpu_count()}",
+        title=f"image preprocessing, Qwen2-VL default pixels (video rows: frames; HF: "
+        f"{next((r['reference'] for r in rows if r['source'] == 'video' and r['method'] == 'hf'), '-')}), "
+        f"device={device}, cpu_count={os.cpu_count()}",
     )
 
 
@@ -132,6 +176,7 @@ def main() -> None:
     )
     parser.add_argument("--small-batch", type=int, default=None, help="number of 640x480 images")
     parser.add_argument("--large-batch", type=int, default=None, help="number of 2048x1536 images")
+    parser.add_argument("--video-frames", type=int, default=None, help="frames of the 640x480 video")
     parser.add_argument("--threads", type=int, default=None, help="'all cores' thread count (default: all)")
     args = parser.parse_args()
     if args.threads is None:
@@ -146,9 +191,13 @@ def main() -> None:
     large = args.large_batch or (8 if args.target_sizes else 2)
     methods = [("hf", 1), ("tte_fast", 1)] + ([("tte_fast", args.threads)] if args.threads > 1 else [])
     flags = harness.forward_flags(args, "repeats", "device")
+    frames = args.video_frames or (32 if args.target_sizes else 8)
     rows = []
-    for source in ("decoded", "jpeg"):
-        for workload, count in (("640x480", small), ("2048x1536", large)):
+    for source in ("decoded", "jpeg", "video"):
+        workloads = (
+            (("640x480", small), ("2048x1536", large)) if source != "video" else (("video 640x480", frames),)
+        )
+        for workload, count in workloads:
             for method, threads in methods:
                 point = dict(workload=workload, count=count, method=method, threads=threads, source=source)
                 rows.append(harness.run_point(__file__, point, flags))

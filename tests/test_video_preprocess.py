@@ -124,3 +124,17 @@ def test_close_to_transformers_video_processors(model):
     assert grids.tolist() == theirs["video_grid_thw"].tolist()
     assert pixels.shape == theirs["pixel_values_videos"].shape
     assert (pixels - theirs["pixel_values_videos"]).abs().mean() < 0.05
+
+
+def test_bench_video_row_runs():
+    """bench/preprocess.py's video points (ours and the reference) run and count frames."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "bench", "preprocess.py")
+    spec = importlib.util.spec_from_file_location("bench_preprocess_video", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for method in ("hf", "tte_fast"):
+        row = bench.run_point("video 640x480", 2, method, 1, "video", repeats=1, device="cpu")
+        assert row["images"] == 2 and row["images_per_s"] > 0 and row["source"] == "video"

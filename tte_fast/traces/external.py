@@ -53,6 +53,8 @@ def build_prompt(model, index: int, raw: dict, side: str, options) -> Prompt:
     item = check_input(index, raw)
     if item.image is not None and not model.vision:
         raise InputError(index, f"has an image, but {model.model_type!r} is a text-only model")
+    if item.video is not None:  # its frames would need vLLM's video inputs, which are not sent yet
+        raise InputError(index, "has a video; external reasoners (vLLM, Ray) take text and images only")
     item = load_input(index, item)
     prompts = model.config.prompts
     if not model.vision:

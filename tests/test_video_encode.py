@@ -145,3 +145,10 @@ def test_text_only_model_refuses_video(tiny_checkpoints):
         model.encode([{"video": frames(0, 2, 20, 20)}], think=False)
     with pytest.raises(InputError, match="input 0: has a video, but this processor has no video processor"):
         load_videos(model.tokenizer, [check_input(0, {"video": frames(0, 2, 20, 20)})])
+
+
+def test_external_reasoners_refuse_video():
+    from tte_fast.traces.external import build_prompt
+
+    with pytest.raises(InputError, match="input 2: has a video; external reasoners"):
+        build_prompt(None, 2, {"video": frames(0, 2, 8, 8), "text": "x"}, "query", None)

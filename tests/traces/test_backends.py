@@ -140,19 +140,24 @@ def test_two_model_tte_with_a_vllm_thinker_encodes_as_with_our_reasoner(text_pat
         thinker.encode(items)
 
 
-def test_eval_and_load_tte_take_a_vllm_thinker(text_path, tmp_path, monkeypatch):
-    """The eval runs a TwoModelTTE with a vLLM reasoner (its traces keyed by the checkpoint's files,
-    apart from our engine's), and ``load_tte`` reads ``vllm:PATH`` with vLLM's arguments from the
-    environment, naming the variable when they are not a JSON object."""
+def test_vllm_traces_join_the_eval_cache_of_a_vllm_reasoner(text_path, tmp_path, monkeypatch):
+    """Traces a vLLM trace job wrote, joined into the eval's cache, serve an eval whose reasoner
+    thinks on vLLM (``VllmThinker``): it embeds them and never starts vLLM. Its traces are keyed by
+    the checkpoint's files, apart from our engine's. ``load_tte`` reads ``vllm:PATH`` with vLLM's
+    arguments from the environment, naming the variable when they are not a JSON object."""
     from tte_fast.checkpoint.load import load_tte
     from tte_fast.eval import evaluate
     from tte_fast.eval import parse_config as parse_eval_config
     from tte_fast.eval.encoder import ModelRunner
+    from tte_fast.integrations.vllm_reasoner import VllmReasoner
     from tte_fast.integrations.vllm_thinker import VllmThinker
+    from tte_fast.traces import generate_traces
+    from tte_fast.traces.config import parse_traces_config
+    from tte_fast.traces.join import join_outputs
+    from tte_fast.traces.sources import read_inputs
     from tte_fast.two_model import TwoModelTTE
 
     model = UnifiedTTE.from_pretrained(text_path, device="cpu")
-    thinker = VllmThinker.from_checkpoint(text_path, llm=SingleBudgetHF(model))
     set_dir = tmp_path / "set"  # a text-only task of our layout (the model is text-only)
     set_dir.mkdir()
     rows = {
@@ -163,20 +168,37 @@ def test_eval_and_load_tte_take_a_vllm_thinker(text_path, tmp_path, monkeypatch)
     for name, lines in rows.items():
         (set_dir / f"{name}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     task = {"name": "text_task", "dataset_parser": "tte", "data_path": "set", "eval_type": "global"}
-    raw = {
+    cache = str(tmp_path / "cache")
+    traces_raw = {
+        "reasoner": {"path": text_path, "backend": "vllm"},
         "tasks": [task],
-        "encode": {"max_think_tokens": 4, "progress": False},
-        "output_dir": str(tmp_path / "out"),
+        "decode": {"max_think_tokens": 4},
+        "output_dir": str(tmp_path / "traces"),
+        "join": {"eval_cache": cache},
     }
+    config = parse_traces_config(traces_raw, str(tmp_path))
+    reasoner = VllmReasoner(text_path, config.decode_params(), llm=SingleBudgetHF(model))
+    generate_traces(reasoner, read_inputs(config), config.output_dir, sides=["query"], progress=False)
+    assert join_outputs(config, config.output_dir)["eval_cache"]["written"] == {"text_task/query": 3}
+
+    # A thinker that cannot start vLLM: the eval must not need it.
+    thinker = VllmThinker.from_checkpoint(text_path, engine_args={"python": str(tmp_path / "no-python")})
     pipelines = {"vllm": TwoModelTTE(thinker, model), "ours": TwoModelTTE(model, model)}
     fingerprints = {k: ModelRunner(m).trace_fingerprint("query") for k, m in pipelines.items()}
     assert fingerprints["vllm"] != fingerprints["ours"]
-    config = parse_eval_config(raw, str(tmp_path))
-    results = {k: evaluate(config, model=m, verbose=False) for k, m in pipelines.items()}
-    assert results["vllm"]["tasks"]["text_task"]["encode"]["query"]["thought"] == 3
-    assert (
-        results["vllm"]["tasks"]["text_task"]["metrics"] == results["ours"]["tasks"]["text_task"]["metrics"]
-    )
+    eval_raw = {"tasks": [task], "encode": {"max_think_tokens": 4, "progress": False}, "cache_dir": cache}
+    results = {}
+    for name, pipeline in pipelines.items():
+        eval_config = parse_eval_config({**eval_raw, "output_dir": str(tmp_path / name)}, str(tmp_path))
+        results[name] = evaluate(eval_config, model=pipeline, verbose=False)["tasks"]["text_task"]
+    assert results["vllm"]["encode"]["query"] == {
+        "cached": 0,
+        "reused_traces": 3,
+        "thought": 0,
+        "embedded": 0,
+    }
+    assert results["ours"]["encode"]["query"]["thought"] == 3
+    assert results["vllm"]["metrics"] == results["ours"]["metrics"]
 
     monkeypatch.setenv("TTE_FAST_VLLM_ARGS", "[1]")
     with pytest.raises(ValueError, match="TTE_FAST_VLLM_ARGS must be a JSON object"):

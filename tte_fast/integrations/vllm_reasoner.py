@@ -24,7 +24,7 @@ images run only where a CUDA vLLM is installed.
 
 from __future__ import annotations
 
-from tte_fast.traces.engine_reasoner import prompt_settings, resolved_decode
+from tte_fast.traces.engine_reasoner import eval_trace_fingerprints, prompt_settings, resolved_decode
 from tte_fast.traces.external import prompts_of, run_two_phase, sampling_settings
 from tte_fast.traces.store import Generation
 from tte_fast.traces.weightless import checkpoint_fingerprint, weightless_model
@@ -53,13 +53,21 @@ class VllmReasoner:
         self, path: str, params, *, dtype=None, recipe=None, engine_args=None, llm=None, prompt_model=None
     ):
         self.path = path
-        self.model = prompt_model if prompt_model is not None else weightless_model(path, recipe)
+        self.model = prompt_model if prompt_model is not None else weightless_model(path, recipe, dtype=dtype)
         budget = params.max_think_tokens
         self.options = self.model.decode_options(max_think_tokens=budget, **params.decode_kwargs())
         self.think_prefix = self.model.config.prompts.think_prefix
         self.think_end = self.model.config.think_end_token
         self.engine_args = dict(engine_args or {})
-        self.llm = llm if llm is not None else self._build_llm(path, dtype)
+        self.dtype = dtype
+        self._llm = llm
+
+    @property
+    def llm(self):
+        """The engine, started at its first use: an eval whose traces are all cached never loads it."""
+        if self._llm is None:
+            self._llm = self._build_llm(self.path, self.dtype)
+        return self._llm
 
     def _build_llm(self, path: str, dtype):
         args = {"dtype": dtype or "auto", **self.engine_args}
@@ -74,7 +82,7 @@ class VllmReasoner:
 
     def close(self) -> None:
         """Stop the vLLM worker this reasoner started, if any (an in-process LLM ends with the process)."""
-        close = getattr(self.llm, "close", None)
+        close = getattr(self._llm, "close", None)
         if close is not None:
             close()
 
@@ -89,6 +97,11 @@ class VllmReasoner:
 
     def settings(self) -> dict:
         return {**prompt_settings(self.model.config), "decode": resolved_decode(self.options)}
+
+    def eval_trace_fingerprints(self, sides: list[str]) -> dict:
+        """side -> the key of these traces in the eval's cache for a ``vllm:PATH`` reasoner
+        (``VllmThinker``) of this checkpoint (see ``EngineReasoner.eval_trace_fingerprints``)."""
+        return eval_trace_fingerprints(self.model, self.options, sides)
 
     def _generate(self, requests: list[dict], phase: str, options) -> list[tuple]:
         settings = sampling_settings(options, phase)

@@ -23,7 +23,7 @@ from tte_fast.model import ON_ERROR, UnifiedTTE
 from tte_fast.prompting.prompts import check_side
 from tte_fast.settings.params import EncodeParams
 from tte_fast.traces.sources import TraceInput
-from tte_fast.traces.weightless import checkpoint_fingerprint, weightless_model
+from tte_fast.traces.weightless import weightless_model
 
 
 class VllmThinker(UnifiedTTE):
@@ -37,7 +37,7 @@ class VllmThinker(UnifiedTTE):
     ) -> VllmThinker:
         """The thinker of checkpoint ``path``: ``engine_args`` go to ``vllm.LLM`` (``python``: run it
         with that interpreter); ``llm`` is an already built ``LLM`` to use instead."""
-        thinker = weightless_model(path, recipe, cls=cls)
+        thinker = weightless_model(path, recipe, cls=cls, dtype=dtype)
         thinker.vllm = VllmReasoner(
             path,
             EncodeParams(),
@@ -76,10 +76,6 @@ class VllmThinker(UnifiedTTE):
         traces = [g.trace for g in generations]
         errors = {i: f"input {i}: {message}" for i, message in failed.items()}
         return (traces, errors) if return_errors else traces
-
-    def weights_fingerprint(self) -> str:
-        """The checkpoint's files (the weights are vLLM's): what the eval's caches key this reasoner by."""
-        return "vllm:" + checkpoint_fingerprint(self.vllm.path)
 
     def encode(self, *args, **kwargs):
         raise TypeError(

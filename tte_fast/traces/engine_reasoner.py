@@ -29,6 +29,24 @@ def prompt_settings(config) -> dict:
     }
 
 
+def eval_runner(model, options):
+    """The eval's ``ModelRunner`` over ``model`` with the budgets of ``options``."""
+    from tte_fast.eval.config import EncodeConfig
+    from tte_fast.eval.encoder import ModelRunner
+
+    budgets = {"max_think_tokens": options.max_think_tokens, "max_answer_tokens": options.max_answer_tokens}
+    return ModelRunner(model, EncodeConfig(**budgets))
+
+
+def eval_trace_fingerprints(model, options, sides: list[str], runner=None) -> dict:
+    """side -> the fingerprint ``tte-fast eval`` keys ``model``'s traces by, where the eval decodes
+    as ``options`` did (it decodes with the budgets and the model's own sampling); {} where not."""
+    runner = runner or eval_runner(model, options)
+    if runner.decode_options() != resolved_decode(options):
+        return {}
+    return {side: runner.trace_fingerprint(side) for side in sides}
+
+
 class EngineReasoner:
     """A loaded ``UnifiedTTE`` generating traces with ``slots`` engine slots; ``params``
     (``EncodeParams``) sets the budgets and sampling, as for ``think``."""
@@ -49,12 +67,7 @@ class EngineReasoner:
     def eval_runner(self):
         """The eval's view of this reasoner with these budgets; it fingerprints the weights once
         (reading every weight: the slow part of a fingerprint), for the manifest and the eval keys."""
-        from tte_fast.eval.config import EncodeConfig
-        from tte_fast.eval.encoder import ModelRunner
-
-        budgets = {"max_think_tokens": self.options.max_think_tokens}
-        budgets["max_answer_tokens"] = self.options.max_answer_tokens
-        return ModelRunner(self.model, EncodeConfig(**budgets))
+        return eval_runner(self.model, self.options)
 
     def description(self) -> dict:
         from tte_fast.eval.fingerprint import digest
@@ -74,10 +87,7 @@ class EngineReasoner:
         """side -> the fingerprint ``tte-fast eval`` keys this reasoner's traces by, where its
         decoding is the one these traces had (eval decodes with the budgets and the model's
         sampling); absent where it is not."""
-        runner = self.eval_runner
-        if runner.decode_options() != resolved_decode(self.options):
-            return {}
-        return {side: runner.trace_fingerprint(side) for side in sides}
+        return eval_trace_fingerprints(self.model, self.options, sides, self.eval_runner)
 
     def generate(self, inputs: list) -> list[Generation]:
         """A :class:`Generation` per ``TraceInput``, in order; a bad input gets its error."""

@@ -124,7 +124,7 @@ def write_eval_cache(config, manifest: dict, traces: dict, cache_root: str) -> d
         raise JoinError(
             f"no eval trace fingerprint for side(s) {missing}: tte-fast eval decodes with the reasoner's "
             "budgets and its own sampling, and these traces were decoded otherwise "
-            f"(decode: {manifest['settings']['decode']}) or by a backend other than our engine"
+            f"(decode: {manifest['settings']['decode']})"
         )
     per_file: dict[tuple[str, str], dict] = {}
     for key, row in traces.items():

@@ -25,22 +25,26 @@ SETTING_FILES = (
 )
 
 
-def weightless_model(path: str, recipe: str | None = None, cls=None):
+def weightless_model(path: str, recipe: str | None = None, cls=None, dtype=None):
     """The ``UnifiedTTE`` (or subclass ``cls``) of checkpoint ``path`` with meta-device weights
-    (prompts and decoding only)."""
+    (prompts and decoding only) in ``dtype`` (default: the checkpoint's, as vLLM's ``auto``), which
+    the eval's fingerprints record."""
     import torch
     from transformers import AutoConfig, GenerationConfig
 
     from tte_fast.checkpoint.hf_processor import load_processor
-    from tte_fast.checkpoint.loading import processor_source
+    from tte_fast.checkpoint.loading import processor_source, resolve_dtype
     from tte_fast.checkpoint.model_types import auto_model_class
     from tte_fast.checkpoint.recipes import get_recipe
     from tte_fast.checkpoint.tte_config import TTEConfig
     from tte_fast.model import UnifiedTTE
 
     hf_config = AutoConfig.from_pretrained(path)
+    saved = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)
+    chosen = resolve_dtype(dtype)
+    chosen = chosen if isinstance(chosen, torch.dtype) else resolve_dtype(saved or "float32")
     with torch.device("meta"):
-        hf_model = auto_model_class(hf_config.model_type).from_config(hf_config)
+        hf_model = auto_model_class(hf_config.model_type).from_config(hf_config, dtype=chosen)
     with contextlib.suppress(OSError):  # no generation_config.json: keep the one from_config made
         hf_model.generation_config = GenerationConfig.from_pretrained(path)
     config = TTEConfig.load(path) or TTEConfig()
@@ -52,7 +56,16 @@ def weightless_model(path: str, recipe: str | None = None, cls=None):
         min_pixels=config.min_pixels,
         max_pixels=config.max_pixels,
     )
-    return (cls or UnifiedTTE)(hf_model, processor, hf_config.model_type, config)
+    model = (cls or UnifiedTTE)(hf_model, processor, hf_config.model_type, config)
+    # The eval's fingerprints read this instead of weights it does not hold (unified_parts).
+    model.weights_fingerprint = lambda: external_weights_fingerprint(path)
+    return model
+
+
+def external_weights_fingerprint(path: str) -> str:
+    """How the eval's caches name weights that another engine holds: by the checkpoint's files, so
+    a trace job on vLLM and an eval thinking on vLLM meet in one trace cache."""
+    return "external:" + checkpoint_fingerprint(path)
 
 
 def checkpoint_fingerprint(path: str) -> str:

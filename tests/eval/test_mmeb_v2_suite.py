@@ -88,7 +88,6 @@ def test_suite_section_expands_into_tasks():
 @pytest.mark.parametrize(
     "suite,message",
     [
-        ({"name": "mmeb_v2", "tasks": ["MVBench"]}, r"'MVBench' \(mvbench\) is not read yet"),
         ({"name": "mmeb_v2", "tasks": ["ImageNet"]}, r"not MMEB-V2 tasks: \['ImageNet'\]"),
         ({"name": "mmeb_v2", "modalities": ["audio"]}, r"unknown \['audio'\]"),
         ({"name": "mteb"}, "suite.name must be 'mmeb_v2', got 'mteb'"),
@@ -143,6 +142,19 @@ VLM2VEC_ENTRIES = {
         "num_frames": 8,
         "eval_type": "global",
     },
+    "QVHighlight": {
+        "dataset_parser": "moment_retrieval",
+        "dataset_name": "QVHighlight",
+        "video_root": "",
+        "clip_root": "",
+        "frame_root": "video-tasks/frames/video_mret/QVHighlight",
+        "num_negative_clips": 9,
+        "max_video_frames_saved": 64,
+        "max_clip_frames_saved": 8,
+        "num_video_frames": 8,
+        "num_clip_frames": 8,
+        "eval_type": "local",
+    },
     "MSR-VTT": {
         "dataset_parser": "msrvtt",
         "dataset_name": "MSR-VTT",
@@ -158,13 +170,9 @@ VLM2VEC_ENTRIES = {
 def test_vlm2vec_yaml_entries_read_as_the_tasks_they_name():
     ours = {t.name: t for t in parse_config({"tasks": VLM2VEC_ENTRIES}).tasks}
     modalities = ["image", "visdoc", "video"]
-    with pytest.warns(UserWarning, match="not read yet, left out: .*'MVBench'"):
-        suite = {
-            t.name: t
-            for t in parse_config(
-                {"suite": {"name": "mmeb_v2", "data_root": ".", "modalities": modalities}}
-            ).tasks
-        }
+    spec = {"name": "mmeb_v2", "data_root": ".", "modalities": modalities}
+    suite = {t.name: t for t in parse_config({"suite": spec}).tasks}
+    assert len(suite) == 36 + 27 + 18
     for name, task in ours.items():
         if name == "ImageNet-1K":
             assert task.image_root == "image-tasks/"
@@ -182,8 +190,9 @@ def test_vlm2vec_yaml_entries_read_as_the_tasks_they_name():
     "entry,message",
     [
         (
-            {"dataset_parser": "moment_retrieval", "dataset_name": "QVHighlight", "frame_root": "f"},
-            r"'QVHighlight' \(moment_retrieval\) is not read yet",
+            {"dataset_parser": "moment_retrieval", "dataset_name": "QVHighlight", "frame_root": "f"}
+            | {"num_video_frames": 8, "num_clip_frames": 4},
+            "num_clip_frames 4 != num_video_frames; one count is read",
         ),
         (
             {"dataset_parser": "msvd", "dataset_name": "MSR-VTT"},

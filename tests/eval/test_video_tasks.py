@@ -4,6 +4,7 @@ ones, as its evaluation picks them), read per layout, and ``tte-fast eval`` over
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -101,6 +102,61 @@ def test_classification_and_qa_rows(tmp_path):
     assert mme.relevance == [{"green": 1.0}]
 
 
+def test_mvbench_rows(tmp_path):
+    write_frames(tmp_path / "action_count", "clip.mp4", 10)
+    row = {"subset": "action_count", "video": "clip.mp4", "question": "How many?", "candidates": ["2", "3"]}
+    data = read_video_task(
+        video_task("mvbench", tmp_path, "local"), [{**row, "answer": "3"}], "rows", str(tmp_path)
+    )
+    assert data.queries[0]["text"] == "How many?\nOptions:\n(A) 2\n(B) 3"
+    assert frame_numbers(data.queries[0]) == [1, 2, 3, 4, 6, 7, 8, 10]
+    assert [data.corpus_ids[c] for c in data.candidates[0]] == ["(A) 2", "(B) 3"]
+    assert data.relevance == [{"(B) 3": 1.0}]
+
+
+def test_moment_retrieval_rows_rank_the_clips_of_their_video(tmp_path):
+    for folder, count in (("query", 12), ("positive_3", 8), ("negative_1", 8), ("negative_2", 5)):
+        write_frames(tmp_path / "vid9", folder, count)
+    row = {"query": "a man opens a door", "video_path": "videos/vid9.mp4"}
+    data = read_video_task(video_task("moment_retrieval", tmp_path, "local"), [row], "rows", str(tmp_path))
+    query = data.queries[0]
+    assert query["text"] == "a man opens a door" and query["instruction"].startswith("Find the clip")
+    assert frame_numbers(query) == [1, 2, 4, 5, 7, 8, 10, 12]  # 8 of the query video's 12
+    clips = sorted(data.corpus_ids[c] for c in data.candidates[0])
+    assert clips == ["vid9/negative_1", "vid9/negative_2", "vid9/positive_3"]
+    assert data.relevance == [{"vid9/positive_3": 1.0}]
+
+
+def test_momentseeker_rows_with_text_image_and_video_queries(tmp_path):
+    for name in ("a_p1", "a_n1", "b_q", "b_p2"):
+        write_frames(tmp_path / "video_frames", name, 3)
+    Image.new("RGB", (8, 8)).save(tmp_path / "query_x.jpg")
+    clip = {"output_path": "a/p1.mp4"}
+    rows = [
+        {
+            "query": "t",
+            "input_frames": "",
+            "positive_frames": [clip],
+            "negative_frames": [{"output_path": "a/n1.mp4"}],
+        },
+        {"query": "i", "input_frames": "x.jpg", "positive_frames": [clip], "negative_frames": []},
+        {
+            "query": "v",
+            "input_frames": "b/q.mp4",
+            "positive_frames": [clip, {"output_path": "b/p2.mp4"}],
+            "negative_frames": [],
+        },
+    ]
+    data = read_video_task(video_task("momentseeker", tmp_path, "local"), rows, "rows", str(tmp_path))
+    text, image, video = data.queries
+    assert "video" not in text and "image" not in text and text["instruction"].endswith("given text:")
+    assert image["image"].endswith("query_x.jpg") and "image" in image["instruction"]
+    assert frame_numbers(video) == [1, 2, 3] and "video segment" in video["instruction"]
+    p1, p2 = os.path.join("video_frames", "a_p1"), os.path.join("video_frames", "b_p2")
+    assert data.relevance == [{p1: 1.0}, {p1: 1.0}, {p1: 1.0, p2: 1.0}]
+    assert len(data.candidates[0]) == 2 and len(data.candidates[2]) == 2
+
+
 @pytest.mark.parametrize(
     "parser, row, message",
     [
@@ -132,7 +188,6 @@ def test_bad_rows_are_named(tmp_path, parser, row, message):
 @pytest.mark.parametrize(
     "fields, message",
     [
-        ({"video_parser": "mvbench", "frame_root": "f"}, "'mvbench' .* is not read yet"),
         ({"video_parser": "nope", "frame_root": "f"}, "video_parser must be one of"),
         ({"video_parser": "msrvtt"}, "a video task needs frame_root"),
     ],

@@ -199,13 +199,8 @@ class EvalConfig:
 
 
 def _check_video_task(where: str, task: TaskConfig) -> None:
-    from tte_fast.eval.video_rows import UNREAD_VIDEO_PARSERS, VIDEO_PARSERS
+    from tte_fast.eval.video_rows import VIDEO_PARSERS
 
-    if task.video_parser in UNREAD_VIDEO_PARSERS:
-        raise EvalConfigError(
-            f"{where}: video_parser {task.video_parser!r} (moment retrieval, MVBench) is not read yet; "
-            f"readable: {list(VIDEO_PARSERS)}"
-        )
     if task.video_parser not in VIDEO_PARSERS:
         raise EvalConfigError(
             f"{where}: video_parser must be one of {list(VIDEO_PARSERS)}, got {task.video_parser!r}"

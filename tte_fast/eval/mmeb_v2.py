@@ -10,8 +10,7 @@ A config's ``suite`` section expands into these tasks::
 ``data_root`` is the folder VLM2Vec's download script fills (``image-tasks/`` holds the images of the
 image tasks, ``video-tasks/frames/`` the saved frames of the video tasks); the records come through
 the ``datasets`` library (see :mod:`tte_fast.eval.hf_source`). Video tasks read 8 of each video's
-saved frames (:mod:`tte_fast.eval.video_rows`); the moment-retrieval tasks and MVBench are not read
-yet: the ``video`` modality leaves them out (with a warning) and naming one is an error.
+saved frames (:mod:`tte_fast.eval.video_rows`).
 
 Entries of VLM2Vec's own YAMLs (``dataset_parser: image_cls`` ... ``vidore``, ``visrag``, the video
 parsers, with ``dataset_name``) are read as the task they name (:func:`from_vlm2vec`), so those files
@@ -21,10 +20,8 @@ can serve as a config's ``tasks``.
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 
-from tte_fast.eval.video_rows import UNREAD_VIDEO_PARSERS
 from tte_fast.settings.schema import ConfigError
 
 MODALITIES = ("image", "video", "visdoc")
@@ -70,11 +67,6 @@ class SuiteTask:
 
     def _video_config(self, data_root: str, sample_cap: int | None) -> dict:
         parser = VIDEO_TASK_PARSERS[self.name]
-        if parser in UNREAD_VIDEO_PARSERS:
-            raise ConfigError(
-                f"suite task {self.name!r} ({parser}) is not read yet: moment retrieval and MVBench "
-                "have no reader"
-            )
         return {
             "name": self.name,
             "dataset_parser": "video",
@@ -246,10 +238,7 @@ def suite_tasks(spec: dict) -> list[dict]:
         raise ConfigError(f"suite.modalities: unknown {bad}; known: {list(MODALITIES)}")
     names = spec.get("tasks")
     if names is None:
-        chosen = [t for t in TASKS if t.modality in modalities and _readable(t)]
-        left_out = [t.name for t in TASKS if t.modality in modalities and not _readable(t)]
-        if left_out:
-            warnings.warn(f"mmeb_v2 suite: video tasks not read yet, left out: {left_out}", stacklevel=2)
+        chosen = [t for t in TASKS if t.modality in modalities]
     else:
         unknown_names = [n for n in names if n not in BY_NAME]
         if unknown_names:
@@ -257,10 +246,6 @@ def suite_tasks(spec: dict) -> list[dict]:
         chosen = [BY_NAME[n] for n in names]
     data_root = spec.get("data_root") or "."
     return [t.task_config(data_root, spec.get("sample_cap")) for t in chosen]
-
-
-def _readable(task: SuiteTask) -> bool:
-    return task.modality != "video" or VIDEO_TASK_PARSERS[task.name] not in UNREAD_VIDEO_PARSERS
 
 
 # VLM2Vec's dataset_parser names: the image and visual-document ones (-> modality), and the video ones.
@@ -302,7 +287,10 @@ def from_vlm2vec(raw: dict) -> dict:
 
 
 # Keys of VLM2Vec's video entries that name what it extracts frames from, not what it reads.
-_VLM2VEC_VIDEO_ONLY = ("video_root", "max_frames_saved", "clip_root", "max_video_frames_saved")
+_VLM2VEC_VIDEO_ONLY = (
+    *("video_root", "max_frames_saved", "clip_root", "max_video_frames_saved", "max_clip_frames_saved"),
+    "num_negative_clips",  # moment retrieval reads every clip saved
+)
 
 
 def _from_vlm2vec_video(raw: dict) -> dict:
@@ -318,6 +306,16 @@ def _from_vlm2vec_video(raw: dict) -> dict:
         )
     entry = known.task_config(".")
     entry["name"] = name
+    raw = dict(raw)
+    clip_frames = raw.pop(
+        "num_clip_frames", None
+    )  # moment retrieval: frames of the query video and of a clip
+    if "num_video_frames" in raw:
+        raw["num_frames"] = raw.pop("num_video_frames")
+        if clip_frames is not None and clip_frames != raw["num_frames"]:
+            raise ConfigError(
+                f"task {name!r}: num_clip_frames {clip_frames} != num_video_frames; one count is read"
+            )
     skipped = (*_VLM2VEC_ONLY, *_VLM2VEC_VIDEO_ONLY)
     entry.update({k: v for k, v in raw.items() if k not in skipped})
     if entry.get("data_path"):

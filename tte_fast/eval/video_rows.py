@@ -13,11 +13,14 @@ samples nothing more. The rows, per ``video_parser`` (VLM2Vec's ``dataset_parser
   ``youcook2`` (``id``, ``sentence``), ``vatex`` (``videoID``, ``enCap[0]``);
 - video QA (local over the answer options): ``videomme`` (``videoID``, ``question``, ``options``
   "A. ...", ``answer`` letter), ``nextqa`` (``video``, ``question``, ``a0``..``a4``, ``answer``
-  index), ``egoschema`` (``video_idx``, ``question``, ``option``, ``answer`` index) and
-  ``activitynetqa`` (``video_name``, ``question``, ``answer`` yes / no).
-
-Moment retrieval (``moment_retrieval``, ``momentseeker``: clips of one video as candidates) and
-``mvbench`` (frame-file subsets) are not read yet.
+  index), ``egoschema`` (``video_idx``, ``question``, ``option``, ``answer`` index),
+  ``activitynetqa`` (``video_name``, ``question``, ``answer`` yes / no) and ``mvbench`` (``subset``,
+  ``video``: frames under ``frame_root/subset/video``, ``question``, ``candidates``, ``answer``);
+- moment retrieval (local over one video's clips): ``moment_retrieval`` (``query``, ``video_path``:
+  the query video's frames in ``frame_root/<video>/query/``, each clip's in a sibling folder, the
+  positive one named ``positive*``) and ``momentseeker`` (``query``, ``input_frames``: nothing, a
+  ``.jpg`` (``frame_root/query_<name>``) or an ``.mp4`` whose frames lie in ``frame_root/video_frames/``;
+  ``positive_frames`` / ``negative_frames``: clips as ``{"output_path"}``, every saved frame read).
 """
 
 from __future__ import annotations
@@ -46,8 +49,22 @@ CLASSIFICATION_INSTRUCTIONS = {  # VLM2Vec's, by dataset name
 }
 RETRIEVAL_PARSERS = ("msrvtt", "msvd", "didemo", "youcook2", "vatex")
 QA_PARSERS = ("videomme", "nextqa", "egoschema", "activitynetqa")
-VIDEO_PARSERS = ("ssv2", "video_classification", *RETRIEVAL_PARSERS, *QA_PARSERS)
-UNREAD_VIDEO_PARSERS = ("moment_retrieval", "momentseeker", "mvbench")
+MOMENT_QUERY_INSTRUCTION = "Find the clip that corresponds to the described scene in the given video:"
+MOMENTSEEKER_INSTRUCTIONS = {  # by the query's media
+    "text": "Find the clip that corresponds to the given text:",
+    "image": "Select the video clip that aligns with the given text and image:",
+    "video": "Find the clip that corresponds to the given sentence and video segment:",
+}
+MOMENTSEEKER_TARGET_INSTRUCTION = "Understand the content of the provided video clip."
+VIDEO_PARSERS = (
+    "ssv2",
+    "video_classification",
+    *RETRIEVAL_PARSERS,
+    *QA_PARSERS,
+    "mvbench",
+    "moment_retrieval",
+    "momentseeker",
+)
 
 
 def sampled_frames(folder: str, num_frames: int, where: str) -> list[str]:
@@ -98,8 +115,9 @@ class _Reader:
         self.query_ids, self.queries, self.relevance, self.lists = [], [], [], []
         self.corpus_ids, self.corpus = [], []
 
-    def video(self, name, where: str) -> list[str]:
-        return sampled_frames(os.path.join(self.frame_root, str(name)), self.task.num_frames, where)
+    def video(self, name, where: str, every_frame: bool = False) -> list[str]:
+        count = 1 << 30 if every_frame else self.task.num_frames
+        return sampled_frames(os.path.join(self.frame_root, str(name)), count, where)
 
     def candidate(self, cid: str, item: dict) -> str:
         if cid not in self.corpus_ids:
@@ -107,14 +125,18 @@ class _Reader:
             self.corpus.append(item)
         return cid
 
-    def add(self, query: dict, positive: str, candidates: list[str], where: str) -> None:
-        if positive not in candidates:
-            raise EvalDataError(f"{where}: the answer {positive!r} is not among the candidates {candidates}")
+    def add(self, query: dict, positive: str | list[str], candidates: list[str], where: str) -> None:
+        positives = [positive] if isinstance(positive, str) else positive
+        missing = [p for p in positives if p not in candidates] or ([] if positives else ["(none)"])
+        if missing:
+            raise EvalDataError(
+                f"{where}: the answer {missing[0]!r} is not among the candidates {candidates}"
+            )
         if self.task.query_instruction:
             query["instruction"] = self.task.query_instruction
         self.query_ids.append(str(len(self.queries)))
         self.queries.append(query)
-        self.relevance.append({positive: 1.0})
+        self.relevance.append(dict.fromkeys(positives, 1.0))
         self.lists.append(candidates)
 
     def text_candidates(self, texts: list[str]) -> list[str]:
@@ -208,6 +230,64 @@ def _activitynetqa(reader: _Reader, row: dict, where: str) -> None:
     )
 
 
+def _mvbench(reader: _Reader, row: dict, where: str) -> None:
+    options = [str(c) for c in row["candidates"]]
+    letters = [f"({chr(ord('A') + k)}) {o}" for k, o in enumerate(options)]
+    question = f"{row['question']}\nOptions:\n" + "\n".join(letters)
+    name = os.path.join(str(row["subset"]), str(row["video"]))
+    _qa(reader, row, where, name, question, letters, options.index(str(row["answer"])))
+
+
+def _clip(reader: _Reader, folder: str, where: str, instruction: str, every_frame: bool) -> str:
+    frames = reader.video(folder, where, every_frame)
+    return reader.candidate(
+        folder, {"video": frames, "instruction": reader.task.target_instruction or instruction}
+    )
+
+
+def _moment_retrieval(reader: _Reader, row: dict, where: str) -> None:
+    name = os.path.splitext(os.path.basename(row["video_path"]))[0]
+    folder = os.path.join(reader.frame_root, name)
+    if not os.path.isdir(folder):
+        raise EvalDataError(f"{where}: frame folder not found: {folder}")
+    clips = sorted(c for c in os.listdir(folder) if c != "query" and os.path.isdir(os.path.join(folder, c)))
+    ids = [_clip(reader, os.path.join(name, c), where, RETRIEVAL_TARGET_INSTRUCTION, False) for c in clips]
+    positives = [cid for cid, c in zip(ids, clips) if c.startswith("positive")]
+    query = {
+        "video": reader.video(os.path.join(name, "query"), where),
+        "text": str(row["query"]),
+        "instruction": MOMENT_QUERY_INSTRUCTION,
+    }
+    reader.add(query, positives, ids, where)
+
+
+def _momentseeker(reader: _Reader, row: dict, where: str) -> None:
+    source = str(row.get("input_frames") or "")
+    query = {"text": str(row["query"])}
+    if source.endswith(".mp4"):
+        query["video"] = reader.video(os.path.join("video_frames", _clip_name(source)), where, True)
+        query["instruction"] = MOMENTSEEKER_INSTRUCTIONS["video"]
+    elif source.endswith(".jpg"):
+        image = os.path.join(reader.frame_root, f"query_{source}")
+        if not os.path.isfile(image):
+            raise EvalDataError(f"{where}: query image not found: {image}")
+        query.update(image=image, instruction=MOMENTSEEKER_INSTRUCTIONS["image"])
+    else:
+        query["instruction"] = MOMENTSEEKER_INSTRUCTIONS["text"]
+
+    def clips(key: str) -> list[str]:
+        folders = [os.path.join("video_frames", _clip_name(entry["output_path"])) for entry in row[key]]
+        return [_clip(reader, f, where, MOMENTSEEKER_TARGET_INSTRUCTION, True) for f in folders]
+
+    positives = clips("positive_frames")
+    reader.add(query, positives, positives + clips("negative_frames"), where)
+
+
+def _clip_name(path: str) -> str:
+    """MomentSeeker's frame folder name of a clip path (``a/b.mp4`` -> ``a_b``)."""
+    return path.replace("/", "_").split(".mp4")[0]
+
+
 _PARSERS = {
     "ssv2": _ssv2,
     "video_classification": _video_classification,
@@ -220,4 +300,7 @@ _PARSERS = {
     "nextqa": _nextqa,
     "egoschema": _egoschema,
     "activitynetqa": _activitynetqa,
+    "mvbench": _mvbench,
+    "moment_retrieval": _moment_retrieval,
+    "momentseeker": _momentseeker,
 }

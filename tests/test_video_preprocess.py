@@ -138,3 +138,24 @@ def test_bench_video_row_runs():
     for method in ("hf", "tte_fast"):
         row = bench.run_point("video 640x480", 2, method, 1, "video", repeats=1, device="cpu")
         assert row["images"] == 2 and row["images_per_s"] > 0 and row["source"] == "video"
+
+
+@pytest.mark.parametrize(
+    "sizes, error, message",
+    [
+        ([(50, 28)], ValueError, "image 0: target size must be positive multiples of .* 28 .* got 50x28"),
+        ([(0, 28)], ValueError, "image 0: target size must be positive"),
+        ([(28 << 20, 28 << 20)], ValueError, "within the pixel budget"),
+        ([(1, 2, 3)], TypeError, r"image 0: target size must be a \(height, width\) pair of ints"),
+        (["28x28"], TypeError, r"image 0: target size must be a \(height, width\) pair"),
+        ([(28, 28), (28, 28)], ValueError, "target_sizes must hold one .* got 2 for 1 images"),
+    ],
+)
+def test_target_sizes_are_checked_in_cpp(sizes, error, message):
+    from tte_fast import _C
+
+    options = dict(patch_size=14, temporal_patch_size=1, merge_size=2, min_pixels=1, max_pixels=1 << 20)
+    options.update(do_resize=True, resample=3, do_rescale=True, rescale_factor=1 / 255, do_normalize=False)
+    options.update(image_mean=[0.0] * 3, image_std=[1.0] * 3, pass_order=1, num_threads=1)
+    with pytest.raises(error, match=message):
+        _C.preprocess_batch([random_pixels(0, 30, 40)], target_sizes=sizes, **options)

@@ -370,3 +370,20 @@ def test_a_missing_extra_is_named(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm raises ImportError
     with pytest.raises(ImportError, match=r"pip install 'tte_fast\[vllm\]'"):
         vllm_reasoner.import_vllm()
+
+
+def test_the_vllm_backend_loads_a_tiny_reasoner_with_our_engines_settings(tmp_path):
+    """``backend: vllm`` resolves ``tiny:`` as the engine backend does, and loads nothing of vLLM
+    before its first generation: its prompts and decode settings are the engine's."""
+    from tte_fast.traces.config import parse_traces_config
+    from tte_fast.traces.reasoners import load_reasoner
+
+    def reasoner(backend: str):
+        raw = {"reasoner": {"path": "tiny:qwen2", "backend": backend}, "datasets": [{"path": "p.jsonl"}]}
+        if backend == "engine":
+            raw["reasoner"]["device"] = "cpu"
+        return load_reasoner(parse_traces_config({**raw, "decode": {"max_think_tokens": 9}}, str(tmp_path)))
+
+    vllm, engine = reasoner("vllm"), reasoner("engine")
+    assert vllm._llm is None and vllm.settings() == engine.settings()
+    assert vllm.settings()["decode"]["max_think_tokens"] == 9

@@ -24,8 +24,7 @@ def load_tte(spec: str, reasoner: str | None = None, scratch_dir: str | None = N
     prefill_attention, ...) go to ``from_pretrained``."""
     from tte_fast import TwoModelTTE, UnifiedTTE
 
-    # Not "tte_fast": a folder of that name in the temporary folder would be importable from there.
-    folder = os.path.join(scratch_dir or os.path.join(tempfile.gettempdir(), "tte-fast"), "tiny_models")
+    folder = tiny_models_folder(scratch_dir)
     for name in (spec, reasoner):
         if name is not None and str(name).startswith(TINY_PREFIX):
             print(f"NOTE: {name} is a tiny model with RANDOM, UNTRAINED weights: expect chance-level scores.")
@@ -62,6 +61,12 @@ def vllm_thinker(spec: str, kwargs: dict):
         recipe=kwargs.get("recipe"),
         engine_args=engine_args,
     )
+
+
+def tiny_models_folder(scratch_dir: str | None = None) -> str:
+    """Where ``tiny:`` models are built (under ``scratch_dir``, default the temporary folder)."""
+    # Not "tte_fast": a folder of that name in the temporary folder would be importable from there.
+    return os.path.join(scratch_dir or os.path.join(tempfile.gettempdir(), "tte-fast"), "tiny_models")
 
 
 def resolve_tiny(spec: str, folder: str) -> str:

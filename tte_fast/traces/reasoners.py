@@ -27,10 +27,13 @@ def load_reasoner(config):
         if r.recipe:
             kwargs["recipe"] = r.recipe
         return EngineReasoner(load_tte(r.path, **kwargs), params, r.path)
+    from tte_fast.checkpoint.load import resolve_tiny, tiny_models_folder
+
+    path = resolve_tiny(r.path, tiny_models_folder())  # tiny:MODEL_TYPE, built as load_tte builds it
     if r.backend == "vllm":
         from tte_fast.integrations.vllm_reasoner import VllmReasoner
 
-        return VllmReasoner(r.path, params, dtype=r.dtype, recipe=r.recipe, engine_args=r.vllm)
+        return VllmReasoner(path, params, dtype=r.dtype, recipe=r.recipe, engine_args=r.vllm)
     from tte_fast.integrations.ray_reasoner import RayReasoner
 
-    return RayReasoner(r.path, params, dtype=r.dtype, recipe=r.recipe, engine_args=r.vllm, ray=r.ray)
+    return RayReasoner(path, params, dtype=r.dtype, recipe=r.recipe, engine_args=r.vllm, ray=r.ray)

@@ -159,3 +159,62 @@ def test_target_sizes_are_checked_in_cpp(sizes, error, message):
     options.update(image_mean=[0.0] * 3, image_std=[1.0] * 3, pass_order=1, num_threads=1)
     with pytest.raises(error, match=message):
         _C.preprocess_batch([random_pixels(0, 30, 40)], target_sizes=sizes, **options)
+
+
+def test_cap_pixels_per_frame_as_transformers():
+    """transformers' cap_pixels_per_frame (its resize methods, which need torchvision to run): the
+    budget shrinks with the frame count (Qwen2-VL: 90% of max_video_tokens shared by the frames;
+    Qwen3-VL: max_video_tokens a frame), floored at 1.05 x min_pixels."""
+    from dataclasses import replace
+
+    from tte_fast.video_preprocess import video_size
+
+    qwen2 = replace(QWEN2, cap_pixels_per_frame=True, max_video_tokens=10)
+    # 90% of 10 tokens of 28x28, for 4 frames in temporal pairs: 7056 * 2 // 4 = 3528 pixels a frame
+    assert (
+        video_size(qwen2, 4, 70, 100) == qwen2_smart_resize(70, 100, 28, QWEN2.min_pixels, 3528) == (28, 56)
+    )
+    assert video_size(QWEN2, 4, 70, 100) == (56, 112)  # uncapped
+    assert video_size(replace(qwen2, max_video_tokens=None), 4, 70, 100) == (56, 112)  # 128000 tokens: no cap
+    # 13 tokens: int(0.9 * 13 * 784) * 2 // 4 = 4586 pixels a frame
+    assert video_size(replace(qwen2, max_video_tokens=13), 4, 70, 100) == (56, 56)
+    qwen3 = replace(QWEN3, min_pixels=1024, cap_pixels_per_frame=True, max_video_tokens=2)
+    # min(2 tokens of 32x32, 61440 // 8) = 2048 pixels a frame, 8 frames
+    assert (
+        video_size(qwen3, 8, 200, 300) == qwen3_smart_resize(8, 200, 300, 2, 32, 1024, 2048 * 8) == (32, 32)
+    )
+    assert video_size(replace(qwen3, cap_pixels_per_frame=False), 8, 200, 300) == (64, 96)
+    floored = replace(qwen3, min_pixels=8192)  # the floor, 1.05 x 8192 = 8601 a frame, wins
+    assert video_size(floored, 8, 200, 300) == qwen3_smart_resize(8, 200, 300, 2, 32, 8192, 8601 * 8)
+
+
+def test_video_config_read_and_written_in_transformers_layout(tmp_path):
+    import json
+
+    from transformers import Qwen2VLImageProcessorPil
+
+    from tte_fast.video_preprocess import VIDEO_CONFIG_FILE, VideoProcessor
+
+    image_processor = Qwen2VLImageProcessorPil(patch_size=16)
+    default = VideoProcessor.for_checkpoint("qwen3_vl", image_processor, str(tmp_path))  # no video config
+    assert (default.settings.style, default.settings.patch_size) == ("qwen3", 16)
+    assert (default.settings.min_pixels, default.settings.max_pixels) == (128 * 32 * 32, 768 * 32 * 32)
+    saved = {  # a Qwen3-VL checkpoint's video_preprocessor_config.json
+        "size": {"longest_edge": 25165824, "shortest_edge": 4096},
+        "patch_size": 16,
+        "temporal_patch_size": 2,
+        "merge_size": 2,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+        "do_sample_frames": True,
+        "fps": 2,
+        "video_processor_type": "Qwen3VLVideoProcessor",
+    }
+    (tmp_path / VIDEO_CONFIG_FILE).write_text(json.dumps(saved))
+    read = VideoProcessor.for_checkpoint("qwen3_vl", image_processor, str(tmp_path)).settings
+    assert (read.min_pixels, read.max_pixels, read.fps, read.num_frames) == (4096, 25165824, 2, None)
+    assert read.image_mean == [0.5, 0.5, 0.5] and read.style == "qwen3"
+    out = tmp_path / "out"
+    out.mkdir()
+    VideoProcessor(read).save_pretrained(str(out))
+    assert VideoProcessor.for_checkpoint("qwen3_vl", image_processor, str(out)).settings == read

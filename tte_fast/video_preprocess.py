@@ -35,6 +35,7 @@ VIDEO_CONFIG_FILE = "video_preprocessor_config.json"
 _HF_CLASS = {"qwen2": "Qwen2VLVideoProcessor", "qwen3": "Qwen3VLVideoProcessor"}
 # transformers' default video budgets, in merged patches (28 px for Qwen2-VL, 32 px for Qwen3-VL)
 _DEFAULT_BUDGET = {"qwen2": (128, 768), "qwen3": (128, 768)}
+_DEFAULT_VIDEO_TOKENS = {"qwen2": 128000, "qwen3": 768}  # their max_video_tokens
 
 
 class VideoCallKwargs(TypedDict, total=False):
@@ -70,6 +71,9 @@ class VideoSettings:
     fps: float | None = None
     min_frames: int = 4
     max_frames: int = 768
+    # transformers' cap_pixels_per_frame (qwen-vl-utils' rule): the budget shrinks with the frame count
+    cap_pixels_per_frame: bool = False
+    max_video_tokens: int | None = None  # None: transformers' default for the style
 
 
 class VideoProcessor:
@@ -136,7 +140,8 @@ class VideoProcessor:
     def save_pretrained(self, directory: str) -> None:
         """``video_preprocessor_config.json`` in transformers' layout (its video processor class reads it)."""
         s = self.settings
-        config = {k: v for k, v in asdict(s).items() if k not in ("style", "min_pixels", "max_pixels")}
+        skipped = ("style", "min_pixels", "max_pixels")  # None: transformers' own default
+        config = {k: v for k, v in asdict(s).items() if k not in skipped and v is not None}
         config["size"] = {"shortest_edge": s.min_pixels, "longest_edge": s.max_pixels}
         config["video_processor_type"] = _HF_CLASS[s.style]
         config["do_sample_frames"] = s.num_frames is not None or s.fps is not None
@@ -189,9 +194,22 @@ class VideoProcessor:
 
 def video_size(s: VideoSettings, frames: int, height: int, width: int) -> tuple[int, int]:
     factor = s.patch_size * s.merge_size
+    max_pixels = capped_max_pixels(s, frames) if s.cap_pixels_per_frame else s.max_pixels
     if s.style == "qwen2":
-        return tuple(_C.smart_resize(height, width, factor, s.min_pixels, s.max_pixels))
-    return qwen3_video_size(frames, height, width, s.temporal_patch_size, factor, s.min_pixels, s.max_pixels)
+        return tuple(_C.smart_resize(height, width, factor, s.min_pixels, max_pixels))
+    return qwen3_video_size(frames, height, width, s.temporal_patch_size, factor, s.min_pixels, max_pixels)
+
+
+def capped_max_pixels(s: VideoSettings, frames: int) -> int:
+    """transformers' ``cap_pixels_per_frame`` budget for a video of ``frames`` frames: Qwen2-VL's
+    per-frame share of 90% of ``max_video_tokens``; Qwen3-VL's per-frame token cap, times the frames."""
+    factor = s.patch_size * s.merge_size
+    floor = int(s.min_pixels * 1.05)
+    tokens = s.max_video_tokens or _DEFAULT_VIDEO_TOKENS[s.style]
+    if s.style == "qwen2":
+        total = int(tokens * factor * factor * 0.9)
+        return max(min(s.max_pixels, total * s.temporal_patch_size // frames), floor)
+    return max(min(tokens * factor * factor, s.max_pixels // frames), floor) * frames
 
 
 def preprocess_videos(videos: list[np.ndarray], s: VideoSettings, num_threads: int | None = None):
@@ -279,6 +297,13 @@ def qwen3_video_size(
     return h_bar, w_bar
 
 
+_CONFIG_KEYS = (
+    *("patch_size", "temporal_patch_size", "merge_size", "image_mean", "image_std", "rescale_factor"),
+    *("do_rescale", "do_normalize", "resample", "min_frames", "max_frames"),
+    *("cap_pixels_per_frame", "max_video_tokens"),
+)
+
+
 def _read_config(path: str, settings: VideoSettings) -> VideoSettings:
     """Settings overridden by a transformers video processor config's known keys."""
     with open(path, encoding="utf-8") as f:
@@ -288,16 +313,7 @@ def _read_config(path: str, settings: VideoSettings) -> VideoSettings:
         "min_pixels": size.get("shortest_edge") or config.get("min_pixels"),
         "max_pixels": size.get("longest_edge") or config.get("max_pixels"),
     }
-    for name in (
-        "patch_size",
-        "temporal_patch_size",
-        "merge_size",
-        "image_mean",
-        "image_std",
-        "rescale_factor",
-    ):
-        updates[name] = config.get(name)
-    for name in ("do_rescale", "do_normalize", "resample", "min_frames", "max_frames"):
+    for name in _CONFIG_KEYS:
         updates[name] = config.get(name)
     if config.get("do_sample_frames"):
         updates["num_frames"], updates["fps"] = config.get("num_frames"), config.get("fps")

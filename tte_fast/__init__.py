@@ -18,6 +18,7 @@ _EXPORTS = {
     "InputError": "tte_fast.inputs",
     "TTEUHead": "tte_fast.heads",
     "ImageProcessor": "tte_fast.preprocess",
+    "VideoProcessor": "tte_fast.video_preprocess",
     "gradcache_step": "tte_fast.gradcache",
     "pool_normalize": "tte_fast.kernels",
     "infonce_loss": "tte_fast.kernels",

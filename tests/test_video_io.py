@@ -174,3 +174,16 @@ def test_unreadable_video_file(tmp_path):
         load_video(1, str(path), FrameSampling())
     with pytest.raises(InputError, match="input 1: cannot read video bytes"):
         load_video(1, b"this is no video", FrameSampling())
+
+
+def test_video_processor_settings_change_in_place():
+    from tte_fast.video_preprocess import VideoProcessor, VideoSettings
+
+    processor = VideoProcessor(VideoSettings(fps=2.0))
+    processor.update(num_frames=2)  # a count replaces the rate
+    assert which(processor.load(0, solid_frames(6))) == [0, 3]
+    with pytest.raises(ValueError, match="min_pixels"):
+        processor.update(max_pixels=10)
+    with pytest.raises(TypeError, match=r"unknown video settings \['frames'\]"):
+        processor.update(frames=3)
+    assert processor.settings.num_frames == 2 and processor.settings.max_pixels == VideoSettings().max_pixels

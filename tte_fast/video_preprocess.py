@@ -83,8 +83,27 @@ class VideoProcessor:
     model_input_names = ["pixel_values_videos", "video_grid_thw"]
 
     def __init__(self, settings: VideoSettings):
-        self.settings = settings
-        self.sampling = FrameSampling(
+        self._apply(settings)
+
+    def update(self, **changes) -> None:
+        """Change settings in place (``num_frames=8``, ``fps=2.0``, ``max_pixels=...``): how a loaded
+        model samples and sizes videos from now on (``model.processor.video_processor.update(...)``)."""
+        unknown = sorted(set(changes) - set(VideoSettings.__dataclass_fields__))
+        if unknown:
+            raise TypeError(f"unknown video settings {unknown}")
+        if changes.get("num_frames") is not None:
+            changes.setdefault("fps", None)  # a frame count replaces a rate (they are exclusive)
+        elif changes.get("fps") is not None:
+            changes.setdefault("num_frames", None)
+        self._apply(replace(self.settings, **changes))
+
+    def _apply(self, settings: VideoSettings) -> None:
+        """Checked first, so a bad change leaves the processor as it was."""
+        if not 0 < settings.min_pixels <= settings.max_pixels:
+            raise ValueError(
+                f"video min_pixels {settings.min_pixels} must be in (0, max_pixels {settings.max_pixels}]"
+            )
+        sampling = FrameSampling(
             style=settings.style,
             num_frames=settings.num_frames,
             fps=settings.fps,
@@ -92,10 +111,7 @@ class VideoProcessor:
             max_frames=settings.max_frames,
             temporal_patch_size=settings.temporal_patch_size,
         )
-        if not 0 < settings.min_pixels <= settings.max_pixels:
-            raise ValueError(
-                f"video min_pixels {settings.min_pixels} must be in (0, max_pixels {settings.max_pixels}]"
-            )
+        self.settings, self.sampling = settings, sampling
 
     # The attributes transformers' processors read from their video processor.
     @property

@@ -387,3 +387,25 @@ def test_the_vllm_backend_loads_a_tiny_reasoner_with_our_engines_settings(tmp_pa
     vllm, engine = reasoner("vllm"), reasoner("engine")
     assert vllm._llm is None and vllm.settings() == engine.settings()
     assert vllm.settings()["decode"]["max_think_tokens"] == 9
+
+
+def test_corpus_job_with_a_vllm_reasoner_writes_our_pipelines_table(text_path, tmp_path):
+    """``tte-fast encode``'s job with a TwoModelTTE whose reasoner thinks on a single-budget engine
+    (vLLM's shape): the table our own two-model pipeline writes (traces, embeddings, errors)."""
+    from corpus_cases import assert_same_table, sorted_table, write_corpus
+
+    from tte_fast.corpus import EncodeSettings, encode_corpus
+    from tte_fast.corpus.reader import open_corpus
+    from tte_fast.integrations.vllm_thinker import VllmThinker
+    from tte_fast.two_model import TwoModelTTE
+
+    model = UnifiedTTE.from_pretrained(text_path, device="cpu")
+    thinker = VllmThinker.from_checkpoint(text_path, llm=SingleBudgetHF(model))
+    items = [{"id": f"d{i}", "text": t} for i, t in enumerate(TEXTS[:4])]
+    items.append({"id": "img", "image": "cat.png"})  # an image on a text model: an error row
+    corpus = open_corpus(write_corpus(tmp_path, items))
+    for name, reasoner in (("vllm", thinker), ("ours", model)):
+        settings = EncodeSettings(max_think_tokens=4, think=True)
+        encode_corpus(TwoModelTTE(reasoner, model), corpus, str(tmp_path / name), settings, progress=False)
+    assert_same_table(sorted_table(tmp_path / "vllm"), sorted_table(tmp_path / "ours"))
+    assert sorted_table(tmp_path / "vllm").column("error").null_count == 4

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 from types import SimpleNamespace
@@ -101,7 +102,9 @@ class RemoteLLM:
         raise RuntimeError(f"the vLLM worker exited (code {self.proc.wait()}):\n{tail}")
 
     def close(self) -> None:
+        """Stop the worker and remove its scratch folder (a failure's log tail is in its error)."""
         if self.proc.poll() is None:
             self.proc.stdin.close()
             self.proc.wait(timeout=60)
         self.log.close()
+        shutil.rmtree(self.work, ignore_errors=True)

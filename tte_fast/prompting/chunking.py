@@ -5,8 +5,9 @@ are split per sample:
 
 - tensors and lists whose first dimension is the batch size are split on it;
 - Qwen-VL media are per-image, not per-sample: ``pixel_values`` [sum of patches, C*T*P*P] and
-  ``image_grid_thw`` [n_images, 3] (likewise ``pixel_values_videos`` / ``video_grid_thw``) are
-  split so each chunk keeps exactly its own samples' images and patches;
+  ``image_grid_thw`` [n_images, 3] (likewise ``pixel_values_videos`` / ``video_grid_thw``, and
+  Qwen2.5-VL's ``second_per_grid_ts``, one per video) are split so each chunk keeps exactly its own
+  samples' images and patches;
 - any other value (None, flags, strings) is handed unchanged to every chunk.
 
 Which images belong to which sample (samples may hold zero, one or several images, in order):
@@ -26,6 +27,8 @@ import torch
 
 from tte_fast.settings.checks import positive_int
 
+# Per-video values besides the patches and grids (one entry per video_grid_thw row).
+_PER_VIDEO = ("second_per_grid_ts",)
 # (patch tensor, grid tensor, mm_token_type_ids value, optional per-sample count key)
 _MEDIA = (
     ("pixel_values", "image_grid_thw", 1, "image_counts"),
@@ -149,6 +152,9 @@ def split_inputs(inputs, chunk_size: int) -> list:
         if inputs.get(patch_key) is not None:
             cut = _cut(inputs[patch_key], patch_sizes)
             pieces[patch_key] = [p if c else None for p, c in zip(cut, image_sizes)]
+        for key in _PER_VIDEO if grid_key == "video_grid_thw" else ():
+            if inputs.get(key) is not None:
+                pieces[key] = [v if c else None for v, c in zip(_cut(inputs[key], image_sizes), image_sizes)]
     for key, value in inputs.items():
         if key in pieces or key in _COUNT_KEYS:
             continue

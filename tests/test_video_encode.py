@@ -152,3 +152,16 @@ def test_external_reasoners_refuse_video():
 
     with pytest.raises(InputError, match="input 2: has a video; external reasoners"):
         build_prompt(None, 2, {"video": frames(0, 2, 8, 8), "text": "x"}, "query", None)
+
+
+def test_packed_prefill_embeds_videos_as_padded(tiny_checkpoints, inputs):
+    """The engine's packed admission prefill (SDPA per prompt here; flash-attn / xformers on GPU)
+    gives video prompts the same positions and embeddings as the padded one."""
+    path = tiny_checkpoints["qwen2_5_vl"]
+    packed = UnifiedTTE.from_pretrained(path, device="cpu", prefill_attention="sdpa_varlen")
+    padded = UnifiedTTE.from_pretrained(path, device="cpu", prefill_attention="padded")
+    assert (packed.prefill_attention, padded.prefill_attention) == ("sdpa_varlen", "padded")
+    ours = packed.encode(inputs, think=True, max_think_tokens=THINK, batch_size=3)  # through the engine
+    theirs = padded.encode(inputs, think=True, max_think_tokens=THINK, batch_size=3)
+    assert [s.tolist() for s in ours.sequences] == [s.tolist() for s in theirs.sequences]
+    torch.testing.assert_close(ours.embeddings, theirs.embeddings, atol=ATOL, rtol=0)

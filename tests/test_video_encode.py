@@ -165,3 +165,10 @@ def test_packed_prefill_embeds_videos_as_padded(tiny_checkpoints, inputs):
     theirs = padded.encode(inputs, think=True, max_think_tokens=THINK, batch_size=3)
     assert [s.tolist() for s in ours.sequences] == [s.tolist() for s in theirs.sequences]
     torch.testing.assert_close(ours.embeddings, theirs.embeddings, atol=ATOL, rtol=0)
+
+
+def test_prompts_without_chat_template_refuse_video(tiny_checkpoints):
+    plain = {"chat": False, "image_placeholder": "<|image_pad|>"}
+    model = UnifiedTTE.from_pretrained(tiny_checkpoints["qwen2_vl"], device="cpu", prompts=plain)
+    with pytest.raises(InputError, match=r"input 1: has a video, but this model's prompts \(chat=False\)"):
+        model.encode(["fine", {"video": frames(0, 2, 20, 20)}], think=False)

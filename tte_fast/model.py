@@ -436,6 +436,8 @@ class UnifiedTTE:
                 if (item.image is not None or item.video is not None) and not self.vision:
                     media = "an image" if item.image is not None else "a video"
                     raise InputError(i, f"has {media}, but {self.model_type!r} is a text-only model")
+                if item.video is not None and not self.config.prompts.chat:
+                    raise InputError(i, "has a video, but this model's prompts (chat=False) take no video")
             except InputError as e:
                 if on_error == "raise":
                     raise

@@ -187,3 +187,14 @@ def test_video_processor_settings_change_in_place():
     with pytest.raises(TypeError, match=r"unknown video settings \['frames'\]"):
         processor.update(frames=3)
     assert processor.settings.num_frames == 2 and processor.settings.max_pixels == VideoSettings().max_pixels
+
+
+def test_trace_keys_tell_videos_apart():
+    """The trace job keys training inputs by content: two records differing only in their video differ."""
+    from tte_fast.traces.sources import training_key
+
+    assert training_key("query", {"text": "t", "video": "a"}) != training_key(
+        "query", {"text": "t", "video": "b"}
+    )
+    assert training_key("query", {"text": "t", "video": "a"}) != training_key("query", {"text": "t"})
+    assert training_key("query", {"text": "t", "video": None}) == training_key("query", {"text": "t"})

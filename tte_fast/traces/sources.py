@@ -50,7 +50,10 @@ def model_input(raw: dict) -> dict:
 
 def training_key(side: str, raw: dict) -> str:
     x = model_input(raw)
-    return f"{side}:" + digest("trace-input", x.get("text"), x.get("instruction"), x.get("image"))[:32]
+    # A video joins the key only where given, so the keys of inputs without one stay as they were.
+    video = [x["video"]] if "video" in x else []
+    parts = ("trace-input", x.get("text"), x.get("instruction"), x.get("image"), *video)
+    return f"{side}:" + digest(*parts)[:32]
 
 
 def eval_key(task: str, side: str, raw: dict) -> str:

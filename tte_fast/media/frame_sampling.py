@@ -4,8 +4,9 @@ Two rules exist, and a checkpoint uses its model's: ``"qwen2"`` (Qwen2-VL and Qw
 ``arange(0, total, total / n)`` truncated, ``n`` a multiple of the temporal patch size) and
 ``"qwen3"`` (Qwen3-VL: ``linspace(0, total - 1, n)`` rounded, ``n`` clamped to [min_frames,
 max_frames], which repeats frames of a short video). ``n`` is a fixed ``num_frames`` or follows
-``fps`` (the source's frame rate must be known). With neither, every frame is read (transformers'
-``do_sample_frames=False``).
+``fps``. With neither, every frame is read (transformers' ``do_sample_frames=False``). Where the
+source's frame rate is unknown (a list or folder of frames), ``fps`` reads every frame: such a video
+is taken as already sampled, where transformers would assume 24 frames a second and thin it out.
 """
 
 from __future__ import annotations

@@ -81,3 +81,11 @@ def test_encode_a_corpus_with_videos(tiny_checkpoints, tmp_path, capsys):
     ]
     expected = model.encode(inputs, think=False).embeddings
     torch.testing.assert_close(torch.as_tensor(embeddings_of(table)), expected, atol=1e-5, rtol=0)
+
+
+def test_manifest_columns_of_older_jobs_still_match():
+    """Jobs written before videos were read recorded four columns: with the default video column the
+    manifest is the same, so they resume; a renamed video column is recorded."""
+    assert Columns().to_dict() == {"id": "id", "text": "text", "image": "image", "instruction": "instruction"}
+    assert Columns(video="clip").to_dict()["video"] == "clip"
+    assert Columns(**Columns(video="clip").to_dict()) == Columns(video="clip")

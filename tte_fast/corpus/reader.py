@@ -42,7 +42,10 @@ class Columns:
     video: str = "video"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if out["video"] == "video":  # as jobs written before videos were read record it: they resume
+            del out["video"]
+        return out
 
 
 def to_input(record, columns: Columns = Columns(), image_root: str | None = None):

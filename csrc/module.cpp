@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "decode_attention.h"
 #include "image_view.h"
 #include "parallel.h"
 #include "pillow_resample.h"
@@ -252,7 +253,8 @@ py::array_t<uint8_t> resize_uint8(const py::array& image, int64_t height, int64_
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "tte_fast C++ extension: batched Qwen-VL image preprocessing";
+  m.doc() = "tte_fast C++ extension: batched Qwen-VL image preprocessing, CPU decode attention";
+  tte::register_decode_attention(m);
   m.def(
       "smart_resize",
       [](long height, long width, long factor, long min_pixels, long max_pixels) {

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import assert_rel_close
-from kernel_cases import on_every_backend, poison_empty
+from kernel_cases import CASES, poison_empty
 
 from tte_fast import kernels
 from tte_fast.runtime.slot_attention import ROWS, slot_attention_reference, visible_lengths
@@ -15,6 +15,16 @@ from tte_fast.runtime.slot_cache import SlotCache
 # Inputs are rounded to the dtype first, so only the fp32 accumulation (fp32) or the output's
 # rounding to the dtype (fp16 / bf16) separates a backend from the float64 reference.
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 2 * 2**-10, torch.bfloat16: 2 * 2**-7}
+# The shared kernel backends, and the C++ extension's CPU kernel (float32 and bfloat16).
+DECODE_CASES = [*CASES, ("cpp", "cpu")]
+on_every_backend = pytest.mark.parametrize(
+    "backend,device", DECODE_CASES, ids=[f"{b}-{d}" for b, d in DECODE_CASES]
+)
+
+
+def skip_unsupported(backend, dtype) -> None:
+    if backend == "cpp" and dtype == torch.float16:
+        pytest.skip("the C++ kernel takes float32 and bfloat16")
 
 
 @pytest.fixture(autouse=True)
@@ -60,6 +70,7 @@ def reference(query, key, value, lengths, rows, bias, scaling=None):
 def test_decode_attention_matches_reference(
     backend, device, dtype, slots, heads, kv_heads, width, dim, busy, extra
 ):
+    skip_unsupported(backend, dtype)
     for _ in range(2):  # two fresh draws per case
         query, key, value, lengths, rows, bias = slot_inputs(
             slots, heads, kv_heads, width, dim, dtype, device, busy, extra
@@ -111,10 +122,32 @@ def test_decode_attention_over_a_slot_cache_step(backend, device, dtype):
     assert_rel_close(out, expected, TOLERANCE[dtype], "output")
 
 
-def test_decode_attention_auto_picks_torch_on_cpu():
-    query, key, value, lengths, _, bias = slot_inputs(2, 2, 1, 9, 8, torch.float32, "cpu", 2)
+@pytest.mark.parametrize(
+    "dtype, backend", [(torch.float32, "cpp"), (torch.bfloat16, "cpp"), (torch.float16, "torch")]
+)
+def test_decode_attention_auto_on_cpu(dtype, backend):
+    """On CPU, auto runs the C++ kernel where it applies and the torch formula elsewhere."""
+    query, key, value, lengths, _, bias = slot_inputs(2, 2, 1, 9, 8, dtype, "cpu", 2)
     out = kernels.decode_attention(query, key, value, lengths)
-    assert torch.equal(out, kernels.decode_attention(query, key, value, lengths, backend="torch"))
+    assert torch.equal(out, kernels.decode_attention(query, key, value, lengths, backend=backend))
+    if backend == "torch":
+        with pytest.raises(ValueError, match="backend='cpp' takes CPU float32 / bfloat16"):
+            kernels.decode_attention(query, key, value, lengths, backend="cpp")
+
+
+def test_cpp_kernel_checks_rows_and_lengths_itself():
+    """Rows and lengths that bypass the Python checks still raise in the extension, never read out
+    of bounds; a zero-length row gives zeros, not NaN."""
+    from tte_fast.kernels.decode_attention_cpp import decode_attention_cpp
+
+    q, k, v = torch.randn(1, 2, 1, 8), torch.randn(2, 1, 4, 8), torch.randn(2, 1, 4, 8)
+    with pytest.raises(ValueError, match="row 0 names slot 2 of 2"):
+        decode_attention_cpp(q, k, v, [2], [1], 1.0)
+    with pytest.raises(ValueError, match=r"row 0 length 5 outside 0..4"):
+        decode_attention_cpp(q, k, v, [1], [5], 1.0)
+    with pytest.raises(ValueError, match="rows and lengths differ"):
+        decode_attention_cpp(q, k, v, [1], [], 1.0)
+    assert torch.equal(decode_attention_cpp(q, k, v, [0], [0], 1.0), torch.zeros(1, 1, 2, 8))
 
 
 def _bad_cases():

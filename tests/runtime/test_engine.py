@@ -166,6 +166,36 @@ def test_compiled_engine_steps_equal_eager(tiny_checkpoints):
     assert compiled.runner.shapes.seen == {(3, compiled._engine.cache.length)}
 
 
+def test_a_compiled_engine_steps_its_tail_eagerly(tiny_checkpoints):
+    """While fewer than COMPILED_SHARE of the slots are busy (the tail of a run) a compiled engine
+    runs the eager step over the busy rows alone, not the compiled step over every slot; results
+    equal an eager engine's."""
+    torch._dynamo.reset()
+    path = tiny_checkpoints["qwen2"]
+    # No </think>: every row runs its own budget.
+    compiled = UnifiedTTE.from_pretrained(path, device="cpu", compile="eager", think_end_token="")
+    eager = UnifiedTTE.from_pretrained(path, device="cpu", think_end_token="")
+    calls = []
+    step = compiled.runner.step
+    compiled.runner.step = lambda *args: calls.append(args[0].shape[0]) or step(*args)
+    budgets = [1, 2, 3, 6]  # busy slots of 4 by step: 4, 4, 3 (a share of 0.75), 2, then 1 three times
+    results, steps = {}, {}
+    for name, model in (("compiled", compiled), ("eager", eager)):
+        engine = Engine(model, slots=4, admit_at=4)
+        futures = [
+            engine.submit(check_input(i, f"input {i}"), model.decode_options(max_think_tokens=b), index=i)
+            for i, b in enumerate(budgets)
+        ]
+        engine.run_until_done()
+        results[name], steps[name] = [f.result() for f in futures], engine.steps
+    assert [r.generated_tokens for r in results["compiled"]] == budgets
+    assert steps == {"compiled": 7, "eager": 7}
+    assert calls == [4, 4, 4], "the compiled step runs over every slot, only while 3 or 4 are busy"
+    for got, want in zip(results["compiled"], results["eager"]):
+        assert got.trace == want.trace
+        torch.testing.assert_close(got.embedding, want.embedding, atol=ATOL, rtol=0)
+
+
 @pytest.mark.parametrize("admit_at, prefills", [(4, 2), (1, 5)])
 def test_admissions_wait_for_admit_at_free_slots(model, admit_at, prefills):
     """Four slots, four inputs that end one step apart, then four more waiting: with admit_at=4 the

@@ -9,15 +9,20 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tte_fast.runtime.slot_attention import ROWS, slot_attention, slot_attention_reference
+from tte_fast.runtime import slot_attention as slot_attention_module
+from tte_fast.runtime.slot_attention import ROWS, VISIBLE, slot_attention, slot_attention_reference
 from tte_fast.runtime.slot_cache import WIDTH_STEP, SlotCache
 
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 
 
+@pytest.mark.parametrize("kernel", [True, False], ids=["cpp", "grouped-matmuls"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("seed", range(3))
-def test_busy_slots_attend_as_a_gathered_reference(seed, dtype):
+def test_busy_slots_attend_as_a_gathered_reference(seed, dtype, kernel, monkeypatch):
+    """Through the C++ kernel (eager CPU steps) and through the grouped matmuls it falls back to."""
+    if not kernel:
+        monkeypatch.setattr(slot_attention_module, "cpp_supported", lambda *_: False)
     gen = torch.Generator().manual_seed(seed)
     slots, heads, kv_heads, dim, length = 6, 4, 2, 8, 400  # a window under a third of it: a view
     cache = SlotCache(2, slots, kv_heads, dim, length, dtype, "cpu")
@@ -37,6 +42,7 @@ def test_busy_slots_attend_as_a_gathered_reference(seed, dtype):
     assert keys.untyped_storage().data_ptr() == cache.keys[1].untyped_storage().data_ptr()
     assert values.untyped_storage().data_ptr() == cache.values[1].untyped_storage().data_ptr()
     assert getattr(keys, ROWS).tolist() == busy
+    assert getattr(keys, VISIBLE) == (busy, [lengths[i] + 1 for i in busy])
     query = torch.randn(len(busy), heads, 1, dim, generator=gen, dtype=dtype)
     bias = cache.attention_bias(dtype)
     module = SimpleNamespace(num_key_value_groups=heads // kv_heads, is_causal=True)  # as HF's attention

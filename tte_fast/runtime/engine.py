@@ -57,6 +57,9 @@ from tte_fast.runtime.slot_cache import SlotCache
 from tte_fast.runtime.stop import RowBook, RowState, StopReason
 from tte_fast.settings.checks import positive_int
 
+# Busy share of the slots from which a compiled engine runs its compiled step over every slot.
+COMPILED_SHARE = 0.75
+
 
 @dataclass
 class EngineResult:
@@ -420,12 +423,15 @@ class Engine:
         """One token for every busy slot. Compiled steps always run all slots over the whole slot
         length (one fixed shape); eager steps run only the busy ones, over the columns they use,
         attending over the cache in place (``tte_fast.runtime.slot_attention``), so a lightly
-        loaded engine pays neither for empty slots nor for columns nobody has written."""
+        loaded engine pays neither for empty slots nor for columns nobody has written. A compiled
+        engine steps eagerly while fewer than ``COMPILED_SHARE`` of its slots are busy (a run's tail),
+        where the busy rows alone cost less than the compiled step over every slot."""
         model, runner = self.model, self.runner
         device = self.cache.positions.device
         busy = [i for i, s in enumerate(self.slots) if s is not None]
-        rows = None if runner.compiled or len(busy) == len(self.slots) else busy
-        self.cache.select(rows, windowed=not runner.compiled)
+        compiled = runner.compiled and len(busy) >= COMPILED_SHARE * len(self.slots)
+        rows = None if compiled or len(busy) == len(self.slots) else busy
+        self.cache.select(rows, windowed=not compiled)
         order = list(range(len(self.slots))) if rows is None else rows
         index = None if rows is None else torch.tensor(rows, device=device)
         tokens = (self.book.next_feed if index is None else self.book.next_feed[index]).view(len(order), 1)
@@ -434,13 +440,14 @@ class Engine:
         positions = decode_position_ids(text_pos, deltas)
         bias = self.cache.attention_bias(next(model.hf_model.parameters()).dtype)
         alive = [i for i in busy if self._states[i] == RowState.ALIVE]
-        if runner.compiled:
+        if compiled:
             runner.shapes.record((len(self.slots), self.cache.length))
-        attention = self._compiled_attention if runner.compiled else SLOT_ATTENTION
+        attention = self._compiled_attention if compiled else SLOT_ATTENTION
         try:
             with stage("decode_step"), text_attention(model.hf_model, attention):
                 if alive:
-                    hidden, logits = runner.step(tokens, positions, bias, self.cache, None)
+                    step = runner.step if compiled else runner.decode_step
+                    hidden, logits = step(tokens, positions, bias, self.cache, None)
                 else:
                     hidden, logits = runner.decode_hidden(tokens, positions, bias, self.cache, None), None
         finally:

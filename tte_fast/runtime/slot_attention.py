@@ -4,16 +4,18 @@ An eager engine step runs its linear layers on the busy slots only, but their ke
 among every slot's in the cache. Gathering those rows for the attention copies them, every layer
 and step (on CPU that copy was about a fifth of a step). Here each layer's cache ``update``
 returns every slot's keys and values as a view, cut to the columns the busy slots use, with the
-busy rows attached (``ROWS``); the attention places the busy queries among zero ones and runs one
-small matmul per slot and key head over all slots (a query's grouped heads packed onto their key
-head instead of repeating the keys), whose bias keeps each slot to its own columns, then keeps the
-busy rows. Idle slots cost one zero query each against their columns; nothing is copied. The
-arithmetic is transformers' eager attention (scores in the input dtype, softmax in float32).
+busy rows attached (``ROWS``) and, in an eager step, the host lists of each busy row's slot and
+visible columns (``VISIBLE``). On CPU the C++ extension's kernel
+(``tte_fast.kernels.decode_attention_cpp``) then reads each busy slot's own columns in place, so
+neither idle slots nor unwritten columns cost anything. Without it (float16, a compiled step's
+fixed shape) the attention places the busy queries among zero ones and runs one small matmul per
+slot and key head over all slots (a query's grouped heads packed onto their key head instead of
+repeating the keys), with transformers' eager arithmetic (scores in the input dtype, softmax in
+float32), whose bias keeps each slot to its own columns, then keeps the busy rows.
 
-On CUDA tensors it runs ``tte_fast.kernels.decode_attention`` instead (a Triton kernel: one program
-per busy row and key head reads that slot's columns in place, so idle slots cost nothing). Each
-slot's visible columns come from the bias: its zero entries, which the slot cache's bias puts on
-columns ``0 .. position`` (a prefix).
+On CUDA tensors it runs ``tte_fast.kernels.decode_attention``'s Triton kernel (one program per busy
+row and key head reads that slot's columns in place). Each slot's visible columns come from the
+bias: its zero entries, which the slot cache's bias puts on columns ``0 .. position`` (a prefix).
 
 ``attend`` is the entry point of both decoders: transformers' layers reach it through the
 registered attention function ``slot_attention``, the fused decoder (``tte_fast.runtime.fused_decoder``)
@@ -27,9 +29,16 @@ from __future__ import annotations
 
 import torch
 
+from tte_fast.kernels.decode_attention_cpp import cpp_supported, decode_attention_cpp
+
 SLOT_ATTENTION = "tte_fast_slot_attention"
 # Attribute of the key view a slot cache returns: the slot of each query row (absent: all slots).
 ROWS = "_tte_slot_rows"
+# Attribute of a windowed step's key view: host lists (slot of each query row, its visible columns).
+VISIBLE = "_tte_slot_visible"
+# bfloat16 steps use the C++ kernel below this share of visible columns in the slot grid (measured:
+# per visible column it costs about 3.5x what the bf16 matmuls cost per column of the grid).
+CPP_BF16_SHARE = 0.3
 
 
 def slot_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -51,12 +60,24 @@ def attend(query, key, value, bias, scaling=None) -> torch.Tensor:
         # Rows and lengths are in range by construction (no device sync to check them per layer).
         lengths = visible_lengths(bias)
         return decode_attention(query, key, value, lengths, rows, scale, check_values=False)
+    visible = getattr(key, VISIBLE, None)
+    if visible is not None and cpp_supported(query, key) and _kernel_pays(query, key, visible[1]):
+        return decode_attention_cpp(query, key, value, *visible, scale)
     if rows is not None:
         placed = query.new_zeros((key.shape[0], *query.shape[1:]))
         placed[rows] = query
         query = placed
     out = grouped_attention(query, key, value, bias, scale)
     return out if rows is None else out[rows]
+
+
+def _kernel_pays(query, key, lengths: list[int]) -> bool:
+    """Whether the C++ kernel beats the grouped matmuls over every slot and column: in float32 always;
+    in bfloat16, whose matmuls run on the CPU's bf16 dot-product units while the kernel computes in
+    float32, only when the busy rows' visible columns are under ``CPP_BF16_SHARE`` of the grid."""
+    if query.dtype != torch.bfloat16:
+        return True
+    return sum(lengths) < CPP_BF16_SHARE * key.shape[0] * key.shape[2]
 
 
 def grouped_attention(query, key, value, bias, scale: float) -> torch.Tensor:

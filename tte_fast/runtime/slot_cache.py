@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache
 
-from tte_fast.runtime.slot_attention import ROWS
+from tte_fast.runtime.slot_attention import ROWS, VISIBLE
 
 # Widths of an eager step's attention are multiples of this (a bounded set of shapes).
 WIDTH_STEP = 64
@@ -40,6 +40,7 @@ class SlotCache(Cache):
         self._rows = self._all_rows  # the slots the current step runs (``select``)
         self._selected: torch.Tensor | None = None  # those rows, None when they are all slots
         self._width = length  # the columns the current step attends over
+        self._visible: tuple[list[int], list[int]] | None = None  # host (rows, lengths) of a windowed step
         self._mark_static()
 
     def _mark_static(self) -> None:
@@ -71,17 +72,21 @@ class SlotCache(Cache):
         device = self._all_rows.device
         self._selected = None if rows is None else torch.tensor(rows, device=device)
         self._rows = self._all_rows if rows is None else self._selected
-        width = self.length
+        width, self._visible = self.length, None
         if windowed:
-            used = max(self.host_positions[i] for i in (range(self.slots) if rows is None else rows)) + 1
+            host_rows = list(range(self.slots)) if rows is None else list(rows)
+            used = max(self.host_positions[i] for i in host_rows) + 1
             width = min(self.length, -(-used // WIDTH_STEP) * WIDTH_STEP)
             if not self._all_rows.is_cuda and width * CPU_WINDOW_SHARE > self.length:
                 width = self.length
+            # Each row sees its columns 0 .. position (the one this step writes), as the bias says.
+            self._visible = (host_rows, [self.host_positions[i] + 1 for i in host_rows])
         self._width = width
 
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
         """Write one new column per selected slot (a decode step); return every slot's keys and
-        values over the step's columns (views), the selected rows attached as ``ROWS``."""
+        values over the step's columns (views), the selected rows attached as ``ROWS`` and, in a
+        windowed step, the host lists of the rows and their visible columns as ``VISIBLE``."""
         n_rows = self._rows.shape[0]
         if key_states.shape[0] != n_rows or key_states.shape[2] != 1:
             raise ValueError(
@@ -92,11 +97,13 @@ class SlotCache(Cache):
         positions = self.positions[self._rows]
         keys[self._rows, :, positions] = key_states[:, :, 0]
         values[self._rows, :, positions] = value_states[:, :, 0]
-        if self._selected is None and self._width == self.length:
+        if self._visible is None and self._width == self.length:
             return keys, values  # the fixed-shape step (compiled: the buffers themselves)
         keys, values = keys[:, :, : self._width], values[:, :, : self._width]
         if self._selected is not None:
             setattr(keys, ROWS, self._selected)
+        if self._visible is not None:
+            setattr(keys, VISIBLE, self._visible)
         return keys, values
 
     def advance(self, rows: list[int]) -> None:

@@ -9,8 +9,10 @@ attention: query head h reads key head ``h // (H // H_kv)``). Returns ``[B, 1, H
 query's dtype, the layout transformers' attention functions return.
 
 Backends: ``"triton"`` (``decode_attention_triton``: one program per busy row and key head, online
-softmax in fp32; on CPU tensors only under ``TRITON_INTERPRET=1``), ``"torch"`` (the plain formula,
-fp32, masked from ``lengths``), ``"auto"`` / None: Triton on CUDA, torch elsewhere.
+softmax in fp32; on CPU tensors only under ``TRITON_INTERPRET=1``), ``"cpp"`` (``decode_attention_cpp``:
+the same algorithm in the C++ extension, CPU float32 / bfloat16), ``"torch"`` (the plain formula,
+fp32, masked from ``lengths``), ``"auto"`` / None: Triton on CUDA, C++ on CPU where it applies,
+torch elsewhere.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ import os
 
 import torch
 
+from .decode_attention_cpp import cpp_supported, decode_attention_cpp
 from .validation import _shape, check_tensor
 
-DECODE_BACKENDS = ("auto", "triton", "torch")
+DECODE_BACKENDS = ("auto", "triton", "cpp", "torch")
 
 
 def _check_index(name: str, t, size: int, device) -> None:
@@ -83,11 +86,19 @@ def check_decode_inputs(query, key, value, lengths, rows, scaling, check_values:
     return rows, scale
 
 
-def resolve_decode_backend(backend, device: torch.device) -> str:
+def resolve_decode_backend(backend, query: torch.Tensor, key: torch.Tensor) -> str:
+    device = query.device
     if backend is None or backend == "auto":
-        return "triton" if device.type == "cuda" and importlib.util.find_spec("triton") else "torch"
+        if device.type == "cuda":
+            return "triton" if importlib.util.find_spec("triton") else "torch"
+        return "cpp" if cpp_supported(query, key) else "torch"
     if backend not in DECODE_BACKENDS:
         raise ValueError(f"backend must be one of {DECODE_BACKENDS} or None, got {backend!r}")
+    if backend == "cpp" and not cpp_supported(query, key):
+        raise ValueError(
+            f"backend='cpp' takes CPU float32 / bfloat16 tensors with the C++ extension built, got "
+            f"{query.dtype} on {device}"
+        )
     if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(
             f"backend='triton' needs CUDA tensors (got {device}); on CPU set TRITON_INTERPRET=1 "
@@ -122,7 +133,11 @@ def decode_attention(
     """See the module docstring. ``check_values=False`` skips the value checks of ``rows`` and
     ``lengths`` (their device sync), for callers whose indices are in range by construction."""
     rows, scale = check_decode_inputs(query, key, value, lengths, rows, scaling, check_values)
-    backend = resolve_decode_backend(backend, query.device)
+    backend = resolve_decode_backend(backend, query, key)
+    if backend == "cpp":
+        row_list = rows.tolist()
+        visible = lengths.tolist()
+        return decode_attention_cpp(query, key, value, row_list, [visible[r] for r in row_list], scale)
     if backend == "triton":
         from .decode_attention_triton import decode_attention_triton
 

@@ -1,0 +1,194 @@
+"""One engine decode step against the time of its matmuls alone, and where the rest goes.
+
+A step of the continuous-batching engine: every slot busy at ``--context`` cached tokens, one token
+fed per slot onto the slot cache (``Runner.decode_step``, as ``Engine`` calls it), then the greedy
+pick (``greedy_tokens``). Timed for both decoders (``fused``: tte_fast.runtime.fused_decoder;
+``transformers``: transformers' modules) at each ``--batches`` size, against ``matmuls``: the same
+step's linear layers (fused shapes) and LM head alone, on inputs of the same sizes, which is what
+a step cannot go under. A profile of the fused step sorts its time into matmuls, attention,
+other ops (norms, rotary, activations, cache writes) and the host.
+
+The model: ``--model`` (a checkpoint folder, e.g. the vLLM peer's SmolLM2-135M-Instruct) or, by
+default, random weights of SmolLM2-135M-Instruct's shape (a Llama: hidden 576, 30 layers, 9 heads,
+3 KV heads, vocabulary 49,152, tied embeddings), built in memory (no download). Goal on CPU: the
+fused step within 1.5x of its matmuls at batch 16 and 64.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from tte_fast.runtime.runner import Runner
+from tte_fast.runtime.sampling import greedy_tokens
+from tte_fast.runtime.slot_cache import SlotCache
+
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+
+SMOLLM2_135M = dict(
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    vocab_size=49152,
+    tie_word_embeddings=True,
+    max_position_embeddings=8192,
+    rms_norm_eps=1e-5,
+)
+# Profiler op names by where a step's time goes.
+CATEGORIES = {
+    "matmuls": ("aten::mm", "aten::addmm", "aten::linear"),
+    "attention": ("aten::bmm", "aten::baddbmm", "aten::_softmax", "aten::_scaled_dot_product"),
+}
+
+
+def load_model(args, dtype):
+    if args.model:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).eval()
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M)).to(dtype).eval()
+
+
+def busy_cache(model, batch: int, context: int) -> SlotCache:
+    """Every slot busy at ``context`` cached tokens (random keys and values)."""
+    cache = SlotCache.for_model(model, batch, -(-(context + 1) // 64) * 64)
+    for store in (*cache.keys, *cache.values):
+        store.normal_()
+    cache.positions.fill_(context)
+    cache.host_positions = [context] * batch
+    return cache
+
+
+def step_fn(runner: Runner, cache: SlotCache, batch: int, context: int):
+    dtype = cache.keys[0].dtype
+    vocab = runner.lm_head.weight.shape[0]
+    tokens = torch.randint(0, vocab, (batch, 1))
+    positions = torch.full((batch, 1), context)
+
+    def step():
+        cache.select(None, windowed=not runner.compiled)
+        try:
+            _, logits = runner.step(tokens, positions, cache.attention_bias(dtype), cache)
+        finally:
+            cache.select(None)
+        return greedy_tokens(logits)
+
+    return step
+
+
+def matmuls_fn(model, batch: int):
+    """The step's linear layers (fused shapes) and LM head on random inputs of the step's sizes."""
+    weights = []
+    for layer in model.model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        weights += [
+            torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
+            attn.o_proj.weight,
+            torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]),
+            mlp.down_proj.weight,
+        ]
+    weights.append(model.lm_head.weight)
+    inputs = [torch.randn(batch, w.shape[1], dtype=w.dtype) for w in weights]
+
+    def run():
+        for x, w in zip(inputs, weights):
+            F.linear(x, w)
+
+    return run
+
+
+def breakdown(step, repeats: int) -> dict[str, float]:
+    """Milliseconds per step by kind of op (the profiler's self CPU time: with several threads it
+    can exceed the wall time)."""
+    from torch.profiler import profile
+
+    step()
+    with profile() as prof:
+        for _ in range(repeats):
+            step()
+    spent = dict.fromkeys([*CATEGORIES, "other ops"], 0.0)
+    for event in prof.key_averages():
+        kind = next((k for k, names in CATEGORIES.items() if event.key.startswith(names)), "other ops")
+        spent[kind] += event.self_cpu_time_total / 1e3 / repeats
+    return spent
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", default=None, help="checkpoint folder (default: random SmolLM2-135M shape)"
+    )
+    parser.add_argument("--batches", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--context", type=int, default=128, help="cached tokens per slot")
+    harness.add_common_args(parser, repeats=10, dtype="bfloat16")
+    args = parser.parse_args(argv)
+    dtype = harness.DTYPES[args.dtype]
+    model = load_model(args, dtype)
+    rows, report = [], {"points": []}
+    with torch.inference_mode():
+        for batch in args.batches:
+            fns = {
+                "matmuls": matmuls_fn(model, batch),
+                "fused": step_fn(
+                    Runner(model, decoder="fused"),
+                    busy_cache(model, batch, args.context),
+                    batch,
+                    args.context,
+                ),
+                "transformers": step_fn(
+                    Runner(model, decoder="transformers"),
+                    busy_cache(model, batch, args.context),
+                    batch,
+                    args.context,
+                ),
+            }
+            times = harness.median_times(fns, args.device, args.repeats, warmup=2)
+            spent = breakdown(fns["fused"], max(3, args.repeats // 2))
+            base = times["matmuls"].wall_s
+            for name, t in times.items():
+                rows.append(
+                    [
+                        batch,
+                        name,
+                        f"{t.wall_s * 1e3:.1f}",
+                        f"{t.wall_s / base:.2f}x",
+                        f"{batch / t.wall_s:.0f}",
+                    ]
+                )
+            report["points"].append(
+                {
+                    "batch": batch,
+                    "ms": {k: t.wall_s * 1e3 for k, t in times.items()},
+                    "fused_breakdown_ms": spent,
+                }
+            )
+            print(
+                f"batch {batch}, fused step by kind (ms, profiled): "
+                + ", ".join(f"{k} {v:.1f}" for k, v in spent.items())
+                + f", host and rest {times['fused'].wall_s * 1e3 - sum(spent.values()):.1f}",
+                flush=True,
+            )
+    name = args.model or "random SmolLM2-135M shape"
+    harness.print_table(
+        ["batch", "path", "ms/step", "x matmuls", "tokens/s"],
+        rows,
+        title=f"decode step: {name}, {args.dtype}, {args.context} cached tokens per slot, "
+        f"{torch.get_num_threads()} threads on {harness.device_name(args.device)}",
+    )
+    harness.save_report(args, report)
+
+
+if __name__ == "__main__":
+    main()

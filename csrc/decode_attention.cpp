@@ -1,0 +1,202 @@
+// Decode attention over a slot KV cache on CPU, in place: one query token per busy slot attends
+// over that slot's own first `length` columns of keys and values, read through their strides (no
+// copy, no idle slot, no unwritten column). Grouped heads (GQA) share their key head's reads.
+// Scores, softmax and the weighted sum are in float32 (online softmax over blocks of columns, as
+// flash attention does); inputs and output are float32 or bfloat16.
+#include "decode_attention.h"
+
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "parallel.h"
+
+namespace py = pybind11;
+
+namespace tte {
+namespace {
+
+constexpr int64_t kBlock = 32;        // columns scored before one softmax rescale
+constexpr int64_t kMaxHeadDim = 256;  // scratch sizes below
+constexpr int64_t kMaxGroup = 16;
+
+inline float load(const float* p, int64_t i) { return p[i]; }
+inline float load(const uint16_t* p, int64_t i) {
+  uint32_t bits = static_cast<uint32_t>(p[i]) << 16;  // bfloat16 is float32's upper half
+  float value;
+  std::memcpy(&value, &bits, sizeof(value));
+  return value;
+}
+inline void store(float* p, int64_t i, float v) { p[i] = v; }
+inline void store(uint16_t* p, int64_t i, float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  if ((bits & 0x7fffffffu) > 0x7f800000u) {
+    p[i] = static_cast<uint16_t>((bits >> 16) | 0x40u);  // NaN stays NaN
+    return;
+  }
+  bits += 0x7fffu + ((bits >> 16) & 1u);  // round to nearest even, as torch's conversion
+  p[i] = static_cast<uint16_t>(bits >> 16);
+}
+
+// exp(x) for x <= 0 in a form the compiler vectorises (libm's expf is a scalar call per score, which
+// dominated the kernel): x = n ln2 + r with |r| <= ln2 / 2 (Cody-Waite split of ln2), exp(r) by its
+// degree-7 Taylor polynomial (relative error under 2e-7), times 2^n built in the exponent bits.
+inline float exp_nonpositive(float x) {
+  x = std::max(x, -87.0f);  // 2^-126 and below: 0 for our sums (and no denormal exponent bits)
+  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+// DIM > 0: the head dim as a compile-time constant (the common 64 and 128: loops unrolled, the
+// accumulators kept in registers); 0: read from the arguments.
+template <typename T, int64_t DIM>
+__attribute__((target_clones("avx512f", "avx2", "default"))) void attend_one(const DecodeAttentionArgs& a, int64_t b,
+                                                                              int64_t kv_head) {
+  const int64_t dim = DIM > 0 ? DIM : a.head_dim, group = a.heads / a.kv_heads;
+  const int64_t slot = a.rows[b], length = a.lengths[b];
+  const T* q = static_cast<const T*>(a.query) + b * a.q_stride[0];
+  const T* k = static_cast<const T*>(a.key) + slot * a.k_stride[0] + kv_head * a.k_stride[1];
+  const T* v = static_cast<const T*>(a.value) + slot * a.v_stride[0] + kv_head * a.v_stride[1];
+  T* out = static_cast<T*>(a.out) + b * a.o_stride[0];
+
+  float qf[kMaxGroup][kMaxHeadDim], acc[kMaxGroup][kMaxHeadDim], scores[kMaxGroup][kBlock];
+  float kf[kMaxHeadDim], best[kMaxGroup], total[kMaxGroup];
+  for (int64_t g = 0; g < group; g++) {
+    const T* qh = q + (kv_head * group + g) * a.q_stride[1];
+    for (int64_t i = 0; i < dim; i++) qf[g][i] = load(qh, i) * a.scale;
+    for (int64_t i = 0; i < dim; i++) acc[g][i] = 0.0f;
+    best[g] = -std::numeric_limits<float>::infinity();
+    total[g] = 0.0f;
+  }
+  for (int64_t start = 0; start < length; start += kBlock) {
+    const int64_t n = std::min(kBlock, length - start);
+    for (int64_t j = 0; j < n; j++) {
+      const T* kj = k + (start + j) * a.k_stride[2];
+      for (int64_t i = 0; i < dim; i++) kf[i] = load(kj, i);
+      for (int64_t g = 0; g < group; g++) {
+        float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+        for (int64_t i = 0; i < dim; i++) dot += qf[g][i] * kf[i];
+        scores[g][j] = dot;
+      }
+    }
+    for (int64_t g = 0; g < group; g++) {
+      float block_max = scores[g][0];
+      for (int64_t j = 1; j < n; j++) block_max = std::max(block_max, scores[g][j]);
+      const float new_best = std::max(best[g], block_max);
+      const float rescale = exp_nonpositive(best[g] - new_best);  // 0 on the first block (best = -inf)
+      total[g] *= rescale;
+      for (int64_t i = 0; i < dim; i++) acc[g][i] *= rescale;
+      for (int64_t j = 0; j < n; j++) {
+        scores[g][j] = exp_nonpositive(scores[g][j] - new_best);
+        total[g] += scores[g][j];
+      }
+      best[g] = new_best;
+    }
+    for (int64_t j = 0; j < n; j++) {
+      const T* vj = v + (start + j) * a.v_stride[2];
+      for (int64_t i = 0; i < dim; i++) kf[i] = load(vj, i);
+      for (int64_t g = 0; g < group; g++) {
+        const float p = scores[g][j];
+        for (int64_t i = 0; i < dim; i++) acc[g][i] += p * kf[i];
+      }
+    }
+  }
+  for (int64_t g = 0; g < group; g++) {
+    T* oh = out + (kv_head * group + g) * a.o_stride[1];
+    const float inv = total[g] > 0.0f ? 1.0f / total[g] : 0.0f;  // length 0: zeros, never NaN
+    for (int64_t i = 0; i < dim; i++) store(oh, i, acc[g][i] * inv);
+  }
+}
+
+template <typename T>
+void dispatch_dim(const DecodeAttentionArgs& a, int64_t b, int64_t kv_head) {
+  switch (a.head_dim) {
+    case 64: attend_one<T, 64>(a, b, kv_head); break;
+    case 128: attend_one<T, 128>(a, b, kv_head); break;
+    default: attend_one<T, 0>(a, b, kv_head);
+  }
+}
+
+void check(const DecodeAttentionArgs& a) {
+  auto fail = [](const std::string& what) { throw std::invalid_argument("decode_attention: " + what); };
+  if (a.heads <= 0 || a.kv_heads <= 0 || a.heads % a.kv_heads != 0)
+    fail("heads " + std::to_string(a.heads) + " must be a positive multiple of kv_heads " + std::to_string(a.kv_heads));
+  if (a.heads / a.kv_heads > kMaxGroup)
+    fail("at most " + std::to_string(kMaxGroup) + " query heads per key head, got " + std::to_string(a.heads / a.kv_heads));
+  if (a.head_dim <= 0 || a.head_dim > kMaxHeadDim)
+    fail("head_dim must be in 1.." + std::to_string(kMaxHeadDim) + ", got " + std::to_string(a.head_dim));
+  if (a.rows.size() != a.lengths.size()) fail("rows and lengths differ in size");
+  for (size_t b = 0; b < a.rows.size(); b++) {
+    if (a.rows[b] < 0 || a.rows[b] >= a.slots)
+      fail("row " + std::to_string(b) + " names slot " + std::to_string(a.rows[b]) + " of " + std::to_string(a.slots));
+    if (a.lengths[b] < 0 || a.lengths[b] > a.width)
+      fail("row " + std::to_string(b) + " length " + std::to_string(a.lengths[b]) + " outside 0.." +
+           std::to_string(a.width));
+  }
+}
+
+}  // namespace
+
+void decode_attention(const DecodeAttentionArgs& args, int64_t num_threads) {
+  check(args);
+  const int64_t tasks = static_cast<int64_t>(args.rows.size()) * args.kv_heads;
+  TaskFailure failure = parallel_for(tasks, num_threads, [&](int64_t t) {
+    const int64_t b = t / args.kv_heads, kv_head = t % args.kv_heads;
+    if (args.bfloat16) {
+      dispatch_dim<uint16_t>(args, b, kv_head);
+    } else {
+      dispatch_dim<float>(args, b, kv_head);
+    }
+  });
+  if (failure.index >= 0) std::rethrow_exception(failure.error);
+}
+
+void register_decode_attention(py::module_& m) {
+  m.def(
+      "decode_attention",
+      [](uintptr_t query, uintptr_t key, uintptr_t value, uintptr_t out, bool bfloat16, int64_t heads,
+         int64_t kv_heads, int64_t head_dim, int64_t slots, int64_t width, std::vector<int64_t> q_stride,
+         std::vector<int64_t> k_stride, std::vector<int64_t> v_stride, std::vector<int64_t> o_stride,
+         std::vector<int64_t> rows, std::vector<int64_t> lengths, float scale, int64_t num_threads) {
+        if (q_stride.size() != 2 || o_stride.size() != 2 || k_stride.size() != 3 || v_stride.size() != 3)
+          throw std::invalid_argument("decode_attention: strides must be (row, head) and (slot, head, column)");
+        tte::DecodeAttentionArgs args{reinterpret_cast<const void*>(query), reinterpret_cast<const void*>(key),
+                                      reinterpret_cast<const void*>(value), reinterpret_cast<void*>(out),
+                                      bfloat16, heads, kv_heads, head_dim, slots, width,
+                                      {q_stride[0], q_stride[1]}, {k_stride[0], k_stride[1], k_stride[2]},
+                                      {v_stride[0], v_stride[1], v_stride[2]}, {o_stride[0], o_stride[1]},
+                                      std::move(rows), std::move(lengths), scale};
+        py::gil_scoped_release release;
+        tte::decode_attention(args, num_threads);
+      },
+      py::arg("query"), py::arg("key"), py::arg("value"), py::arg("out"), py::arg("bfloat16"), py::arg("heads"),
+      py::arg("kv_heads"), py::arg("head_dim"), py::arg("slots"), py::arg("width"), py::arg("q_stride"),
+      py::arg("k_stride"), py::arg("v_stride"), py::arg("o_stride"), py::arg("rows"), py::arg("lengths"),
+      py::arg("scale"), py::arg("num_threads"),
+      "Decode attention over a slot KV cache in place (raw pointers of checked torch tensors; see "
+      "tte_fast.kernels.decode_attention_cpu).");
+}
+
+}  // namespace tte

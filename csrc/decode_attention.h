@@ -1,0 +1,31 @@
+// Decode attention over a slot KV cache on CPU (see decode_attention.cpp). Pointers and strides
+// come from torch tensors checked on the Python side (tte_fast.kernels.decode_attention_cpu); the
+// sizes, rows and lengths are checked again here, so a bad call raises instead of reading out of
+// bounds.
+#pragma once
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace tte {
+
+struct DecodeAttentionArgs {
+  const void* query;  // [B, H, d]: strides q_stride[0] (row), q_stride[1] (head); dim stride 1
+  const void* key;    // [S, H_kv, W, d]: k_stride[0..2] (slot, head, column); dim stride 1
+  const void* value;  // [S, H_kv, W, d]: v_stride[0..2]
+  void* out;          // [B, H, d]: o_stride[0] (row), o_stride[1] (head); dim stride 1
+  bool bfloat16;      // else float32
+  int64_t heads, kv_heads, head_dim, slots, width;
+  int64_t q_stride[2], k_stride[3], v_stride[3], o_stride[2];
+  std::vector<int64_t> rows;     // [B]: each query row's slot
+  std::vector<int64_t> lengths;  // [B]: columns 0 .. length - 1 of its slot are attended
+  float scale;
+};
+
+void decode_attention(const DecodeAttentionArgs& args, int64_t num_threads);
+
+// Adds `decode_attention` to the extension module.
+void register_decode_attention(pybind11::module_& m);
+
+}  // namespace tte

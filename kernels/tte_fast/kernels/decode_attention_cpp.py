@@ -1,0 +1,50 @@
+"""CPU decode attention through the C++ extension (``csrc/decode_attention.cpp``).
+
+One task per busy row and key head reads that slot's first ``length`` columns of keys and values in
+place through their strides (float32 scores and online softmax, like the Triton kernel on CUDA), on
+the extension's thread pool with the GIL released. Its plain-torch twin is ``decode_attention_torch``
+beside it in ``decode_attention.py``; the tests compare both with a float64 reference.
+"""
+
+from __future__ import annotations
+
+import torch
+
+CPP_DTYPES = (torch.float32, torch.bfloat16)
+MAX_HEAD_DIM = 256
+MAX_GROUP = 16
+
+
+def cpp_supported(query: torch.Tensor, key: torch.Tensor) -> bool:
+    """Whether the C++ kernel takes these tensors (CPU, float32 / bfloat16, its size limits, built)."""
+    if query.is_cuda or query.dtype not in CPP_DTYPES or key.dtype != query.dtype:
+        return False
+    if query.shape[-1] > MAX_HEAD_DIM or query.shape[1] // key.shape[1] > MAX_GROUP:
+        return False
+    try:
+        from tte_fast import _C
+    except ImportError:
+        return False
+    return hasattr(_C, "decode_attention")
+
+
+def decode_attention_cpp(
+    query, key, value, rows: list[int], lengths: list[int], scale: float
+) -> torch.Tensor:
+    """``query [B, H, 1, d]``, ``key/value [S, H_kv, W, d]`` (any strides but a unit last one),
+    ``rows`` and ``lengths`` host lists of B ints (each row's slot and visible columns) ->
+    ``[B, 1, H, d]``. The extension checks sizes, rows and lengths again (a ValueError, never an
+    out-of-bounds read)."""
+    from tte_fast import _C
+
+    batch, heads, _, head_dim = query.shape
+    slots, kv_heads, width, _ = key.shape
+    query, key, value = (t if t.stride(-1) == 1 else t.contiguous() for t in (query, key, value))
+    out = torch.empty(batch, 1, heads, head_dim, dtype=query.dtype, device=query.device)
+    _C.decode_attention(
+        query.data_ptr(), key.data_ptr(), value.data_ptr(), out.data_ptr(), query.dtype == torch.bfloat16,
+        heads, kv_heads, head_dim, slots, width,
+        [query.stride(0), query.stride(1)], list(key.stride()[:3]), list(value.stride()[:3]),
+        [out.stride(0), out.stride(2)], rows, lengths, scale, torch.get_num_threads(),
+    )  # fmt: skip
+    return out

@@ -263,29 +263,33 @@ def preprocess_videos(videos: list[np.ndarray], s: VideoSettings, num_threads: i
         target_sizes=sizes,
     )
     pixels = torch.from_numpy(pixels)
-    out, grids, frame, row = [], [], 0, 0
-    for video in videos:
+    T, plane = s.temporal_patch_size, s.patch_size**2
+    first_frames = np.cumsum([0] + [v.shape[0] for v in videos[:-1]])
+    rows_of = [int(frame_grids[k, 1] * frame_grids[k, 2]) for k in first_frames]  # patches a frame
+    groups_of = [math.ceil(v.shape[0] / T) for v in videos]
+    out = torch.empty(sum(r * g for r, g in zip(rows_of, groups_of)), 3 * T * plane)
+    grids, frame, row, out_row = [], 0, 0, 0
+    for video, rows, groups in zip(videos, rows_of, groups_of):
         count = video.shape[0]
+        clip = pixels[row : row + rows * count].view(count, rows, 3, plane)
+        grouped = out[out_row : out_row + groups * rows].view(groups, rows, 3, T, plane)
+        temporal_patches(clip, grouped)
         grid_h, grid_w = (int(v) for v in frame_grids[frame][1:])
-        rows = grid_h * grid_w
-        clip = pixels[row : row + rows * count].view(count, rows, 3, s.patch_size**2)
-        out.append(temporal_patches(clip, s.temporal_patch_size))
-        grids.append([math.ceil(count / s.temporal_patch_size), grid_h, grid_w])
-        frame, row = frame + count, row + rows * count
-    return torch.cat(out), torch.tensor(grids, dtype=torch.long)
+        grids.append([groups, grid_h, grid_w])
+        frame, row, out_row = frame + count, row + rows * count, out_row + groups * rows
+    return out, torch.tensor(grids, dtype=torch.long)
 
 
-def temporal_patches(frames: torch.Tensor, temporal_patch_size: int) -> torch.Tensor:
-    """[frames, patches, 3, P*P] per-frame patch rows -> [ceil(frames / T) * patches, 3 * T * P*P]:
-    the last frame repeated up to a multiple of T, each row (channel, frame, y, x), as transformers'
-    patchify lays them out."""
-    count, rows, channels, plane = frames.shape
-    pad = -count % temporal_patch_size
-    if pad:
-        frames = torch.cat([frames, frames[-1:].expand(pad, -1, -1, -1)])
-    groups = frames.shape[0] // temporal_patch_size
-    grouped = frames.view(groups, temporal_patch_size, rows, channels, plane).permute(0, 2, 3, 1, 4)
-    return grouped.reshape(groups * rows, channels * temporal_patch_size * plane)
+def temporal_patches(frames: torch.Tensor, out: torch.Tensor) -> None:
+    """[frames, patches, 3, P*P] per-frame patch rows into ``out`` [groups, patches, 3, T, P*P] (one
+    copy): frame g*T + t at (g, :, :, t), the last frame repeated up to a multiple of T, so that each
+    row is (channel, frame, y, x) as transformers' patchify lays them out."""
+    count = frames.shape[0]
+    groups, T = out.shape[0], out.shape[3]
+    whole = count // T
+    out[:whole].copy_(frames[: whole * T].unflatten(0, (whole, T)).permute(0, 2, 3, 1, 4))
+    for t in range(T if whole < groups else 0):  # the last, partial group
+        out[whole, :, :, t] = frames[min(whole * T + t, count - 1)]
 
 
 def qwen3_video_size(

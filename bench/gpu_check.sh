@@ -36,7 +36,9 @@ $PY - <<'PY' >"$OUT/device.txt" 2>&1
 import torch; print(torch.__version__, torch.cuda.get_device_name(0))
 PY
 step gpu_tests 150 $PY -m pytest -q -x tests/kernels/test_pool_normalize.py tests/kernels/test_infonce.py \
-  tests/kernels/test_decode_attention.py tests/test_gradcache.py
+  tests/kernels/test_decode_attention.py tests/test_gradcache.py tests/runtime/test_fused_decoder.py
+step decode_step 60 $PY bench/decode_step.py --device cuda --batches 1 16 64 --repeats 20 \
+  --json "$OUT/decode_step.json"  # the fused step against transformers' and its matmuls alone
 step bench_kernels 150 $PY bench/fused_kernels.py --device cuda --json "$OUT/kernels.json"
 step build_2b 100 $PY -c "
 import torch; from tte_fast.testing import build_random_checkpoint
@@ -64,6 +66,6 @@ step preprocess_16cores 60 $PY bench/preprocess.py --target-sizes --repeats 3 --
 
 echo; echo "== summary ($(cat "$OUT/device.txt" | tail -n 1)) =="
 printf '%s\n' "${status[@]}"
-for name in bench_kernels unified_2b latency_2b throughput_2b recipes_2b prefill_2b; do  # their result tables, last
+for name in bench_kernels decode_step unified_2b latency_2b throughput_2b recipes_2b prefill_2b; do  # their result tables, last
   echo "-- $name"; tail -n 15 "$OUT/$name.log"
 done

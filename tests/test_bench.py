@@ -132,3 +132,13 @@ def test_bench_traces_dry_run_and_comparison():
     theirs = [Generation("x", "eos", 5, 2), Generation("z", "eos", 5, 3)]
     counts = bench.compare(ours, theirs)
     assert counts == {"traces_identical": 1, "stop_reasons_identical": 2, "token_counts_identical": 1}
+
+
+def test_bench_decode_step_runs(tmp_path, tiny_checkpoints):
+    bench = _bench_module("decode_step")
+    out = tmp_path / "decode_step.json"
+    model = tiny_checkpoints["qwen2"]
+    bench.main(["--model", model, "--batches", "2", "--context", "30", "--repeats", "2", "--json", str(out)])
+    (point,) = json.loads(out.read_text())["points"]
+    assert set(point["ms"]) == {"matmuls", "fused", "transformers"}
+    assert set(point["fused_breakdown_ms"]) == {"matmuls", "attention", "other ops"}

@@ -10,8 +10,9 @@ rotary tables (the model's own rotary module, M-RoPE included), norms in float32
 
 Supported: Llama, Qwen2, Qwen3 and the text stacks of Qwen2-VL, Qwen2.5-VL and Qwen3-VL, with plain
 ``nn.Linear`` projections (a PEFT-wrapped model runs through transformers). Vision towers and
-prefills stay transformers'. The fused weights are a copy made on first use and made again when a
-source weight changes (in place or replaced), so training between decodes never reads stale weights.
+prefills stay transformers'. The fused weights are a copy made on first use (the q/k/v and gate/up
+projection weights again: the memory this costs) and made again when a source weight changes (in
+place or replaced), so training between decodes never reads stale weights.
 """
 
 from __future__ import annotations

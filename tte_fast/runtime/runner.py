@@ -8,9 +8,8 @@ Decode steps onto a slot cache (the engine's) run through our own fused forward
 ``decoder="transformers"``; prefills and the static scheduler's steps run transformers' modules.
 ``compile=True`` wraps the decode step in ``torch.compile`` (CUDA graphs on GPU via
 ``mode="reduce-overhead"``, inductor's C++ kernels on CPU); a string (or a backend callable) names
-the compile backend. Compiled
-steps see batches and cache lengths padded to powers of two (``tte_fast.runtime.static_cache``), so
-the number of graphs stays bounded.
+the compile backend. Compiled steps see batches and cache lengths padded to powers of two
+(``tte_fast.runtime.static_cache``), so the number of graphs stays bounded.
 """
 
 from __future__ import annotations

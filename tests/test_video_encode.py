@@ -4,6 +4,7 @@ given traces) equal the HF model's own forward over each returned sequence."""
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 
 import numpy as np
@@ -38,13 +39,29 @@ def video_folder(tmp_path_factory):
     return str(folder)
 
 
+def write_mp4(path: str, count: int, rate: int) -> str:
+    import av
+
+    with av.open(path, "w") as container:
+        stream = container.add_stream("mpeg4", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
+        for frame in frames(9, count, 32, 48):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
 @pytest.fixture(scope="module")
-def inputs(video_folder):
-    return [
+def inputs(video_folder, tmp_path_factory):
+    items = [
         {"video": frames(1, 5, 40, 60), "text": "what happens here"},
         "a text-only query about a red car",
         {"image": random_pixels(3, 44, 70), "video": video_folder, "instruction": "Find the clip."},
     ]
+    if importlib.util.find_spec("av") is not None:  # a file knows its rate: 1 s per temporal patch here
+        path = write_mp4(str(tmp_path_factory.mktemp("mp4") / "clip.mp4"), 6, rate=2)
+        items.append({"video": path, "text": "a clip at two frames a second"})
+    return items
 
 
 @pytest.fixture(scope="module", params=VISION_TYPES)
@@ -112,7 +129,7 @@ def test_prefill_positions_equal_the_models_own(setup, inputs):
     (its get_rope_index with the processor's grids, token types and seconds per temporal patch)."""
     model, _ = setup
     items = [model._check([x], "raise")[0][0] for x in inputs]
-    batch = model.batch_inputs(items, [0, 1, 2], "query", False, None, model.decode_options())
+    batch = model.batch_inputs(items, list(range(len(items))), "query", False, None, model.decode_options())
     ours, _ = prefill_position_ids(model.hf_model, batch)
     language_model = model.hf_model.model
     wanted = inspect.signature(language_model.compute_3d_position_ids).parameters

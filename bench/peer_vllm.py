@@ -250,7 +250,7 @@ def tte_side(args, model_dir: str, dtype_name: str, queries: list[str]) -> dict:
 
     load_start = time.perf_counter()
     tte = UnifiedTTE.from_pretrained(
-        model_dir, dtype=harness.DTYPES[dtype_name], device="cpu", think_end_token=""
+        model_dir, dtype=harness.DTYPES[dtype_name], device="cpu", think_end_token="", compile=args.compile
     )
     load_s = time.perf_counter() - load_start
     options = tte.decode_options(max_think_tokens=args.think_budget, max_answer_tokens=0)
@@ -276,7 +276,9 @@ def tte_side(args, model_dir: str, dtype_name: str, queries: list[str]) -> dict:
     traces = [s[len(p) : -1] for s, p in zip(sequences, prompts)]
     for s, p in zip(sequences, prompts):
         assert s[: len(p)] == p and s[-1] == tte.embed_token_id, "sequence = prompt + trace + embedding token"
+    hf_same = hf_generate_agreement(tte, prompts[: args.hf_check], traces, args.think_budget)
     return {
+        "hf_same_traces": hf_same,
         "load_s": load_s,
         "encode_s": times,
         "prompts": prompts,
@@ -287,6 +289,28 @@ def tte_side(args, model_dir: str, dtype_name: str, queries: list[str]) -> dict:
         "stop_token_ids": [t for t in tte.eos_token_ids],
         "context": tte.context_length,
     }
+
+
+def hf_generate_agreement(tte, prompts: list[list[int]], traces: list[list[int]], budget: int) -> list[int]:
+    """Which of ``prompts`` (one at a time, no padding) HF ``generate`` continues greedily with
+    exactly tte_fast's trace (its stop token dropped, as tte_fast's traces have it): [same, checked]."""
+    import torch
+
+    same = 0
+    stops = set(tte.eos_token_ids)
+    for prompt, trace in zip(prompts, traces):
+        ids = torch.tensor([prompt])
+        with torch.inference_mode():
+            out = tte.hf_model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=budget,
+                do_sample=False,
+                eos_token_id=list(tte.eos_token_ids),
+                pad_token_id=tte.pad_token_id,
+            )[0, len(prompt) :].tolist()
+        same += (out[:-1] if out and out[-1] in stops else out) == trace
+    return [same, len(prompts)]
 
 
 # ---- comparison and report -----------------------------------------------------------------------
@@ -304,6 +328,7 @@ def compare(tte: dict, peer: dict | None, n: int) -> dict:
         "tte_fast_generated_tokens": tte_tokens,
         "tte_fast_tokens_per_s": tte_tokens / tte_s,
         "tte_fast_load_s": tte["load_s"],
+        "hf_generate_same_traces": tte["hf_same_traces"],
         "tte_fast_runs_s": tte["encode_s"],
     }
     if peer is None:
@@ -350,23 +375,34 @@ def print_rows(rows: dict) -> None:
     import harness
 
     peer = all("vllm_s" in r for r in rows.values())
-    header = ["dtype", "tte_fast s", "in/s", "tok/s"]
+    header = ["dtype", "tte_fast s", "in/s", "tok/s", "HF same"]
     if peer:
-        header += ["vLLM gen+emb s", "in/s", "tok/s", "tte/vLLM", "same traces", "emb max|d|"]
+        header += [
+            "vLLM gen+emb s",
+            "in/s",
+            "gen tok/s",
+            "tte/vLLM",
+            "tok/s / gen",
+            "same traces",
+            "emb max|d|",
+        ]
     table = []
     for dtype, r in rows.items():
+        same_hf, checked = r["hf_generate_same_traces"]
         line = [
             dtype,
             f"{r['tte_fast_s']:.1f}",
             f"{r['tte_fast_inputs_per_s']:.2f}",
             f"{r['tte_fast_tokens_per_s']:.0f}",
+            f"{same_hf}/{checked}",
         ]
         if peer:
             line += [
                 f"{r['vllm_generate_s']:.1f}+{r['vllm_embed_s']:.1f}",
                 f"{r['vllm_inputs_per_s']:.2f}",
-                f"{r['vllm_tokens_per_s']:.0f}",
+                f"{r['vllm_generate_tokens_per_s']:.0f}",
                 f"{r['speedup']:.2f}x",
+                f"{r['tte_fast_tokens_per_s'] / r['vllm_generate_tokens_per_s']:.2f}x",
                 f"{r['traces_identical']}/{r['inputs']}",
                 f"{r['embed_max_abs_diff_same_ids']:.1e}",
             ]
@@ -396,6 +432,10 @@ def main(argv=None) -> None:
     p.add_argument("--inputs", type=int, default=64)
     p.add_argument("--think-budget", type=int, default=128)
     p.add_argument("--slots", type=int, default=64, help="tte_fast's engine slots (batch_size)")
+    p.add_argument(
+        "--hf-check", type=int, default=8, help="queries whose traces are also checked against HF generate"
+    )
+    p.add_argument("--compile", action="store_true", help="tte_fast with compile=True (inductor on CPU)")
     p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     p.add_argument("--repeats", type=int, default=2, help="timed runs after one warm-up (median kept)")
     p.add_argument("--work", default=None, help="exchange folder (default: a new temporary one)")

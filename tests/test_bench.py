@@ -104,10 +104,11 @@ def test_bench_peer_vllm_dry_run_and_comparison(tmp_path, tiny_checkpoints):
     row = json.loads(out.read_text())["results"]["float32"]
     assert row["inputs"] == 3 and row["tte_fast_generated_tokens"] > 0 and "vllm_s" not in row
 
-    opts = type("Args", (), {"think_budget": 4, "slots": 2, "repeats": 1})
+    opts = type("Args", (), {"think_budget": 4, "slots": 2, "repeats": 1, "hf_check": 3, "compile": False})
     tte = bench.tte_side(opts, tiny_checkpoints["qwen2"], "float32", bench.make_queries(3))
     for prompt, trace, sequence in zip(tte["prompts"], tte["traces"], tte["sequences"]):
         assert sequence == prompt + trace + [tte["embed_token_id"]]
+    assert tte["hf_same_traces"] == [3, 3]  # HF generate, one query at a time, writes the same traces
     peer = {
         "generate_s": [1.0],
         "embed_s": [0.5],

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "decode_attention.h"
+#include "frame_slots.h"
 #include "image_view.h"
 #include "parallel.h"
 #include "pillow_resample.h"
@@ -144,8 +145,26 @@ std::pair<int64_t, int64_t> given_size(const py::handle& size, const tte::QwenPa
   return hw;
 }
 
+// Video frames' (row offset, temporal slot) pairs, one per image; raises naming the image.
+std::vector<tte::FrameSlot> frame_slots_of(const py::object& frame_slots, int64_t n) {
+  if (static_cast<int64_t>(py::len(frame_slots)) != n) {
+    throw py::value_error("frame_slots must hold one (row offset, slot) per image: got " +
+                          std::to_string(py::len(frame_slots)) + " for " + std::to_string(n) + " images");
+  }
+  std::vector<tte::FrameSlot> slots;
+  for (int64_t i = 0; i < n; i++) {
+    try {
+      const auto pair = frame_slots[py::int_(i)].cast<std::pair<int64_t, int64_t>>();
+      slots.push_back({pair.first, pair.second});
+    } catch (const py::cast_error&) {
+      throw py::type_error("image " + std::to_string(i) + ": a frame slot must be a (row offset, slot) pair of ints");
+    }
+  }
+  return slots;
+}
+
 py::tuple preprocess_batch(const py::sequence& images, const tte::QwenParams& params, int64_t num_threads,
-                           const py::object& target_sizes) {
+                           const py::object& target_sizes, const py::object& frame_slots) {
   const int64_t n = static_cast<int64_t>(py::len(images));
   if (n == 0) throw py::value_error("no images given");
   if (!target_sizes.is_none() && static_cast<int64_t>(py::len(target_sizes)) != n) {
@@ -174,7 +193,21 @@ py::tuple preprocess_batch(const py::sequence& images, const tte::QwenParams& pa
     const int64_t patches = (sizes.back().first / params.patch_size) * (sizes.back().second / params.patch_size);
     row_offsets.push_back(row_offsets.back() + patches);
   }
-  py::array_t<float> pixel_values({row_offsets.back(), params.row_size()});
+  // Video frames write their own temporal copy of rows they share with their temporal patch.
+  std::vector<tte::FrameSlot> slots;
+  int64_t rows = row_offsets.back();
+  if (!frame_slots.is_none()) {
+    slots = frame_slots_of(frame_slots, n);
+    std::vector<int64_t> patches(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; i++) patches[i] = row_offsets[i + 1] - row_offsets[i];
+    try {
+      rows = tte::check_frame_slots(slots, patches, params.temporal_patch_size);
+    } catch (const std::invalid_argument& e) {
+      throw py::value_error(e.what());
+    }
+    for (int64_t i = 0; i < n; i++) row_offsets[i] = slots[i].row_offset;
+  }
+  py::array_t<float> pixel_values({rows, params.row_size()});
   py::array_t<int64_t> grid_thw({n, int64_t{3}});
   float* out = pixel_values.mutable_data();
   auto grid = grid_thw.mutable_unchecked<2>();
@@ -205,7 +238,7 @@ py::tuple preprocess_batch(const py::sequence& images, const tte::QwenParams& pa
       failure = tte::parallel_for(static_cast<int64_t>(bands.size()), num_threads, [&](int64_t b) {
         const Band& t = bands[b];
         tte::preprocess_band(views[t.image], params, plans[t.image].get(), sizes[t.image].second, t.y0, t.y1,
-                             out + row_offsets[t.image] * params.row_size());
+                             out + row_offsets[t.image] * params.row_size(), slots.empty() ? -1 : slots[t.image].slot);
       });
       if (failure.index >= 0) failure.index = bands[failure.index].image;
     }
@@ -270,20 +303,22 @@ PYBIND11_MODULE(_C, m) {
          int64_t min_pixels, int64_t max_pixels, bool do_resize, int resample, bool do_rescale,
          double rescale_factor, bool do_normalize, const std::vector<double>& image_mean,
          const std::vector<double>& image_std, int pass_order, int64_t num_threads,
-         const py::object& target_sizes) {
+         const py::object& target_sizes, const py::object& frame_slots) {
         const tte::QwenParams params =
             make_params(patch_size, temporal_patch_size, merge_size, min_pixels, max_pixels, do_resize, resample,
                         do_rescale, rescale_factor, do_normalize, image_mean, image_std, pass_order);
-        return preprocess_batch(images, params, num_threads, target_sizes);
+        return preprocess_batch(images, params, num_threads, target_sizes, frame_slots);
       },
       py::arg("images"), py::kw_only(), py::arg("patch_size"), py::arg("temporal_patch_size"),
       py::arg("merge_size"), py::arg("min_pixels"), py::arg("max_pixels"), py::arg("do_resize"),
       py::arg("resample"), py::arg("do_rescale"), py::arg("rescale_factor"), py::arg("do_normalize"),
       py::arg("image_mean"), py::arg("image_std"), py::arg("pass_order"), py::arg("num_threads"),
-      py::arg("target_sizes") = py::none(),
+      py::arg("target_sizes") = py::none(), py::arg("frame_slots") = py::none(),
       "Qwen2-VL preprocessing of uint8 HxW / HxWxC arrays (C in 1, 3, 4) on num_threads threads with the "
       "GIL released; target_sizes (one (height, width) per image, multiples of patch_size * merge_size) replace "
-      "smart-resize's sizes (the image checks still apply). Returns (pixel_values float32 [patches, 3*T*P*P], image_grid_thw int64 [n, 3]).");
+      "smart-resize's sizes (the image checks still apply); frame_slots (one (row offset, temporal slot) per image, "
+      "tiling the output in temporal patches of equal-size frames) writes video frames into their temporal copy "
+      "of shared rows instead of duplicating each image. Returns (pixel_values float32 [patches, 3*T*P*P], image_grid_thw int64 [n, 3]).");
   m.def("set_avx2_enabled", &tte::set_avx2_enabled, py::arg("enabled"),
         "Use (True, the default where the CPU has it) or skip the AVX2 resampling path; outputs are equal.");
   m.def("avx2_enabled", &tte::avx2_enabled, "Whether the AVX2 resampling path is in use.");

@@ -103,9 +103,10 @@ const uint8_t* contiguous_rows(const ImageView& im, int64_t row_begin, int64_t r
 
 // Rows of merge blocks [block_begin, block_end) in HF order: merge blocks (gh/m, gw/m), then (mh, mw)
 // inside a block; each row is (channel, temporal copy, patch y, patch x). `pixels` starts at the
-// first pixel row of block_begin; `out` at the image's first patch row.
+// first pixel row of block_begin; `out` at the image's first patch row. An image fills every
+// temporal copy (`slot` < 0); a video frame only its own (`slot`), its neighbours fill the others.
 void write_patches(const uint8_t* pixels, int channels, int64_t width, int64_t block_begin, int64_t block_end,
-                   const QwenParams& p, float* out) {
+                   const QwenParams& p, float* out, int64_t slot) {
   const int64_t P = p.patch_size, T = p.temporal_patch_size, M = p.merge_size;
   const int64_t blocks_w = width / P / M;
   const int64_t plane = P * P;
@@ -118,13 +119,15 @@ void write_patches(const uint8_t* pixels, int channels, int64_t width, int64_t b
           for (int64_t c = 0; c < 3; c++) {
             const float* lut = p.lut[c].data();
             const int64_t src_c = channels == 1 ? 0 : c;
-            float* first = dst + c * T * plane;
+            float* first = dst + c * T * plane + std::max<int64_t>(slot, 0) * plane;
             for (int64_t py = 0; py < P; py++) {
               const uint8_t* src = pixels + ((y0 + py) * width + x0) * channels + src_c;
               float* d = first + py * P;
               for (int64_t px = 0; px < P; px++) d[px] = lut[src[px * channels]];
             }
-            for (int64_t t = 1; t < T; t++) std::memcpy(first + t * plane, first, sizeof(float) * plane);
+            for (int64_t t = 1; t < T && slot < 0; t++) {
+              std::memcpy(first + t * plane, first, sizeof(float) * plane);
+            }
           }
         }
       }
@@ -184,7 +187,7 @@ std::unique_ptr<ResamplePlan> plan_image(const ImageView& image, const QwenParam
 }
 
 void preprocess_band(const ImageView& image, const QwenParams& p, const ResamplePlan* plan, int64_t out_w,
-                     int64_t y0, int64_t y1, float* out) {
+                     int64_t y0, int64_t y1, float* out, int64_t temporal_slot) {
   std::vector<uint8_t> source_buffer, resized, scratch;
   const auto [row_begin, row_end] = plan ? plan->source_rows(y0, y1) : std::pair<int64_t, int64_t>{y0, y1};
   int channels = 3;
@@ -205,7 +208,7 @@ void preprocess_band(const ImageView& image, const QwenParams& p, const Resample
     }
   }
   const int64_t block = p.patch_size * p.merge_size;
-  write_patches(pixels, channels, out_w, y0 / block, y1 / block, p, out);
+  write_patches(pixels, channels, out_w, y0 / block, y1 / block, p, out, temporal_slot);
 }
 
 }  // namespace tte

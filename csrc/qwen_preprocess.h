@@ -48,8 +48,9 @@ std::unique_ptr<ResamplePlan> plan_image(const ImageView& image, const QwenParam
                                          int64_t out_w);
 
 // Output rows [y0, y1) of one image (y0, y1 multiples of patch_size * merge_size): its rows of
-// patches, written at `out`, the image's first row of params.row_size() floats.
+// patches, written at `out`, the image's first row of params.row_size() floats. `temporal_slot` < 0
+// (an image) writes each patch into every temporal copy; >= 0 (a video frame) into that copy only.
 void preprocess_band(const ImageView& image, const QwenParams& params, const ResamplePlan* plan, int64_t out_w,
-                     int64_t y0, int64_t y1, float* out);
+                     int64_t y0, int64_t y1, float* out, int64_t temporal_slot = -1);
 
 }  // namespace tte

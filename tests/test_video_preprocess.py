@@ -167,6 +167,32 @@ def test_target_sizes_are_checked_in_cpp(sizes, error, message):
         _C.preprocess_batch([random_pixels(0, 30, 40)], target_sizes=sizes, **options)
 
 
+@pytest.mark.parametrize(
+    "slots, sizes, error, message",
+    [
+        ([(0, 0), (0, 0)], None, ValueError, "do not tile the output at image 1: expected slot 1"),  # twice
+        ([(0, 0), (5, 1)], None, ValueError, "image 1: expected slot 1 at row offset 0"),
+        ([(6, 0), (6, 1)], None, ValueError, "image 0: row offset 6, expected 0"),  # a gap
+        ([(0, 0), (0, 2)], None, ValueError, "expected slot 1"),  # outside temporal_patch_size
+        ([(0, 0)], None, ValueError, "frame_slots must hold one .* got 1 for 2 images"),
+        ([(0, 0), (0, 1)], [(56, 84), (56, 56)], ValueError, "image 1: its size differs"),
+        ([(0, 0), (0, 1), (24, 0)], [(56, 84)] * 3, ValueError, "its temporal patch has 1 frames"),
+        ([(0, 0), "x"], None, TypeError, r"image 1: a frame slot must be a \(row offset, slot\) pair"),
+    ],
+)
+def test_frame_slots_are_checked_in_cpp(slots, sizes, error, message):
+    """Frames write their temporal copy of shared rows only where the slots tile the output exactly."""
+    from tte_fast import _C
+
+    count = max(len(slots), len(sizes or []), 2)
+    options = dict(patch_size=14, temporal_patch_size=2, merge_size=2, min_pixels=1, max_pixels=1 << 20)
+    options.update(do_resize=True, resample=3, do_rescale=True, rescale_factor=1 / 255, do_normalize=False)
+    options.update(image_mean=[0.0] * 3, image_std=[1.0] * 3, pass_order=1, num_threads=1)
+    frames = [random_pixels(k, 30, 40) for k in range(count)]
+    with pytest.raises(error, match=message):
+        _C.preprocess_batch(frames, target_sizes=sizes or [(56, 84)] * count, frame_slots=slots, **options)
+
+
 def test_cap_pixels_per_frame_as_transformers():
     """transformers' cap_pixels_per_frame (its resize methods, which need torchvision to run): the
     budget shrinks with the frame count (Qwen2-VL: 90% of max_video_tokens shared by the frames;

@@ -2,9 +2,10 @@
 
 A video's sampled frames (``tte_fast.media.video_io``) are resized to one size, rescaled and
 normalised by the C++ core exactly as the image path does a picture (Pillow's resampling, HF's
-float32 order; all frames of a batch in one threaded call), then grouped into temporal patches as
-transformers' video processors do: frames padded to a multiple of ``temporal_patch_size`` by
-repeating the last, each row one merge-ordered patch of (channel, frame, y, x) values.
+float32 order; all frames of a batch in one threaded call) and written straight into temporal
+patches as transformers' video processors lay them out: frames padded to a multiple of
+``temporal_patch_size`` by repeating the last, each row one merge-ordered patch of (channel, frame,
+y, x) values, each frame writing its own copy of its temporal patch's rows.
 
 The size follows the model: ``"qwen2"`` (Qwen2-VL, Qwen2.5-VL) fits each frame into the pixel
 budget; ``"qwen3"`` (Qwen3-VL) fits frames x height x width into it. transformers' own video
@@ -233,21 +234,25 @@ def preprocess_videos(videos: list[np.ndarray], s: VideoSettings, num_threads: i
     order = pillow_pass_order()
     if order is None:
         raise RuntimeError("the installed Pillow resamples in a way the C++ core does not reproduce")
-    frames, sizes = [], []
+    T, P = s.temporal_patch_size, s.patch_size
+    frames, sizes, slots, grids, row = [], [], [], [], 0
     for video in videos:
-        if not (
-            isinstance(video, np.ndarray) and video.ndim == 4 and video.shape[0] and video.shape[-1] == 3
-        ):
-            raise ValueError(
-                f"a video must be a [frames, H, W, 3] uint8 array, got {getattr(video, 'shape', video)}"
-            )
-        size = video_size(s, *video.shape[:3])
-        frames.extend(video)
-        sizes.extend([size] * video.shape[0])
-    pixels, frame_grids = _C.preprocess_batch(
+        shape = getattr(video, "shape", None)
+        if not (isinstance(video, np.ndarray) and video.ndim == 4 and shape[0] and shape[-1] == 3):
+            raise ValueError(f"a video must be a [frames, H, W, 3] uint8 array, got {shape or type(video)}")
+        height, width = video_size(s, *shape[:3])
+        groups, patches = math.ceil(shape[0] / T), (height // P) * (width // P)
+        # Frame g*T + t writes copy t of its temporal patch's rows; the last frame fills a short last patch.
+        for k in range(groups * T):
+            frames.append(video[min(k, shape[0] - 1)])
+            slots.append((row + (k // T) * patches, k % T))
+        sizes.extend([(height, width)] * (groups * T))
+        grids.append([groups, height // P, width // P])
+        row += groups * patches
+    pixels, _ = _C.preprocess_batch(
         frames,
-        patch_size=s.patch_size,
-        temporal_patch_size=1,  # one frame per row here; frames are grouped below
+        patch_size=P,
+        temporal_patch_size=T,
         merge_size=s.merge_size,
         min_pixels=s.min_pixels,
         max_pixels=s.max_pixels,
@@ -261,35 +266,9 @@ def preprocess_videos(videos: list[np.ndarray], s: VideoSettings, num_threads: i
         pass_order=order,
         num_threads=available_cores() if num_threads is None else num_threads,
         target_sizes=sizes,
+        frame_slots=slots,
     )
-    pixels = torch.from_numpy(pixels)
-    T, plane = s.temporal_patch_size, s.patch_size**2
-    first_frames = np.cumsum([0] + [v.shape[0] for v in videos[:-1]])
-    rows_of = [int(frame_grids[k, 1] * frame_grids[k, 2]) for k in first_frames]  # patches a frame
-    groups_of = [math.ceil(v.shape[0] / T) for v in videos]
-    out = torch.empty(sum(r * g for r, g in zip(rows_of, groups_of)), 3 * T * plane)
-    grids, frame, row, out_row = [], 0, 0, 0
-    for video, rows, groups in zip(videos, rows_of, groups_of):
-        count = video.shape[0]
-        clip = pixels[row : row + rows * count].view(count, rows, 3, plane)
-        grouped = out[out_row : out_row + groups * rows].view(groups, rows, 3, T, plane)
-        temporal_patches(clip, grouped)
-        grid_h, grid_w = (int(v) for v in frame_grids[frame][1:])
-        grids.append([groups, grid_h, grid_w])
-        frame, row, out_row = frame + count, row + rows * count, out_row + groups * rows
-    return out, torch.tensor(grids, dtype=torch.long)
-
-
-def temporal_patches(frames: torch.Tensor, out: torch.Tensor) -> None:
-    """[frames, patches, 3, P*P] per-frame patch rows into ``out`` [groups, patches, 3, T, P*P] (one
-    copy): frame g*T + t at (g, :, :, t), the last frame repeated up to a multiple of T, so that each
-    row is (channel, frame, y, x) as transformers' patchify lays them out."""
-    count = frames.shape[0]
-    groups, T = out.shape[0], out.shape[3]
-    whole = count // T
-    out[:whole].copy_(frames[: whole * T].unflatten(0, (whole, T)).permute(0, 2, 3, 1, 4))
-    for t in range(T if whole < groups else 0):  # the last, partial group
-        out[whole, :, :, t] = frames[min(whole * T + t, count - 1)]
+    return torch.from_numpy(pixels), torch.tensor(grids, dtype=torch.long)
 
 
 def qwen3_video_size(

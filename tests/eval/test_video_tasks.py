@@ -162,6 +162,11 @@ def test_momentseeker_rows_with_text_image_and_video_queries(tmp_path):
     [
         ("msrvtt", {"video_id": "gone", "caption": "x"}, "row 0: frame folder not found: .*gone"),
         (
+            "video_classification",
+            {"video_id": "v", "pos_text": "x"},
+            "task 't' is none of .*set its query_instruction",
+        ),
+        (
             "msrvtt",
             {"video_id": "empty", "caption": "x"},
             r"row 0: no frames \(.jpg, .jpeg, .png\) in .*empty",

@@ -157,7 +157,11 @@ class _Reader:
 
 
 def _classification(reader: _Reader, row: dict, where: str, labels: list[str]) -> None:
-    instruction = CLASSIFICATION_INSTRUCTIONS.get(reader.task.name, CLASSIFICATION_INSTRUCTIONS["K700"])
+    task = reader.task
+    instruction = task.query_instruction or CLASSIFICATION_INSTRUCTIONS.get(task.name)
+    if instruction is None:  # VLM2Vec's are per dataset: another name needs its own
+        known = sorted(CLASSIFICATION_INSTRUCTIONS)
+        raise EvalDataError(f"{where}: task {task.name!r} is none of {known}; set its query_instruction")
     query = {"video": reader.video(row["video_id"], where), "instruction": instruction}
     reader.add(query, str(row["pos_text"]), reader.text_candidates([str(t) for t in labels]), where)
 

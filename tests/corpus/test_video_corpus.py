@@ -39,6 +39,8 @@ def test_video_cells_resolve_against_the_corpus_folder(tmp_path):
     assert to_input({"video": ["a/0.png", "/abs/1.png"]}, Columns(), "/m") == {
         "video": ["/m/a/0.png", "/abs/1.png"]
     }
+    cell = np.array(["a/0.png", "/abs/1.png"], dtype=object)  # Ray Data's numpy batches hold lists so
+    assert to_input({"video": cell}, Columns(), "/m") == {"video": ["/m/a/0.png", "/abs/1.png"]}
     path = tmp_path / "videos.parquet"
     pq.write_table(pa.table({"id": ["x"], "video": ["clips/x"]}), path)
     assert open_corpus(str(path)).records([0]) == [{"video": str(tmp_path / "clips/x")}]

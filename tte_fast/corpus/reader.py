@@ -72,6 +72,8 @@ def to_input(record, columns: Columns = Columns(), image_root: str | None = None
 
 def _video(value, root: str | None):
     """A video path (file or frame folder) or a list of frame paths, relative ones joined to ``root``."""
+    if getattr(value, "ndim", None) == 1 and getattr(value.dtype, "kind", "") in "OU":
+        value = value.tolist()  # a list cell as Ray Data's numpy batches hold it
     if isinstance(value, list):
         return [_image(frame, root) for frame in value]
     return _image(value, root)

@@ -97,7 +97,7 @@ class SlotCache(Cache):
         positions = self.positions[self._rows]
         keys[self._rows, :, positions] = key_states[:, :, 0]
         values[self._rows, :, positions] = value_states[:, :, 0]
-        if self._visible is None and self._width == self.length:
+        if self._selected is None and self._visible is None and self._width == self.length:
             return keys, values  # the fixed-shape step (compiled: the buffers themselves)
         keys, values = keys[:, :, : self._width], values[:, :, : self._width]
         if self._selected is not None:

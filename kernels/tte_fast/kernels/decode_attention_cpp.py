@@ -1,8 +1,8 @@
 """CPU decode attention through the C++ extension (``csrc/decode_attention.cpp``).
 
 One task per busy row and key head reads that slot's first ``length`` columns of keys and values in
-place through their strides (float32 scores and online softmax, like the Triton kernel on CUDA), on
-the extension's thread pool with the GIL released. Its plain-torch twin is ``decode_attention_torch``
+place through their strides (float32 scores and online softmax, like the Triton kernel on CUDA), with
+the GIL released. Its plain-torch twin is ``decode_attention_torch``
 beside it in ``decode_attention.py``; the tests compare both with a float64 reference.
 """
 
@@ -29,12 +29,15 @@ def cpp_supported(query: torch.Tensor, key: torch.Tensor) -> bool:
 
 
 def decode_attention_cpp(
-    query, key, value, rows: list[int], lengths: list[int], scale: float
+    query, key, value, rows: list[int], lengths: list[int], scale: float, threads: int = 1
 ) -> torch.Tensor:
     """``query [B, H, 1, d]``, ``key/value [S, H_kv, W, d]`` (any strides but a unit last one),
     ``rows`` and ``lengths`` host lists of B ints (each row's slot and visible columns) ->
     ``[B, 1, H, d]``. The extension checks sizes, rows and lengths again (a ValueError, never an
-    out-of-bounds read)."""
+    out-of-bounds read).
+
+    One thread by default: between torch ops its OpenMP workers spin-wait on the other cores, and
+    threads of a second pool fight them for those cores (a decode step ran many times slower)."""
     from tte_fast import _C
 
     batch, heads, _, head_dim = query.shape
@@ -45,6 +48,6 @@ def decode_attention_cpp(
         query.data_ptr(), key.data_ptr(), value.data_ptr(), out.data_ptr(), query.dtype == torch.bfloat16,
         heads, kv_heads, head_dim, slots, width,
         [query.stride(0), query.stride(1)], list(key.stride()[:3]), list(value.stride()[:3]),
-        [out.stride(0), out.stride(2)], rows, lengths, scale, torch.get_num_threads(),
+        [out.stride(0), out.stride(2)], rows, lengths, scale, threads,
     )  # fmt: skip
     return out

@@ -76,7 +76,7 @@ def run_step(runner, cache, busy, ids, positions, dtype):
     cache.select(busy, windowed=True)
     try:
         with torch.inference_mode(), text_attention(runner.hf_model, slot_attention.SLOT_ATTENTION):
-            return runner.decode_hidden(ids, positions, cache.attention_bias(dtype), cache)
+            return runner.decode_step(ids, positions, cache.attention_bias(dtype), cache)
     finally:
         cache.select(None)
 
@@ -92,10 +92,11 @@ def test_a_fused_step_equals_transformers(model_type, dtype):
     twin = copy.deepcopy(cache)
     busy = [0, 2, 3]
     ids, positions = step_inputs(model, cache, busy, lengths, gen)
-    got = run_step(fused, cache, busy, ids, positions, dtype)
-    want = run_step(reference, twin, busy, ids, positions, dtype)
+    got, got_logits = run_step(fused, cache, busy, ids, positions, dtype)
+    want, want_logits = run_step(reference, twin, busy, ids, positions, dtype)
     tol = TOLERANCE[dtype]
     torch.testing.assert_close(got.float(), want.float(), atol=tol, rtol=tol)
+    torch.testing.assert_close(got_logits, want_logits, atol=tol, rtol=tol)
     for layer in range(len(cache.keys)):  # the same columns written, and only those
         torch.testing.assert_close(cache.keys[layer], twin.keys[layer], atol=tol, rtol=tol)
         torch.testing.assert_close(cache.values[layer], twin.values[layer], atol=tol, rtol=tol)
@@ -109,14 +110,26 @@ def test_changed_weights_are_picked_up():
     cache, lengths = filled_cache(model, slots=3, length=40, gen=gen)
     busy = [0, 1, 2]
     ids, positions = step_inputs(model, cache, busy, lengths, gen)
-    run_step(fused, copy.deepcopy(cache), busy, ids, positions, torch.float32)
+    run_step(fused, copy.deepcopy(cache), busy, ids, positions, torch.float32)  # fused weights made
     layer = model.model.layers[1]
-    with torch.no_grad():
-        layer.self_attn.k_proj.weight.mul_(3.0)  # in place
-    layer.mlp.up_proj.weight = torch.nn.Parameter(layer.mlp.up_proj.weight * 2.0)  # replaced
-    got = run_step(fused, copy.deepcopy(cache), busy, ids, positions, torch.float32)
-    want = run_step(reference, copy.deepcopy(cache), busy, ids, positions, torch.float32)
-    torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
+
+    def in_place():
+        with torch.no_grad():
+            layer.self_attn.k_proj.weight.mul_(3.0)
+
+    def replaced():
+        layer.mlp.up_proj.weight = torch.nn.Parameter(layer.mlp.up_proj.weight * 2.0)
+
+    def lm_head():
+        with torch.no_grad():
+            model.get_output_embeddings().weight.mul_(1.5)
+
+    for change in (in_place, replaced, lm_head):
+        change()
+        got = run_step(fused, copy.deepcopy(cache), busy, ids, positions, torch.float32)
+        want = run_step(reference, copy.deepcopy(cache), busy, ids, positions, torch.float32)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5, msg=change.__name__)
 
 
 def test_unsupported_models_run_through_transformers():
@@ -135,3 +148,17 @@ def test_unsupported_models_run_through_transformers():
         FusedDecoder(gelu)
     with pytest.raises(ValueError, match="decoder must be one of"):
         Runner(model, decoder="fast")
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_packed_linear_equals_f_linear(bias):
+    """float32 CPU projections through oneDNN equal F.linear (3-D inputs, with and without a bias)."""
+    from tte_fast.runtime.cpu_linear import PackedLinear
+
+    gen = torch.Generator().manual_seed(3)
+    weight = torch.randn(48, 20, generator=gen)
+    b = torch.randn(48, generator=gen) if bias else None
+    x = torch.randn(5, 1, 20, generator=gen)
+    linear = PackedLinear(weight, b)
+    assert linear.packed is not None or not torch.backends.mkldnn.is_available()
+    torch.testing.assert_close(linear(x), torch.nn.functional.linear(x, weight, b), atol=1e-5, rtol=1e-5)

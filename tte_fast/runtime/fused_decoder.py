@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tte_fast.heads import find_decoder
+from tte_fast.runtime.cpu_linear import PackedLinear
 from tte_fast.runtime.slot_attention import attend
 
 SUPPORTED_TYPES = frozenset(
@@ -66,21 +67,23 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def _stacked(*linears: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The weights of ``linears`` stacked as one projection's, and their biases (None: none have one)."""
+    weight = torch.cat([m.weight for m in linears])
+    return weight, None if linears[0].bias is None else torch.cat([m.bias for m in linears])
+
+
 class _Layer:
     """One decoder layer's weights: fused ``[q; k; v]`` and ``[gate; up]``, the rest as loaded."""
 
     def __init__(self, layer: nn.Module):
         attn, mlp = layer.self_attn, layer.mlp
         self.attn = attn  # transformers' module: head counts and scaling, as its own forward reads them
-        self.qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
-        biases = [attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]
-        self.qkv_bias = None if biases[0] is None else torch.cat(biases)
+        self.qkv = PackedLinear(*_stacked(attn.q_proj, attn.k_proj, attn.v_proj))
         self.splits = [attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features]
-        self.o = attn.o_proj
-        self.gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
-        gate_up_biases = [mlp.gate_proj.bias, mlp.up_proj.bias]
-        self.gate_up_bias = None if gate_up_biases[0] is None else torch.cat(gate_up_biases)
-        self.down = mlp.down_proj
+        self.o = attn.o_proj  # called as the module: work counting hooks it (a small share of a step)
+        self.gate_up = PackedLinear(*_stacked(mlp.gate_proj, mlp.up_proj))
+        self.down = PackedLinear(mlp.down_proj.weight, mlp.down_proj.bias)
         self.input_norm, self.post_norm = layer.input_layernorm, layer.post_attention_layernorm
         self.q_norm, self.k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
         self.scaling = attn.scaling
@@ -101,6 +104,7 @@ class FusedDecoder:
         rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
         self.mrope_section = rope.get("mrope_section")
         self.layers: list[_Layer] = []
+        self.lm_head: PackedLinear | None = None
         self._sources: list[tuple[int, int]] = []
 
     @classmethod
@@ -110,7 +114,8 @@ class FusedDecoder:
 
     def _source_state(self) -> list[tuple[int, int]]:
         """Where each source weight lives and how often it was written in place."""
-        state = []
+        head = self.hf_model.get_output_embeddings().weight
+        state = [(head.data_ptr(), head._version)]
         for layer in self.text.layers:
             for _, module in _projections(layer.self_attn, layer.mlp):
                 for p in (module.weight, module.bias):
@@ -125,6 +130,8 @@ class FusedDecoder:
             return
         with torch.inference_mode(False), torch.no_grad():
             self.layers = [_Layer(layer) for layer in self.text.layers]
+            head = self.hf_model.get_output_embeddings()
+            self.lm_head = PackedLinear(head.weight, head.bias)
         self._sources = state
 
     def rotary(self, hidden: torch.Tensor, position_ids: torch.Tensor):
@@ -148,7 +155,7 @@ class FusedDecoder:
         residual = hidden
         x = rms_norm(hidden, self.layers[0].input_norm.weight, self.layers[0].input_norm.variance_epsilon)
         for index, layer in enumerate(self.layers):
-            q, k, v = F.linear(x, layer.qkv, layer.qkv_bias).split(layer.splits, dim=-1)
+            q, k, v = layer.qkv(x).split(layer.splits, dim=-1)
             q = q.view(batch, 1, -1, layer.head_dim)
             k = k.view(batch, 1, -1, layer.head_dim)
             if layer.q_norm is not None:
@@ -162,7 +169,7 @@ class FusedDecoder:
             attention = attend(q, keys, values, bias, layer.scaling)
             residual = residual + layer.o(attention.reshape(batch, 1, -1))
             x = rms_norm(residual, layer.post_norm.weight, layer.post_norm.variance_epsilon)
-            gate, up = F.linear(x, layer.gate_up, layer.gate_up_bias).chunk(2, dim=-1)
+            gate, up = layer.gate_up(x).chunk(2, dim=-1)
             residual = residual + layer.down(F.silu(gate) * up)
             norm = self.layers[index + 1].input_norm if index + 1 < len(self.layers) else self.text.norm
             x = rms_norm(residual, norm.weight, norm.variance_epsilon)

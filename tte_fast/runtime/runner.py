@@ -98,7 +98,8 @@ class Runner:
     def _step(self, input_ids, position_ids, mask, cache, cache_position=None):
         """``decode_step`` without the fused weights' check: what ``torch.compile`` traces."""
         hidden = self._hidden(input_ids, position_ids, mask, cache, cache_position)
-        return hidden, self.lm_head(hidden).float()
+        lm_head = self.fused.lm_head if self._fuses(cache) else self.lm_head
+        return hidden, lm_head(hidden).float()
 
     def _hidden(self, input_ids, position_ids, mask, cache, cache_position=None) -> torch.Tensor:
         if self._fuses(cache):

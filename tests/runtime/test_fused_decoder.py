@@ -150,15 +150,20 @@ def test_unsupported_models_run_through_transformers():
         Runner(model, decoder="fast")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("bias", [False, True])
-def test_packed_linear_equals_f_linear(bias):
-    """float32 CPU projections through oneDNN equal F.linear (3-D inputs, with and without a bias)."""
+def test_packed_linear_equals_f_linear(bias, dtype):
+    """CPU projections through oneDNN's packed weights equal F.linear (3-D inputs, with and without
+    a bias, any number of rows)."""
     from tte_fast.runtime.cpu_linear import PackedLinear
 
     gen = torch.Generator().manual_seed(3)
-    weight = torch.randn(48, 20, generator=gen)
-    b = torch.randn(48, generator=gen) if bias else None
-    x = torch.randn(5, 1, 20, generator=gen)
+    weight = torch.randn(48, 20, generator=gen).to(dtype)
+    b = torch.randn(48, generator=gen).to(dtype) if bias else None
     linear = PackedLinear(weight, b)
     assert linear.packed is not None or not torch.backends.mkldnn.is_available()
-    torch.testing.assert_close(linear(x), torch.nn.functional.linear(x, weight, b), atol=1e-5, rtol=1e-5)
+    for rows in (1, 5, 70):
+        x = torch.randn(rows, 1, 20, generator=gen).to(dtype)
+        want = torch.nn.functional.linear(x.double(), weight.double(), None if b is None else b.double())
+        tol = TOLERANCE[dtype]
+        torch.testing.assert_close(linear(x).double(), want, atol=tol * want.abs().max(), rtol=tol)

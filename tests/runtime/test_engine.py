@@ -96,10 +96,11 @@ def test_the_engine_never_re_encodes(model):
     """Every forward through the first decoder layer is an admission prefill or a one-token step of
     the busy slots: thinking then embedding costs each prompt once plus one row per token fed after
     it (its trace and the embedding token), and an idle slot costs nothing."""
-    # Counted at the first layer's attention output projection, which both decoders call.
-    projection = model.hf_model.get_decoder().layers[0].self_attn.o_proj
+    # Counted where the decoder stack makes the rotary tables of its input, once per forward of
+    # transformers' stack or of the fused decoder.
+    rotary = model.hf_model.get_decoder().rotary_emb
     shapes = []
-    handle = projection.register_forward_pre_hook(lambda _, args: shapes.append(tuple(args[0].shape[:2])))
+    handle = rotary.register_forward_pre_hook(lambda _, args: shapes.append(tuple(args[0].shape[:2])))
     try:
         engine = Engine(model, slots=3)
         options = model.decode_options(max_think_tokens=5)

@@ -38,16 +38,18 @@ def sample_inputs(vision: bool) -> list:
 
 @contextlib.contextmanager
 def layer_inputs(hf_model, index: int = 0):
-    """[B, t] of the hidden states decoder layer ``index`` ran over, one entry per completed call:
-    counted at its attention output projection, which transformers' layers and the fused decoder
-    (``tte_fast.runtime.fused_decoder``) both call."""
-    projection = find_decoder(hf_model).layers[index].self_attn.o_proj
+    """[B, t] of the hidden states decoder layer ``index`` ran over, one entry per completed call.
+    Layer 0's inputs are counted where the decoder stack makes their rotary tables, which
+    transformers' stack and the fused decoder (``tte_fast.runtime.fused_decoder``) both do once per
+    forward; a later layer's at its attention output projection (transformers' layers only)."""
+    decoder = find_decoder(hf_model)
+    module = decoder.rotary_emb if index == 0 else decoder.layers[index].self_attn.o_proj
 
     def record(module, args, output):
         calls.append(tuple(args[0].shape[:2]))
 
     calls: list[tuple[int, int]] = []
-    handle = projection.register_forward_hook(record)
+    handle = module.register_forward_hook(record)
     try:
         yield calls
     finally:

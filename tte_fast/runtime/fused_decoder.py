@@ -81,7 +81,7 @@ class _Layer:
         self.attn = attn  # transformers' module: head counts and scaling, as its own forward reads them
         self.qkv = PackedLinear(*_stacked(attn.q_proj, attn.k_proj, attn.v_proj))
         self.splits = [attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features]
-        self.o = attn.o_proj  # called as the module: work counting hooks it (a small share of a step)
+        self.o = PackedLinear(attn.o_proj.weight, attn.o_proj.bias)
         self.gate_up = PackedLinear(*_stacked(mlp.gate_proj, mlp.up_proj))
         self.down = PackedLinear(mlp.down_proj.weight, mlp.down_proj.bias)
         self.input_norm, self.post_norm = layer.input_layernorm, layer.post_attention_layernorm

@@ -446,7 +446,7 @@ class Engine:
         try:
             with stage("decode_step"), text_attention(model.hf_model, attention):
                 if alive:
-                    step = runner.step if compiled else runner.decode_step
+                    step = runner.decode_step if runner.compiled and not compiled else runner.step
                     hidden, logits = step(tokens, positions, bias, self.cache, None)
                 else:
                     hidden, logits = runner.decode_hidden(tokens, positions, bias, self.cache, None), None

@@ -44,7 +44,7 @@ class Runner:
         self.hf_model = hf_model
         self.fused = _fused_decoder(hf_model, decoder)
         self.backbone = hf_model.base_model
-        self.lm_head = hf_model.get_output_embeddings()
+        self.lm_head = self._model_head = hf_model.get_output_embeddings()
         self.cache_kw = cache_argument(self.backbone)
         self.pass_cache_position = "cache_position" in inspect.signature(self.backbone.forward).parameters
         self.compiled = bool(compile)
@@ -98,8 +98,14 @@ class Runner:
     def _step(self, input_ids, position_ids, mask, cache, cache_position=None):
         """``decode_step`` without the fused weights' check: what ``torch.compile`` traces."""
         hidden = self._hidden(input_ids, position_ids, mask, cache, cache_position)
-        lm_head = self.fused.lm_head if self._fuses(cache) else self.lm_head
-        return hidden, lm_head(hidden).float()
+        return hidden, self._lm_head(cache)(hidden).float()
+
+    def _lm_head(self, cache):
+        """The fused decoder's packed LM head, unless the model's head is observed (forward hooks) or
+        replaced on the runner: then every step goes through it, as transformers' forward would."""
+        head = self.lm_head
+        observed = head is not self._model_head or head._forward_hooks or head._forward_pre_hooks
+        return self.fused.lm_head if self._fuses(cache) and not observed else head
 
     def _hidden(self, input_ids, position_ids, mask, cache, cache_position=None) -> torch.Tensor:
         if self._fuses(cache):

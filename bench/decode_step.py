@@ -21,8 +21,8 @@ import os
 import sys
 
 import torch
-import torch.nn.functional as F
 
+from tte_fast.runtime.cpu_linear import PackedLinear
 from tte_fast.runtime.runner import Runner
 from tte_fast.runtime.sampling import greedy_tokens
 from tte_fast.runtime.slot_cache import SlotCache
@@ -43,7 +43,7 @@ SMOLLM2_135M = dict(
 )
 # Profiler op names by where a step's time goes.
 CATEGORIES = {
-    "matmuls": ("aten::mm", "aten::addmm", "aten::linear"),
+    "matmuls": ("aten::mm", "aten::addmm", "aten::linear", "mkldnn::_linear_pointwise"),
     "attention": ("aten::bmm", "aten::baddbmm", "aten::_softmax", "aten::_scaled_dot_product"),
 }
 
@@ -88,7 +88,8 @@ def step_fn(runner: Runner, cache: SlotCache, batch: int, context: int):
 
 
 def matmuls_fn(model, batch: int):
-    """The step's linear layers (fused shapes) and LM head on random inputs of the step's sizes."""
+    """The step's linear layers (fused shapes) and LM head on random inputs of the step's sizes, as the
+    fused step runs them (oneDNN-packed on CPU)."""
     weights = []
     for layer in model.model.layers:
         attn, mlp = layer.self_attn, layer.mlp
@@ -100,10 +101,11 @@ def matmuls_fn(model, batch: int):
         ]
     weights.append(model.lm_head.weight)
     inputs = [torch.randn(batch, w.shape[1], dtype=w.dtype, device=w.device) for w in weights]
+    linears = [PackedLinear(w) for w in weights]  # as the fused step runs them
 
     def run():
-        for x, w in zip(inputs, weights):
-            F.linear(x, w)
+        for x, linear in zip(inputs, linears):
+            linear(x)
 
     return run
 

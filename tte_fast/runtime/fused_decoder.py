@@ -78,7 +78,6 @@ class _Layer:
 
     def __init__(self, layer: nn.Module):
         attn, mlp = layer.self_attn, layer.mlp
-        self.attn = attn  # transformers' module: head counts and scaling, as its own forward reads them
         self.qkv = PackedLinear(*_stacked(attn.q_proj, attn.k_proj, attn.v_proj))
         self.splits = [attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features]
         self.o = PackedLinear(attn.o_proj.weight, attn.o_proj.bias)
@@ -99,8 +98,7 @@ class FusedDecoder:
             raise ValueError(f"the fused decoder does not support this model: {reason}")
         self.hf_model = hf_model
         self.text = find_decoder(hf_model)
-        self.config = hf_model.config.get_text_config()
-        config = self.config
+        config = hf_model.config.get_text_config()
         rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
         self.mrope_section = rope.get("mrope_section")
         self.layers: list[_Layer] = []

@@ -32,24 +32,14 @@ from dataclasses import dataclass, field
 
 from tte_fast.prompting.prompts import SIDES
 from tte_fast.settings.checks import positive_int
-from tte_fast.settings.params import EncodeParams
+from tte_fast.settings.params import GENERATION, EncodeParams
 from tte_fast.settings.schema import ConfigError, build
 from tte_fast.train.config import FORMATS, DatasetConfig
 
 BACKENDS = ("engine", "vllm", "ray")
 RECORDS = ("pairs", "sft")
-# decode: the sampling settings of EncodeParams (side, thinking and batching are set elsewhere).
-DECODE_KEYS = (
-    "max_think_tokens",
-    "max_answer_tokens",
-    "do_sample",
-    "temperature",
-    "top_k",
-    "top_p",
-    "seed",
-    "repetition_penalty",
-    "generation",
-)
+# decode: the think budget and EncodeParams' sampling settings (side, thinking, batching: elsewhere).
+DECODE_KEYS = ("max_think_tokens", *GENERATION)
 
 
 @dataclass

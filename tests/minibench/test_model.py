@@ -4,6 +4,7 @@ thinks in the benchmark's words and retrieves clearly better than chance on test
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 import pytest
@@ -19,8 +20,8 @@ pytestmark = pytest.mark.skipif(
 def test_packaged_model_is_small_and_loads_with_its_head():
     from tte_fast import UnifiedTTE
 
-    weights = sum(os.path.getsize(os.path.join(PACKAGED_MODEL, f)) for f in os.listdir(PACKAGED_MODEL))
-    assert weights <= 20e6
+    files = [os.path.join(d, f) for d, _, names in os.walk(PACKAGED_MODEL) for f in names]
+    assert sum(os.path.getsize(f) for f in files) <= 20e6  # the baseline beside it included
     model = UnifiedTTE.from_pretrained(PACKAGED_MODEL, device="cpu", dtype=torch.float32)
     assert model.head is not None and model.embed_token == "<emb>"
     assert model.hf_model.config.model_type == "qwen2_vl"
@@ -46,5 +47,7 @@ def test_demo_prints_traces_and_verdicts(capsys):
 
     hits = run(None, None, "cpu", per_task=1)
     out = capsys.readouterr().out
-    assert out.count("trace: <think>") == 4 and out.count("expected:") == 4
-    assert f"{hits} of 4 queries retrieved their answer" in out
+    assert out.count("student: <think>") == 4 and out.count("teacher: from left to right") == 3
+    assert out.count("thinking:") == 4 and out.count("baseline:") == 4  # the baseline ships beside
+    assert f"{hits} of 4 queries retrieved their answer with thinking, " in out
+    assert re.search(r"[0-4] of 4 with the baseline$", out.strip())

@@ -41,6 +41,17 @@ def test_thinking_variants_think_and_the_baseline_does_not(run):
         assert variants[name]["tokens_per_query"] > 5, name
 
 
+def test_perception_is_scored_on_every_picture_query(run):
+    _, summary = run
+    variants = summary["variants"]
+    assert variants["baseline"]["perception"] is None
+    # The teacher's own traces: every cell right; 3 of the 4 tasks have a picture (100 queries each).
+    assert variants["TTE_t"]["perception"]["cells"] == 1.0
+    assert variants["TTE_t"]["perception"]["scored_cells"] == 4 * 300
+    for name in ("TTE_s", "TTE_u"):
+        assert variants[name]["perception"]["scored_cells"] == 4 * 300, name
+
+
 def test_exported_model_loads_and_runs_the_demo(run, capsys):
     from tte_fast.demo import run as demo
 
@@ -48,5 +59,6 @@ def test_exported_model_loads_and_runs_the_demo(run, capsys):
     assert os.path.exists(os.path.join(root, "model", "minibench.json"))
     hits = demo(os.path.join(root, "model"), None, "cpu", per_task=1)
     out = capsys.readouterr().out
-    assert out.count("trace: <think>") == 4 and ("HIT" in out or "MISS" in out)
+    assert out.count("student: <think>") == 4 and out.count("baseline:") == 4
+    assert out.count("HIT") + out.count("MISS") == 8
     assert 0 <= hits <= 4

@@ -154,10 +154,14 @@ def run(root: str, seed: int = 0, profile: str = "full", steps: tuple[str, ...] 
 
 
 def export_model(root: str, destination: str) -> str:
-    """Copy the trained unified model (TTE_u) to ``destination`` with the run's scores beside it."""
-    source = os.path.join(os.path.abspath(root), "runs", "head", "final")
+    """Copy the trained unified model (TTE_u) to ``destination`` with the run's scores beside it and
+    the baseline embedder in its ``baseline`` folder (the demo compares the two)."""
+    from tte_fast.demo import BASELINE_DIR
+
+    runs = os.path.join(os.path.abspath(root), "runs")
     shutil.rmtree(destination, ignore_errors=True)
-    shutil.copytree(source, destination)
+    shutil.copytree(os.path.join(runs, "head", "final"), destination)
+    shutil.copytree(os.path.join(runs, "baseline", "final"), os.path.join(destination, BASELINE_DIR))
     summary = os.path.join(os.path.abspath(root), "minibench.json")
     if os.path.exists(summary):
         shutil.copyfile(summary, os.path.join(destination, "minibench.json"))

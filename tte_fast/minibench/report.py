@@ -1,11 +1,14 @@
-"""The minibench summary: hit@1 per meta-task and overall, chance, tokens thought per query and
-encode throughput for each variant, as JSON and as a printed table."""
+"""The minibench summary: hit@1 per meta-task and overall, chance, the perception score of the
+query traces, tokens thought per query and encode throughput for each variant, as JSON and as a
+printed table."""
 
 from __future__ import annotations
 
 import glob
 import json
 import os
+
+from tte_fast.minibench.perception import score, variant_pairs
 
 META_TASKS = ("classification", "vqa", "retrieval", "grounding")
 VARIANTS = {
@@ -41,6 +44,7 @@ def _variant_summary(root: str, variant: str, evaluation: dict, tokenizer) -> di
         },
         "chance": sum(t["chance"] for t in tasks.values()) / len(tasks),
         "flags": {name: t["flags"] for name, t in tasks.items() if t["flags"]},
+        "perception": score(variant_pairs(root, variant)) if variant != "baseline" else None,
         "tokens_per_query": _tokens_per_query(root, variant, tokenizer),
         "queries": queries,
         "encode_seconds": seconds,
@@ -57,14 +61,20 @@ def summarize(root: str, evaluations: dict, timings: dict, meta: dict) -> dict:
 
 
 def format_summary(summary: dict) -> str:
-    header = ["variant", *META_TASKS, "overall", "chance", "tokens/q", "queries/s"]
+    header = ["variant", *META_TASKS, "overall", "chance", "perception", "tokens/q", "queries/s"]
     rows = [header]
     for name, v in summary["variants"].items():
         hits = [f"{100 * v['hit@1'].get(m, float('nan')):.1f}" for m in (*META_TASKS, "overall")]
-        rate = v["queries_per_s"]
-        rows.append([name, *hits, f"{100 * v['chance']:.1f}", f"{v['tokens_per_query']:.1f}", f"{rate:.1f}"])
+        rate, seen = v["queries_per_s"], (v.get("perception") or {}).get("cells")
+        seen = "-" if seen is None else f"{100 * seen:.1f}"
+        rows.append(
+            [name, *hits, f"{100 * v['chance']:.1f}", seen, f"{v['tokens_per_query']:.1f}", f"{rate:.1f}"]
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = [
         "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows
     ]
-    return "\n".join(lines) + f"\n(hit@1 in %, test split; total {summary['seconds'].get('total', 0):.0f} s)"
+    return (
+        "\n".join(lines)
+        + f"\n(hit@1 and perception (cells named right) in %, test split; total {summary['seconds'].get('total', 0):.0f} s)"
+    )

@@ -55,6 +55,7 @@ class TrainConfig:
     mixed_precision: str = "auto"  # auto: bf16 on CUDA, none on CPU
     gradient_checkpointing: bool = False
     freeze_vision: bool = True  # false: the vision tower trains too (any job but head)
+    vision_lr: float | None = None  # the vision tower's own peak learning rate (None: train.lr)
     cpu: bool = False  # train on CPU even when CUDA is there
     fsdp: bool = False  # shard the fully fine-tuned model with FSDP2 (fully_shard) across processes
 
@@ -143,6 +144,7 @@ def _check(c: RunConfig) -> None:
     positive_int("train.steps", t.steps, ConfigError)
     positive_int("train.batch_size", t.batch_size, ConfigError)
     need(t.lr > 0, "train.lr must be positive")
+    need(t.vision_lr is None or t.vision_lr > 0, f"train.vision_lr must be positive, got {t.vision_lr!r}")
     non_negative_int("train.warmup_steps", t.warmup_steps, ConfigError)
     need(
         t.mixed_precision in MIXED_PRECISION,

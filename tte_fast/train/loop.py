@@ -25,6 +25,7 @@ from tte_fast.train.checkpoint import (
     save_checkpoint,
 )
 from tte_fast.train.config import RunConfig
+from tte_fast.train.encoders import vision_tower
 from tte_fast.train.jobs import build_job
 from tte_fast.train.models import (
     load_for_training,
@@ -133,6 +134,20 @@ class _Run:
     hf_names: dict | None = None  # FSDP: the HF model's name of each trained parameter
 
 
+def _param_groups(params: list, hf_model, t) -> list[dict]:
+    """One group at ``train.lr``, and the vision tower's parameters at ``train.vision_lr`` if set (the
+    schedule scales both alike)."""
+    visual = vision_tower(hf_model)
+    if t.vision_lr is None or visual is None:
+        return [{"params": params}]
+    ids = {id(p) for p in visual.parameters()}
+    groups = [
+        {"params": [p for p in params if id(p) not in ids]},
+        {"params": [p for p in params if id(p) in ids], "lr": t.vision_lr},
+    ]
+    return [g for g in groups if g["params"]]
+
+
 def _setup(config: RunConfig, raw_config: dict | None) -> _Run:
     """Accelerator, model (what trains), data, optimizer and LR schedule of a run."""
     from accelerate.utils import set_seed
@@ -151,7 +166,9 @@ def _setup(config: RunConfig, raw_config: dict | None) -> _Run:
     t = config.train
     hf_names = shard(job.module, loaded.hf_model, accelerator.device) if t.fsdp else None
     params = [p for p in job.module.parameters() if p.requires_grad]  # sharded ones under FSDP
-    optimizer = torch.optim.AdamW(params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+    optimizer = torch.optim.AdamW(
+        _param_groups(params, loaded.hf_model, t), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(t.warmup_steps, t.steps, t.min_lr_ratio)
     )

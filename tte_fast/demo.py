@@ -106,7 +106,7 @@ def run(
     model = _load(model_path, device)
     baseline = _load(baseline_path, device) if baseline_path else None
     if baseline is not None:
-        print("baseline: the embedder trained without traces, embedding each query without thinking")
+        print("beside it: the baseline embedder (trained without traces), queries embedded without thinking")
     print()
     examples = demo_queries(per_task)
     queries = [_query_input(e) for e in examples]

@@ -5,7 +5,6 @@ tower at a rate of its own while the decoder moves at ``train.lr``."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from tests.train_cases import config, example, weights
 from tte_fast.inputs import EmbedInput

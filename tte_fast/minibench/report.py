@@ -74,7 +74,6 @@ def format_summary(summary: dict) -> str:
     lines = [
         "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows
     ]
-    return (
-        "\n".join(lines)
-        + f"\n(hit@1 and perception (cells named right) in %, test split; total {summary['seconds'].get('total', 0):.0f} s)"
-    )
+    total = summary["seconds"].get("total", 0)
+    note = f"(hit@1 and perception (picture cells named right) in %, test split; total {total:.0f} s)"
+    return "\n".join(lines) + "\n" + note

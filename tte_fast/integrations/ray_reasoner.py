@@ -17,15 +17,22 @@ stages are off: the rows carry our prompt's token ids (``tokenized_prompt``), th
 (``multimodal_data``) and the sampling settings of :mod:`tte_fast.traces.external`, so traces are
 what the vLLM backend and our engine write. Ray Data reports no stop reason: it is read off the last
 token and the generated text's end.
+
+On a Ray cluster without GPUs (vLLM's CPU build), each engine replica takes a bundle of one CPU
+unless ``ray.placement_group_config`` says otherwise: Ray Data's default bundle asks for a GPU, and
+such a job would wait for one forever.
 """
 
 from __future__ import annotations
+
+import copy
 
 from tte_fast.integrations.vllm_reasoner import VllmReasoner
 from tte_fast.traces.external import sampling_settings
 
 # The processor's own prompt stages: our rows carry the prompt's token ids and the image already.
 STAGES_OFF = ("chat_template", "tokenize", "detokenize", "prepare_multimodal")
+CPU_BUNDLES = {"bundle_per_worker": {"CPU": 1}}
 EXTRA = "pip install 'tte_fast[ray-llm]' (Ray Data's LLM support, ray[data,llm], and vLLM)"
 
 
@@ -36,6 +43,14 @@ def import_ray_llm():
     except ImportError as err:
         raise ImportError(f"the ray reasoner backend needs Ray Data's LLM support and vLLM: {EXTRA}") from err
     return ray.data, build_processor, vLLMEngineProcessorConfig
+
+
+def _cluster_has_gpus() -> bool:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()  # what Ray Data would do at the first dataset
+    return ray.cluster_resources().get("GPU", 0) > 0
 
 
 def stop_reason(options, phase: str, tokens: list[int], text: str):
@@ -60,6 +75,8 @@ class RayReasoner(VllmReasoner):
             engine_kwargs.setdefault("limit_mm_per_prompt", {"image": 1})
         stages = {f"{s}_stage": False for s in STAGES_OFF}
         self.ray_settings = dict(ray or {})
+        if "placement_group_config" not in self.ray_settings and not _cluster_has_gpus():
+            self.ray_settings["placement_group_config"] = copy.deepcopy(CPU_BUNDLES)
         config = config_class(model_source=path, engine_kwargs=engine_kwargs, **stages, **self.ray_settings)
         self.processor = build_processor(config)
 

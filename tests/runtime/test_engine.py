@@ -140,6 +140,26 @@ def test_bad_inputs_fail_alone(model):
         model.encode(inputs, think=True, max_think_tokens=3, batch_size=2)
 
 
+def test_callers_sharing_an_index_keep_their_own_traces_and_errors(model):
+    """Two callers' requests both named input 0 (a server's clients) in one admission: each is
+    embedded with its own trace, and a prompt too long fails only its own request, named as its
+    caller named it."""
+    engine = Engine(model, slots=2)
+    options = model.decode_options()
+    texts, traces = ["a cat", "a dog on a sofa"], ["it purrs", "it barks at the door"]
+    futures = [
+        engine.submit(check_input(0, t), options, think=False, trace=tr, index=0)
+        for t, tr in zip(texts, traces)
+    ]
+    too_long = engine.submit(check_input(3, "x " * 5000), options, think=False, trace="t", index=3)
+    engine.run_until_done()
+    want = model.encode(texts, think=False, traces=traces, scheduler="static")
+    for future, embedding in zip(futures, want.embeddings):
+        torch.testing.assert_close(future.result().embedding, embedding, atol=ATOL, rtol=0)
+    with pytest.raises(InputError, match="^input 3: .*context"):
+        too_long.result()
+
+
 def test_a_cancelled_request_frees_its_slot(model):
     engine = Engine(model, slots=1)
     options = model.decode_options(max_think_tokens=30)

@@ -131,7 +131,7 @@ def test_a_failing_decode_step_is_500_and_the_engine_lives_on(limited, monkeypat
     def broken(*args, **kwargs):
         raise RuntimeError("simulated device failure")
 
-    monkeypatch.setattr(service.model.runner, "step", broken)
+    monkeypatch.setattr(service.embedder.runner, "step", broken)
     answer = client.post("/v1/embeddings", json={"input": "boom", "max_think_tokens": 3})
     assert answer.status_code == 500 and answer.json()["error"]["type"] == "internal_error"
     assert "simulated device failure" in answer.json()["error"]["message"]
@@ -148,7 +148,7 @@ def test_a_failing_admission_prefill_is_500(limited, monkeypatch):
         raise RuntimeError("simulated device failure")
 
     monkeypatch.setattr(service.config, "request_timeout_s", 5.0)  # a hang would end as a 504
-    monkeypatch.setattr(service.model, "embed_prefill", broken)
+    monkeypatch.setattr(service.embedder, "embed_prefill", broken)
     try:
         answer = client.post("/v1/embeddings", json={"input": "boom", "think": False})
     finally:

@@ -137,6 +137,23 @@ def test_cli_prefill_attention_reaches_the_serving_engine(tiny_checkpoints, monk
     assert served["app"].state.service.engine.prefill_attention == "sdpa_varlen"
 
 
+def test_cli_serves_a_two_model_pipeline(tiny_checkpoints, monkeypatch):
+    """``--reasoner`` makes ``--model`` the embedder: the reasoner thinks on an engine of its own."""
+    import uvicorn
+
+    from tte_fast.serve.cli import main
+    from tte_fast.serve.thinkers import EngineThinker
+
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.update(app=app))
+    paths = tiny_checkpoints["qwen2"], tiny_checkpoints["qwen2_vl"]
+    main(["--model", paths[1], "--reasoner", paths[0], "--device", "cpu"])
+    service = served["app"].state.service
+    assert isinstance(service.thinker, EngineThinker) and service.thinker.engine.model is service.reasoner
+    assert service.engine.model is service.embedder
+    assert service.embedder.vision and not service.reasoner.vision
+
+
 def test_cli_recipe_reaches_the_served_model(tiny_checkpoints, monkeypatch):
     import uvicorn
 
@@ -145,5 +162,5 @@ def test_cli_recipe_reaches_the_served_model(tiny_checkpoints, monkeypatch):
     served = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.update(app=app))
     main(["--model", tiny_checkpoints["qwen2_vl"], "--device", "cpu", "--recipe", "vlm2vec"])
-    config = served["app"].state.service.model.config
+    config = served["app"].state.service.embedder.config
     assert (config.recipe, config.positions, config.prompt_embed) == ("vlm2vec", "sequential", "last")

@@ -253,7 +253,7 @@ class Engine:
             done += self._prefill([r for r in loaded if r.think], free)
         except BaseException as error:  # they left the queue and hold no slot yet: settle them here
             for request in taken:
-                _resolve(request.future, error=error)
+                settle(request.future, error=error)
             raise
         return done + len(taken) - len(loaded)
 
@@ -263,27 +263,29 @@ class Engine:
             request.item = load_input(request.index, request.item)
             return True
         except InputError as error:
-            _resolve(request.future, error=error)
+            settle(request.future, error=error)
             return False
 
     def _batch(self, requests: list[_Request], think: bool) -> tuple[dict | None, list[_Request]]:
         """The processor batch of ``requests``; a request the batch rejects (a prompt too long)
-        fails alone and the rest are batched again."""
+        fails alone and the rest are batched again. The batch names its inputs by position: the
+        requests of different callers may share an ``index``."""
         while requests:
             try:
                 batch = self.model.batch_inputs(
                     [r.item for r in requests],
-                    [r.index for r in requests],
+                    range(len(requests)),
                     [r.side for r in requests],
                     think,
-                    None if think else {r.index: r.trace for r in requests},
+                    None if think else [r.trace for r in requests],
                     [r.options for r in requests],
                 )
                 return batch, requests
             except InputError as error:
-                bad = [r for r in requests if r.index == error.index][:1] or requests[:1]
-                _resolve(bad[0].future, error=error)
-                requests = [r for r in requests if r is not bad[0]]
+                bad = requests[error.index] if 0 <= error.index < len(requests) else requests[0]
+                message = str(error).split(": ", 1)[-1]
+                settle(bad.future, error=type(error)(bad.index, message))
+                requests = [r for r in requests if r is not bad]
         return None, []
 
     def _embed_without_thinking(self, requests: list[_Request]) -> int:
@@ -300,7 +302,7 @@ class Engine:
                 embeddings = normalize(hidden).float().cpu()
         for request, emb, ids in zip(requests, embeddings, unpadded(batch)):
             result = EngineResult(emb.float(), request.trace, ids.cpu(), len(ids), 0)
-            _resolve(request.future, result)
+            settle(request.future, result)
         return len(requests)
 
     def _prefill(self, requests: list[_Request], free: list[int]) -> int:
@@ -501,7 +503,7 @@ class Engine:
             slot.admitted_step,
             self.steps,
         )
-        _resolve(slot.request.future, result)
+        settle(slot.request.future, result)
         self._free(index)
 
     def _free(self, index: int) -> None:
@@ -517,10 +519,10 @@ class Engine:
         for i in range(len(self.slots)):
             self._free(i)
         for request in requests:
-            _resolve(request.future, error=error)
+            settle(request.future, error=error)
 
 
-def _resolve(future: Future, result=None, error: BaseException | None = None) -> None:
+def settle(future: Future, result=None, error: BaseException | None = None) -> None:
     """Settle a request's future unless its caller cancelled it meanwhile (futures stay pending
     while they run, so ``future.cancel()`` works until the result is in)."""
     try:

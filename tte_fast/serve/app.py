@@ -31,15 +31,20 @@ CLIENT_CLOSED = 499  # logged only: nobody is left to read it
 
 
 def create_app(model, config: ServeConfig | None = None) -> FastAPI:
-    """The server of ``model`` (a ``UnifiedTTE`` with the last-token head)."""
+    """The server of ``model``: a ``UnifiedTTE`` with the last-token head, or a ``TwoModelTTE``
+    (its reasoner ours or on vLLM, its embedder last-token)."""
     config = config or ServeConfig()
     service = EmbeddingService(model, config)
     metrics = Metrics(service)
     media = MediaLoader(config)
     created = int(time.time())
     expected_key = (config.api_key or "").encode()
-    hidden_size = model.hf_model.config.get_text_config().hidden_size
-    counter = _TokenCounter(model.tokenizer)
+    reasoner, embedder = service.reasoner, service.embedder
+    hidden_size = embedder.hf_model.config.get_text_config().hidden_size
+    counter = _TokenCounter(embedder.tokenizer)
+    contexts = [m.context_length for m in (reasoner, embedder) if m.context_length is not None]
+    context_length = min(contexts, default=None)
+    vision = reasoner.vision and embedder.vision
 
     @asynccontextmanager
     async def lifespan(app):
@@ -104,8 +109,8 @@ def create_app(model, config: ServeConfig | None = None) -> FastAPI:
         check_dimensions(req.dimensions, hidden_size, config.matryoshka)
         think = service.thinks(req.params)
         options = service.decode_options(req.params)
-        await asyncio.to_thread(_check_lengths, req, counter, model.context_length)
-        items = await _load_items(req, media, model.vision)
+        await asyncio.to_thread(_check_lengths, req, counter, context_length)
+        items = await _load_items(req, media, vision)
         task = asyncio.ensure_future(
             service.embed(
                 items, [it.param for it in req.items], think=think, side=req.params.side, options=options

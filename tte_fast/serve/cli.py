@@ -1,4 +1,4 @@
-"""``tte-fast serve --model PATH [--host 127.0.0.1] [--port 8000] [options]``."""
+"""``tte-fast serve --model PATH [--reasoner PATH] [--host 127.0.0.1] [--port 8000] [options]``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,16 @@ from tte_fast.serve.config import API_KEY_ENV, MiB, ServeConfig
 def parser() -> argparse.ArgumentParser:
     d = ServeConfig()
     p = argparse.ArgumentParser(prog="tte-fast serve", description="OpenAI/vLLM-compatible embeddings server")
-    p.add_argument("--model", required=True, help="checkpoint folder or id (last-token head)")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="checkpoint folder or id (last-token head), or a folder with reasoner/ and embedder/",
+    )
+    p.add_argument(
+        "--reasoner",
+        help="a separate reasoner (TTE_t / TTE_s): checkpoint folder or id, or vllm:PATH to think on vLLM "
+        "($TTE_FAST_VLLM_ARGS: its LLM arguments as JSON); --model is then the embedder",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--served-model-name", help="the name clients send as 'model' (default: the folder name)")
@@ -82,18 +91,16 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as error:
         raise SystemExit(f"tte-fast serve: {error}") from error
     from tte_fast.checkpoint.load import load_tte
-    from tte_fast.model import UnifiedTTE
 
     model = load_tte(
         args.model,
+        reasoner=args.reasoner,
         device=args.device,
         dtype=args.dtype,
         compile=args.compile,
         prefill_attention=args.prefill_attention,
         **({"recipe": args.recipe} if args.recipe else {}),
     )
-    if not isinstance(model, UnifiedTTE):
-        raise SystemExit("tte-fast serve: serves one model (a UnifiedTTE), not a reasoner and an embedder")
     try:
         app = create_app(model, config)
     except ValueError as error:  # a TTE_u checkpoint

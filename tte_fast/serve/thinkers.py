@@ -1,0 +1,122 @@
+"""The reasoner of a served two-model pipeline (TTE_t / TTE_s): traces for the embedder to read.
+
+Our own reasoner thinks on a continuous-batching engine of its own (think-only requests). A
+reasoner on vLLM (``VllmThinker``) gets :class:`VllmBatcher`: one thread owns the ``LLM`` (it is not
+made for concurrent calls) and hands it every input waiting when it is free, so requests of many
+clients share vLLM's batches. Both return one future per input with an ``EngineResult``
+(``embedding`` None) or the input's ``InputError``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import fields
+
+import torch
+
+from tte_fast.inputs import EmbedInput, InputError
+from tte_fast.runtime.engine import Engine, EngineResult, settle
+from tte_fast.traces.sources import TraceInput
+
+
+class EngineThinker:
+    """A ``UnifiedTTE`` reasoner on an engine of its own."""
+
+    def __init__(self, reasoner, slots: int):
+        self.engine = Engine(reasoner, slots=slots)
+
+    def submit(self, item: EmbedInput, options, side: str, index: int) -> Future:
+        return self.engine.submit(item, options, think=True, side=side, embed=False, index=index)
+
+    def waiting(self) -> int:
+        return len(self.engine.waiting)
+
+    def running(self) -> int:
+        return sum(slot is not None for slot in self.engine.slots)
+
+    def start(self) -> None:
+        self.engine.start()
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+class VllmBatcher:
+    """A ``VllmThinker``'s ``generate`` run by one thread over the inputs waiting, grouped by side
+    and decode options (one vLLM call per group)."""
+
+    def __init__(self, thinker):
+        self.thinker = thinker
+        self.waiting_inputs: deque[tuple[EmbedInput, object, str, int, Future]] = deque()
+        self._lock = threading.Lock()
+        self._work = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._running = 0  # inputs in the vLLM call under way
+
+    def waiting(self) -> int:
+        return len(self.waiting_inputs)
+
+    def running(self) -> int:
+        return self._running
+
+    def submit(self, item: EmbedInput, options, side: str, index: int) -> Future:
+        future: Future = Future()
+        with self._lock:
+            self.waiting_inputs.append((item, options, side, index, future))
+        self._work.set()
+        return future
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="tte-fast-vllm-thinker", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._work.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._work.wait(0.05)
+            self._work.clear()
+            with self._lock:
+                taken = [w for w in self.waiting_inputs if not w[4].cancelled()]
+                self.waiting_inputs.clear()
+            while taken:
+                side, options = taken[0][2], taken[0][1]
+                group = [w for w in taken if w[2] == side and w[1] == options]
+                taken = [w for w in taken if not (w[2] == side and w[1] == options)]
+                self._think(group, side, options)
+
+    def _think(self, group: list, side: str, options) -> None:
+        inputs = [TraceInput(str(w[3]), side, _raw(w[0]), f"input {w[3]}") for w in group]
+        self._running = len(group)
+        try:
+            generations = self.thinker.vllm.generate(inputs, options)
+        except Exception as error:  # vLLM failed this call: its requests fail, later ones still run
+            for w in group:
+                settle(w[4], error=error)
+            return
+        finally:
+            self._running = 0
+        for (_, _, _, index, future), g in zip(group, generations):
+            if g.error is not None:
+                settle(future, error=InputError(index, g.error))
+            else:
+                empty = torch.empty(0, dtype=torch.long)
+                result = EngineResult(
+                    None, g.trace, empty, g.prompt_tokens, g.generated_tokens, g.stop_reason
+                )
+                settle(future, result)
+
+
+def _raw(item: EmbedInput) -> dict:
+    """The raw input dict of a checked input (its image already decoded)."""
+    return {f.name: getattr(item, f.name) for f in fields(item) if getattr(item, f.name) is not None}

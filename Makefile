@@ -24,7 +24,7 @@ VLLM_STAMP := $(VLLM_VENV)/.vllm-installed
 export VERSIONS := import importlib.metadata as m; print(' '.join(f'{p}=={m.version(p)}' for p in \
 	('torch', 'transformers', 'triton', 'accelerate', 'peft', 'tokenizers', 'safetensors')))
 
-.PHONY: install vllm-env demo test test-oldest test-vllm lint bench clean
+.PHONY: install oldest-env vllm-env demo test test-oldest test-vllm lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,8 @@ $(VLLM_STAMP):
 	touch $(VLLM_STAMP)
 
 vllm-env: $(VLLM_STAMP)
+
+oldest-env: $(OLDEST_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m tte_fast.demo

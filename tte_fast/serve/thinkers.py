@@ -13,6 +13,7 @@ import threading
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import fields
+from typing import NamedTuple
 
 import torch
 
@@ -43,13 +44,21 @@ class EngineThinker:
         self.engine.close()
 
 
+class _Waiting(NamedTuple):
+    item: EmbedInput
+    options: object  # DecodeOptions
+    side: str
+    index: int
+    future: Future
+
+
 class VllmBatcher:
     """A ``VllmThinker``'s ``generate`` run by one thread over the inputs waiting, grouped by side
     and decode options (one vLLM call per group)."""
 
     def __init__(self, thinker):
         self.thinker = thinker
-        self.waiting_inputs: deque[tuple[EmbedInput, object, str, int, Future]] = deque()
+        self.waiting_inputs: deque[_Waiting] = deque()
         self._lock = threading.Lock()
         self._work = threading.Event()
         self._stop = threading.Event()
@@ -65,7 +74,7 @@ class VllmBatcher:
     def submit(self, item: EmbedInput, options, side: str, index: int) -> Future:
         future: Future = Future()
         with self._lock:
-            self.waiting_inputs.append((item, options, side, index, future))
+            self.waiting_inputs.append(_Waiting(item, options, side, index, future))
         self._work.set()
         return future
 
@@ -87,34 +96,34 @@ class VllmBatcher:
             self._work.wait(0.05)
             self._work.clear()
             with self._lock:
-                taken = [w for w in self.waiting_inputs if not w[4].cancelled()]
+                taken = [w for w in self.waiting_inputs if not w.future.cancelled()]
                 self.waiting_inputs.clear()
             while taken:
-                side, options = taken[0][2], taken[0][1]
-                group = [w for w in taken if w[2] == side and w[1] == options]
-                taken = [w for w in taken if not (w[2] == side and w[1] == options)]
-                self._think(group, side, options)
+                key = (taken[0].side, taken[0].options)
+                group = [w for w in taken if (w.side, w.options) == key]
+                taken = [w for w in taken if (w.side, w.options) != key]
+                self._think(group, *key)
 
-    def _think(self, group: list, side: str, options) -> None:
-        inputs = [TraceInput(str(w[3]), side, _raw(w[0]), f"input {w[3]}") for w in group]
+    def _think(self, group: list[_Waiting], side: str, options) -> None:
+        inputs = [TraceInput(str(w.index), side, _raw(w.item), f"input {w.index}") for w in group]
         self._running = len(group)
         try:
             generations = self.thinker.vllm.generate(inputs, options)
         except Exception as error:  # vLLM failed this call: its requests fail, later ones still run
             for w in group:
-                settle(w[4], error=error)
+                settle(w.future, error=error)
             return
         finally:
             self._running = 0
-        for (_, _, _, index, future), g in zip(group, generations):
+        for w, g in zip(group, generations):
             if g.error is not None:
-                settle(future, error=InputError(index, g.error))
+                settle(w.future, error=InputError(w.index, g.error))
             else:
                 empty = torch.empty(0, dtype=torch.long)
                 result = EngineResult(
                     None, g.trace, empty, g.prompt_tokens, g.generated_tokens, g.stop_reason
                 )
-                settle(future, result)
+                settle(w.future, result)
 
 
 def _raw(item: EmbedInput) -> dict:

@@ -36,6 +36,7 @@ from tte_fast.profiling import stage
 from tte_fast.prompting.batching import normalize, unpadded
 from tte_fast.prompting.chunking import split_inputs
 from tte_fast.runtime import slot_attention
+from tte_fast.runtime.background import BackgroundSteps
 from tte_fast.runtime.options import DecodeOptions
 from tte_fast.runtime.packed_prefill import (
     IMPLEMENTATION,
@@ -96,8 +97,10 @@ class _Slot:
         self.admitted_step = admitted_step
 
 
-class Engine:
+class Engine(BackgroundSteps):
     """Continuous batching over ``slots`` rows for one :class:`~tte_fast.model.UnifiedTTE`."""
+
+    thread_name = "tte-fast-engine"
 
     def __init__(
         self,
@@ -107,6 +110,7 @@ class Engine:
         admit_at: int | None = None,
         prefill_attention: str | None = None,
     ):
+        super().__init__()
         positive_int("slots", slots)
         self.model = model
         # Unless told otherwise, prefill as the model was loaded to (``from_pretrained(prefill_attention=)``).
@@ -134,9 +138,6 @@ class Engine:
         self.seen: SeenTokens | None = None  # made at the first request with a repetition penalty
         self.steps = 0  # decode steps run
         self.prefills = 0  # admission prefills run
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._work = threading.Event()
 
     def _length(self, columns: int) -> int:
         """Slot length for ``columns``: the compiled decoder's power-of-two buckets, else multiples of 64."""
@@ -184,32 +185,6 @@ class Engine:
                 raise
             if on_finish is not None and finished:
                 on_finish(finished)
-
-    def start(self) -> None:
-        """Run steps in a background thread until ``close`` (for serving)."""
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="tte-fast-engine", daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._work.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            if not self.busy:
-                self._work.wait(0.05)
-                self._work.clear()
-                continue
-            try:
-                self.step()
-            except Exception as error:  # fail the requests in flight, keep serving the next ones
-                self._fail_all(error)
 
     # -------------------------------------------------------------------------------------- step
     @torch.inference_mode()

@@ -18,6 +18,7 @@ from typing import NamedTuple
 import torch
 
 from tte_fast.inputs import EmbedInput, InputError
+from tte_fast.runtime.background import BackgroundSteps
 from tte_fast.runtime.engine import Engine, EngineResult, settle
 from tte_fast.traces.sources import TraceInput
 
@@ -52,17 +53,17 @@ class _Waiting(NamedTuple):
     future: Future
 
 
-class VllmBatcher:
+class VllmBatcher(BackgroundSteps):
     """A ``VllmThinker``'s ``generate`` run by one thread over the inputs waiting, grouped by side
     and decode options (one vLLM call per group)."""
 
+    thread_name = "tte-fast-vllm-thinker"
+
     def __init__(self, thinker):
+        super().__init__()
         self.thinker = thinker
         self.waiting_inputs: deque[_Waiting] = deque()
         self._lock = threading.Lock()
-        self._work = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._running = 0  # inputs in the vLLM call under way
 
     def waiting(self) -> int:
@@ -78,38 +79,34 @@ class VllmBatcher:
         self._work.set()
         return future
 
-    def start(self) -> None:
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._loop, name="tte-fast-vllm-thinker", daemon=True)
-            self._thread.start()
+    @property
+    def busy(self) -> bool:
+        return bool(self.waiting_inputs)
 
-    def close(self) -> None:
-        self._stop.set()
-        self._work.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+    def step(self) -> None:
+        """One vLLM call per side and decode options over every input waiting now."""
+        with self._lock:
+            taken = [w for w in self.waiting_inputs if not w.future.cancelled()]
+            self.waiting_inputs.clear()
+        while taken:
+            key = (taken[0].side, taken[0].options)
+            group = [w for w in taken if (w.side, w.options) == key]
+            taken = [w for w in taken if (w.side, w.options) != key]
+            self._think(group, *key)
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self._work.wait(0.05)
-            self._work.clear()
-            with self._lock:
-                taken = [w for w in self.waiting_inputs if not w.future.cancelled()]
-                self.waiting_inputs.clear()
-            while taken:
-                key = (taken[0].side, taken[0].options)
-                group = [w for w in taken if (w.side, w.options) == key]
-                taken = [w for w in taken if (w.side, w.options) != key]
-                self._think(group, *key)
+    def _fail_all(self, error: BaseException) -> None:
+        with self._lock:
+            failed = list(self.waiting_inputs)
+            self.waiting_inputs.clear()
+        for w in failed:
+            settle(w.future, error=error)
 
     def _think(self, group: list[_Waiting], side: str, options) -> None:
-        inputs = [TraceInput(str(w.index), side, _raw(w.item), f"input {w.index}") for w in group]
         self._running = len(group)
         try:
+            inputs = [TraceInput(str(w.index), side, _raw(w.item), f"input {w.index}") for w in group]
             generations = self.thinker.vllm.generate(inputs, options)
-        except Exception as error:  # vLLM failed this call: its requests fail, later ones still run
+        except Exception as error:  # this call failed: its requests fail, later ones still run
             for w in group:
                 settle(w.future, error=error)
             return

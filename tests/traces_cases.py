@@ -1,4 +1,4 @@
-"""Training records and trace-job configs shared by the trace tests."""
+"""Training records, trace-job configs and a vLLM-shaped engine shared by the trace and serve tests."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import os
 
 import numpy as np
+import torch
 import yaml
 from PIL import Image
 
@@ -61,3 +62,41 @@ def write_config(folder, raw: dict) -> str:
 
 def sorted_rows(folder) -> list[dict]:
     return read_table(str(folder)).sort_by("id").to_pylist()
+
+
+class SingleBudgetHF:
+    """An engine with one budget per request, as vLLM's ``LLM.generate``: HF greedy ``generate``
+    stopping at the stop ids (kept in the output, as vLLM keeps them)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    @staticmethod
+    def sampling_params(**settings) -> dict:
+        return settings
+
+    def generate(self, prompts, settings, use_tqdm=False):
+        from types import SimpleNamespace
+
+        assert settings["temperature"] == 0.0 and settings["stop"] == [] and settings["ignore_eos"]
+        out = []
+        for p in prompts:
+            ids = torch.tensor([p["prompt_token_ids"]])
+            with torch.inference_mode():
+                full = self.model.hf_model.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=settings["max_tokens"],
+                    do_sample=False,
+                    eos_token_id=settings["stop_token_ids"],
+                    pad_token_id=self.model.pad_token_id,
+                )
+            new = full[0, ids.shape[1] :].tolist()
+            reason = new[-1] if new and new[-1] in settings["stop_token_ids"] else None
+            out.append(
+                SimpleNamespace(
+                    prompt_token_ids=p["prompt_token_ids"],
+                    outputs=[SimpleNamespace(token_ids=new, stop_reason=reason)],
+                )
+            )
+        return out

@@ -5,7 +5,6 @@ server shares between concurrent clients."""
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 
@@ -17,6 +16,7 @@ pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
 
 from serve_cases import API_KEY, data_url, image_chat, live_server, png_bytes  # noqa: E402
+from traces_cases import SingleBudgetHF  # noqa: E402
 
 from tte_fast.model import UnifiedTTE  # noqa: E402
 from tte_fast.serve import ServeConfig, create_app  # noqa: E402
@@ -100,9 +100,6 @@ class SlowSingleBudget:
     that the requests arriving meanwhile wait for the next one; records each call's prompt count."""
 
     def __init__(self, model):
-        sys.path.insert(0, __file__.rsplit("/serve/", 1)[0] + "/traces")
-        from test_backends import SingleBudgetHF
-
         self.inner, self.calls = SingleBudgetHF(model), []
         self.sampling_params = self.inner.sampling_params
 

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "attention_math.h"
 #include "parallel.h"
 
 namespace py = pybind11;
@@ -24,49 +25,7 @@ namespace py = pybind11;
 namespace tte {
 namespace {
 
-constexpr int64_t kBlock = 32;        // columns scored before one softmax rescale
-constexpr int64_t kMaxHeadDim = 256;  // scratch sizes below
-constexpr int64_t kMaxGroup = 16;
-
-inline float load(const float* p, int64_t i) { return p[i]; }
-inline float load(const uint16_t* p, int64_t i) {
-  uint32_t bits = static_cast<uint32_t>(p[i]) << 16;  // bfloat16 is float32's upper half
-  float value;
-  std::memcpy(&value, &bits, sizeof(value));
-  return value;
-}
-inline void store(float* p, int64_t i, float v) { p[i] = v; }
-inline void store(uint16_t* p, int64_t i, float v) {
-  uint32_t bits;
-  std::memcpy(&bits, &v, sizeof(bits));
-  if ((bits & 0x7fffffffu) > 0x7f800000u) {
-    p[i] = static_cast<uint16_t>((bits >> 16) | 0x40u);  // NaN stays NaN
-    return;
-  }
-  bits += 0x7fffu + ((bits >> 16) & 1u);  // round to nearest even, as torch's conversion
-  p[i] = static_cast<uint16_t>(bits >> 16);
-}
-
-// exp(x) for x <= 0 in a form the compiler vectorises (libm's expf is a scalar call per score, which
-// dominated the kernel): x = n ln2 + r with |r| <= ln2 / 2 (Cody-Waite split of ln2), exp(r) by its
-// degree-7 Taylor polynomial (relative error under 2e-7), times 2^n built in the exponent bits.
-inline float exp_nonpositive(float x) {
-  x = std::max(x, -87.0f);  // 2^-126 and below: 0 for our sums (and no denormal exponent bits)
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
-  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
-  float p = 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
-}
+constexpr int64_t kBlock = kAttentionBlock;
 
 // DIM > 0: the head dim as a compile-time constant (the common 64 and 128: loops unrolled, the
 // accumulators kept in registers); 0: read from the arguments.
@@ -162,18 +121,28 @@ void check(const DecodeAttentionArgs& a) {
 void decode_attention(const DecodeAttentionArgs& args, int64_t num_threads) {
   check(args);
   const int64_t tasks = static_cast<int64_t>(args.rows.size()) * args.kv_heads;
+  const bool avx512 = avx512_attention_applies(args);
   TaskFailure failure = parallel_for(tasks, num_threads, [&](int64_t t) {
     const int64_t b = t / args.kv_heads, kv_head = t % args.kv_heads;
-    if (args.bfloat16) {
+    if (avx512) {
+      attend_avx512(args, b, kv_head);
+    } else if (args.bfloat16) {
       dispatch_dim<uint16_t>(args, b, kv_head);
     } else {
       dispatch_dim<float>(args, b, kv_head);
     }
   });
   if (failure.index >= 0) std::rethrow_exception(failure.error);
+  if (avx512) count_avx512_attention_tasks(tasks);
 }
 
 void register_decode_attention(py::module_& m) {
+  m.def("set_avx512_attention_enabled", &set_avx512_attention_enabled, py::arg("enabled"),
+        "Switch the decode attention's AVX-512 path on or off (off: the portable loops).");
+  m.def("avx512_attention_enabled", &avx512_attention_enabled,
+        "Whether the decode attention's AVX-512 path is on (and the CPU has AVX-512F).");
+  m.def("avx512_attention_tasks", &avx512_attention_tasks,
+        "(row, key head) tasks the AVX-512 decode attention has run since the module loaded.");
   m.def(
       "decode_attention",
       [](uintptr_t query, uintptr_t key, uintptr_t value, uintptr_t out, bool bfloat16, int64_t heads,

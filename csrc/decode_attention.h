@@ -23,7 +23,21 @@ struct DecodeAttentionArgs {
   float scale;
 };
 
+constexpr int64_t kAttentionBlock = 32;  // columns scored before one softmax rescale
+constexpr int64_t kMaxHeadDim = 256;
+constexpr int64_t kMaxGroup = 16;
+
 void decode_attention(const DecodeAttentionArgs& args, int64_t num_threads);
+
+// The AVX-512 path (decode_attention_avx512.cpp): whether it takes these arguments (the CPU has
+// AVX-512F, the head dim is a multiple of 16, the path is switched on), and one (row, key head) task.
+bool avx512_attention_applies(const DecodeAttentionArgs& args);
+void attend_avx512(const DecodeAttentionArgs& args, int64_t row, int64_t kv_head);
+// Switch the AVX-512 path off and on (the tests run both paths); tasks it has run since load.
+void set_avx512_attention_enabled(bool enabled);
+bool avx512_attention_enabled();
+int64_t avx512_attention_tasks();
+void count_avx512_attention_tasks(int64_t tasks);
 
 // Adds `decode_attention` to the extension module.
 void register_decode_attention(pybind11::module_& m);

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "decode_attention.h"
+#include "decoder_ops.h"
 #include "frame_slots.h"
 #include "image_view.h"
 #include "parallel.h"
@@ -286,8 +287,9 @@ py::array_t<uint8_t> resize_uint8(const py::array& image, int64_t height, int64_
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "tte_fast C++ extension: batched Qwen-VL image preprocessing, CPU decode attention";
+  m.doc() = "tte_fast C++ extension: batched Qwen-VL image preprocessing, CPU decode attention and decoder ops";
   tte::register_decode_attention(m);
+  tte::register_decoder_ops(m);
   m.def(
       "smart_resize",
       [](long height, long width, long factor, long min_pixels, long max_pixels) {

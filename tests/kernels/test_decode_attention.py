@@ -122,6 +122,44 @@ def test_decode_attention_over_a_slot_cache_step(backend, device, dtype):
     assert_rel_close(out, expected, TOLERANCE[dtype], "output")
 
 
+@pytest.fixture(params=[True, False], ids=["avx512", "portable"])
+def cpp_path(request):
+    """The C++ kernel with its AVX-512 path on (where the CPU has AVX-512F) or off."""
+    from tte_fast import _C
+
+    if not hasattr(_C, "decode_attention"):
+        pytest.skip("the C++ extension has no decode attention")
+    _C.set_avx512_attention_enabled(request.param)
+    if request.param and not _C.avx512_attention_enabled():
+        _C.set_avx512_attention_enabled(True)
+        pytest.skip("this CPU has no AVX-512F")
+    yield request.param
+    _C.set_avx512_attention_enabled(True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "heads,kv_heads,dim,width",
+    [
+        (9, 3, 64, 200),  # SmolLM2-135M's heads; blocks of 32 columns and a short last one
+        (12, 2, 128, 70),  # Qwen2-VL-2B's
+        (4, 4, 48, 33),  # a head dim of 3 vectors (not unrolled), one column past a block
+        (4, 2, 24, 40),  # not a multiple of 16: the portable loops either way
+    ],
+)
+def test_cpp_kernel_paths_match_reference(cpp_path, dtype, heads, kv_heads, dim, width):
+    """Both C++ paths against the float64 reference at the decoders' head dims; the AVX-512 path
+    takes exactly the (row, key head) tasks whose head dim is a multiple of 16 (its counter)."""
+    from tte_fast import _C
+
+    query, key, value, lengths, rows, bias = slot_inputs(7, heads, kv_heads, width, dim, dtype, "cpu", 5, 9)
+    before = _C.avx512_attention_tasks()
+    out = kernels.decode_attention(query, key, value, lengths, rows=rows, backend="cpp")
+    ran = _C.avx512_attention_tasks() - before
+    assert ran == (5 * kv_heads if cpp_path and dim % 16 == 0 else 0)
+    assert_rel_close(out, reference(query, key, value, lengths, rows, bias), TOLERANCE[dtype], "output")
+
+
 @pytest.mark.parametrize(
     "dtype, backend", [(torch.float32, "cpp"), (torch.bfloat16, "cpp"), (torch.float16, "torch")]
 )

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from tte_fast.kernels.decode_attention_cpp import avx512_applies
 from tte_fast.runtime import slot_attention as slot_attention_module
 from tte_fast.runtime.slot_attention import ROWS, VISIBLE, slot_attention, slot_attention_reference
 from tte_fast.runtime.slot_cache import WIDTH_STEP, SlotCache
@@ -71,31 +72,35 @@ def test_a_wide_window_on_cpu_is_the_whole_contiguous_length():
 
 
 @pytest.mark.parametrize(
-    "dtype, lengths, kernel",
+    "dtype, lengths, dim, kernel",
     [
-        (torch.float32, [64, 64, 64], True),  # float32: always the kernel
-        (torch.bfloat16, [3, 5, 2], True),  # a sparse bf16 step: 10 of 3 x 64 columns visible
-        (torch.bfloat16, [64, 60, 64], False),  # a dense one: the grouped matmuls
+        (torch.float32, [64, 64, 64], 8, True),  # float32: always the kernel
+        (torch.bfloat16, [3, 5, 2], 8, True),  # a sparse bf16 step: 10 of 3 x 64 columns visible
+        (torch.bfloat16, [64, 60, 64], 8, False),  # a dense one on the portable loops: the matmuls
+        (torch.bfloat16, [64, 60, 64], 16, "avx512"),  # the kernel where its AVX-512 path runs
     ],
 )
-def test_the_cpp_kernel_runs_where_it_pays(dtype, lengths, kernel, monkeypatch):
-    """Eager CPU steps route to the C++ kernel in float32 and in bfloat16 below CPP_BF16_SHARE of the
-    slot grid; either way the output equals the gathered reference."""
+def test_the_cpp_kernel_runs_where_it_pays(dtype, lengths, dim, kernel, monkeypatch):
+    """Eager CPU steps route to the C++ kernel in float32, on its AVX-512 path, and in bfloat16 below
+    CPP_BF16_SHARE of the slot grid; either way the output equals the gathered reference."""
+    if kernel == "avx512":
+        kernel = avx512_applies(dim)
     calls = []
     real = slot_attention_module.decode_attention_cpp
     monkeypatch.setattr(
         slot_attention_module, "decode_attention_cpp", lambda *a, **k: calls.append(1) or real(*a, **k)
     )
-    cache = SlotCache(1, 3, 2, 8, WIDTH_STEP, dtype, "cpu")
+    cache = SlotCache(1, 3, 2, dim, WIDTH_STEP, dtype, "cpu")
     cache.keys[0].normal_()
     cache.values[0].normal_()
     for slot, n in enumerate(lengths):
         cache.positions[slot], cache.host_positions[slot] = n - 1, n - 1
     cache.select(None, windowed=True)
-    keys, values = cache.update(torch.randn(3, 2, 1, 8, dtype=dtype), torch.randn(3, 2, 1, 8, dtype=dtype), 0)
-    query = torch.randn(3, 4, 1, 8, dtype=dtype)
+    new = [torch.randn(3, 2, 1, dim, dtype=dtype) for _ in range(2)]
+    keys, values = cache.update(*new, 0)
+    query = torch.randn(3, 4, 1, dim, dtype=dtype)
     bias = cache.attention_bias(dtype)
-    out, _ = slot_attention(None, query, keys, values, bias, scaling=8**-0.5)
+    out, _ = slot_attention(None, query, keys, values, bias, scaling=dim**-0.5)
     assert bool(calls) == kernel
-    want = slot_attention_reference(query, keys, values, bias, torch.arange(3), scaling=8**-0.5)
+    want = slot_attention_reference(query, keys, values, bias, torch.arange(3), scaling=dim**-0.5)
     torch.testing.assert_close(out.double(), want, atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype])

@@ -4,9 +4,11 @@ transformers' decoder layers run three query/key/value linears, two MLP input li
 residuals and rotary embeddings as separate small ops, each through module dispatch; at decode
 batch sizes those ops and calls are a large share of a step. ``FusedDecoder`` runs the same
 arithmetic from the checkpoint's own weights with one ``[q; k; v]`` matmul and one ``[gate; up]``
-matmul per layer, the residual add folded into the next norm, and the decode attention over the
-slot cache in place (``tte_fast.runtime.slot_attention.attend``). Nothing else changes: positions,
-rotary tables (the model's own rotary module, M-RoPE included), norms in float32 as HF computes them.
+matmul per layer, the residual add folded into the next norm, each elementwise step one pass on CPU
+(``tte_fast.kernels.decoder_ops_cpp``: residual add + RMSNorm, rotary, SwiGLU), and the decode
+attention over the slot cache in place (``tte_fast.runtime.slot_attention.attend``). Nothing else
+changes: positions, rotary tables (the model's own rotary module, M-RoPE included), norms in float32
+and every rounding as HF computes them.
 
 Supported: Llama, Qwen2, Qwen3 and the text stacks of Qwen2-VL, Qwen2.5-VL and Qwen3-VL, with plain
 ``nn.Linear`` projections (a PEFT-wrapped model runs through transformers). Vision towers and
@@ -18,10 +20,10 @@ place or replaced), so training between decodes never reads stale weights.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tte_fast.heads import find_decoder
+from tte_fast.kernels.decoder_ops_cpp import add_rms_norm, rms_norm_reference, rotary, silu_mul
 from tte_fast.runtime.cpu_linear import PackedLinear
 from tte_fast.runtime.slot_attention import attend
 
@@ -53,18 +55,6 @@ def _projections(attn, mlp):
     return [(n, getattr(attn, n)) for n in names] + [
         (n, getattr(mlp, n)) for n in ("gate_proj", "up_proj", "down_proj")
     ]
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """HF's RMSNorm: normalised in float32, cast back, then scaled."""
-    x32 = x.float()
-    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * x32.to(x.dtype)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 def _stacked(*linears: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -146,32 +136,34 @@ class FusedDecoder:
     def forward(self, input_ids, position_ids, bias, cache) -> torch.Tensor:
         """One decode step of ``[B, 1]`` tokens onto ``cache`` (a slot cache; ``bias`` its attention
         bias) -> final-norm hidden states ``[B, D]``. Call ``refresh`` first (the runner does)."""
+        batch = input_ids.shape[0]
         hidden = self.text.embed_tokens(input_ids)
         cos, sin = self.rotary(hidden, position_ids)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        batch = input_ids.shape[0]
-        residual = hidden
-        x = rms_norm(hidden, self.layers[0].input_norm.weight, self.layers[0].input_norm.variance_epsilon)
+        cos, sin = cos[:, -1], sin[:, -1]
+        norm = self.layers[0].input_norm
+        residual, x = add_rms_norm(hidden.reshape(batch, -1), None, norm.weight, norm.variance_epsilon)
         for index, layer in enumerate(self.layers):
             q, k, v = layer.qkv(x).split(layer.splits, dim=-1)
-            q = q.view(batch, 1, -1, layer.head_dim)
-            k = k.view(batch, 1, -1, layer.head_dim)
             if layer.q_norm is not None:
-                q = rms_norm(q, layer.q_norm.weight, layer.q_norm.variance_epsilon)
-                k = rms_norm(k, layer.k_norm.weight, layer.k_norm.variance_epsilon)
-            q, k = q.transpose(1, 2), k.transpose(1, 2)
-            v = v.view(batch, 1, -1, layer.head_dim).transpose(1, 2)
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
+                q, k = (
+                    rms_norm_reference(t.view(batch, -1, layer.head_dim), n.weight, n.variance_epsilon).view(
+                        batch, -1
+                    )
+                    for t, n in ((q, layer.q_norm), (k, layer.k_norm))
+                )
+            q = rotary(q, cos, sin, layer.splits[0] // layer.head_dim)
+            k = rotary(k, cos, sin, layer.splits[1] // layer.head_dim)
+            v = v.view(batch, -1, 1, layer.head_dim)
             keys, values = cache.update(k, v, index)
             attention = attend(q, keys, values, bias, layer.scaling)
-            residual = residual + layer.o(attention.reshape(batch, 1, -1))
-            x = rms_norm(residual, layer.post_norm.weight, layer.post_norm.variance_epsilon)
-            gate, up = layer.gate_up(x).chunk(2, dim=-1)
-            residual = residual + layer.down(F.silu(gate) * up)
+            norm = layer.post_norm
+            residual, x = add_rms_norm(
+                residual, layer.o(attention.reshape(batch, -1)), norm.weight, norm.variance_epsilon
+            )
             norm = self.layers[index + 1].input_norm if index + 1 < len(self.layers) else self.text.norm
-            x = rms_norm(residual, norm.weight, norm.variance_epsilon)
-        return x[:, -1]
+            delta = layer.down(silu_mul(layer.gate_up(x)))
+            residual, x = add_rms_norm(residual, delta, norm.weight, norm.variance_epsilon)
+        return x
 
 
 def _mrope_layout(table: torch.Tensor, sections: list[int]) -> torch.Tensor:

@@ -29,15 +29,16 @@ from __future__ import annotations
 
 import torch
 
-from tte_fast.kernels.decode_attention_cpp import cpp_supported, decode_attention_cpp
+from tte_fast.kernels.decode_attention_cpp import avx512_applies, cpp_supported, decode_attention_cpp
 
 SLOT_ATTENTION = "tte_fast_slot_attention"
 # Attribute of the key view a slot cache returns: the slot of each query row (absent: all slots).
 ROWS = "_tte_slot_rows"
 # Attribute of a windowed step's key view: host lists (slot of each query row, its visible columns).
 VISIBLE = "_tte_slot_visible"
-# bfloat16 steps use the C++ kernel below this share of visible columns in the slot grid (measured:
-# per visible column it costs about 3.5x what the bf16 matmuls cost per column of the grid).
+# Without its AVX-512 path, bfloat16 steps use the C++ kernel below this share of visible columns in
+# the slot grid (measured: per visible column its portable loops cost about 3.5x what the bf16
+# matmuls cost per column of the grid).
 CPP_BF16_SHARE = 0.3
 
 
@@ -72,10 +73,12 @@ def attend(query, key, value, bias, scaling=None) -> torch.Tensor:
 
 
 def _kernel_pays(query, key, lengths: list[int]) -> bool:
-    """Whether the C++ kernel beats the grouped matmuls over every slot and column: in float32 always;
-    in bfloat16, whose matmuls run on the CPU's bf16 dot-product units while the kernel computes in
-    float32, only when the busy rows' visible columns are under ``CPP_BF16_SHARE`` of the grid."""
-    if query.dtype != torch.bfloat16:
+    """Whether the C++ kernel beats the grouped matmuls over every slot and column: in float32 always,
+    and on its AVX-512 path (about 3.5x the bfloat16 matmuls' speed at SmolLM2-135M's decode shape,
+    64 slots of 200 columns, one thread each); on its portable loops in bfloat16, whose matmuls run on
+    the CPU's bf16 dot-product units while the kernel computes in float32, only when the busy rows'
+    visible columns are under ``CPP_BF16_SHARE`` of the grid."""
+    if query.dtype != torch.bfloat16 or avx512_applies(query.shape[-1]):
         return True
     return sum(lengths) < CPP_BF16_SHARE * key.shape[0] * key.shape[2]
 

@@ -28,6 +28,14 @@ def cpp_supported(query: torch.Tensor, key: torch.Tensor) -> bool:
     return hasattr(_C, "decode_attention")
 
 
+def avx512_applies(head_dim: int) -> bool:
+    """Whether the kernel runs its AVX-512 path for this head dim (a multiple of 16, the CPU has
+    AVX-512F, the path not switched off); it then reads bfloat16 at about memory speed."""
+    from tte_fast import _C
+
+    return head_dim % 16 == 0 and _C.avx512_attention_enabled()
+
+
 def decode_attention_cpp(
     query, key, value, rows: list[int], lengths: list[int], scale: float, threads: int = 1
 ) -> torch.Tensor:

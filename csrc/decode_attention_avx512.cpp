@@ -1,0 +1,121 @@
+// The decode attention's AVX-512 path: the arithmetic of the portable loops in decode_attention.cpp
+// (float32 scores of the pre-scaled query, online softmax over blocks of kAttentionBlock columns,
+// the same exp polynomial) written with 16-lane intrinsics. The portable loops leave most of the
+// work scalar: a horizontal sum per column inside the group loop, the bfloat16 widening and the exp
+// over each block. Here a column's keys are widened once into registers and shared by every grouped
+// query head, the block's softmax runs on whole vectors (a lane mask for a short last block), and
+// each value row feeds all grouped heads' accumulators. Head dims that are multiples of 16 take it
+// when the CPU has AVX-512F (checked at run time; the build needs no flag).
+#include <atomic>
+#include <cstdint>
+#include <limits>
+
+#include "avx512_math.h"
+#include "decode_attention.h"
+
+namespace tte {
+namespace {
+
+static_assert(kAttentionBlock == 32, "a block of scores is two vectors");
+
+std::atomic<bool> g_enabled{true};
+std::atomic<int64_t> g_tasks{0};
+
+// VECTORS > 0: head dim / 16 known at compile time (64 and 128: the loops unrolled); 0: from the args.
+template <typename T, int64_t VECTORS>
+TTE_AVX512 void attend(const DecodeAttentionArgs& a, int64_t b, int64_t kv_head) {
+  constexpr int64_t kMaxVectors = kMaxHeadDim / 16;
+  const int64_t vectors = VECTORS > 0 ? VECTORS : a.head_dim / 16, group = a.heads / a.kv_heads;
+  const int64_t slot = a.rows[b], length = a.lengths[b];
+  const T* q = static_cast<const T*>(a.query) + b * a.q_stride[0];
+  const T* k = static_cast<const T*>(a.key) + slot * a.k_stride[0] + kv_head * a.k_stride[1];
+  const T* v = static_cast<const T*>(a.value) + slot * a.v_stride[0] + kv_head * a.v_stride[1];
+
+  __m512 query[kMaxGroup][kMaxVectors], acc[kMaxGroup][kMaxVectors], row[kMaxVectors];
+  alignas(64) float scores[kMaxGroup][kAttentionBlock];
+  float best[kMaxGroup], total[kMaxGroup];
+  const __m512 scale = _mm512_set1_ps(a.scale);
+  for (int64_t g = 0; g < group; g++) {
+    const T* qh = q + (kv_head * group + g) * a.q_stride[1];
+    for (int64_t c = 0; c < vectors; c++) {
+      query[g][c] = _mm512_mul_ps(load16(qh + 16 * c), scale);
+      acc[g][c] = _mm512_setzero_ps();
+    }
+    best[g] = -std::numeric_limits<float>::infinity();
+    total[g] = 0.0f;
+  }
+  for (int64_t start = 0; start < length; start += kAttentionBlock) {
+    const int64_t n = std::min(kAttentionBlock, length - start);
+    for (int64_t j = 0; j < n; j++) {
+      const T* kj = k + (start + j) * a.k_stride[2];
+      for (int64_t c = 0; c < vectors; c++) row[c] = load16(kj + 16 * c);
+      for (int64_t g = 0; g < group; g++) {
+        __m512 dot = _mm512_mul_ps(query[g][0], row[0]);
+        for (int64_t c = 1; c < vectors; c++) dot = _mm512_fmadd_ps(query[g][c], row[c], dot);
+        scores[g][j] = _mm512_reduce_add_ps(dot);
+      }
+    }
+    const __mmask16 low = n >= 16 ? 0xffff : static_cast<__mmask16>((1u << n) - 1);
+    const __mmask16 high = n <= 16 ? 0 : static_cast<__mmask16>((1u << (n - 16)) - 1);
+    const __m512 lowest = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    for (int64_t g = 0; g < group; g++) {
+      const __m512 s0 = _mm512_mask_loadu_ps(lowest, low, scores[g]);
+      const __m512 s1 = _mm512_mask_loadu_ps(lowest, high, scores[g] + 16);
+      const float new_best = std::max(best[g], _mm512_reduce_max_ps(_mm512_max_ps(s0, s1)));
+      const float rescale = exp_nonpositive(best[g] - new_best);  // 0 on the first block (best = -inf)
+      const __m512 m = _mm512_set1_ps(new_best);
+      const __m512 e0 = _mm512_maskz_mov_ps(low, exp16(_mm512_sub_ps(s0, m)));
+      const __m512 e1 = _mm512_maskz_mov_ps(high, exp16(_mm512_sub_ps(s1, m)));
+      _mm512_store_ps(scores[g], e0);
+      _mm512_store_ps(scores[g] + 16, e1);
+      total[g] = total[g] * rescale + _mm512_reduce_add_ps(_mm512_add_ps(e0, e1));
+      best[g] = new_best;
+      const __m512 r = _mm512_set1_ps(rescale);
+      for (int64_t c = 0; c < vectors; c++) acc[g][c] = _mm512_mul_ps(acc[g][c], r);
+    }
+    for (int64_t j = 0; j < n; j++) {
+      const T* vj = v + (start + j) * a.v_stride[2];
+      for (int64_t c = 0; c < vectors; c++) row[c] = load16(vj + 16 * c);
+      for (int64_t g = 0; g < group; g++) {
+        const __m512 p = _mm512_set1_ps(scores[g][j]);
+        for (int64_t c = 0; c < vectors; c++) acc[g][c] = _mm512_fmadd_ps(p, row[c], acc[g][c]);
+      }
+    }
+  }
+  T* out = static_cast<T*>(a.out) + b * a.o_stride[0];
+  for (int64_t g = 0; g < group; g++) {
+    T* oh = out + (kv_head * group + g) * a.o_stride[1];
+    const __m512 inv = _mm512_set1_ps(total[g] > 0.0f ? 1.0f / total[g] : 0.0f);  // length 0: zeros
+    for (int64_t c = 0; c < vectors; c++) store16(oh + 16 * c, _mm512_mul_ps(acc[g][c], inv));
+  }
+}
+
+template <typename T>
+void attend_dim(const DecodeAttentionArgs& a, int64_t b, int64_t kv_head) {
+  switch (a.head_dim) {
+    case 64: attend<T, 4>(a, b, kv_head); break;
+    case 128: attend<T, 8>(a, b, kv_head); break;
+    default: attend<T, 0>(a, b, kv_head);
+  }
+}
+
+}  // namespace
+
+bool avx512_attention_applies(const DecodeAttentionArgs& args) {
+  return avx512_attention_enabled() && args.head_dim % 16 == 0 && args.head_dim <= kMaxHeadDim;
+}
+
+void attend_avx512(const DecodeAttentionArgs& args, int64_t row, int64_t kv_head) {
+  if (args.bfloat16) {
+    attend_dim<uint16_t>(args, row, kv_head);
+  } else {
+    attend_dim<float>(args, row, kv_head);
+  }
+}
+
+void set_avx512_attention_enabled(bool enabled) { g_enabled = enabled; }
+bool avx512_attention_enabled() { return g_enabled && cpu_has_avx512(); }
+int64_t avx512_attention_tasks() { return g_tasks; }
+void count_avx512_attention_tasks(int64_t tasks) { g_tasks += tasks; }
+
+}  // namespace tte

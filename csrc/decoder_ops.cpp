@@ -1,0 +1,245 @@
+// The elementwise work of the fused decoder's step (tte_fast.runtime.fused_decoder) on CPU, one pass
+// over each row instead of transformers' chain of small torch ops (each a dispatch, an allocation
+// and a trip through memory). Float32 or bfloat16 tensors; each op rounds where HF's modules round
+// (every bfloat16 intermediate that torch materialises is rounded here too), with float32 reductions:
+//
+//   add_rms_norm: residual += delta (in place; delta may be absent), then
+//                 out = weight * (residual * rsqrt(mean(residual^2) + eps)).to(dtype)   [RMSNorm]
+//   rotary:       out = x * cos + rotate_half(x) * sin, per head                        [RoPE]
+//   silu_mul:     out = silu(gate) * up, gate_up = [gate | up]                          [SwiGLU]
+//
+// With AVX-512F (checked at run time) each op runs 16 lanes at a time; elsewhere portable loops.
+// Single-threaded: a decode step's rows are few, and torch's own threads still spin between its ops.
+#include "decoder_ops.h"
+
+#include <pybind11/pybind11.h>
+
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "attention_math.h"
+#include "avx512_math.h"
+
+namespace py = pybind11;
+
+// No fused multiply-adds where torch rounds between the multiply and the add (rotary's two products).
+#pragma GCC optimize("fp-contract=off")
+
+namespace tte {
+namespace {
+
+// A float rounded to bfloat16 and back (torch's round to nearest even; NaN kept).
+inline float round_bf16(float v) {
+  uint16_t half;
+  store(&half, 0, v);
+  return load(&half, 0);
+}
+template <typename T>
+inline float rounded(float v) {
+  return sizeof(T) == 2 ? round_bf16(v) : v;
+}
+
+// sigmoid(x) with exp of a non-positive argument only (exp_nonpositive: vectorisable, |rel err| < 2e-7);
+// below -87 (where exp_nonpositive clamps) exp is 0, so silu of a large negative x is -0 as in torch.
+inline float sigmoid(float x) {
+  const float a = -std::fabs(x), t = a < -87.0f ? 0.0f : exp_nonpositive(a);
+  return (x >= 0.0f ? 1.0f : t) / (1.0f + t);
+}
+
+template <typename T>
+void add_rms_norm_rows(T* residual, const T* delta, const T* weight, T* out, int64_t rows, int64_t dim,
+                                  float eps) {
+  for (int64_t r = 0; r < rows; r++) {
+    T* x = residual + r * dim;
+    float squares = 0.0f;
+    if (delta != nullptr) {
+      const T* d = delta + r * dim;
+#pragma omp simd
+      for (int64_t i = 0; i < dim; i++) store(x, i, load(x, i) + load(d, i));
+    }
+#pragma omp simd reduction(+ : squares)
+    for (int64_t i = 0; i < dim; i++) squares += load(x, i) * load(x, i);
+    const float inv = 1.0f / std::sqrt(squares / static_cast<float>(dim) + eps);
+    T* o = out + r * dim;
+#pragma omp simd
+    for (int64_t i = 0; i < dim; i++) store(o, i, load(weight, i) * rounded<T>(load(x, i) * inv));
+  }
+}
+
+template <typename T>
+void rotary_rows(const T* x, int64_t x_row_stride, const T* cos, const T* sin, int64_t table_row_stride,
+                            T* out, int64_t rows, int64_t heads, int64_t dim) {
+  const int64_t half = dim / 2;
+  for (int64_t r = 0; r < rows; r++) {
+    const T* c = cos + r * table_row_stride;
+    const T* s = sin + r * table_row_stride;
+    for (int64_t h = 0; h < heads; h++) {
+      const T* xh = x + r * x_row_stride + h * dim;
+      T* oh = out + (r * heads + h) * dim;
+#pragma omp simd
+      for (int64_t i = 0; i < half; i++) {
+        const float a = rounded<T>(load(xh, i) * load(c, i)), b = rounded<T>(-load(xh, i + half) * load(s, i));
+        store(oh, i, a + b);
+      }
+#pragma omp simd
+      for (int64_t i = half; i < dim; i++) {
+        const float a = rounded<T>(load(xh, i) * load(c, i)), b = rounded<T>(load(xh, i - half) * load(s, i));
+        store(oh, i, a + b);
+      }
+    }
+  }
+}
+
+template <typename T>
+void silu_mul_rows(const T* gate_up, T* out, int64_t rows, int64_t width) {
+  for (int64_t r = 0; r < rows; r++) {
+    const T* g = gate_up + r * 2 * width;
+    const T* u = g + width;
+    T* o = out + r * width;
+#pragma omp simd
+    for (int64_t i = 0; i < width; i++) {
+      const float x = load(g, i);
+      store(o, i, rounded<T>(x * sigmoid(x)) * load(u, i));
+    }
+  }
+}
+
+template <typename T>
+TTE_AVX512 inline __m512 rounded16(__m512 v) {
+  return sizeof(T) == 2 ? round_bf16x16(v) : v;
+}
+
+template <typename T>
+TTE_AVX512 void add_rms_norm_avx512(T* residual, const T* delta, const T* weight, T* out, int64_t rows, int64_t dim,
+                                    float eps) {
+  for (int64_t r = 0; r < rows; r++) {
+    T* x = residual + r * dim;
+    __m512 squares = _mm512_setzero_ps();
+    for (int64_t i = 0; i < dim; i += 16) {
+      const __mmask16 lanes = lanes_left(dim - i);
+      __m512 v = load16(x + i, lanes);
+      if (delta != nullptr) {
+        v = rounded16<T>(_mm512_add_ps(v, load16(delta + r * dim + i, lanes)));
+        store16(x + i, v, lanes);
+      }
+      squares = _mm512_add_ps(squares, _mm512_mul_ps(v, v));
+    }
+    const __m512 inv = _mm512_set1_ps(1.0f / std::sqrt(_mm512_reduce_add_ps(squares) / static_cast<float>(dim) + eps));
+    for (int64_t i = 0; i < dim; i += 16) {
+      const __mmask16 lanes = lanes_left(dim - i);
+      const __m512 normed = rounded16<T>(_mm512_mul_ps(load16(x + i, lanes), inv));
+      store16(out + r * dim + i, _mm512_mul_ps(load16(weight + i, lanes), normed), lanes);
+    }
+  }
+}
+
+template <typename T>
+TTE_AVX512 void rotary_avx512(const T* x, int64_t x_row_stride, const T* cos, const T* sin, int64_t table_row_stride,
+                              T* out, int64_t rows, int64_t heads, int64_t dim) {
+  const int64_t half = dim / 2;
+  for (int64_t r = 0; r < rows; r++) {
+    const T* c = cos + r * table_row_stride;
+    const T* s = sin + r * table_row_stride;
+    for (int64_t h = 0; h < heads; h++) {
+      const T* xh = x + r * x_row_stride + h * dim;
+      T* oh = out + (r * heads + h) * dim;
+      for (int64_t i = 0; i < half; i += 16) {
+        const __mmask16 lanes = lanes_left(half - i);
+        const __m512 first = load16(xh + i, lanes), second = load16(xh + half + i, lanes);
+        const __m512 a0 = rounded16<T>(_mm512_mul_ps(first, load16(c + i, lanes)));
+        const __m512 b0 = rounded16<T>(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), second), load16(s + i, lanes)));
+        const __m512 a1 = rounded16<T>(_mm512_mul_ps(second, load16(c + half + i, lanes)));
+        const __m512 b1 = rounded16<T>(_mm512_mul_ps(first, load16(s + half + i, lanes)));
+        store16(oh + i, _mm512_add_ps(a0, b0), lanes);
+        store16(oh + half + i, _mm512_add_ps(a1, b1), lanes);
+      }
+    }
+  }
+}
+
+template <typename T>
+TTE_AVX512 void silu_mul_avx512(const T* gate_up, T* out, int64_t rows, int64_t width) {
+  const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
+  for (int64_t r = 0; r < rows; r++) {
+    const T* g = gate_up + r * 2 * width;
+    for (int64_t i = 0; i < width; i += 16) {
+      const __mmask16 lanes = lanes_left(width - i);
+      const __m512 x = load16(g + i, lanes);
+      const __m512 a = _mm512_sub_ps(zero, _mm512_abs_ps(x));
+      const __m512 t = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(a, _mm512_set1_ps(-87.0f), _CMP_NLT_UQ), exp16(a));
+      const __m512 top = _mm512_mask_mov_ps(t, _mm512_cmp_ps_mask(x, zero, _CMP_GE_OQ), one);
+      const __m512 silu = rounded16<T>(_mm512_mul_ps(x, _mm512_div_ps(top, _mm512_add_ps(one, t))));
+      store16(out + r * width + i, _mm512_mul_ps(silu, load16(g + width + i, lanes)), lanes);
+    }
+  }
+}
+
+void require(bool ok, const std::string& what) {
+  if (!ok) throw std::invalid_argument(what);
+}
+
+template <typename F>
+void by_dtype(bool bfloat16, F&& run) {
+  if (bfloat16) {
+    run(static_cast<uint16_t*>(nullptr));
+  } else {
+    run(static_cast<float*>(nullptr));
+  }
+}
+
+}  // namespace
+
+void register_decoder_ops(py::module_& m) {
+  m.def(
+      "add_rms_norm",
+      [](uintptr_t residual, uintptr_t delta, uintptr_t weight, uintptr_t out, int64_t rows, int64_t dim, float eps,
+         bool bfloat16) {
+        require(rows >= 0 && dim > 0, "add_rms_norm: rows must be >= 0 and dim > 0");
+        py::gil_scoped_release release;
+        by_dtype(bfloat16, [&](auto* tag) {
+          using T = std::remove_pointer_t<decltype(tag)>;
+          auto* run = cpu_has_avx512() ? add_rms_norm_avx512<T> : add_rms_norm_rows<T>;
+          run(reinterpret_cast<T*>(residual), reinterpret_cast<const T*>(delta),
+                               reinterpret_cast<const T*>(weight), reinterpret_cast<T*>(out), rows, dim, eps);
+        });
+      },
+      py::arg("residual"), py::arg("delta"), py::arg("weight"), py::arg("out"), py::arg("rows"), py::arg("dim"),
+      py::arg("eps"), py::arg("bfloat16"),
+      "residual += delta (delta 0: skipped), out = weight * rms_normalised(residual): contiguous [rows, dim] "
+      "(see tte_fast.kernels.decoder_ops_cpp).");
+  m.def(
+      "rotary",
+      [](uintptr_t x, int64_t x_row_stride, uintptr_t cos, uintptr_t sin, int64_t table_row_stride, uintptr_t out,
+         int64_t rows, int64_t heads, int64_t dim, bool bfloat16) {
+        require(rows >= 0 && heads > 0 && dim > 0 && dim % 2 == 0, "rotary: rows >= 0, heads > 0, even dim > 0");
+        require(x_row_stride >= heads * dim, "rotary: a row of x must hold heads * dim elements");
+        py::gil_scoped_release release;
+        by_dtype(bfloat16, [&](auto* tag) {
+          using T = std::remove_pointer_t<decltype(tag)>;
+          auto* run = cpu_has_avx512() ? rotary_avx512<T> : rotary_rows<T>;
+          run(reinterpret_cast<const T*>(x), x_row_stride, reinterpret_cast<const T*>(cos),
+                         reinterpret_cast<const T*>(sin), table_row_stride, reinterpret_cast<T*>(out), rows, heads,
+                         dim);
+        });
+      },
+      py::arg("x"), py::arg("x_row_stride"), py::arg("cos"), py::arg("sin"), py::arg("table_row_stride"),
+      py::arg("out"), py::arg("rows"), py::arg("heads"), py::arg("dim"), py::arg("bfloat16"),
+      "Rotary embedding of rows of heads * dim elements into a contiguous [rows, heads, dim] out.");
+  m.def(
+      "silu_mul",
+      [](uintptr_t gate_up, uintptr_t out, int64_t rows, int64_t width, bool bfloat16) {
+        require(rows >= 0 && width > 0, "silu_mul: rows must be >= 0 and width > 0");
+        py::gil_scoped_release release;
+        by_dtype(bfloat16, [&](auto* tag) {
+          using T = std::remove_pointer_t<decltype(tag)>;
+          auto* run = cpu_has_avx512() ? silu_mul_avx512<T> : silu_mul_rows<T>;
+          run(reinterpret_cast<const T*>(gate_up), reinterpret_cast<T*>(out), rows, width);
+        });
+      },
+      py::arg("gate_up"), py::arg("out"), py::arg("rows"), py::arg("width"), py::arg("bfloat16"),
+      "silu(gate) * up of contiguous [rows, 2 * width] rows [gate | up] into [rows, width].");
+}
+
+}  // namespace tte

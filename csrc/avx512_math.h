@@ -1,10 +1,11 @@
 // 16-lane float32 helpers for the AVX-512 paths (decode attention, decoder ops): float32 / bfloat16
 // loads and stores (round to nearest even, NaN kept, as torch converts) and exp of non-positive
 // arguments (attention_math.h's polynomial). Each function carries the target attribute, so the
-// build needs no -mavx512f; callers check the CPU at run time (cpu_has_avx512).
+// build needs no -mavx512f; callers check the CPU at run time (avx512_enabled).
 #pragma once
 #include <immintrin.h>
 
+#include <atomic>
 #include <cstdint>
 
 #include "attention_math.h"
@@ -13,9 +14,13 @@
 
 namespace tte {
 
-inline bool cpu_has_avx512() {
+// Switched off by the tests (set_avx512_enabled) to run the portable loops on an AVX-512 CPU.
+inline std::atomic<bool> g_avx512_enabled{true};
+
+// Whether the AVX-512 paths run: the CPU has AVX-512F and they are not switched off.
+inline bool avx512_enabled() {
   static const bool has = __builtin_cpu_supports("avx512f");
-  return has;
+  return has && g_avx512_enabled;
 }
 
 TTE_AVX512 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "attention_math.h"
+#include "avx512_math.h"
 #include "parallel.h"
 
 namespace py = pybind11;
@@ -137,10 +138,10 @@ void decode_attention(const DecodeAttentionArgs& args, int64_t num_threads) {
 }
 
 void register_decode_attention(py::module_& m) {
-  m.def("set_avx512_attention_enabled", &set_avx512_attention_enabled, py::arg("enabled"),
-        "Switch the decode attention's AVX-512 path on or off (off: the portable loops).");
-  m.def("avx512_attention_enabled", &avx512_attention_enabled,
-        "Whether the decode attention's AVX-512 path is on (and the CPU has AVX-512F).");
+  m.def(
+      "set_avx512_enabled", [](bool enabled) { g_avx512_enabled = enabled; }, py::arg("enabled"),
+      "Switch the AVX-512 paths of the decode attention and the decoder ops on or off (off: portable loops).");
+  m.def("avx512_enabled", &avx512_enabled, "Whether the AVX-512 paths run (the CPU has AVX-512F, switched on).");
   m.def("avx512_attention_tasks", &avx512_attention_tasks,
         "(row, key head) tasks the AVX-512 decode attention has run since the module loaded.");
   m.def(

@@ -30,12 +30,10 @@ constexpr int64_t kMaxGroup = 16;
 void decode_attention(const DecodeAttentionArgs& args, int64_t num_threads);
 
 // The AVX-512 path (decode_attention_avx512.cpp): whether it takes these arguments (the CPU has
-// AVX-512F, the head dim is a multiple of 16, the path is switched on), and one (row, key head) task.
+// AVX-512F, the head dim is a multiple of 16, the AVX-512 paths are on), and one (row, key head) task.
 bool avx512_attention_applies(const DecodeAttentionArgs& args);
 void attend_avx512(const DecodeAttentionArgs& args, int64_t row, int64_t kv_head);
-// Switch the AVX-512 path off and on (the tests run both paths); tasks it has run since load.
-void set_avx512_attention_enabled(bool enabled);
-bool avx512_attention_enabled();
+// (Row, key head) tasks the AVX-512 path has run since load.
 int64_t avx512_attention_tasks();
 void count_avx512_attention_tasks(int64_t tasks);
 

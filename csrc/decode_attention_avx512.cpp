@@ -18,7 +18,6 @@ namespace {
 
 static_assert(kAttentionBlock == 32, "a block of scores is two vectors");
 
-std::atomic<bool> g_enabled{true};
 std::atomic<int64_t> g_tasks{0};
 
 // VECTORS > 0: head dim / 16 known at compile time (64 and 128: the loops unrolled); 0: from the args.
@@ -102,7 +101,7 @@ void attend_dim(const DecodeAttentionArgs& a, int64_t b, int64_t kv_head) {
 }  // namespace
 
 bool avx512_attention_applies(const DecodeAttentionArgs& args) {
-  return avx512_attention_enabled() && args.head_dim % 16 == 0 && args.head_dim <= kMaxHeadDim;
+  return avx512_enabled() && args.head_dim % 16 == 0 && args.head_dim <= kMaxHeadDim;
 }
 
 void attend_avx512(const DecodeAttentionArgs& args, int64_t row, int64_t kv_head) {
@@ -113,8 +112,6 @@ void attend_avx512(const DecodeAttentionArgs& args, int64_t row, int64_t kv_head
   }
 }
 
-void set_avx512_attention_enabled(bool enabled) { g_enabled = enabled; }
-bool avx512_attention_enabled() { return g_enabled && cpu_has_avx512(); }
 int64_t avx512_attention_tasks() { return g_tasks; }
 void count_avx512_attention_tasks(int64_t tasks) { g_tasks += tasks; }
 

@@ -200,7 +200,7 @@ void register_decoder_ops(py::module_& m) {
         py::gil_scoped_release release;
         by_dtype(bfloat16, [&](auto* tag) {
           using T = std::remove_pointer_t<decltype(tag)>;
-          auto* run = cpu_has_avx512() ? add_rms_norm_avx512<T> : add_rms_norm_rows<T>;
+          auto* run = avx512_enabled() ? add_rms_norm_avx512<T> : add_rms_norm_rows<T>;
           run(reinterpret_cast<T*>(residual), reinterpret_cast<const T*>(delta),
                                reinterpret_cast<const T*>(weight), reinterpret_cast<T*>(out), rows, dim, eps);
         });
@@ -218,7 +218,7 @@ void register_decoder_ops(py::module_& m) {
         py::gil_scoped_release release;
         by_dtype(bfloat16, [&](auto* tag) {
           using T = std::remove_pointer_t<decltype(tag)>;
-          auto* run = cpu_has_avx512() ? rotary_avx512<T> : rotary_rows<T>;
+          auto* run = avx512_enabled() ? rotary_avx512<T> : rotary_rows<T>;
           run(reinterpret_cast<const T*>(x), x_row_stride, reinterpret_cast<const T*>(cos),
                          reinterpret_cast<const T*>(sin), table_row_stride, reinterpret_cast<T*>(out), rows, heads,
                          dim);
@@ -234,7 +234,7 @@ void register_decoder_ops(py::module_& m) {
         py::gil_scoped_release release;
         by_dtype(bfloat16, [&](auto* tag) {
           using T = std::remove_pointer_t<decltype(tag)>;
-          auto* run = cpu_has_avx512() ? silu_mul_avx512<T> : silu_mul_rows<T>;
+          auto* run = avx512_enabled() ? silu_mul_avx512<T> : silu_mul_rows<T>;
           run(reinterpret_cast<const T*>(gate_up), reinterpret_cast<T*>(out), rows, width);
         });
       },

@@ -122,21 +122,6 @@ def test_decode_attention_over_a_slot_cache_step(backend, device, dtype):
     assert_rel_close(out, expected, TOLERANCE[dtype], "output")
 
 
-@pytest.fixture(params=[True, False], ids=["avx512", "portable"])
-def cpp_path(request):
-    """The C++ kernel with its AVX-512 path on (where the CPU has AVX-512F) or off."""
-    from tte_fast import _C
-
-    if not hasattr(_C, "decode_attention"):
-        pytest.skip("the C++ extension has no decode attention")
-    _C.set_avx512_attention_enabled(request.param)
-    if request.param and not _C.avx512_attention_enabled():
-        _C.set_avx512_attention_enabled(True)
-        pytest.skip("this CPU has no AVX-512F")
-    yield request.param
-    _C.set_avx512_attention_enabled(True)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(
     "heads,kv_heads,dim,width",

@@ -1,6 +1,7 @@
-"""The fused decoder's elementwise ops (C++ extension on CPU) against HF's torch formulas, on fresh
-random inputs: float32 to float32 rounding, bfloat16 equal to torch's own rounding almost everywhere
-(never more than one bfloat16 step apart: the reduction order and exp's last bits may differ)."""
+"""The fused decoder's elementwise ops (C++ extension on CPU, its AVX-512 and portable loops) against
+HF's torch formulas, on fresh random inputs: float32 to float32 rounding, bfloat16 equal to torch's
+own rounding almost everywhere (elsewhere within two bfloat16 steps: the reduction order and exp's
+last bits may move an intermediate rounding by one step, and the next rounding by one more)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import torch
 from tte_fast.kernels import decoder_ops_cpp as ops
 
 DTYPES = [torch.float32, torch.bfloat16]
+# Every test on the AVX-512 loops (where the CPU has them) and on the portable ones.
+pytestmark = pytest.mark.usefixtures("cpp_path")
 
 
 @pytest.fixture(autouse=True)
@@ -23,7 +26,7 @@ def check(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype) -> None:
     if dtype == torch.float32:
         assert error.max() < 2e-6, f"largest relative error {error.max():.2e}"
     else:
-        assert error.max() <= 2**-7, f"largest relative error {error.max():.2e} (over one bfloat16 step)"
+        assert error.max() <= 2 * 2**-7, f"largest relative error {error.max():.2e} (over two bfloat16 steps)"
         same = (got == want).float().mean()
         assert same >= 0.99, f"only {same:.1%} of elements equal torch's"
 

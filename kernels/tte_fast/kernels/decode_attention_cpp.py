@@ -33,7 +33,7 @@ def avx512_applies(head_dim: int) -> bool:
     AVX-512F, the path not switched off); it then reads bfloat16 at about memory speed."""
     from tte_fast import _C
 
-    return head_dim % 16 == 0 and _C.avx512_attention_enabled()
+    return head_dim % 16 == 0 and _C.avx512_enabled()
 
 
 def decode_attention_cpp(

@@ -22,6 +22,7 @@ import sys
 
 import torch
 
+from tte_fast.runtime import fused_decoder, slot_attention
 from tte_fast.runtime.cpu_linear import PackedLinear
 from tte_fast.runtime.runner import Runner
 from tte_fast.runtime.sampling import greedy_tokens
@@ -44,7 +45,18 @@ SMOLLM2_135M = dict(
 # Profiler op names by where a step's time goes.
 CATEGORIES = {
     "matmuls": ("aten::mm", "aten::addmm", "aten::linear", "mkldnn::_linear_pointwise"),
-    "attention": ("aten::bmm", "aten::baddbmm", "aten::_softmax", "aten::_scaled_dot_product"),
+    "attention": (
+        "aten::bmm",
+        "aten::baddbmm",
+        "aten::_softmax",
+        "aten::_scaled_dot_product",
+        "tte::attention",
+    ),
+}
+# The C++ extension's calls are no torch ops: during the profile they run inside ranges of these names.
+PROFILED_CPP = {
+    (slot_attention, "decode_attention_cpp"): "tte::attention",
+    **{(fused_decoder, name): "tte::decoder_ops" for name in ("add_rms_norm", "rotary", "silu_mul")},
 }
 
 
@@ -112,13 +124,27 @@ def matmuls_fn(model, batch: int):
 
 def breakdown(step, repeats: int) -> dict[str, float]:
     """Milliseconds per step by kind of op (the profiler's self CPU time: with several threads it
-    can exceed the wall time)."""
-    from torch.profiler import profile
+    can exceed the wall time); the C++ extension's attention and elementwise ops counted too."""
+    from torch.profiler import profile, record_function
+
+    def ranged(function, name):
+        def call(*args, **kwargs):
+            with record_function(name):
+                return function(*args, **kwargs)
+
+        return call
 
     step()
-    with profile() as prof:
-        for _ in range(repeats):
-            step()
+    originals = {key: getattr(*key) for key in PROFILED_CPP}
+    try:
+        for (module, attr), name in PROFILED_CPP.items():
+            setattr(module, attr, ranged(originals[(module, attr)], name))
+        with profile() as prof:
+            for _ in range(repeats):
+                step()
+    finally:
+        for (module, attr), function in originals.items():
+            setattr(module, attr, function)
     spent = dict.fromkeys([*CATEGORIES, "other ops"], 0.0)
     for event in prof.key_averages():
         kind = next((k for k, names in CATEGORIES.items() if event.key.startswith(names)), "other ops")

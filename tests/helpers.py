@@ -120,7 +120,7 @@ def run_torchrun_script(script: str, argument: str, world: int = 2, timeout: flo
     return outputs
 
 
-def _engine_image(seed: int) -> np.ndarray:
+def engine_image(seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (36 + 10 * seed, 60, 3), dtype=np.uint8)
 
 
@@ -128,11 +128,11 @@ def _engine_image(seed: int) -> np.ndarray:
 # instruction): what the engine tests run in every order and slot count.
 ENGINE_INPUTS = [
     "short",
-    {"image": _engine_image(0), "text": "what is shown"},
+    {"image": engine_image(0), "text": "what is shown"},
     "a rather longer text about several different things at once",
-    {"image": _engine_image(1)},
+    {"image": engine_image(1)},
     "x",
-    {"image": _engine_image(2), "text": "and this one", "instruction": "Find the caption."},
+    {"image": engine_image(2), "text": "and this one", "instruction": "Find the caption."},
 ]
 
 

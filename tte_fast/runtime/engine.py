@@ -9,7 +9,9 @@ its embedding is read there, and the slot is free for the next request on the fo
 
 With ``prefill_attention`` other than ``padded`` (``tte_fast.runtime.packed_prefill``: flash-attn varlen or
 xformers on GPU, chosen automatically) the admitted prompts are packed into one row without padding
-and each prompt's keys and values are copied from its span of that row.
+and each prompt's keys and values are copied from its span of that row. A padded admission whose
+prompts begin alike (a system prompt, an instruction) prefills the shared tokens once
+(``tte_fast.runtime.shared_prefix``; ``share_prefix=False`` turns it off).
 
 Every slot has its own length, text position, M-RoPE delta, decode options and sampling generator;
 its decode state is its row of one ``RowBook``, moved by the same stop rule as static batches
@@ -53,6 +55,7 @@ from tte_fast.runtime.sampling import (
     row_generators,
     sampling_probs,
 )
+from tte_fast.runtime.shared_prefix import shared_prefix_length, split_batch, vision_token_ids
 from tte_fast.runtime.slot_attention import SLOT_ATTENTION
 from tte_fast.runtime.slot_cache import SlotCache
 from tte_fast.runtime.stop import RowBook, RowState, StopReason
@@ -109,6 +112,7 @@ class Engine(BackgroundSteps):
         length: int = 256,
         admit_at: int | None = None,
         prefill_attention: str | None = None,
+        share_prefix: bool = True,
     ):
         super().__init__()
         positive_int("slots", slots)
@@ -116,6 +120,8 @@ class Engine(BackgroundSteps):
         # Unless told otherwise, prefill as the model was loaded to (``from_pretrained(prefill_attention=)``).
         requested = model.prefill_attention if prefill_attention is None else prefill_attention
         self.prefill_attention = choose_prefill_attention(requested, model.hf_model)
+        # Token ids a shared prefix stops before (None: no prefix sharing).
+        self.prefix_stops = vision_token_ids(model.hf_model.config) if share_prefix else None
         # Compiled decode steps attend through the slot cache's 4-D bias, which flash-attn cannot
         # take; eager steps through the slot attention, in place.
         loaded = model.hf_model.config.get_text_config()._attn_implementation or ""
@@ -138,6 +144,7 @@ class Engine(BackgroundSteps):
         self.seen: SeenTokens | None = None  # made at the first request with a repetition penalty
         self.steps = 0  # decode steps run
         self.prefills = 0  # admission prefills run
+        self.prefill_tokens = 0  # prompt tokens (padding included) the admission prefills computed
 
     def _length(self, columns: int) -> int:
         """Slot length for ``columns``: the compiled decoder's power-of-two buckets, else multiples of 64."""
@@ -319,7 +326,13 @@ class Engine(BackgroundSteps):
         runner, backbone = self.runner, self.model.hf_model.base_model
         if self.prefill_attention == "padded":
             ids, mask = batch["input_ids"], batch["attention_mask"]
+            shared = 0
+            if cache is not None and self.prefix_stops is not None:
+                shared = shared_prefix_length(ids, mask, self.prefix_stops)
+            if shared:
+                return self._prefill_shared(batch, positions, cache, shared)
             width = ids.shape[1]
+            self.prefill_tokens += ids.numel()
             where = runner.cache_positions(0, width, ids.device)
             hidden = runner.forward(ids, positions, mask, cache, where, **model_inputs(backbone, batch))
             return hidden, [(row, slice(width - n, width)) for row, n in enumerate(mask.sum(-1).tolist())]
@@ -335,6 +348,23 @@ class Engine(BackgroundSteps):
                 **model_inputs(backbone, packed.inputs),
             )
         return states[0, packed.last_tokens], [(0, packed.columns(i)) for i in range(len(packed.last_tokens))]
+
+    def _prefill_shared(self, batch: dict, positions: torch.Tensor, cache, shared: int) -> tuple:
+        """``_prefill_forward``'s padded prefill when every prompt begins with the same ``shared``
+        tokens: those once, then each prompt's tail onto a copy of their cache per row."""
+        runner, backbone = self.runner, self.model.hf_model.base_model
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        prefix_ids, prefix_positions, tail_ids, tail_mask, tail_positions, columns = split_batch(
+            ids, mask, positions, shared
+        )
+        self.prefill_tokens += prefix_ids.numel() + tail_ids.numel()
+        where = runner.cache_positions(0, shared, ids.device)
+        runner.forward(prefix_ids, prefix_positions, mask.new_ones(prefix_ids.shape), cache, where)
+        cache.batch_repeat_interleave(ids.shape[0])
+        where = runner.cache_positions(shared, tail_ids.shape[1], ids.device)
+        extra = model_inputs(backbone, batch)
+        hidden = runner.forward(tail_ids, tail_positions, tail_mask, cache, where, **extra)
+        return hidden, list(enumerate(columns))
 
     def _start_seen(self, slot_index: int, batch: dict, row: int, options: DecodeOptions, vocab: int):
         """Give the slot its prompt's tokens for the repetition penalty (from the first request that

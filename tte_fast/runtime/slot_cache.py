@@ -126,11 +126,11 @@ class SlotCache(Cache):
         bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
         return bias.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None, None, :]
 
-    def write_prompt(self, slot: int, prefill_cache, row: int, columns: slice) -> None:
+    def write_prompt(self, slot: int, prefill_cache, row: int, columns: slice | torch.Tensor) -> None:
         """Copy a prompt's columns of ``row`` of a prefill's cache (its real tokens: the tail of a
-        left-padded row, or its span of a packed row) into ``slot`` from column 0; the slot's
-        position follows."""
-        n_tokens = columns.stop - columns.start
+        left-padded row, its span of a packed row, or the column indices of a shared-prefix
+        prefill's) into ``slot`` from column 0; the slot's position follows."""
+        n_tokens = columns.stop - columns.start if isinstance(columns, slice) else len(columns)
         if n_tokens > self.length:
             raise ValueError(f"a prompt of {n_tokens} tokens does not fit slots of {self.length} columns")
         for layer, (keys, values) in enumerate(_layer_states(prefill_cache)):

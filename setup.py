@@ -58,7 +58,7 @@ ext_modules = [
         cxx_std=17,
         # -fopenmp-simd: the `omp simd` reductions vectorise (no OpenMP runtime is linked).
         extra_compile_args=["-O3", "-pthread", "-fopenmp-simd"],
-        extra_link_args=["-pthread"],
+        extra_link_args=["-pthread", "-ldl"],  # dlopen (openmp_team.cpp) lives in libdl before glibc 2.34
     )
 ]
 

@@ -19,6 +19,7 @@
 
 #include "attention_math.h"
 #include "avx512_math.h"
+#include "openmp_team.h"
 #include "parallel.h"
 
 namespace py = pybind11;
@@ -119,11 +120,11 @@ void check(const DecodeAttentionArgs& a) {
 
 }  // namespace
 
-void decode_attention(const DecodeAttentionArgs& args, int64_t num_threads) {
+void decode_attention(const DecodeAttentionArgs& args, int64_t num_threads, bool use_team) {
   check(args);
   const int64_t tasks = static_cast<int64_t>(args.rows.size()) * args.kv_heads;
   const bool avx512 = avx512_attention_applies(args);
-  TaskFailure failure = parallel_for(tasks, num_threads, [&](int64_t t) {
+  auto task = [&](int64_t t) {  // never throws: check() has vetted every row and length
     const int64_t b = t / args.kv_heads, kv_head = t % args.kv_heads;
     if (avx512) {
       attend_avx512(args, b, kv_head);
@@ -132,8 +133,11 @@ void decode_attention(const DecodeAttentionArgs& args, int64_t num_threads) {
     } else {
       dispatch_dim<float>(args, b, kv_head);
     }
-  });
-  if (failure.index >= 0) std::rethrow_exception(failure.error);
+  };
+  if (!use_team || !run_on_openmp_team(tasks, num_threads, task)) {
+    TaskFailure failure = parallel_for(tasks, num_threads, task);
+    if (failure.index >= 0) std::rethrow_exception(failure.error);
+  }
   if (avx512) count_avx512_attention_tasks(tasks);
 }
 
@@ -142,6 +146,8 @@ void register_decode_attention(py::module_& m) {
       "set_avx512_enabled", [](bool enabled) { g_avx512_enabled = enabled; }, py::arg("enabled"),
       "Switch the AVX-512 paths of the decode attention and the decoder ops on or off (off: portable loops).");
   m.def("avx512_enabled", &avx512_enabled, "Whether the AVX-512 paths run (the CPU has AVX-512F, switched on).");
+  m.def("openmp_team_available", &openmp_team_available,
+        "Whether the process has loaded an OpenMP runtime (torch's) whose team the decode attention can use.");
   m.def("avx512_attention_tasks", &avx512_attention_tasks,
         "(row, key head) tasks the AVX-512 decode attention has run since the module loaded.");
   m.def(
@@ -149,7 +155,7 @@ void register_decode_attention(py::module_& m) {
       [](uintptr_t query, uintptr_t key, uintptr_t value, uintptr_t out, bool bfloat16, int64_t heads,
          int64_t kv_heads, int64_t head_dim, int64_t slots, int64_t width, std::vector<int64_t> q_stride,
          std::vector<int64_t> k_stride, std::vector<int64_t> v_stride, std::vector<int64_t> o_stride,
-         std::vector<int64_t> rows, std::vector<int64_t> lengths, float scale, int64_t num_threads) {
+         std::vector<int64_t> rows, std::vector<int64_t> lengths, float scale, int64_t num_threads, bool openmp_team) {
         if (q_stride.size() != 2 || o_stride.size() != 2 || k_stride.size() != 3 || v_stride.size() != 3)
           throw std::invalid_argument("decode_attention: strides must be (row, head) and (slot, head, column)");
         tte::DecodeAttentionArgs args{reinterpret_cast<const void*>(query), reinterpret_cast<const void*>(key),
@@ -159,12 +165,12 @@ void register_decode_attention(py::module_& m) {
                                       {v_stride[0], v_stride[1], v_stride[2]}, {o_stride[0], o_stride[1]},
                                       std::move(rows), std::move(lengths), scale};
         py::gil_scoped_release release;
-        tte::decode_attention(args, num_threads);
+        tte::decode_attention(args, num_threads, openmp_team);
       },
       py::arg("query"), py::arg("key"), py::arg("value"), py::arg("out"), py::arg("bfloat16"), py::arg("heads"),
       py::arg("kv_heads"), py::arg("head_dim"), py::arg("slots"), py::arg("width"), py::arg("q_stride"),
       py::arg("k_stride"), py::arg("v_stride"), py::arg("o_stride"), py::arg("rows"), py::arg("lengths"),
-      py::arg("scale"), py::arg("num_threads"),
+      py::arg("scale"), py::arg("num_threads"), py::arg("openmp_team") = false,
       "Decode attention over a slot KV cache in place (raw pointers of checked torch tensors; see "
       "tte_fast.kernels.decode_attention_cpu).");
 }

@@ -27,7 +27,9 @@ constexpr int64_t kAttentionBlock = 32;  // columns scored before one softmax re
 constexpr int64_t kMaxHeadDim = 256;
 constexpr int64_t kMaxGroup = 16;
 
-void decode_attention(const DecodeAttentionArgs& args, int64_t num_threads);
+// On num_threads threads: of the loaded OpenMP runtime's team with use_team (where one is found),
+// else threads of our own.
+void decode_attention(const DecodeAttentionArgs& args, int64_t num_threads, bool use_team);
 
 // The AVX-512 path (decode_attention_avx512.cpp): whether it takes these arguments (the CPU has
 // AVX-512F, the head dim is a multiple of 16, the AVX-512 paths are on), and one (row, key head) task.

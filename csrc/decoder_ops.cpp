@@ -49,8 +49,7 @@ inline float sigmoid(float x) {
 }
 
 template <typename T>
-void add_rms_norm_rows(T* residual, const T* delta, const T* weight, T* out, int64_t rows, int64_t dim,
-                                  float eps) {
+void add_rms_norm_rows(T* residual, const T* delta, const T* weight, T* out, int64_t rows, int64_t dim, float eps) {
   for (int64_t r = 0; r < rows; r++) {
     T* x = residual + r * dim;
     float squares = 0.0f;
@@ -69,8 +68,8 @@ void add_rms_norm_rows(T* residual, const T* delta, const T* weight, T* out, int
 }
 
 template <typename T>
-void rotary_rows(const T* x, int64_t x_row_stride, const T* cos, const T* sin, int64_t table_row_stride,
-                            T* out, int64_t rows, int64_t heads, int64_t dim) {
+void rotary_rows(const T* x, int64_t x_row_stride, const T* cos, const T* sin, int64_t table_row_stride, T* out,
+                 int64_t rows, int64_t heads, int64_t dim) {
   const int64_t half = dim / 2;
   for (int64_t r = 0; r < rows; r++) {
     const T* c = cos + r * table_row_stride;

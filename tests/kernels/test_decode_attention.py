@@ -145,6 +145,26 @@ def test_cpp_kernel_paths_match_reference(cpp_path, dtype, heads, kv_heads, dim,
     assert_rel_close(out, reference(query, key, value, lengths, rows, bias), TOLERANCE[dtype], "output")
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_cpp_kernel_on_torchs_openmp_team_equals_one_thread(threads):
+    """The default runs the tasks on the OpenMP team torch loaded (found in the process), with
+    torch's thread count: each task's arithmetic is the same, so the output is bit-identical."""
+    from tte_fast import _C
+    from tte_fast.kernels.decode_attention_cpp import decode_attention_cpp
+
+    if not _C.openmp_team_available():
+        pytest.skip("no OpenMP runtime with GOMP entry points loaded (torch built without one)")
+    query, key, value, lengths, rows, _ = slot_inputs(9, 8, 2, 70, 64, torch.bfloat16, "cpu", 7)
+    rows, lengths = rows.tolist(), lengths[rows].tolist()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        team = decode_attention_cpp(query, key, value, rows, lengths, 0.125)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(team, decode_attention_cpp(query, key, value, rows, lengths, 0.125, threads=1))
+
+
 @pytest.mark.parametrize(
     "dtype, backend", [(torch.float32, "cpp"), (torch.bfloat16, "cpp"), (torch.float16, "torch")]
 )

@@ -7,10 +7,10 @@ returns every slot's keys and values as a view, cut to the columns the busy slot
 busy rows attached (``ROWS``) and, in an eager step, the host lists of each busy row's slot and
 visible columns (``VISIBLE``). On CPU the C++ extension's kernel
 (``tte_fast.kernels.decode_attention_cpp``, on the threads of torch's OpenMP team) then reads each
-busy slot's own columns in place, so neither idle slots nor unwritten columns cost anything. Without it (float16, a compiled step's
-fixed shape) the attention places the busy queries among zero ones and runs one small matmul per
-slot and key head over all slots (a query's grouped heads packed onto their key head instead of
-repeating the keys), with transformers' eager arithmetic (scores in the input dtype, softmax in
+busy slot's own columns in place, so neither idle slots nor unwritten columns cost anything.
+Without it (float16, a compiled step's fixed shape) the attention places the busy queries among
+zero ones and runs one small matmul per slot and key head over all slots (a query's grouped heads
+packed onto their key head instead of repeating the keys), with transformers' eager arithmetic (scores in the input dtype, softmax in
 float32), whose bias keeps each slot to its own columns, then keeps the busy rows.
 
 On CUDA tensors it runs ``tte_fast.kernels.decode_attention``'s Triton kernel (one program per busy
@@ -75,7 +75,7 @@ def attend(query, key, value, bias, scaling=None) -> torch.Tensor:
 def _kernel_pays(query, key, lengths: list[int]) -> bool:
     """Whether the C++ kernel beats the grouped matmuls over every slot and column: in float32 always,
     and on its AVX-512 path (about 3.5x the bfloat16 matmuls' speed at SmolLM2-135M's decode shape,
-    64 slots of 200 columns, one thread each; it runs on torch's OpenMP team); on its portable loops in bfloat16, whose matmuls run on
+    64 slots of 200 columns, one thread each); on its portable loops in bfloat16, whose matmuls run on
     the CPU's bf16 dot-product units while the kernel computes in float32, only when the busy rows'
     visible columns are under ``CPP_BF16_SHARE`` of the grid."""
     if query.dtype != torch.bfloat16 or avx512_applies(query.shape[-1]):

@@ -34,4 +34,3 @@ def poison_empty(monkeypatch) -> None:
         return out.fill_(float("nan")) if out.is_floating_point() else out.fill_(-(2**30))
 
     monkeypatch.setattr(torch, "empty", poisoned_empty)
-

@@ -10,8 +10,9 @@ visible columns (``VISIBLE``). On CPU the C++ extension's kernel
 busy slot's own columns in place, so neither idle slots nor unwritten columns cost anything.
 Without it (float16, a compiled step's fixed shape) the attention places the busy queries among
 zero ones and runs one small matmul per slot and key head over all slots (a query's grouped heads
-packed onto their key head instead of repeating the keys), with transformers' eager arithmetic (scores in the input dtype, softmax in
-float32), whose bias keeps each slot to its own columns, then keeps the busy rows.
+packed onto their key head instead of repeating the keys), with transformers' eager arithmetic
+(scores in the input dtype, softmax in float32), whose bias keeps each slot to its own columns,
+then keeps the busy rows.
 
 On CUDA tensors it runs ``tte_fast.kernels.decode_attention``'s Triton kernel (one program per busy
 row and key head reads that slot's columns in place). Each slot's visible columns come from the

@@ -83,7 +83,11 @@ def test_silu_mul_far_from_zero(dtype):
 
 
 def test_other_inputs_take_the_torch_formulas():
-    """float16, a non-contiguous residual: the reference formulas, results equal them."""
+    """float16, a non-contiguous residual, rotary tables of another batch: the reference formulas
+    (equal results, or torch's own shape error: the extension never reads past a table)."""
+    x, cos = torch.randn(3, 16), torch.randn(2, 8)
+    with pytest.raises(RuntimeError, match="size of tensor"):
+        ops.rotary(x, cos, cos, 2)
     half = torch.randn(4, 16, dtype=torch.float16)
     assert torch.equal(ops.silu_mul(half), ops.silu_mul_reference(half))
     residual = torch.randn(16, 4).t()

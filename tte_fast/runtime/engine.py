@@ -338,6 +338,7 @@ class Engine(BackgroundSteps):
             return hidden, [(row, slice(width - n, width)) for row, n in enumerate(mask.sum(-1).tolist())]
         packed = pack_prompts(batch, positions)
         ids = packed.inputs["input_ids"]
+        self.prefill_tokens += ids.numel()
         with text_attention(self.model.hf_model, IMPLEMENTATION[self.prefill_attention]):
             states = runner.hidden_states(
                 ids,

@@ -51,8 +51,9 @@ def add_rms_norm(residual: torch.Tensor, delta: torch.Tensor | None, weight: tor
         total = residual if delta is None else residual + delta
         return total, rms_norm_reference(total, weight, eps)
     out = torch.empty_like(residual)
+    weight = weight.contiguous()  # held here: the extension reads it through a raw pointer
     ops.add_rms_norm(
-        residual.data_ptr(), 0 if delta is None else delta.data_ptr(), weight.contiguous().data_ptr(),
+        residual.data_ptr(), 0 if delta is None else delta.data_ptr(), weight.data_ptr(),
         out.data_ptr(), residual.numel() // dim, dim, eps, residual.dtype == torch.bfloat16,
     )  # fmt: skip
     return residual, out
@@ -78,6 +79,9 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int) ->
     ops = _extension(x, cos, sin)
     if (
         ops is None
+        or x.dim() != 2
+        or cos.shape != (batch, dim)
+        or sin.shape != cos.shape
         or x.stride(-1) != 1
         or cos.stride() != sin.stride()
         or cos.stride(-1) != 1

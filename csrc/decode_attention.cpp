@@ -27,33 +27,28 @@ namespace py = pybind11;
 namespace tte {
 namespace {
 
-constexpr int64_t kBlock = kAttentionBlock;
-
 // DIM > 0: the head dim as a compile-time constant (the common 64 and 128: loops unrolled, the
 // accumulators kept in registers); 0: read from the arguments.
 template <typename T, int64_t DIM>
 __attribute__((target_clones("avx512f", "avx2", "default"))) void attend_one(const DecodeAttentionArgs& a, int64_t b,
                                                                               int64_t kv_head) {
-  const int64_t dim = DIM > 0 ? DIM : a.head_dim, group = a.heads / a.kv_heads;
-  const int64_t slot = a.rows[b], length = a.lengths[b];
-  const T* q = static_cast<const T*>(a.query) + b * a.q_stride[0];
-  const T* k = static_cast<const T*>(a.key) + slot * a.k_stride[0] + kv_head * a.k_stride[1];
-  const T* v = static_cast<const T*>(a.value) + slot * a.v_stride[0] + kv_head * a.v_stride[1];
-  T* out = static_cast<T*>(a.out) + b * a.o_stride[0];
+  const int64_t dim = DIM > 0 ? DIM : a.head_dim;
+  const AttentionTask<T> task(a, b, kv_head);
+  const int64_t group = task.group, length = task.length;
 
-  float qf[kMaxGroup][kMaxHeadDim], acc[kMaxGroup][kMaxHeadDim], scores[kMaxGroup][kBlock];
+  float qf[kMaxGroup][kMaxHeadDim], acc[kMaxGroup][kMaxHeadDim], scores[kMaxGroup][kAttentionBlock];
   float kf[kMaxHeadDim], best[kMaxGroup], total[kMaxGroup];
   for (int64_t g = 0; g < group; g++) {
-    const T* qh = q + (kv_head * group + g) * a.q_stride[1];
+    const T* qh = task.query + g * a.q_stride[1];
     for (int64_t i = 0; i < dim; i++) qf[g][i] = load(qh, i) * a.scale;
     for (int64_t i = 0; i < dim; i++) acc[g][i] = 0.0f;
     best[g] = -std::numeric_limits<float>::infinity();
     total[g] = 0.0f;
   }
-  for (int64_t start = 0; start < length; start += kBlock) {
-    const int64_t n = std::min(kBlock, length - start);
+  for (int64_t start = 0; start < length; start += kAttentionBlock) {
+    const int64_t n = std::min(kAttentionBlock, length - start);
     for (int64_t j = 0; j < n; j++) {
-      const T* kj = k + (start + j) * a.k_stride[2];
+      const T* kj = task.key + (start + j) * a.k_stride[2];
       for (int64_t i = 0; i < dim; i++) kf[i] = load(kj, i);
       for (int64_t g = 0; g < group; g++) {
         float dot = 0.0f;
@@ -76,7 +71,7 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void attend_one(con
       best[g] = new_best;
     }
     for (int64_t j = 0; j < n; j++) {
-      const T* vj = v + (start + j) * a.v_stride[2];
+      const T* vj = task.value + (start + j) * a.v_stride[2];
       for (int64_t i = 0; i < dim; i++) kf[i] = load(vj, i);
       for (int64_t g = 0; g < group; g++) {
         const float p = scores[g][j];
@@ -85,7 +80,7 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void attend_one(con
     }
   }
   for (int64_t g = 0; g < group; g++) {
-    T* oh = out + (kv_head * group + g) * a.o_stride[1];
+    T* oh = task.out + g * a.o_stride[1];
     const float inv = total[g] > 0.0f ? 1.0f / total[g] : 0.0f;  // length 0: zeros, never NaN
     for (int64_t i = 0; i < dim; i++) store(oh, i, acc[g][i] * inv);
   }

@@ -27,6 +27,25 @@ constexpr int64_t kAttentionBlock = 32;  // columns scored before one softmax re
 constexpr int64_t kMaxHeadDim = 256;
 constexpr int64_t kMaxGroup = 16;
 
+// One (row, key head) task's operands, as both paths read them: the row's query heads of this key
+// head's group (q_stride[1] apart), the slot's key and value columns (k_stride[2], v_stride[2] apart),
+// the group's output heads (o_stride[1] apart), and the columns attended.
+template <typename T>
+struct AttentionTask {
+  AttentionTask(const DecodeAttentionArgs& a, int64_t b, int64_t kv_head)
+      : group(a.heads / a.kv_heads),
+        length(a.lengths[b]),
+        query(static_cast<const T*>(a.query) + b * a.q_stride[0] + kv_head * group * a.q_stride[1]),
+        key(static_cast<const T*>(a.key) + a.rows[b] * a.k_stride[0] + kv_head * a.k_stride[1]),
+        value(static_cast<const T*>(a.value) + a.rows[b] * a.v_stride[0] + kv_head * a.v_stride[1]),
+        out(static_cast<T*>(a.out) + b * a.o_stride[0] + kv_head * group * a.o_stride[1]) {}
+  int64_t group, length;
+  const T* query;
+  const T* key;
+  const T* value;
+  T* out;
+};
+
 // On num_threads threads: of the loaded OpenMP runtime's team with use_team (where one is found),
 // else threads of our own.
 void decode_attention(const DecodeAttentionArgs& args, int64_t num_threads, bool use_team);

@@ -24,18 +24,16 @@ std::atomic<int64_t> g_tasks{0};
 template <typename T, int64_t VECTORS>
 TTE_AVX512 void attend(const DecodeAttentionArgs& a, int64_t b, int64_t kv_head) {
   constexpr int64_t kMaxVectors = kMaxHeadDim / 16;
-  const int64_t vectors = VECTORS > 0 ? VECTORS : a.head_dim / 16, group = a.heads / a.kv_heads;
-  const int64_t slot = a.rows[b], length = a.lengths[b];
-  const T* q = static_cast<const T*>(a.query) + b * a.q_stride[0];
-  const T* k = static_cast<const T*>(a.key) + slot * a.k_stride[0] + kv_head * a.k_stride[1];
-  const T* v = static_cast<const T*>(a.value) + slot * a.v_stride[0] + kv_head * a.v_stride[1];
+  const int64_t vectors = VECTORS > 0 ? VECTORS : a.head_dim / 16;
+  const AttentionTask<T> task(a, b, kv_head);
+  const int64_t group = task.group, length = task.length;
 
   __m512 query[kMaxGroup][kMaxVectors], acc[kMaxGroup][kMaxVectors], row[kMaxVectors];
   alignas(64) float scores[kMaxGroup][kAttentionBlock];
   float best[kMaxGroup], total[kMaxGroup];
   const __m512 scale = _mm512_set1_ps(a.scale);
   for (int64_t g = 0; g < group; g++) {
-    const T* qh = q + (kv_head * group + g) * a.q_stride[1];
+    const T* qh = task.query + g * a.q_stride[1];
     for (int64_t c = 0; c < vectors; c++) {
       query[g][c] = _mm512_mul_ps(load16(qh + 16 * c), scale);
       acc[g][c] = _mm512_setzero_ps();
@@ -46,7 +44,7 @@ TTE_AVX512 void attend(const DecodeAttentionArgs& a, int64_t b, int64_t kv_head)
   for (int64_t start = 0; start < length; start += kAttentionBlock) {
     const int64_t n = std::min(kAttentionBlock, length - start);
     for (int64_t j = 0; j < n; j++) {
-      const T* kj = k + (start + j) * a.k_stride[2];
+      const T* kj = task.key + (start + j) * a.k_stride[2];
       for (int64_t c = 0; c < vectors; c++) row[c] = load16(kj + 16 * c);
       for (int64_t g = 0; g < group; g++) {
         __m512 dot = _mm512_mul_ps(query[g][0], row[0]);
@@ -73,7 +71,7 @@ TTE_AVX512 void attend(const DecodeAttentionArgs& a, int64_t b, int64_t kv_head)
       for (int64_t c = 0; c < vectors; c++) acc[g][c] = _mm512_mul_ps(acc[g][c], r);
     }
     for (int64_t j = 0; j < n; j++) {
-      const T* vj = v + (start + j) * a.v_stride[2];
+      const T* vj = task.value + (start + j) * a.v_stride[2];
       for (int64_t c = 0; c < vectors; c++) row[c] = load16(vj + 16 * c);
       for (int64_t g = 0; g < group; g++) {
         const __m512 p = _mm512_set1_ps(scores[g][j]);
@@ -81,9 +79,8 @@ TTE_AVX512 void attend(const DecodeAttentionArgs& a, int64_t b, int64_t kv_head)
       }
     }
   }
-  T* out = static_cast<T*>(a.out) + b * a.o_stride[0];
   for (int64_t g = 0; g < group; g++) {
-    T* oh = out + (kv_head * group + g) * a.o_stride[1];
+    T* oh = task.out + g * a.o_stride[1];
     const __m512 inv = _mm512_set1_ps(total[g] > 0.0f ? 1.0f / total[g] : 0.0f);  // length 0: zeros
     for (int64_t c = 0; c < vectors; c++) store16(oh + 16 * c, _mm512_mul_ps(acc[g][c], inv));
   }

@@ -67,27 +67,29 @@ void add_rms_norm_rows(T* residual, const T* delta, const T* weight, T* out, int
   }
 }
 
+// Rotary embedding of `rows` rows of `heads` heads (x_row_stride apart), each row with its own cos and
+// sin rows (table_row_stride apart), into a contiguous out: `head(xh, c, s, oh, dim)` rotates one head.
+template <typename T, typename Head>
+void rotary_walk(const T* x, int64_t x_row_stride, const T* cos, const T* sin, int64_t table_row_stride, T* out,
+                 int64_t rows, int64_t heads, int64_t dim, Head head) {
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t h = 0; h < heads; h++)
+      head(x + r * x_row_stride + h * dim, cos + r * table_row_stride, sin + r * table_row_stride,
+           out + (r * heads + h) * dim, dim);
+}
+
 template <typename T>
-void rotary_rows(const T* x, int64_t x_row_stride, const T* cos, const T* sin, int64_t table_row_stride, T* out,
-                 int64_t rows, int64_t heads, int64_t dim) {
+void rotary_head(const T* xh, const T* c, const T* s, T* oh, int64_t dim) {
   const int64_t half = dim / 2;
-  for (int64_t r = 0; r < rows; r++) {
-    const T* c = cos + r * table_row_stride;
-    const T* s = sin + r * table_row_stride;
-    for (int64_t h = 0; h < heads; h++) {
-      const T* xh = x + r * x_row_stride + h * dim;
-      T* oh = out + (r * heads + h) * dim;
 #pragma omp simd
-      for (int64_t i = 0; i < half; i++) {
-        const float a = rounded<T>(load(xh, i) * load(c, i)), b = rounded<T>(-load(xh, i + half) * load(s, i));
-        store(oh, i, a + b);
-      }
+  for (int64_t i = 0; i < half; i++) {
+    const float a = rounded<T>(load(xh, i) * load(c, i)), b = rounded<T>(-load(xh, i + half) * load(s, i));
+    store(oh, i, a + b);
+  }
 #pragma omp simd
-      for (int64_t i = half; i < dim; i++) {
-        const float a = rounded<T>(load(xh, i) * load(c, i)), b = rounded<T>(load(xh, i - half) * load(s, i));
-        store(oh, i, a + b);
-      }
-    }
+  for (int64_t i = half; i < dim; i++) {
+    const float a = rounded<T>(load(xh, i) * load(c, i)), b = rounded<T>(load(xh, i - half) * load(s, i));
+    store(oh, i, a + b);
   }
 }
 
@@ -135,26 +137,17 @@ TTE_AVX512 void add_rms_norm_avx512(T* residual, const T* delta, const T* weight
 }
 
 template <typename T>
-TTE_AVX512 void rotary_avx512(const T* x, int64_t x_row_stride, const T* cos, const T* sin, int64_t table_row_stride,
-                              T* out, int64_t rows, int64_t heads, int64_t dim) {
+TTE_AVX512 void rotary_head_avx512(const T* xh, const T* c, const T* s, T* oh, int64_t dim) {
   const int64_t half = dim / 2;
-  for (int64_t r = 0; r < rows; r++) {
-    const T* c = cos + r * table_row_stride;
-    const T* s = sin + r * table_row_stride;
-    for (int64_t h = 0; h < heads; h++) {
-      const T* xh = x + r * x_row_stride + h * dim;
-      T* oh = out + (r * heads + h) * dim;
-      for (int64_t i = 0; i < half; i += 16) {
-        const __mmask16 lanes = lanes_left(half - i);
-        const __m512 first = load16(xh + i, lanes), second = load16(xh + half + i, lanes);
-        const __m512 a0 = rounded16<T>(_mm512_mul_ps(first, load16(c + i, lanes)));
-        const __m512 b0 = rounded16<T>(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), second), load16(s + i, lanes)));
-        const __m512 a1 = rounded16<T>(_mm512_mul_ps(second, load16(c + half + i, lanes)));
-        const __m512 b1 = rounded16<T>(_mm512_mul_ps(first, load16(s + half + i, lanes)));
-        store16(oh + i, _mm512_add_ps(a0, b0), lanes);
-        store16(oh + half + i, _mm512_add_ps(a1, b1), lanes);
-      }
-    }
+  for (int64_t i = 0; i < half; i += 16) {
+    const __mmask16 lanes = lanes_left(half - i);
+    const __m512 first = load16(xh + i, lanes), second = load16(xh + half + i, lanes);
+    const __m512 a0 = rounded16<T>(_mm512_mul_ps(first, load16(c + i, lanes)));
+    const __m512 b0 = rounded16<T>(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), second), load16(s + i, lanes)));
+    const __m512 a1 = rounded16<T>(_mm512_mul_ps(second, load16(c + half + i, lanes)));
+    const __m512 b1 = rounded16<T>(_mm512_mul_ps(first, load16(s + half + i, lanes)));
+    store16(oh + i, _mm512_add_ps(a0, b0), lanes);
+    store16(oh + half + i, _mm512_add_ps(a1, b1), lanes);
   }
 }
 
@@ -200,8 +193,8 @@ void register_decoder_ops(py::module_& m) {
         by_dtype(bfloat16, [&](auto* tag) {
           using T = std::remove_pointer_t<decltype(tag)>;
           auto* run = avx512_enabled() ? add_rms_norm_avx512<T> : add_rms_norm_rows<T>;
-          run(reinterpret_cast<T*>(residual), reinterpret_cast<const T*>(delta),
-                               reinterpret_cast<const T*>(weight), reinterpret_cast<T*>(out), rows, dim, eps);
+          run(reinterpret_cast<T*>(residual), reinterpret_cast<const T*>(delta), reinterpret_cast<const T*>(weight),
+              reinterpret_cast<T*>(out), rows, dim, eps);
         });
       },
       py::arg("residual"), py::arg("delta"), py::arg("weight"), py::arg("out"), py::arg("rows"), py::arg("dim"),
@@ -217,10 +210,9 @@ void register_decoder_ops(py::module_& m) {
         py::gil_scoped_release release;
         by_dtype(bfloat16, [&](auto* tag) {
           using T = std::remove_pointer_t<decltype(tag)>;
-          auto* run = avx512_enabled() ? rotary_avx512<T> : rotary_rows<T>;
-          run(reinterpret_cast<const T*>(x), x_row_stride, reinterpret_cast<const T*>(cos),
-                         reinterpret_cast<const T*>(sin), table_row_stride, reinterpret_cast<T*>(out), rows, heads,
-                         dim);
+          rotary_walk(reinterpret_cast<const T*>(x), x_row_stride, reinterpret_cast<const T*>(cos),
+                      reinterpret_cast<const T*>(sin), table_row_stride, reinterpret_cast<T*>(out), rows, heads, dim,
+                      avx512_enabled() ? rotary_head_avx512<T> : rotary_head<T>);
         });
       },
       py::arg("x"), py::arg("x_row_stride"), py::arg("cos"), py::arg("sin"), py::arg("table_row_stride"),

@@ -140,6 +140,11 @@ void register_decode_attention(py::module_& m) {
   m.def(
       "set_avx512_enabled", [](bool enabled) { g_avx512_enabled = enabled; }, py::arg("enabled"),
       "Switch the AVX-512 paths of the decode attention and the decoder ops on or off (off: portable loops).");
+  m.def(
+      "set_avx512_bf16_enabled", [](bool enabled) { g_avx512_bf16_enabled = enabled; }, py::arg("enabled"),
+      "Switch the AVX-512 decode attention's bfloat16 dot products on or off (off: keys widened to float32).");
+  m.def("avx512_bf16_enabled", &avx512_bf16_enabled,
+        "Whether the AVX-512 decode attention uses bfloat16 dot products (AVX-512 on, the CPU has AVX512_BF16).");
   m.def("avx512_enabled", &avx512_enabled, "Whether the AVX-512 paths run (the CPU has AVX-512F, switched on).");
   m.def("openmp_team_available", &openmp_team_available,
         "Whether the process has loaded an OpenMP runtime (torch's) whose team the decode attention can use.");

@@ -9,11 +9,13 @@
 //   silu_mul:     out = silu(gate) * up, gate_up = [gate | up]                          [SwiGLU]
 //
 // With AVX-512F (checked at run time) each op runs 16 lanes at a time; elsewhere portable loops.
-// Single-threaded: a decode step's rows are few, and torch's own threads still spin between its ops.
+// Rows are split into one chunk per thread on torch's own OpenMP team (its workers spin between
+// torch's ops, so they take a chunk at once); a small op runs on the calling thread alone.
 #include "decoder_ops.h"
 
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <stdexcept>
@@ -21,6 +23,7 @@
 
 #include "attention_math.h"
 #include "avx512_math.h"
+#include "openmp_team.h"
 
 namespace py = pybind11;
 
@@ -168,6 +171,26 @@ TTE_AVX512 void silu_mul_avx512(const T* gate_up, T* out, int64_t rows, int64_t 
   }
 }
 
+// Below this many elements an op runs on the calling thread: handing chunks to the team costs a
+// few microseconds, about what a 64 x 128 op takes.
+constexpr int64_t kTeamElements = 8192;
+
+// run(first, count) over rows [0, rows) in one contiguous chunk per thread on torch's OpenMP team, or
+// all rows on this thread (one thread asked for, a small op, or no team found).
+template <typename F>
+void over_rows(int64_t rows, int64_t row_elements, int64_t threads, F&& run) {
+  const int64_t chunks = std::min(rows, threads);
+  if (chunks > 1 && rows * row_elements >= kTeamElements) {
+    const int64_t per = (rows + chunks - 1) / chunks;
+    auto chunk = [&](int64_t c) {
+      const int64_t first = c * per;
+      if (first < rows) run(first, std::min(per, rows - first));
+    };
+    if (run_on_openmp_team(chunks, chunks, chunk)) return;
+  }
+  run(0, rows);
+}
+
 void require(bool ok, const std::string& what) {
   if (!ok) throw std::invalid_argument(what);
 }
@@ -187,49 +210,61 @@ void register_decoder_ops(py::module_& m) {
   m.def(
       "add_rms_norm",
       [](uintptr_t residual, uintptr_t delta, uintptr_t weight, uintptr_t out, int64_t rows, int64_t dim, float eps,
-         bool bfloat16) {
+         bool bfloat16, int64_t threads) {
         require(rows >= 0 && dim > 0, "add_rms_norm: rows must be >= 0 and dim > 0");
         py::gil_scoped_release release;
         by_dtype(bfloat16, [&](auto* tag) {
           using T = std::remove_pointer_t<decltype(tag)>;
           auto* run = avx512_enabled() ? add_rms_norm_avx512<T> : add_rms_norm_rows<T>;
-          run(reinterpret_cast<T*>(residual), reinterpret_cast<const T*>(delta), reinterpret_cast<const T*>(weight),
-              reinterpret_cast<T*>(out), rows, dim, eps);
+          T* sum = reinterpret_cast<T*>(residual);
+          const T* add = reinterpret_cast<const T*>(delta);
+          over_rows(rows, dim, threads, [&](int64_t first, int64_t count) {
+            run(sum + first * dim, add == nullptr ? nullptr : add + first * dim, reinterpret_cast<const T*>(weight),
+                reinterpret_cast<T*>(out) + first * dim, count, dim, eps);
+          });
         });
       },
       py::arg("residual"), py::arg("delta"), py::arg("weight"), py::arg("out"), py::arg("rows"), py::arg("dim"),
-      py::arg("eps"), py::arg("bfloat16"),
+      py::arg("eps"), py::arg("bfloat16"), py::arg("threads") = 1,
       "residual += delta (delta 0: skipped), out = weight * rms_normalised(residual): contiguous [rows, dim] "
       "(see tte_fast.kernels.decoder_ops_cpp).");
   m.def(
       "rotary",
       [](uintptr_t x, int64_t x_row_stride, uintptr_t cos, uintptr_t sin, int64_t table_row_stride, uintptr_t out,
-         int64_t rows, int64_t heads, int64_t dim, bool bfloat16) {
+         int64_t rows, int64_t heads, int64_t dim, bool bfloat16, int64_t threads) {
         require(rows >= 0 && heads > 0 && dim > 0 && dim % 2 == 0, "rotary: rows >= 0, heads > 0, even dim > 0");
         require(x_row_stride >= heads * dim, "rotary: a row of x must hold heads * dim elements");
         py::gil_scoped_release release;
         by_dtype(bfloat16, [&](auto* tag) {
           using T = std::remove_pointer_t<decltype(tag)>;
-          rotary_walk(reinterpret_cast<const T*>(x), x_row_stride, reinterpret_cast<const T*>(cos),
-                      reinterpret_cast<const T*>(sin), table_row_stride, reinterpret_cast<T*>(out), rows, heads, dim,
-                      avx512_enabled() ? rotary_head_avx512<T> : rotary_head<T>);
+          const T *source = reinterpret_cast<const T*>(x), *c = reinterpret_cast<const T*>(cos),
+                  *s = reinterpret_cast<const T*>(sin);
+          over_rows(rows, heads * dim, threads, [&](int64_t first, int64_t count) {
+            rotary_walk(source + first * x_row_stride, x_row_stride, c + first * table_row_stride,
+                        s + first * table_row_stride, table_row_stride,
+                        reinterpret_cast<T*>(out) + first * heads * dim, count, heads, dim,
+                        avx512_enabled() ? rotary_head_avx512<T> : rotary_head<T>);
+          });
         });
       },
       py::arg("x"), py::arg("x_row_stride"), py::arg("cos"), py::arg("sin"), py::arg("table_row_stride"),
-      py::arg("out"), py::arg("rows"), py::arg("heads"), py::arg("dim"), py::arg("bfloat16"),
+      py::arg("out"), py::arg("rows"), py::arg("heads"), py::arg("dim"), py::arg("bfloat16"), py::arg("threads") = 1,
       "Rotary embedding of rows of heads * dim elements into a contiguous [rows, heads, dim] out.");
   m.def(
       "silu_mul",
-      [](uintptr_t gate_up, uintptr_t out, int64_t rows, int64_t width, bool bfloat16) {
+      [](uintptr_t gate_up, uintptr_t out, int64_t rows, int64_t width, bool bfloat16, int64_t threads) {
         require(rows >= 0 && width > 0, "silu_mul: rows must be >= 0 and width > 0");
         py::gil_scoped_release release;
         by_dtype(bfloat16, [&](auto* tag) {
           using T = std::remove_pointer_t<decltype(tag)>;
           auto* run = avx512_enabled() ? silu_mul_avx512<T> : silu_mul_rows<T>;
-          run(reinterpret_cast<const T*>(gate_up), reinterpret_cast<T*>(out), rows, width);
+          over_rows(rows, width, threads, [&](int64_t first, int64_t count) {
+            run(reinterpret_cast<const T*>(gate_up) + first * 2 * width, reinterpret_cast<T*>(out) + first * width,
+                count, width);
+          });
         });
       },
-      py::arg("gate_up"), py::arg("out"), py::arg("rows"), py::arg("width"), py::arg("bfloat16"),
+      py::arg("gate_up"), py::arg("out"), py::arg("rows"), py::arg("width"), py::arg("bfloat16"), py::arg("threads") = 1,
       "silu(gate) * up of contiguous [rows, 2 * width] rows [gate | up] into [rows, width].");
 }
 

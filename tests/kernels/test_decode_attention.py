@@ -132,14 +132,25 @@ def test_decode_attention_over_a_slot_cache_step(backend, device, dtype):
         (4, 2, 24, 40),  # not a multiple of 16: the portable loops either way
     ],
 )
-def test_cpp_kernel_paths_match_reference(cpp_path, dtype, heads, kv_heads, dim, width):
+@pytest.mark.parametrize("bf16_dots", [True, False], ids=["bf16-dots", "widened"])
+def test_cpp_kernel_paths_match_reference(cpp_path, bf16_dots, dtype, heads, kv_heads, dim, width):
     """Both C++ paths against the float64 reference at the decoders' head dims; the AVX-512 path
-    takes exactly the (row, key head) tasks whose head dim is a multiple of 16 (its counter)."""
+    takes exactly the (row, key head) tasks whose head dim is a multiple of 16 (its counter), its
+    bfloat16 keys through the CPU's bfloat16 dot products (where it has them) or widened."""
     from tte_fast import _C
 
+    if not bf16_dots and not (cpp_path and dtype == torch.bfloat16 and dim % 32 == 0):
+        pytest.skip("the bfloat16 dot products do not apply: the same run as with them on")
+    _C.set_avx512_bf16_enabled(bf16_dots)
+    if bf16_dots and cpp_path and dtype == torch.bfloat16 and dim % 32 == 0 and not _C.avx512_bf16_enabled():
+        _C.set_avx512_bf16_enabled(True)
+        pytest.skip("this CPU has no AVX512_BF16")
     query, key, value, lengths, rows, bias = slot_inputs(7, heads, kv_heads, width, dim, dtype, "cpu", 5, 9)
     before = _C.avx512_attention_tasks()
-    out = kernels.decode_attention(query, key, value, lengths, rows=rows, backend="cpp")
+    try:
+        out = kernels.decode_attention(query, key, value, lengths, rows=rows, backend="cpp")
+    finally:
+        _C.set_avx512_bf16_enabled(True)
     ran = _C.avx512_attention_tasks() - before
     assert ran == (5 * kv_heads if cpp_path and dim % 16 == 0 else 0)
     assert_rel_close(out, reference(query, key, value, lengths, rows, bias), TOLERANCE[dtype], "output")

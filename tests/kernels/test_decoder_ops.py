@@ -94,3 +94,29 @@ def test_other_inputs_take_the_torch_formulas():
     weight = torch.randn(16)
     total, normed = ops.add_rms_norm(residual, None, weight, 1e-6)
     assert torch.equal(normed, ops.rms_norm_reference(residual, weight, 1e-6))
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_rows_split_over_torchs_openmp_team_equal_one_thread(threads):
+    """A large op's rows run in one chunk per thread on torch's OpenMP team (the default: torch's
+    thread count): each row's arithmetic is the same, so the outputs are bit-identical, last row too."""
+    from tte_fast import _C
+
+    if not _C.openmp_team_available():
+        pytest.skip("no OpenMP runtime with GOMP entry points loaded (torch built without one)")
+    rows, dtype = 67, torch.bfloat16  # above the extension's size for the team, not a multiple of threads
+    residual, delta = torch.randn(rows, 576, dtype=dtype), torch.randn(rows, 576, dtype=dtype)
+    weight = torch.randn(576, dtype=dtype)
+    qkv = torch.randn(rows, 15 * 64, dtype=dtype)
+    cos, sin = torch.randn(rows, 64, dtype=dtype), torch.randn(rows, 64, dtype=dtype)
+    gate_up = torch.randn(rows, 2 * 1536, dtype=dtype)
+    outputs = {}
+    for n in (1, threads):
+        one_residual = residual.clone()
+        outputs[n] = [
+            *ops.add_rms_norm(one_residual, delta, weight, 1e-6, threads=n),
+            ops.rotary(qkv[:, : 9 * 64], cos, sin, 9, threads=n),
+            ops.silu_mul(gate_up, threads=n),
+        ]
+    for team, one in zip(outputs[threads], outputs[1]):
+        assert torch.equal(team, one)

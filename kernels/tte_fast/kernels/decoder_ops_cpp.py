@@ -2,7 +2,8 @@
 each beside the plain-torch formula it replaces (HF's arithmetic, the tests' reference).
 
 ``add_rms_norm``, ``rotary`` and ``silu_mul`` run the extension on CPU float32 / bfloat16 tensors
-(one pass per row, rounding where torch rounds) and the torch formula elsewhere (CUDA, float16, no
+(one pass per row, rounding where torch rounds; a large op's rows split over ``threads`` threads of
+torch's OpenMP team, None: torch's thread count) and the torch formula elsewhere (CUDA, float16, no
 extension, inside a compiled graph, where inductor fuses the formula itself).
 """
 
@@ -28,6 +29,11 @@ def _extension(*tensors: torch.Tensor):
     return _C if hasattr(_C, "add_rms_norm") else None
 
 
+def _threads(threads: int | None) -> int:
+    """Threads of torch's OpenMP team an op's rows may use (None: torch's thread count)."""
+    return torch.get_num_threads() if threads is None else threads
+
+
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """HF's RMSNorm: normalised in float32, cast back, then scaled."""
     x32 = x.float()
@@ -35,7 +41,13 @@ def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tor
     return weight * x32.to(x.dtype)
 
 
-def add_rms_norm(residual: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float):
+def add_rms_norm(
+    residual: torch.Tensor,
+    delta: torch.Tensor | None,
+    weight: torch.Tensor,
+    eps: float,
+    threads: int | None = None,
+):
     """``residual + delta`` (``delta`` None: ``residual``) and its RMSNorm: ``(sum, normed)``.
     On the extension's path the sum is written into ``residual`` (contiguous; it must not be read
     as the old value again), else it is a new tensor."""
@@ -53,8 +65,8 @@ def add_rms_norm(residual: torch.Tensor, delta: torch.Tensor | None, weight: tor
     out = torch.empty_like(residual)
     weight = weight.contiguous()  # held here: the extension reads it through a raw pointer
     ops.add_rms_norm(
-        residual.data_ptr(), 0 if delta is None else delta.data_ptr(), weight.data_ptr(),
-        out.data_ptr(), residual.numel() // dim, dim, eps, residual.dtype == torch.bfloat16,
+        residual.data_ptr(), 0 if delta is None else delta.data_ptr(), weight.data_ptr(), out.data_ptr(),
+        residual.numel() // dim, dim, eps, residual.dtype == torch.bfloat16, _threads(threads),
     )  # fmt: skip
     return residual, out
 
@@ -71,7 +83,9 @@ def rotary_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, head
     return rows * cos + rotate_half(rows) * sin
 
 
-def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int) -> torch.Tensor:
+def rotary(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, threads: int | None = None
+) -> torch.Tensor:
     """HF's rotary embedding of one token per row: ``x [B, heads * d]`` (rows may be strided, e.g.
     the query columns of a fused ``[q; k; v]`` projection), ``cos / sin [B, d]`` -> a new contiguous
     ``[B, heads, 1, d]``."""
@@ -92,7 +106,7 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int) ->
     out = torch.empty(batch, heads, 1, dim, dtype=x.dtype)
     ops.rotary(
         x.data_ptr(), x.stride(0), cos.data_ptr(), sin.data_ptr(), cos.stride(0), out.data_ptr(),
-        batch, heads, dim, x.dtype == torch.bfloat16,
+        batch, heads, dim, x.dtype == torch.bfloat16, _threads(threads),
     )  # fmt: skip
     return out
 
@@ -102,7 +116,7 @@ def silu_mul_reference(gate_up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
-def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+def silu_mul(gate_up: torch.Tensor, threads: int | None = None) -> torch.Tensor:
     """SwiGLU's ``silu(gate) * up`` of ``gate_up = [gate | up]`` along the last dim."""
     ops = _extension(gate_up)
     if ops is None or not gate_up.is_contiguous() or gate_up.shape[-1] % 2:
@@ -110,6 +124,11 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     width = gate_up.shape[-1] // 2
     out = gate_up.new_empty((*gate_up.shape[:-1], width))
     ops.silu_mul(
-        gate_up.data_ptr(), out.data_ptr(), out.numel() // width, width, gate_up.dtype == torch.bfloat16
+        gate_up.data_ptr(),
+        out.data_ptr(),
+        out.numel() // width,
+        width,
+        gate_up.dtype == torch.bfloat16,
+        _threads(threads),
     )
     return out

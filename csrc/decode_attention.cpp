@@ -19,6 +19,7 @@
 
 #include "attention_math.h"
 #include "avx512_math.h"
+#include "decoder_ops.h"
 #include "openmp_team.h"
 #include "parallel.h"
 
@@ -31,15 +32,16 @@ namespace {
 // accumulators kept in registers); 0: read from the arguments.
 template <typename T, int64_t DIM>
 __attribute__((target_clones("avx512f", "avx2", "default"))) void attend_one(const DecodeAttentionArgs& a, int64_t b,
-                                                                              int64_t kv_head) {
+                                                                              int64_t kv_head, const void* query_heads,
+                                                                              int64_t query_stride) {
   const int64_t dim = DIM > 0 ? DIM : a.head_dim;
-  const AttentionTask<T> task(a, b, kv_head);
+  const AttentionTask<T> task(a, b, kv_head, query_heads, query_stride);
   const int64_t group = task.group, length = task.length;
 
   float qf[kMaxGroup][kMaxHeadDim], acc[kMaxGroup][kMaxHeadDim], scores[kMaxGroup][kAttentionBlock];
   float kf[kMaxHeadDim], best[kMaxGroup], total[kMaxGroup];
   for (int64_t g = 0; g < group; g++) {
-    const T* qh = task.query + g * a.q_stride[1];
+    const T* qh = task.query + g * task.query_stride;
     for (int64_t i = 0; i < dim; i++) qf[g][i] = load(qh, i) * a.scale;
     for (int64_t i = 0; i < dim; i++) acc[g][i] = 0.0f;
     best[g] = -std::numeric_limits<float>::infinity();
@@ -87,12 +89,38 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void attend_one(con
 }
 
 template <typename T>
-void dispatch_dim(const DecodeAttentionArgs& a, int64_t b, int64_t kv_head) {
+void dispatch_dim(const DecodeAttentionArgs& a, int64_t b, int64_t kv_head, const void* query, int64_t query_stride) {
   switch (a.head_dim) {
-    case 64: attend_one<T, 64>(a, b, kv_head); break;
-    case 128: attend_one<T, 128>(a, b, kv_head); break;
-    default: attend_one<T, 0>(a, b, kv_head);
+    case 64: attend_one<T, 64>(a, b, kv_head, query, query_stride); break;
+    case 128: attend_one<T, 128>(a, b, kv_head, query, query_stride); break;
+    default: attend_one<T, 0>(a, b, kv_head, query, query_stride);
   }
+}
+
+// A step token's part of task (b, kv_head): its key and value heads rotated / copied into the cache
+// at column length - 1, its query heads of this group rotated into `query` (head_dim apart).
+template <typename T>
+void write_step_token(const DecodeAttentionArgs& a, int64_t b, int64_t kv_head, T* query) {
+  const StepToken& step = a.step;
+  const int64_t dim = a.head_dim, group = a.heads / a.kv_heads, column = a.lengths[b] - 1;
+  const T* row = static_cast<const T*>(step.qkv) + b * step.qkv_stride;
+  const T* cos = static_cast<const T*>(step.cos) + b * step.table_stride;
+  const T* sin = static_cast<const T*>(step.sin) + b * step.table_stride;
+  const T* key = row + (a.heads + kv_head) * dim;
+  const T* value = row + (a.heads + a.kv_heads + kv_head) * dim;
+  // The cache is written through the same pointers the attention then reads (the args keep them const).
+  T* key_slot = const_cast<T*>(static_cast<const T*>(a.key)) + a.rows[b] * a.k_stride[0] + kv_head * a.k_stride[1];
+  T* value_slot =
+      const_cast<T*>(static_cast<const T*>(a.value)) + a.rows[b] * a.v_stride[0] + kv_head * a.v_stride[1];
+  T* key_column = key_slot + column * a.k_stride[2];
+  if (step.cos != nullptr) {
+    rotary_one_head(key, cos, sin, key_column, dim);
+    for (int64_t g = 0; g < group; g++) rotary_one_head(row + (kv_head * group + g) * dim, cos, sin, query + g * dim, dim);
+  } else {
+    std::memcpy(key_column, key, dim * sizeof(T));
+    std::memcpy(query, row + kv_head * group * dim, group * dim * sizeof(T));
+  }
+  std::memcpy(value_slot + column * a.v_stride[2], value, dim * sizeof(T));
 }
 
 void check(const DecodeAttentionArgs& a) {
@@ -104,12 +132,15 @@ void check(const DecodeAttentionArgs& a) {
   if (a.head_dim <= 0 || a.head_dim > kMaxHeadDim)
     fail("head_dim must be in 1.." + std::to_string(kMaxHeadDim) + ", got " + std::to_string(a.head_dim));
   if (a.rows.size() != a.lengths.size()) fail("rows and lengths differ in size");
+  if (a.step.qkv != nullptr && a.step.qkv_stride < (a.heads + 2 * a.kv_heads) * a.head_dim)
+    fail("a step's qkv row must hold the query, key and value heads");
   for (size_t b = 0; b < a.rows.size(); b++) {
     if (a.rows[b] < 0 || a.rows[b] >= a.slots)
       fail("row " + std::to_string(b) + " names slot " + std::to_string(a.rows[b]) + " of " + std::to_string(a.slots));
-    if (a.lengths[b] < 0 || a.lengths[b] > a.width)
-      fail("row " + std::to_string(b) + " length " + std::to_string(a.lengths[b]) + " outside 0.." +
-           std::to_string(a.width));
+    const int64_t shortest = a.step.qkv != nullptr ? 1 : 0;  // a step writes column length - 1
+    if (a.lengths[b] < shortest || a.lengths[b] > a.width)
+      fail("row " + std::to_string(b) + " length " + std::to_string(a.lengths[b]) + " outside " +
+           std::to_string(shortest) + ".." + std::to_string(a.width));
   }
 }
 
@@ -119,14 +150,27 @@ void decode_attention(const DecodeAttentionArgs& args, int64_t num_threads, bool
   check(args);
   const int64_t tasks = static_cast<int64_t>(args.rows.size()) * args.kv_heads;
   const bool avx512 = avx512_attention_applies(args);
+  const int64_t element = args.bfloat16 ? 2 : 4;
   auto task = [&](int64_t t) {  // never throws: check() has vetted every row and length
     const int64_t b = t / args.kv_heads, kv_head = t % args.kv_heads;
-    if (avx512) {
-      attend_avx512(args, b, kv_head);
+    alignas(64) float rotated[kMaxGroup * kMaxHeadDim];  // a step's query heads (float32 or bfloat16)
+    const void* query = rotated;
+    int64_t query_stride = args.head_dim;
+    if (args.step.qkv == nullptr) {
+      const int64_t first_head = kv_head * (args.heads / args.kv_heads);
+      query = static_cast<const char*>(args.query) + (b * args.q_stride[0] + first_head * args.q_stride[1]) * element;
+      query_stride = args.q_stride[1];
     } else if (args.bfloat16) {
-      dispatch_dim<uint16_t>(args, b, kv_head);
+      write_step_token(args, b, kv_head, reinterpret_cast<uint16_t*>(rotated));
     } else {
-      dispatch_dim<float>(args, b, kv_head);
+      write_step_token(args, b, kv_head, rotated);
+    }
+    if (avx512) {
+      attend_avx512(args, b, kv_head, query, query_stride);
+    } else if (args.bfloat16) {
+      dispatch_dim<uint16_t>(args, b, kv_head, query, query_stride);
+    } else {
+      dispatch_dim<float>(args, b, kv_head, query, query_stride);
     }
   };
   if (!use_team || !run_on_openmp_team(tasks, num_threads, task)) {
@@ -173,6 +217,36 @@ void register_decode_attention(py::module_& m) {
       py::arg("scale"), py::arg("num_threads"), py::arg("openmp_team") = false,
       "Decode attention over a slot KV cache in place (raw pointers of checked torch tensors; see "
       "tte_fast.kernels.decode_attention_cpu).");
+  m.def(
+      "decode_step_attention",
+      [](uintptr_t qkv, int64_t qkv_stride, uintptr_t cos, uintptr_t sin, int64_t table_stride, uintptr_t key,
+         uintptr_t value, uintptr_t out, bool bfloat16, int64_t heads, int64_t kv_heads, int64_t head_dim,
+         int64_t slots, int64_t width, std::vector<int64_t> k_stride, std::vector<int64_t> v_stride,
+         std::vector<int64_t> o_stride, std::vector<int64_t> rows, std::vector<int64_t> lengths, float scale,
+         int64_t num_threads, bool openmp_team) {
+        if (o_stride.size() != 2 || k_stride.size() != 3 || v_stride.size() != 3)
+          throw std::invalid_argument("decode_step_attention: strides must be (row, head) and (slot, head, column)");
+        if ((cos == 0) != (sin == 0)) throw std::invalid_argument("decode_step_attention: cos and sin come together");
+        tte::DecodeAttentionArgs args{nullptr, reinterpret_cast<const void*>(key),
+                                      reinterpret_cast<const void*>(value), reinterpret_cast<void*>(out),
+                                      bfloat16, heads, kv_heads, head_dim, slots, width,
+                                      {0, 0}, {k_stride[0], k_stride[1], k_stride[2]},
+                                      {v_stride[0], v_stride[1], v_stride[2]}, {o_stride[0], o_stride[1]},
+                                      std::move(rows), std::move(lengths), scale,
+                                      {reinterpret_cast<const void*>(qkv), qkv_stride, reinterpret_cast<const void*>(cos),
+                                       reinterpret_cast<const void*>(sin), table_stride}};
+        if (args.step.qkv == nullptr) throw std::invalid_argument("decode_step_attention: qkv is required");
+        py::gil_scoped_release release;
+        tte::decode_attention(args, num_threads, openmp_team);
+      },
+      py::arg("qkv"), py::arg("qkv_stride"), py::arg("cos"), py::arg("sin"), py::arg("table_stride"), py::arg("key"),
+      py::arg("value"), py::arg("out"), py::arg("bfloat16"), py::arg("heads"), py::arg("kv_heads"),
+      py::arg("head_dim"), py::arg("slots"), py::arg("width"), py::arg("k_stride"), py::arg("v_stride"),
+      py::arg("o_stride"), py::arg("rows"), py::arg("lengths"), py::arg("scale"), py::arg("num_threads"),
+      py::arg("openmp_team") = false,
+      "A decode step's attention from its fused [q; k; v] rows: query and key heads rotated, the key and "
+      "value written into the slot cache at column length - 1, then attended (see "
+      "tte_fast.kernels.decode_attention_cpp.decode_step_attention_cpp).");
 }
 
 }  // namespace tte

@@ -73,9 +73,10 @@ TTE_AVX512_BF16 void key_scores_bf16(const uint16_t* query, int64_t head_stride,
 
 // VECTORS > 0: head dim / 16 known at compile time (64 and 128: the loops unrolled); 0: from the args.
 template <typename T, int64_t VECTORS>
-TTE_AVX512 void attend(const DecodeAttentionArgs& a, int64_t b, int64_t kv_head) {
+TTE_AVX512 void attend(const DecodeAttentionArgs& a, int64_t b, int64_t kv_head, const void* query_heads,
+                       int64_t query_stride) {
   const int64_t vectors = VECTORS > 0 ? VECTORS : a.head_dim / 16;
-  const AttentionTask<T> task(a, b, kv_head);
+  const AttentionTask<T> task(a, b, kv_head, query_heads, query_stride);
   const int64_t group = task.group, length = task.length;
 
   __m512 query[kMaxGroup][kMaxVectors], acc[kMaxGroup][kMaxVectors], row[kMaxVectors];
@@ -84,7 +85,7 @@ TTE_AVX512 void attend(const DecodeAttentionArgs& a, int64_t b, int64_t kv_head)
   float best[kMaxGroup], total[kMaxGroup];
   const __m512 scale = _mm512_set1_ps(a.scale);
   for (int64_t g = 0; g < group; g++) {
-    const T* qh = task.query + g * a.q_stride[1];
+    const T* qh = task.query + g * task.query_stride;
     for (int64_t c = 0; c < vectors; c++) {
       query[g][c] = _mm512_mul_ps(load16(qh + 16 * c), scale);
       acc[g][c] = _mm512_setzero_ps();
@@ -99,7 +100,7 @@ TTE_AVX512 void attend(const DecodeAttentionArgs& a, int64_t b, int64_t kv_head)
       const int64_t count = std::min<int64_t>(16, n - first);
       if constexpr (std::is_same_v<T, uint16_t>) {
         if (dot_products) {
-          key_scores_bf16<VECTORS / 2>(task.query, a.q_stride[1], group, vectors / 2, columns, a.k_stride[2], count,
+          key_scores_bf16<VECTORS / 2>(task.query, task.query_stride, group, vectors / 2, columns, a.k_stride[2], count,
                                        a.scale, scores, first);
           continue;
         }
@@ -141,11 +142,11 @@ TTE_AVX512 void attend(const DecodeAttentionArgs& a, int64_t b, int64_t kv_head)
 }
 
 template <typename T>
-void attend_dim(const DecodeAttentionArgs& a, int64_t b, int64_t kv_head) {
+void attend_dim(const DecodeAttentionArgs& a, int64_t b, int64_t kv_head, const void* query, int64_t query_stride) {
   switch (a.head_dim) {
-    case 64: attend<T, 4>(a, b, kv_head); break;
-    case 128: attend<T, 8>(a, b, kv_head); break;
-    default: attend<T, 0>(a, b, kv_head);
+    case 64: attend<T, 4>(a, b, kv_head, query, query_stride); break;
+    case 128: attend<T, 8>(a, b, kv_head, query, query_stride); break;
+    default: attend<T, 0>(a, b, kv_head, query, query_stride);
   }
 }
 
@@ -155,11 +156,12 @@ bool avx512_attention_applies(const DecodeAttentionArgs& args) {
   return avx512_enabled() && args.head_dim % 16 == 0 && args.head_dim <= kMaxHeadDim;
 }
 
-void attend_avx512(const DecodeAttentionArgs& args, int64_t row, int64_t kv_head) {
+void attend_avx512(const DecodeAttentionArgs& args, int64_t row, int64_t kv_head, const void* query,
+                   int64_t query_stride) {
   if (args.bfloat16) {
-    attend_dim<uint16_t>(args, row, kv_head);
+    attend_dim<uint16_t>(args, row, kv_head, query, query_stride);
   } else {
-    attend_dim<float>(args, row, kv_head);
+    attend_dim<float>(args, row, kv_head, query, query_stride);
   }
 }
 

@@ -206,6 +206,13 @@ void by_dtype(bool bfloat16, F&& run) {
 
 }  // namespace
 
+template <typename T>
+void rotary_one_head(const T* x, const T* cos, const T* sin, T* out, int64_t dim) {
+  (avx512_enabled() ? rotary_head_avx512<T> : rotary_head<T>)(x, cos, sin, out, dim);
+}
+template void rotary_one_head<float>(const float*, const float*, const float*, float*, int64_t);
+template void rotary_one_head<uint16_t>(const uint16_t*, const uint16_t*, const uint16_t*, uint16_t*, int64_t);
+
 void register_decoder_ops(py::module_& m) {
   m.def(
       "add_rms_norm",

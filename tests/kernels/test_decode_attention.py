@@ -156,6 +156,63 @@ def test_cpp_kernel_paths_match_reference(cpp_path, bf16_dots, dtype, heads, kv_
     assert_rel_close(out, reference(query, key, value, lengths, rows, bias), TOLERANCE[dtype], "output")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rotate", [True, False], ids=["rotary", "no-rotary"])
+@pytest.mark.parametrize("heads,kv_heads,dim", [(9, 3, 64), (12, 2, 128), (4, 4, 48), (4, 2, 24)])
+def test_step_attention_equals_rotary_cache_write_then_attention(
+    cpp_path, dtype, rotate, heads, kv_heads, dim
+):
+    """The fused step (straight from the [q; k; v] rows) equals its three ops in turn: the rotary op,
+    the key and value written at each row's column length - 1, the decode attention; bit for bit
+    (the same arithmetic), cache included, and near the float64 reference."""
+    from tte_fast.kernels.decode_attention_cpp import decode_attention_cpp, decode_step_attention_cpp
+    from tte_fast.kernels.decoder_ops_cpp import rotary
+
+    slots, width, rows = 7, 70, [5, 0, 3, 6]
+    key, value = (torch.randn(slots, kv_heads, width, dim).to(dtype) for _ in range(2))
+    lengths = torch.randint(1, width + 1, (len(rows),))
+    lengths[:2] = torch.tensor([1, width])
+    qkv = torch.randn(len(rows), (heads + 2 * kv_heads) * dim + 3).to(dtype)[:, :-3]  # strided rows
+    q, k, v = qkv.split([heads * dim, kv_heads * dim, kv_heads * dim], dim=-1)
+    cos = sin = None
+    if rotate:
+        angles = torch.rand(len(rows), dim // 2) * 50
+        cos, sin = (f(torch.cat([angles, angles], -1)).to(dtype) for f in (torch.cos, torch.sin))
+        q, k = rotary(q, cos, sin, heads), rotary(k, cos, sin, kv_heads)
+    q, k, v = (t.reshape(len(rows), -1, 1, dim) for t in (q, k, v))
+    want_key, want_value = key.clone(), value.clone()
+    want_key[rows, :, lengths - 1] = k[:, :, 0]
+    want_value[rows, :, lengths - 1] = v[:, :, 0]
+    want = decode_attention_cpp(q, want_key, want_value, rows, lengths.tolist(), 0.125)
+    got = decode_step_attention_cpp(qkv, cos, sin, heads, key, value, rows, lengths.tolist(), 0.125)
+    assert torch.equal(key, want_key) and torch.equal(value, want_value), (
+        "the step's column, written as the ops write it"
+    )
+    assert torch.equal(got, want)
+    bias = torch.zeros(slots, width, dtype=dtype)
+    bias[rows] = bias[rows].masked_fill(
+        torch.arange(width)[None, :] >= lengths[:, None], torch.finfo(dtype).min
+    )
+    expected = slot_attention_reference(q, key, value, bias[:, None, None, :], torch.tensor(rows), 0.125)
+    assert_rel_close(got, expected, TOLERANCE[dtype], "output")
+
+
+def test_step_attention_checks_its_inputs():
+    from tte_fast.kernels.decode_attention_cpp import decode_step_attention_cpp
+
+    key = value = torch.zeros(2, 1, 4, 8)
+    with pytest.raises(
+        ValueError, match=r"qkv must be \[B, \(heads \+ 2 kv_heads\) \* head_dim\] = \[B, 32\]"
+    ):
+        decode_step_attention_cpp(torch.zeros(1, 30), None, None, 2, key, value, [0], [1], 1.0)
+    with pytest.raises(ValueError, match="length 0 outside 1..4"):
+        decode_step_attention_cpp(torch.zeros(1, 32), None, None, 2, key, value, [0], [0], 1.0)
+    with pytest.raises(ValueError, match="cos and sin come together"):
+        decode_step_attention_cpp(torch.zeros(1, 32), torch.zeros(1, 8), None, 2, key, value, [0], [1], 1.0)
+    with pytest.raises(ValueError, match="one dtype"):
+        decode_step_attention_cpp(torch.zeros(1, 32).bfloat16(), None, None, 2, key, value, [0], [1], 1.0)
+
+
 @pytest.mark.parametrize("threads", [2, 3])
 def test_cpp_kernel_on_torchs_openmp_team_equals_one_thread(threads):
     """The default runs the tasks on the OpenMP team torch loaded (found in the process), with

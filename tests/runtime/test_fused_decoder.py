@@ -102,6 +102,38 @@ def test_a_fused_step_equals_transformers(model_type, dtype):
         torch.testing.assert_close(cache.values[layer], twin.values[layer], atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("model_type", ["llama", "qwen2_vl"])
+def test_the_cpp_step_equals_the_ops_in_turn(model_type, dtype, monkeypatch):
+    """On an eager CPU step every layer's rotary, cache write and attention run as one C++ pass
+    (``attend_step``), bit-identical to the ops in turn (rotary, ``cache.update``, ``attend``),
+    hidden states, logits and cache alike."""
+    from tte_fast.runtime import fused_decoder
+
+    model = make_model(model_type, dtype)
+    runner = Runner(model, decoder="fused")
+    gen = torch.Generator().manual_seed(2)
+    cache, lengths = filled_cache(model, slots=5, length=70, gen=gen)
+    twin = copy.deepcopy(cache)
+    busy = [1, 2, 4]
+    ids, positions = step_inputs(model, cache, busy, lengths, gen)
+    fused_steps, attend_step = [], fused_decoder.attend_step
+
+    def counted(*args):
+        fused_steps.append(attend_step(*args))
+        return fused_steps[-1]
+
+    monkeypatch.setattr(fused_decoder, "attend_step", counted)
+    got, got_logits = run_step(runner, cache, busy, ids, positions, dtype)
+    assert len(fused_steps) == len(cache.keys) and all(a is not None for a in fused_steps)
+    monkeypatch.setattr(fused_decoder, "attend_step", lambda *args: None)
+    want, want_logits = run_step(runner, twin, busy, ids, positions, dtype)
+    assert torch.equal(got, want) and torch.equal(got_logits, want_logits)
+    for layer in range(len(cache.keys)):
+        assert torch.equal(cache.keys[layer], twin.keys[layer])
+        assert torch.equal(cache.values[layer], twin.values[layer])
+
+
 def test_changed_weights_are_picked_up():
     """Training between decodes (in place, or a weight replaced) never leaves stale fused weights."""
     model = make_model("qwen2")

@@ -6,7 +6,9 @@ batch sizes those ops and calls are a large share of a step. ``FusedDecoder`` ru
 arithmetic from the checkpoint's own weights with one ``[q; k; v]`` matmul and one ``[gate; up]``
 matmul per layer, the residual add folded into the next norm, each elementwise step one pass on CPU
 (``tte_fast.kernels.decoder_ops_cpp``: residual add + RMSNorm, rotary, SwiGLU), and the decode
-attention over the slot cache in place (``tte_fast.runtime.slot_attention.attend``). Nothing else
+attention over the slot cache in place (``tte_fast.runtime.slot_attention.attend``); on an eager
+CPU step, rotary, the cache's column write and the attention are one C++ pass from the ``[q; k; v]``
+rows (``slot_attention.attend_step``). Nothing else
 changes: positions, rotary tables (the model's own rotary module, M-RoPE included), norms in float32
 and every rounding as HF computes them.
 
@@ -25,7 +27,7 @@ from torch import nn
 from tte_fast.heads import find_decoder
 from tte_fast.kernels.decoder_ops_cpp import add_rms_norm, rms_norm_reference, rotary, silu_mul
 from tte_fast.runtime.cpu_linear import PackedLinear
-from tte_fast.runtime.slot_attention import attend
+from tte_fast.runtime.slot_attention import attend, attend_step
 
 SUPPORTED_TYPES = frozenset(
     {"llama", "qwen2", "qwen3", "qwen2_vl", "qwen2_vl_text", "qwen2_5_vl", "qwen2_5_vl_text", "qwen3_vl_text"}
@@ -143,19 +145,13 @@ class FusedDecoder:
         norm = self.layers[0].input_norm
         residual, x = add_rms_norm(hidden.reshape(batch, -1), None, norm.weight, norm.variance_epsilon)
         for index, layer in enumerate(self.layers):
-            q, k, v = layer.qkv(x).split(layer.splits, dim=-1)
-            if layer.q_norm is not None:
-                q, k = (
-                    rms_norm_reference(t.view(batch, -1, layer.head_dim), n.weight, n.variance_epsilon).view(
-                        batch, -1
-                    )
-                    for t, n in ((q, layer.q_norm), (k, layer.k_norm))
-                )
-            q = rotary(q, cos, sin, layer.splits[0] // layer.head_dim)
-            k = rotary(k, cos, sin, layer.splits[1] // layer.head_dim)
-            v = v.view(batch, -1, 1, layer.head_dim)
-            keys, values = cache.update(k, v, index)
-            attention = attend(q, keys, values, bias, layer.scaling)
+            qkv = layer.qkv(x)
+            heads = layer.splits[0] // layer.head_dim
+            attention = None
+            if layer.q_norm is None:  # the C++ step: rotary, cache write and attention in one pass
+                attention = attend_step(qkv, cos, sin, heads, cache, index, layer.scaling)
+            if attention is None:
+                attention = self._attention(layer, qkv, cos, sin, bias, cache, index)
             norm = layer.post_norm
             residual, x = add_rms_norm(
                 residual, layer.o(attention.reshape(batch, -1)), norm.weight, norm.variance_epsilon
@@ -164,6 +160,25 @@ class FusedDecoder:
             delta = layer.down(silu_mul(layer.gate_up(x)))
             residual, x = add_rms_norm(residual, delta, norm.weight, norm.variance_epsilon)
         return x
+
+    @staticmethod
+    def _attention(layer: _Layer, qkv, cos, sin, bias, cache, index: int) -> torch.Tensor:
+        """A layer's attention op by op: q / k norms (Qwen3), rotary, the cache's column write, then
+        the slot attention."""
+        batch = qkv.shape[0]
+        q, k, v = qkv.split(layer.splits, dim=-1)
+        if layer.q_norm is not None:
+            q, k = (
+                rms_norm_reference(t.view(batch, -1, layer.head_dim), n.weight, n.variance_epsilon).view(
+                    batch, -1
+                )
+                for t, n in ((q, layer.q_norm), (k, layer.k_norm))
+            )
+        q = rotary(q, cos, sin, layer.splits[0] // layer.head_dim)
+        k = rotary(k, cos, sin, layer.splits[1] // layer.head_dim)
+        v = v.view(batch, -1, 1, layer.head_dim)
+        keys, values = cache.update(k, v, index)
+        return attend(q, keys, values, bias, layer.scaling)
 
 
 def _mrope_layout(table: torch.Tensor, sections: list[int]) -> torch.Tensor:

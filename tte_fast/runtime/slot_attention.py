@@ -20,7 +20,10 @@ bias: its zero entries, which the slot cache's bias puts on columns ``0 .. posit
 
 ``attend`` is the entry point of both decoders: transformers' layers reach it through the
 registered attention function ``slot_attention``, the fused decoder (``tte_fast.runtime.fused_decoder``)
-calls it directly.
+calls it directly. On an eager CPU step the fused decoder first tries ``attend_step``: the C++
+kernel straight from its ``[q; k; v]`` rows, rotating each query and key head, writing the key and
+value into the cache and attending in one pass (no rotary op, cache write or attention call of its
+own per layer).
 
 ``slot_attention_reference`` is the plain-torch reference it is tested against (gathered rows,
 float64 softmax).
@@ -30,7 +33,14 @@ from __future__ import annotations
 
 import torch
 
-from tte_fast.kernels.decode_attention_cpp import avx512_applies, cpp_supported, decode_attention_cpp
+from tte_fast.kernels.decode_attention_cpp import (
+    MAX_GROUP,
+    MAX_HEAD_DIM,
+    avx512_applies,
+    cpp_supported,
+    decode_attention_cpp,
+    decode_step_attention_cpp,
+)
 
 SLOT_ATTENTION = "tte_fast_slot_attention"
 # Attribute of the key view a slot cache returns: the slot of each query row (absent: all slots).
@@ -63,7 +73,11 @@ def attend(query, key, value, bias, scaling=None) -> torch.Tensor:
         lengths = visible_lengths(bias)
         return decode_attention(query, key, value, lengths, rows, scale, check_values=False)
     visible = getattr(key, VISIBLE, None)
-    if visible is not None and cpp_supported(query, key) and _kernel_pays(query, key, visible[1]):
+    if (
+        visible is not None
+        and cpp_supported(query, key)
+        and _kernel_pays(query.dtype, query.shape[-1], key, visible[1])
+    ):
         return decode_attention_cpp(query, key, value, *visible, scale)
     if rows is not None:
         placed = query.new_zeros((key.shape[0], *query.shape[1:]))
@@ -73,13 +87,48 @@ def attend(query, key, value, bias, scaling=None) -> torch.Tensor:
     return out if rows is None else out[rows]
 
 
-def _kernel_pays(query, key, lengths: list[int]) -> bool:
+def attend_step(qkv, cos, sin, heads: int, cache, layer: int, scaling: float) -> torch.Tensor | None:
+    """A fused decoder's step attention from its ``[q; k; v]`` rows ``[B, (H + 2 H_kv) d]`` and rotary
+    rows ``cos / sin [B, d]``, onto layer ``layer`` of the slot cache ``cache`` (its current step's
+    busy slots): ``[B, 1, H, d]``, with this step's keys and values written into the cache. None
+    where the C++ kernel does not take the step (the caller then runs rotary, ``cache.update`` and
+    ``attend`` in turn): a fixed-shape or compiled step, another device or dtype, the kernel's limits,
+    or a bfloat16 step it would not pay for."""
+    visible = cache.step_columns()
+    keys, values = cache.keys[layer], cache.values[layer]
+    if visible is None or torch.compiler.is_compiling() or qkv.device.type != "cpu":
+        return None
+    head_dim, kv_heads = keys.shape[-1], keys.shape[1]
+    if (
+        head_dim > MAX_HEAD_DIM
+        or heads // kv_heads > MAX_GROUP
+        or not hasattr(_extension(), "decode_step_attention")
+    ):
+        return None
+    if qkv.dtype != keys.dtype or qkv.dtype not in (torch.float32, torch.bfloat16) or cos.dtype != qkv.dtype:
+        return None
+    if cos.shape != (qkv.shape[0], head_dim) or sin.stride() != cos.stride() or cos.stride(-1) != 1:
+        return None  # rotary tables of another layout: the rotary op's torch formula
+    if not _kernel_pays(qkv.dtype, head_dim, keys, visible[1]):
+        return None
+    return decode_step_attention_cpp(qkv, cos, sin, heads, keys, values, *visible, scaling)
+
+
+def _extension():
+    try:
+        from tte_fast import _C
+    except ImportError:
+        return None
+    return _C
+
+
+def _kernel_pays(dtype, head_dim: int, key, lengths: list[int]) -> bool:
     """Whether the C++ kernel beats the grouped matmuls over every slot and column: in float32 always,
     and on its AVX-512 path (about 3.5x the bfloat16 matmuls' speed at SmolLM2-135M's decode shape,
     64 slots of 200 columns, one thread each); on its portable loops in bfloat16, whose matmuls run on
     the CPU's bf16 dot-product units while the kernel computes in float32, only when the busy rows'
     visible columns are under ``CPP_BF16_SHARE`` of the grid."""
-    if query.dtype != torch.bfloat16 or avx512_applies(query.shape[-1]):
+    if dtype != torch.bfloat16 or avx512_applies(head_dim):
         return True
     return sum(lengths) < CPP_BF16_SHARE * key.shape[0] * key.shape[2]
 

@@ -106,6 +106,11 @@ class SlotCache(Cache):
             setattr(keys, VISIBLE, self._visible)
         return keys, values
 
+    def step_columns(self) -> tuple[list[int], list[int]] | None:
+        """A windowed step's host lists: each busy row's slot and the columns it sees (the one this
+        step writes, at ``length - 1``, included); None in a fixed-shape step."""
+        return self._visible
+
     def advance(self, rows: list[int]) -> None:
         """After a step: the slots ``rows`` each wrote one column."""
         step = torch.zeros(self.slots, dtype=torch.long, device=self.positions.device)

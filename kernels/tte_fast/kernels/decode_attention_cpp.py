@@ -63,3 +63,54 @@ def decode_attention_cpp(
         [out.stride(0), out.stride(2)], rows, lengths, scale, threads, team,
     )  # fmt: skip
     return out
+
+
+def decode_step_attention_cpp(
+    qkv, cos, sin, heads: int, key, value, rows: list[int], lengths: list[int], scale: float,
+    threads: int | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """A decode step's attention straight from its fused projection: ``qkv [B, (H + 2 H_kv) d]`` (rows
+    may be strided: the ``[q; k; v]`` output), ``cos / sin [B, d]`` (None: no rotary) -> ``[B, 1, H,
+    d]``. Each row's query and key heads are rotated as ``decoder_ops_cpp.rotary`` rounds, its key and
+    value written into ``key / value [S, H_kv, W, d]`` (the slot cache's layer, in place) at column
+    ``lengths[b] - 1`` of slot ``rows[b]``, then the row attends over columns ``0 .. lengths[b] - 1``:
+    what ``rotary``, the cache's column write and ``decode_attention_cpp`` do in turn, in one pass
+    whose tasks each own a (row, key head). ``threads`` as in ``decode_attention_cpp``."""
+    from tte_fast import _C
+
+    batch = qkv.shape[0]
+    slots, kv_heads, width, head_dim = key.shape
+    if qkv.dim() != 2 or qkv.shape[1] != (heads + 2 * kv_heads) * head_dim or qkv.stride(1) != 1:
+        raise ValueError(
+            f"qkv must be [B, (heads + 2 kv_heads) * head_dim] = [B, {(heads + 2 * kv_heads) * head_dim}] "
+            f"with contiguous rows, got {tuple(qkv.shape)} strides {qkv.stride()}"
+        )
+    if (cos is None) != (sin is None):
+        raise ValueError("cos and sin come together")
+    if cos is not None and (
+        cos.shape != (batch, head_dim)
+        or sin.shape != cos.shape
+        or cos.stride() != sin.stride()
+        or cos.stride(1) != 1
+    ):
+        raise ValueError(f"cos and sin must be [B, head_dim] = [{batch}, {head_dim}], got {tuple(cos.shape)}")
+    tensors = (qkv, key, value) if cos is None else (qkv, key, value, cos, sin)
+    if any(t.dtype != qkv.dtype or t.device.type != "cpu" for t in tensors) or qkv.dtype not in CPP_DTYPES:
+        raise ValueError(
+            f"CPU float32 / bfloat16 tensors of one dtype are required, got {[t.dtype for t in tensors]}"
+        )
+    if key.stride(-1) != 1 or value.stride(-1) != 1 or value.shape != key.shape:
+        raise ValueError("key and value must be [S, H_kv, W, d] alike with a unit last stride")
+    if len(rows) != batch:
+        raise ValueError(f"rows must name a slot for each of the {batch} rows, got {len(rows)}")
+    team = threads is None and _C.openmp_team_available()
+    threads = (torch.get_num_threads() if team else 1) if threads is None else threads
+    out = torch.empty(batch, 1, heads, head_dim, dtype=qkv.dtype)
+    no_table = cos is None
+    _C.decode_step_attention(
+        qkv.data_ptr(), qkv.stride(0), 0 if no_table else cos.data_ptr(), 0 if no_table else sin.data_ptr(),
+        0 if no_table else cos.stride(0), key.data_ptr(), value.data_ptr(), out.data_ptr(),
+        qkv.dtype == torch.bfloat16, heads, kv_heads, head_dim, slots, width, list(key.stride()[:3]),
+        list(value.stride()[:3]), [out.stride(0), out.stride(2)], rows, lengths, scale, threads, team,
+    )  # fmt: skip
+    return out

@@ -1,14 +1,14 @@
 // The decode attention's AVX-512 path: the arithmetic of the portable loops in decode_attention.cpp
 // (float32 scores, online softmax over blocks of kAttentionBlock columns, the same exp polynomial)
 // written with 16-lane intrinsics. The portable loops leave most of the work scalar: a horizontal
-// sum per column inside the group loop, the bfloat16 widening and the exp over each block. Here the
-// scores of 16 columns come out of one transposing sum (sum_lanes16) instead of 16 horizontal ones;
-// bfloat16 keys go straight into the CPU's bfloat16 dot products where it has them (AVX512_BF16:
-// exact products, float32 sums, the query unscaled and the scale applied to the sums), else they
-// are widened once per 16 columns for every grouped query head; the block's softmax runs on whole
-// vectors (a lane mask for a short last block), and each value row feeds all grouped heads'
-// accumulators. Head dims that are multiples of 16 take it when the CPU has AVX-512F (checked at
-// run time; the build needs no flag); the dot products need a multiple of 32.
+// sum per column inside the group loop, the bfloat16 widening and the exp over each block. Here a
+// column's keys are widened once into registers and shared by every grouped query head or, where
+// the CPU has AVX512_BF16, bfloat16 keys go straight into its bfloat16 dot products (exact products,
+// float32 sums, the query unscaled and the scale applied to the sums), 16 columns' scores out of
+// one transposing sum (sum_lanes16); the block's softmax runs on whole vectors (a lane mask for a
+// short last block), and each value row feeds all grouped heads' accumulators. Head dims that are
+// multiples of 16 take it when the CPU has AVX-512F (checked at run time; the build needs no flag);
+// the dot products take multiples of 32.
 #include <atomic>
 #include <cstdint>
 #include <limits>
@@ -28,27 +28,10 @@ constexpr int64_t kMaxVectors = kMaxHeadDim / 16;
 
 // The scores of key columns first .. first + 15 (columns `stride` apart, the last `count` <= 16 of
 // them real: the rest repeat the last real column, whose scores the softmax masks) against every
-// grouped head's pre-scaled float32 query, into scores[g][first ...]. VECTORS > 0: the head dim's
-// vectors known at compile time, so the 16 dot products stay in registers.
-template <typename T, int64_t VECTORS>
-TTE_AVX512 void key_scores(const __m512 (*query)[kMaxVectors], int64_t group, int64_t vectors, const T* columns,
-                           int64_t stride, int64_t count, float (*scores)[kAttentionBlock], int64_t first) {
-  if (VECTORS > 0) vectors = VECTORS;
-  const T* keys[16];
-  for (int64_t j = 0; j < 16; j++) keys[j] = columns + std::min(j, count - 1) * stride;
-  for (int64_t g = 0; g < group; g++) {
-    __m512 dots[16];
-#pragma GCC unroll 16
-    for (int64_t j = 0; j < 16; j++) {
-      dots[j] = _mm512_mul_ps(query[g][0], load16(keys[j]));
-      for (int64_t c = 1; c < vectors; c++) dots[j] = _mm512_fmadd_ps(query[g][c], load16(keys[j] + 16 * c), dots[j]);
-    }
-    _mm512_storeu_ps(scores[g] + first, sum_lanes16(dots));
-  }
-}
-
-// The same from bfloat16 queries and keys through the CPU's bfloat16 dot products (32 elements per
-// instruction, exact products summed in float32), the scale applied to the sums. PAIRS: head dim / 32.
+// grouped query head, into scores[g][first ...], through the CPU's bfloat16 dot products (32
+// elements per instruction, exact products summed in float32) and one transposing sum for the 16
+// columns; the scale applied to the sums. PAIRS > 0: head dim / 32 known at compile time, so the 16
+// dot products stay in registers.
 template <int64_t PAIRS>
 TTE_AVX512_BF16 void key_scores_bf16(const uint16_t* query, int64_t head_stride, int64_t group, int64_t pairs,
                                      const uint16_t* columns, int64_t stride, int64_t count, float scale,
@@ -95,17 +78,24 @@ TTE_AVX512 void attend(const DecodeAttentionArgs& a, int64_t b, int64_t kv_head,
   }
   for (int64_t start = 0; start < length; start += kAttentionBlock) {
     const int64_t n = std::min(kAttentionBlock, length - start);
-    for (int64_t first = 0; first < n; first += 16) {
-      const T* columns = task.key + (start + first) * a.k_stride[2];
-      const int64_t count = std::min<int64_t>(16, n - first);
-      if constexpr (std::is_same_v<T, uint16_t>) {
-        if (dot_products) {
-          key_scores_bf16<VECTORS / 2>(task.query, task.query_stride, group, vectors / 2, columns, a.k_stride[2], count,
-                                       a.scale, scores, first);
-          continue;
-        }
+    bool scored = false;
+    if constexpr (std::is_same_v<T, uint16_t>) {
+      if (dot_products) {
+        for (int64_t first = 0; first < n; first += 16)
+          key_scores_bf16<VECTORS / 2>(task.query, task.query_stride, group, vectors / 2,
+                                       task.key + (start + first) * a.k_stride[2], a.k_stride[2],
+                                       std::min<int64_t>(16, n - first), a.scale, scores, first);
+        scored = true;
       }
-      key_scores<T, VECTORS>(query, group, vectors, columns, a.k_stride[2], count, scores, first);
+    }
+    for (int64_t j = 0; !scored && j < n; j++) {  // a column's keys widened once for every grouped head
+      const T* kj = task.key + (start + j) * a.k_stride[2];
+      for (int64_t c = 0; c < vectors; c++) row[c] = load16(kj + 16 * c);
+      for (int64_t g = 0; g < group; g++) {
+        __m512 dot = _mm512_mul_ps(query[g][0], row[0]);
+        for (int64_t c = 1; c < vectors; c++) dot = _mm512_fmadd_ps(query[g][c], row[c], dot);
+        scores[g][j] = _mm512_reduce_add_ps(dot);
+      }
     }
     const __mmask16 low = n >= 16 ? 0xffff : static_cast<__mmask16>((1u << n) - 1);
     const __mmask16 high = n <= 16 ? 0 : static_cast<__mmask16>((1u << (n - 16)) - 1);

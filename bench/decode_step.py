@@ -5,8 +5,8 @@ fed per slot onto the slot cache (``Runner.decode_step``, as ``Engine`` calls it
 pick (``greedy_tokens``). Timed for both decoders (``fused``: tte_fast.runtime.fused_decoder;
 ``transformers``: transformers' modules) at each ``--batches`` size, against ``matmuls``: the same
 step's linear layers (fused shapes) and LM head alone, on inputs of the same sizes, which is what
-a step cannot go under. A profile of the fused step sorts its time into matmuls, attention,
-other ops (norms, rotary, activations, cache writes) and the host.
+a step cannot go under. A profile of the fused step sorts its time into matmuls, attention (on CPU with
+the step's rotary and cache write), other ops (norms, activations, the greedy pick) and the host.
 
 The model: ``--model`` (a checkpoint folder, e.g. the vLLM peer's SmolLM2-135M-Instruct) or, by
 default, random weights of SmolLM2-135M-Instruct's shape (a Llama: hidden 576, 30 layers, 9 heads,
@@ -56,6 +56,7 @@ CATEGORIES = {
 # The C++ extension's calls are no torch ops: during the profile they run inside ranges of these names.
 PROFILED_CPP = {
     (slot_attention, "decode_attention_cpp"): "tte::attention",
+    (slot_attention, "decode_step_attention_cpp"): "tte::attention",  # with the step's rotary and cache write
     **{(fused_decoder, name): "tte::decoder_ops" for name in ("add_rms_norm", "rotary", "silu_mul")},
 }
 

@@ -8,9 +8,8 @@ matmul per layer, the residual add folded into the next norm, each elementwise s
 (``tte_fast.kernels.decoder_ops_cpp``: residual add + RMSNorm, rotary, SwiGLU), and the decode
 attention over the slot cache in place (``tte_fast.runtime.slot_attention.attend``); on an eager
 CPU step, rotary, the cache's column write and the attention are one C++ pass from the ``[q; k; v]``
-rows (``slot_attention.attend_step``). Nothing else
-changes: positions, rotary tables (the model's own rotary module, M-RoPE included), norms in float32
-and every rounding as HF computes them.
+rows (``slot_attention.attend_step``). Nothing else changes: positions, rotary tables (the model's
+own rotary module, M-RoPE included), norms in float32 and every rounding as HF computes them.
 
 Supported: Llama, Qwen2, Qwen3 and the text stacks of Qwen2-VL, Qwen2.5-VL and Qwen3-VL, with plain
 ``nn.Linear`` projections (a PEFT-wrapped model runs through transformers). Vision towers and

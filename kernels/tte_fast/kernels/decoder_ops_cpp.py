@@ -124,11 +124,7 @@ def silu_mul(gate_up: torch.Tensor, threads: int | None = None) -> torch.Tensor:
     width = gate_up.shape[-1] // 2
     out = gate_up.new_empty((*gate_up.shape[:-1], width))
     ops.silu_mul(
-        gate_up.data_ptr(),
-        out.data_ptr(),
-        out.numel() // width,
-        width,
-        gate_up.dtype == torch.bfloat16,
+        gate_up.data_ptr(), out.data_ptr(), out.numel() // width, width, gate_up.dtype == torch.bfloat16,
         _threads(threads),
-    )
+    )  # fmt: skip
     return out

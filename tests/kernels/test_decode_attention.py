@@ -216,7 +216,8 @@ def test_step_attention_checks_its_inputs():
 @pytest.mark.parametrize("threads", [2, 3])
 def test_cpp_kernel_on_torchs_openmp_team_equals_one_thread(threads):
     """The default runs the tasks on the OpenMP team torch loaded (found in the process), with
-    torch's thread count: each task's arithmetic is the same, so the output is bit-identical."""
+    torch's thread count; an explicit count on the extension's own threads (what runs where no
+    OpenMP runtime is found): each task's arithmetic is the same, so the outputs are bit-identical."""
     from tte_fast import _C
     from tte_fast.kernels.decode_attention_cpp import decode_attention_cpp
 
@@ -230,7 +231,9 @@ def test_cpp_kernel_on_torchs_openmp_team_equals_one_thread(threads):
         team = decode_attention_cpp(query, key, value, rows, lengths, 0.125)
     finally:
         torch.set_num_threads(before)
-    assert torch.equal(team, decode_attention_cpp(query, key, value, rows, lengths, 0.125, threads=1))
+    one = decode_attention_cpp(query, key, value, rows, lengths, 0.125, threads=1)
+    assert torch.equal(team, one)
+    assert torch.equal(decode_attention_cpp(query, key, value, rows, lengths, 0.125, threads=threads), one)
 
 
 @pytest.mark.parametrize(

@@ -78,6 +78,7 @@ class _Layer:
         self.q_norm, self.k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
         self.scaling = attn.scaling
         self.head_dim = attn.head_dim
+        self.heads, self.kv_heads = (n // self.head_dim for n in self.splits[:2])
 
 
 class FusedDecoder:
@@ -145,10 +146,9 @@ class FusedDecoder:
         residual, x = add_rms_norm(hidden.reshape(batch, -1), None, norm.weight, norm.variance_epsilon)
         for index, layer in enumerate(self.layers):
             qkv = layer.qkv(x)
-            heads = layer.splits[0] // layer.head_dim
             attention = None
             if layer.q_norm is None:  # the C++ step: rotary, cache write and attention in one pass
-                attention = attend_step(qkv, cos, sin, heads, cache, index, layer.scaling)
+                attention = attend_step(qkv, cos, sin, layer.heads, cache, index, layer.scaling)
             if attention is None:
                 attention = self._attention(layer, qkv, cos, sin, bias, cache, index)
             norm = layer.post_norm
@@ -173,8 +173,8 @@ class FusedDecoder:
                 )
                 for t, n in ((q, layer.q_norm), (k, layer.k_norm))
             )
-        q = rotary(q, cos, sin, layer.splits[0] // layer.head_dim)
-        k = rotary(k, cos, sin, layer.splits[1] // layer.head_dim)
+        q = rotary(q, cos, sin, layer.heads)
+        k = rotary(k, cos, sin, layer.kv_heads)
         v = v.view(batch, -1, 1, layer.head_dim)
         keys, values = cache.update(k, v, index)
         return attend(q, keys, values, bias, layer.scaling)

@@ -34,8 +34,6 @@ from __future__ import annotations
 import torch
 
 from tte_fast.kernels.decode_attention_cpp import (
-    MAX_GROUP,
-    MAX_HEAD_DIM,
     avx512_applies,
     cpp_supported,
     decode_attention_cpp,
@@ -75,7 +73,8 @@ def attend(query, key, value, bias, scaling=None) -> torch.Tensor:
     visible = getattr(key, VISIBLE, None)
     if (
         visible is not None
-        and cpp_supported(query, key)
+        and key.dtype == query.dtype
+        and cpp_supported(query.dtype, query.device, query.shape[-1], query.shape[1] // key.shape[1])
         and _kernel_pays(query.dtype, query.shape[-1], key, visible[1])
     ):
         return decode_attention_cpp(query, key, value, *visible, scale)
@@ -96,30 +95,18 @@ def attend_step(qkv, cos, sin, heads: int, cache, layer: int, scaling: float) ->
     or a bfloat16 step it would not pay for."""
     visible = cache.step_columns()
     keys, values = cache.keys[layer], cache.values[layer]
-    if visible is None or torch.compiler.is_compiling() or qkv.device.type != "cpu":
+    if visible is None or torch.compiler.is_compiling():
         return None
-    head_dim, kv_heads = keys.shape[-1], keys.shape[1]
-    if (
-        head_dim > MAX_HEAD_DIM
-        or heads // kv_heads > MAX_GROUP
-        or not hasattr(_extension(), "decode_step_attention")
-    ):
+    head_dim, group = keys.shape[-1], heads // keys.shape[1]
+    if qkv.dtype != keys.dtype or cos.dtype != qkv.dtype:
         return None
-    if qkv.dtype != keys.dtype or qkv.dtype not in (torch.float32, torch.bfloat16) or cos.dtype != qkv.dtype:
+    if not cpp_supported(qkv.dtype, qkv.device, head_dim, group, kernel="decode_step_attention"):
         return None
     if cos.shape != (qkv.shape[0], head_dim) or sin.stride() != cos.stride() or cos.stride(-1) != 1:
         return None  # rotary tables of another layout: the rotary op's torch formula
     if not _kernel_pays(qkv.dtype, head_dim, keys, visible[1]):
         return None
     return decode_step_attention_cpp(qkv, cos, sin, heads, keys, values, *visible, scaling)
-
-
-def _extension():
-    try:
-        from tte_fast import _C
-    except ImportError:
-        return None
-    return _C
 
 
 def _kernel_pays(dtype, head_dim: int, key, lengths: list[int]) -> bool:

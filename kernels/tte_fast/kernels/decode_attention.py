@@ -88,13 +88,15 @@ def check_decode_inputs(query, key, value, lengths, rows, scaling, check_values:
 
 def resolve_decode_backend(backend, query: torch.Tensor, key: torch.Tensor) -> str:
     device = query.device
+    group = query.shape[1] // key.shape[1]
+    cpp = key.dtype == query.dtype and cpp_supported(query.dtype, device, query.shape[-1], group)
     if backend is None or backend == "auto":
         if device.type == "cuda":
             return "triton" if importlib.util.find_spec("triton") else "torch"
-        return "cpp" if cpp_supported(query, key) else "torch"
+        return "cpp" if cpp else "torch"
     if backend not in DECODE_BACKENDS:
         raise ValueError(f"backend must be one of {DECODE_BACKENDS} or None, got {backend!r}")
-    if backend == "cpp" and not cpp_supported(query, key):
+    if backend == "cpp" and not cpp:
         raise ValueError(
             f"backend='cpp' takes CPU float32 / bfloat16 tensors with the C++ extension built, got "
             f"{query.dtype} on {device}"

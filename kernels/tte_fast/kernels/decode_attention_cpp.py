@@ -15,17 +15,18 @@ MAX_HEAD_DIM = 256
 MAX_GROUP = 16
 
 
-def cpp_supported(query: torch.Tensor, key: torch.Tensor) -> bool:
-    """Whether the C++ kernel takes these tensors (CPU, float32 / bfloat16, its size limits, built)."""
-    if query.is_cuda or query.dtype not in CPP_DTYPES or key.dtype != query.dtype:
+def cpp_supported(dtype, device, head_dim: int, group: int, kernel: str = "decode_attention") -> bool:
+    """Whether the extension's ``kernel`` takes tensors of ``dtype`` on ``device`` with this head dim
+    and query heads per key head (CPU, float32 / bfloat16, its size limits, the extension built)."""
+    if torch.device(device).type != "cpu" or dtype not in CPP_DTYPES:
         return False
-    if query.shape[-1] > MAX_HEAD_DIM or query.shape[1] // key.shape[1] > MAX_GROUP:
+    if head_dim > MAX_HEAD_DIM or group > MAX_GROUP:
         return False
     try:
         from tte_fast import _C
     except ImportError:
         return False
-    return hasattr(_C, "decode_attention")
+    return hasattr(_C, kernel)
 
 
 def avx512_applies(head_dim: int) -> bool:

@@ -524,7 +524,7 @@ class UnifiedTTE:
     @torch.inference_mode()
     def embed_prefill(self, batch: dict) -> torch.Tensor:
         """One forward over prompt (+ trace) + embedding token; embedding read at the last token."""
-        return embed_batch(self.hf_model, batch, self.head).float().cpu()
+        return embed_batch(self.hf_model, batch, self.head, self.runner).float().cpu()
 
     def decode_traces(self, kept: list[torch.Tensor]) -> list[str]:
         """The traces of generated token ids: the think prefix, then the text (special tokens dropped)."""

@@ -170,21 +170,21 @@ def normalize(hidden: torch.Tensor) -> torch.Tensor:
     return pool_normalize(hidden[:, None, :], ones)
 
 
-def embed_batch(hf_model, batch: dict, head=None) -> torch.Tensor:
+def embed_batch(hf_model, batch: dict, head=None, runner=None) -> torch.Tensor:
     """[B, D] unit embeddings of a batch ending in the embedding token: one forward, no cache.
-    With a TTE_u ``head`` the backbone stops at layer L-k and the head runs its k layers."""
+    With a TTE_u ``head`` the backbone stops at layer L-k and the head runs its k layers. Without
+    one, ``runner`` (the model's ``tte_fast.runtime.runner.Runner``, None: transformers' forward)
+    runs the forward: through its fused decoder where that takes the batch (text only, on CPU)."""
     position_ids, _ = prefill_position_ids(hf_model, batch)
     backbone = hf_model.base_model
-    kwargs = dict(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        position_ids=position_ids,
-        use_cache=False,
-        **model_inputs(backbone, batch),
-    )
+    ids, mask, extra = batch["input_ids"], batch["attention_mask"], model_inputs(backbone, batch)
+    kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False, **extra)
     if head is None:
         with stage("prefill"):
-            hidden = backbone(**kwargs).last_hidden_state
+            if runner is None:
+                hidden = backbone(**kwargs).last_hidden_state
+            else:
+                hidden = runner.hidden_states(ids, position_ids, mask, None, **extra)
         with stage("embed"):
             return pool_normalize(hidden, batch["attention_mask"])
     with stage("prefill"):  # stops at layer L-k: the head replaces the backbone's last k layers

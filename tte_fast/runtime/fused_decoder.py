@@ -1,4 +1,4 @@
-"""Our own decode-step forward of the supported text decoders, with fused projections.
+"""Our own forward of the supported text decoders, with fused projections: decode steps and text prefills.
 
 transformers' decoder layers run three query/key/value linears, two MLP input linears, and norms,
 residuals and rotary embeddings as separate small ops, each through module dispatch; at decode
@@ -11,9 +11,18 @@ CPU step, rotary, the cache's column write and the attention are one C++ pass fr
 rows (``slot_attention.attend_step``). Nothing else changes: positions, rotary tables (the model's
 own rotary module, M-RoPE included), norms in float32 and every rounding as HF computes them.
 
+``prefill`` runs a text-only forward of left-padded prompts (the engine's admission prefill, the
+shared-prefix one, embeddings without thinking) with the same fused projections and C++ passes over
+every token, and attention as ``prefill_attention`` (grouped heads stacked on their key head,
+transformers' eager arithmetic); its keys and values go into the ``DynamicCache`` transformers'
+forward would fill. On bench/peer_vllm.py's 64-prompt bf16 prefill of SmolLM2-135M it ran 1.2-1.4x
+as fast as transformers' forward (the matmuls then take 80% of it). The runner decides which
+forwards it takes (``Runner.hidden_states``): prompts with pictures or videos go through
+transformers' model.
+
 Supported: Llama, Qwen2, Qwen3 and the text stacks of Qwen2-VL, Qwen2.5-VL and Qwen3-VL, with plain
-``nn.Linear`` projections (a PEFT-wrapped model runs through transformers). Vision towers and
-prefills stay transformers'. The fused weights are a copy made on first use (the q/k/v and gate/up
+``nn.Linear`` projections (a PEFT-wrapped model runs through transformers). Vision towers stay
+transformers'. The fused weights are a copy made on first use (the q/k/v and gate/up
 projection weights again: the memory this costs) and made again when a source weight changes (in
 place or replaced), so training between decodes never reads stale weights.
 """
@@ -102,6 +111,10 @@ class FusedDecoder:
         """The fused decoder of ``hf_model``, or None where it is not supported."""
         return cls(hf_model) if unsupported_reason(hf_model) is None else None
 
+    def observed(self) -> bool:
+        """Whether forward hooks watch the text stack (its modules then run, as transformers' would)."""
+        return any(m._forward_hooks or m._forward_pre_hooks for m in self.text.modules())
+
     def _source_state(self) -> list[tuple[int, int]]:
         """Where each source weight lives and how often it was written in place."""
         head = self.hf_model.get_output_embeddings().weight
@@ -160,6 +173,45 @@ class FusedDecoder:
             residual, x = add_rms_norm(residual, delta, norm.weight, norm.variance_epsilon)
         return x
 
+    def prefill(self, input_ids, position_ids, mask, cache) -> torch.Tensor:
+        """A text prefill of ``input_ids [B, L]`` (left-padded; ``mask [B, P + L]`` covers the ``P``
+        columns already in ``cache`` and the new ones) onto ``cache`` (a ``DynamicCache``, or None)
+        -> final-norm hidden states ``[B, L, D]``. Call ``refresh`` first (the runner does)."""
+        batch, width = input_ids.shape
+        hidden = self.text.embed_tokens(input_ids)
+        cos, sin = (t.reshape(batch * width, -1) for t in self.rotary(hidden, position_ids))
+        past = mask.shape[1] - width
+        allowed = prefill_mask(mask.bool(), width)
+        norm = self.layers[0].input_norm
+        residual, x = add_rms_norm(
+            hidden.reshape(batch * width, -1), None, norm.weight, norm.variance_epsilon
+        )
+        for index, layer in enumerate(self.layers):
+            q, k, v = layer.qkv(x).split(layer.splits, dim=-1)
+            if layer.q_norm is not None:
+                q, k = (
+                    rms_norm_reference(
+                        t.view(batch * width, -1, layer.head_dim), n.weight, n.variance_epsilon
+                    ).view(batch * width, -1)
+                    for t, n in ((q, layer.q_norm), (k, layer.k_norm))
+                )
+            q = rotary(q, cos, sin, layer.heads).view(batch, width, layer.heads, -1).transpose(1, 2)
+            k = rotary(k, cos, sin, layer.kv_heads).view(batch, width, layer.kv_heads, -1).transpose(1, 2)
+            v = v.reshape(batch, width, layer.kv_heads, -1).transpose(1, 2)
+            if cache is not None:
+                k, v = cache.update(k, v, index)
+            elif past:
+                raise ValueError(f"mask covers {mask.shape[1]} columns for {width} new tokens and no cache")
+            attention = prefill_attention(q, k, v, allowed, layer.scaling)
+            norm = layer.post_norm
+            residual, x = add_rms_norm(
+                residual, layer.o(attention.reshape(batch * width, -1)), norm.weight, norm.variance_epsilon
+            )
+            norm = self.layers[index + 1].input_norm if index + 1 < len(self.layers) else self.text.norm
+            delta = layer.down(silu_mul(layer.gate_up(x)))
+            residual, x = add_rms_norm(residual, delta, norm.weight, norm.variance_epsilon)
+        return x.view(batch, width, -1)
+
     @staticmethod
     def _attention(layer: _Layer, qkv, cos, sin, bias, cache, index: int) -> torch.Tensor:
         """A layer's attention op by op: q / k norms (Qwen3), rotary, the cache's column write, then
@@ -183,3 +235,28 @@ class FusedDecoder:
 def _mrope_layout(table: torch.Tensor, sections: list[int]) -> torch.Tensor:
     """``[3, B, L, d]`` -> ``[B, L, d]``: each section of the head dim from its M-RoPE row (t, h, w)."""
     return torch.cat([part[i % 3] for i, part in enumerate(table.split(sections, dim=-1))], dim=-1)
+
+
+def prefill_mask(mask: torch.Tensor, width: int) -> torch.Tensor:
+    """``[B, 1, L, P + L]`` booleans: new token ``i`` sees column ``j`` where ``mask`` is set and
+    ``j <= P + i`` (causal), and always itself, so that a padding row has a finite softmax."""
+    columns = mask.shape[1]
+    query = torch.arange(columns - width, columns, device=mask.device)[:, None]
+    key = torch.arange(columns, device=mask.device)[None]
+    return ((mask[:, None, :] & (key <= query)) | (key == query))[:, None]
+
+
+def prefill_attention(query, key, value, allowed, scale: float) -> torch.Tensor:
+    """Causal attention of the new tokens: ``query [B, H, L, d]``, ``key/value [B, H_kv, P + L, d]``,
+    ``allowed [B, 1, L, P + L]`` -> ``[B, L, H, d]``. A query's grouped heads are stacked onto their key
+    head (no repeated keys); scores and weighted sum in the input dtype, softmax in float32 (HF's
+    eager arithmetic)."""
+    batch, heads, width, dim = query.shape
+    kv_heads = key.shape[1]
+    grouped = query.reshape(batch, kv_heads, heads // kv_heads * width, dim)
+    scores = torch.matmul(grouped, key.transpose(-1, -2)) * scale
+    scores = scores.view(batch, kv_heads, heads // kv_heads, width, -1)
+    scores = scores.masked_fill(~allowed[:, :, None], float("-inf"))
+    weights = scores.softmax(-1, dtype=torch.float32).to(query.dtype)
+    out = torch.matmul(weights.view(batch, kv_heads, heads // kv_heads * width, -1), value)
+    return out.view(batch, heads, width, dim).transpose(1, 2)

@@ -5,7 +5,10 @@ the LM head directly, with explicit positions and masks, so both schedulers (sta
 ``tte_fast.runtime.static``; continuous slots, ``tte_fast.runtime.engine``) run the same forward.
 Decode steps onto a slot cache (the engine's) run through our own fused forward
 (``tte_fast.runtime.fused_decoder``) where the model's text decoder is supported, unless
-``decoder="transformers"``; prefills and the static scheduler's steps run transformers' modules.
+``decoder="transformers"``; so do text-only forwards onto a ``DynamicCache`` (the prefills of both
+schedulers, the static scheduler's eager steps) on CPU outside autograd (``FusedDecoder.prefill``).
+Forwards with pictures or videos, onto other caches, under autograd or observed by forward hooks
+(the TTE_u head's capture) run transformers' modules.
 ``compile=True`` wraps the decode step in ``torch.compile`` (CUDA graphs on GPU via
 ``mode="reduce-overhead"``, inductor's C++ kernels on CPU); a string (or a backend callable) names
 the compile backend. Compiled steps see batches and cache lengths padded to powers of two
@@ -17,12 +20,15 @@ from __future__ import annotations
 import inspect
 
 import torch
+from transformers import DynamicCache
 
 from tte_fast.runtime.fused_decoder import FusedDecoder, unsupported_reason
 from tte_fast.runtime.slot_cache import SlotCache
 from tte_fast.runtime.static_cache import CompiledShapes, compiled_length, eager_length
 
 DECODERS = ("auto", "fused", "transformers")
+# Processor outputs a text-only forward may carry (per-token types, all text).
+TEXT_INPUTS = frozenset({"mm_token_type_ids", "token_type_ids"})
 
 
 def model_inputs(backbone, batch: dict) -> dict:
@@ -75,6 +81,9 @@ class Runner:
 
         ``cache_position`` (the new tokens' cache slots) is passed only to transformers versions
         that still take it; newer ones track the slot inside the cache."""
+        if self._fused_forward(input_ids, mask, cache, extra):
+            self.fused.refresh()
+            return self.fused.prefill(input_ids, position_ids, mask, cache)
         kwargs = {self.cache_kw: cache, "use_cache": cache is not None, **extra}
         if self.pass_cache_position:
             kwargs["cache_position"] = cache_position
@@ -111,6 +120,18 @@ class Runner:
         if self._fuses(cache):
             return self.fused.forward(input_ids, position_ids, mask, cache)
         return self.forward(input_ids, position_ids, mask, cache, cache_position)
+
+    def _fused_forward(self, input_ids, mask, cache, extra: dict) -> bool:
+        """Whether ``hidden_states`` runs the fused decoder's forward (see the module docstring): text
+        only, onto no cache or a ``DynamicCache`` whose columns and the new ones ``mask`` covers."""
+        if self.fused is None or mask is None or mask.dim() != 2 or input_ids.device.type != "cpu":
+            return False
+        if torch.is_grad_enabled() or torch.compiler.is_compiling() or not TEXT_INPUTS.issuperset(extra):
+            return False
+        if cache is not None and type(cache) is not DynamicCache:
+            return False
+        past = 0 if cache is None else cache.get_seq_length()
+        return mask.shape[1] == past + input_ids.shape[1] and not self.fused.observed()
 
     def _fuses(self, cache) -> bool:
         return self.fused is not None and isinstance(cache, SlotCache)

@@ -16,6 +16,7 @@ import torch
 from fused_cases import TOLERANCE, make_model
 from transformers import DynamicCache, StaticCache
 
+from tte_fast.runtime import fused_decoder
 from tte_fast.runtime.fused_decoder import prefill_attention, prefill_mask
 from tte_fast.runtime.positions import prefill_position_ids
 from tte_fast.runtime.runner import Runner
@@ -130,9 +131,13 @@ def test_forwards_the_fused_prefill_does_not_take_run_transformers(monkeypatch):
     assert calls.count == len(model.model.layers)
 
 
+@pytest.mark.parametrize("blocks", [1, 4], ids=["one-block", "row-blocks"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_prefill_attention_equals_the_float64_reference(dtype):
-    """Grouped heads, past columns, left padding in the past and the new columns, causal."""
+def test_prefill_attention_equals_the_float64_reference(dtype, blocks, monkeypatch):
+    """Grouped heads, past columns, left padding in the past and the new columns, causal; in one
+    block and in blocks of query rows (each over the columns its last row sees)."""
+    if blocks > 1:  # 2 query rows a block: 3 rows x 6 heads x 11 columns = 198 scores each
+        monkeypatch.setattr(fused_decoder, "SCORE_BUDGET", 400)
     gen = torch.Generator().manual_seed(6)
     batch, heads, kv_heads, past, width, dim = 3, 6, 2, 4, 7, 16
     query = torch.randn(batch, heads, width, dim, generator=gen).to(dtype)

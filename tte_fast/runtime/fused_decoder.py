@@ -37,6 +37,9 @@ from tte_fast.kernels.decoder_ops_cpp import add_rms_norm, rms_norm_reference, r
 from tte_fast.runtime.cpu_linear import PackedLinear
 from tte_fast.runtime.slot_attention import attend, attend_step
 
+# Scores a prefill's attention holds at once (float32: 64 MiB); longer prompts run in row blocks.
+SCORE_BUDGET = 1 << 24
+
 SUPPORTED_TYPES = frozenset(
     {"llama", "qwen2", "qwen3", "qwen2_vl", "qwen2_vl_text", "qwen2_5_vl", "qwen2_5_vl_text", "qwen3_vl_text"}
 )
@@ -250,7 +253,28 @@ def prefill_attention(query, key, value, allowed, scale: float) -> torch.Tensor:
     """Causal attention of the new tokens: ``query [B, H, L, d]``, ``key/value [B, H_kv, P + L, d]``,
     ``allowed [B, 1, L, P + L]`` -> ``[B, L, H, d]``. A query's grouped heads are stacked onto their key
     head (no repeated keys); scores and weighted sum in the input dtype, softmax in float32 (HF's
-    eager arithmetic)."""
+    eager arithmetic). Long prompts run in blocks of query rows (at most ``SCORE_BUDGET`` scores at
+    once), each over the columns its last row sees."""
+    batch, heads, width, _ = query.shape
+    past = key.shape[2] - width
+    rows = max(1, SCORE_BUDGET // (batch * heads * key.shape[2]))
+    blocks = []
+    for start in range(0, width, rows):
+        end = min(start + rows, width)
+        seen = past + end
+        blocks.append(
+            _attention_block(
+                query[:, :, start:end],
+                key[:, :, :seen],
+                value[:, :, :seen],
+                allowed[:, :, start:end, :seen],
+                scale,
+            )
+        )
+    return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
+
+
+def _attention_block(query, key, value, allowed, scale: float) -> torch.Tensor:
     batch, heads, width, dim = query.shape
     kv_heads = key.shape[1]
     grouped = query.reshape(batch, kv_heads, heads // kv_heads * width, dim)

@@ -129,6 +129,14 @@ def test_forwards_the_fused_prefill_does_not_take_run_transformers(monkeypatch):
     assert calls.count == len(model.model.layers)
     prefill(runner, batch, shared=False)
     assert calls.count == len(model.model.layers)
+    # A forward asked for hidden states leaves transformers' inert recording hooks on the layers:
+    # the fused prefill still runs.
+    with torch.no_grad():
+        model(input_ids=batch["input_ids"][:1, -4:], output_hidden_states=True)
+    assert any(m._forward_hooks for m in model.model.layers)
+    calls.count = 0
+    prefill(runner, batch, shared=False)
+    assert calls.count == 0
 
 
 @pytest.mark.parametrize("blocks", [1, 4], ids=["one-block", "row-blocks"])

@@ -37,12 +37,25 @@ from tte_fast.kernels.decoder_ops_cpp import add_rms_norm, rms_norm_reference, r
 from tte_fast.runtime.cpu_linear import PackedLinear
 from tte_fast.runtime.slot_attention import attend, attend_step
 
+# transformers' output-recording hooks: installed for good by the first forward asked for hidden
+# states or attentions, inert outside such a forward (which the runner never asks for).
+OUTPUT_CAPTURING = "transformers.utils.output_capturing"
 # Scores a prefill's attention holds at once (float32: 64 MiB); longer prompts run in row blocks.
 SCORE_BUDGET = 1 << 24
 
 SUPPORTED_TYPES = frozenset(
     {"llama", "qwen2", "qwen3", "qwen2_vl", "qwen2_vl_text", "qwen2_5_vl", "qwen2_5_vl_text", "qwen3_vl_text"}
 )
+
+
+def watched(*modules: nn.Module) -> bool:
+    """Whether any of ``modules`` has a forward hook or pre-hook other than transformers' inert
+    output-recording ones."""
+    for module in modules:
+        for hook in (*module._forward_hooks.values(), *module._forward_pre_hooks.values()):
+            if getattr(hook, "__module__", None) != OUTPUT_CAPTURING:
+                return True
+    return False
 
 
 def unsupported_reason(hf_model) -> str | None:
@@ -116,7 +129,7 @@ class FusedDecoder:
 
     def observed(self) -> bool:
         """Whether forward hooks watch the text stack (its modules then run, as transformers' would)."""
-        return any(m._forward_hooks or m._forward_pre_hooks for m in self.text.modules())
+        return watched(*self.text.modules())
 
     def _source_state(self) -> list[tuple[int, int]]:
         """Where each source weight lives and how often it was written in place."""

@@ -22,7 +22,7 @@ import inspect
 import torch
 from transformers import DynamicCache
 
-from tte_fast.runtime.fused_decoder import FusedDecoder, unsupported_reason
+from tte_fast.runtime.fused_decoder import FusedDecoder, unsupported_reason, watched
 from tte_fast.runtime.slot_cache import SlotCache
 from tte_fast.runtime.static_cache import CompiledShapes, compiled_length, eager_length
 
@@ -113,7 +113,7 @@ class Runner:
         """The fused decoder's packed LM head, unless the model's head is observed (forward hooks) or
         replaced on the runner: then every step goes through it, as transformers' forward would."""
         head = self.lm_head
-        observed = head is not self._model_head or head._forward_hooks or head._forward_pre_hooks
+        observed = head is not self._model_head or watched(head)
         return self.fused.lm_head if self._fuses(cache) and not observed else head
 
     def _hidden(self, input_ids, position_ids, mask, cache, cache_position=None) -> torch.Tensor:

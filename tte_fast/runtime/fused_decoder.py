@@ -180,13 +180,7 @@ class FusedDecoder:
                 attention = attend_step(qkv, cos, sin, layer.heads, cache, index, layer.scaling)
             if attention is None:
                 attention = self._attention(layer, qkv, cos, sin, bias, cache, index)
-            norm = layer.post_norm
-            residual, x = add_rms_norm(
-                residual, layer.o(attention.reshape(batch, -1)), norm.weight, norm.variance_epsilon
-            )
-            norm = self.layers[index + 1].input_norm if index + 1 < len(self.layers) else self.text.norm
-            delta = layer.down(silu_mul(layer.gate_up(x)))
-            residual, x = add_rms_norm(residual, delta, norm.weight, norm.variance_epsilon)
+            residual, x = self._rest_of_layer(index, residual, attention.reshape(batch, -1))
         return x
 
     def prefill(self, input_ids, position_ids, mask, cache) -> torch.Tensor:
@@ -204,13 +198,7 @@ class FusedDecoder:
         )
         for index, layer in enumerate(self.layers):
             q, k, v = layer.qkv(x).split(layer.splits, dim=-1)
-            if layer.q_norm is not None:
-                q, k = (
-                    rms_norm_reference(
-                        t.view(batch * width, -1, layer.head_dim), n.weight, n.variance_epsilon
-                    ).view(batch * width, -1)
-                    for t, n in ((q, layer.q_norm), (k, layer.k_norm))
-                )
+            q, k = _qk_norms(layer, q, k)
             q = rotary(q, cos, sin, layer.heads).view(batch, width, layer.heads, -1).transpose(1, 2)
             k = rotary(k, cos, sin, layer.kv_heads).view(batch, width, layer.kv_heads, -1).transpose(1, 2)
             v = v.reshape(batch, width, layer.kv_heads, -1).transpose(1, 2)
@@ -219,14 +207,19 @@ class FusedDecoder:
             elif past:
                 raise ValueError(f"mask covers {mask.shape[1]} columns for {width} new tokens and no cache")
             attention = prefill_attention(q, k, v, allowed, layer.scaling)
-            norm = layer.post_norm
-            residual, x = add_rms_norm(
-                residual, layer.o(attention.reshape(batch * width, -1)), norm.weight, norm.variance_epsilon
-            )
-            norm = self.layers[index + 1].input_norm if index + 1 < len(self.layers) else self.text.norm
-            delta = layer.down(silu_mul(layer.gate_up(x)))
-            residual, x = add_rms_norm(residual, delta, norm.weight, norm.variance_epsilon)
+            residual, x = self._rest_of_layer(index, residual, attention.reshape(batch * width, -1))
         return x.view(batch, width, -1)
+
+    def _rest_of_layer(self, index: int, residual, attention):
+        """Layer ``index`` after its attention ``[rows, H d]``: the output projection added to the
+        residual, the post-attention norm, the SwiGLU MLP added, and the next layer's input norm (the
+        final norm after the last layer) -> (residual, normed)."""
+        layer = self.layers[index]
+        norm = layer.post_norm
+        residual, x = add_rms_norm(residual, layer.o(attention), norm.weight, norm.variance_epsilon)
+        norm = self.layers[index + 1].input_norm if index + 1 < len(self.layers) else self.text.norm
+        delta = layer.down(silu_mul(layer.gate_up(x)))
+        return add_rms_norm(residual, delta, norm.weight, norm.variance_epsilon)
 
     @staticmethod
     def _attention(layer: _Layer, qkv, cos, sin, bias, cache, index: int) -> torch.Tensor:
@@ -234,18 +227,23 @@ class FusedDecoder:
         the slot attention."""
         batch = qkv.shape[0]
         q, k, v = qkv.split(layer.splits, dim=-1)
-        if layer.q_norm is not None:
-            q, k = (
-                rms_norm_reference(t.view(batch, -1, layer.head_dim), n.weight, n.variance_epsilon).view(
-                    batch, -1
-                )
-                for t, n in ((q, layer.q_norm), (k, layer.k_norm))
-            )
+        q, k = _qk_norms(layer, q, k)
         q = rotary(q, cos, sin, layer.heads)
         k = rotary(k, cos, sin, layer.kv_heads)
         v = v.view(batch, -1, 1, layer.head_dim)
         keys, values = cache.update(k, v, index)
         return attend(q, keys, values, bias, layer.scaling)
+
+
+def _qk_norms(layer: _Layer, q: torch.Tensor, k: torch.Tensor):
+    """Qwen3's per-head RMSNorms of query and key rows ``[rows, heads * d]`` (as they are without)."""
+    if layer.q_norm is None:
+        return q, k
+    rows = q.shape[0]
+    return tuple(
+        rms_norm_reference(t.view(rows, -1, layer.head_dim), n.weight, n.variance_epsilon).view(rows, -1)
+        for t, n in ((q, layer.q_norm), (k, layer.k_norm))
+    )
 
 
 def _mrope_layout(table: torch.Tensor, sections: list[int]) -> torch.Tensor:

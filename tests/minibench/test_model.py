@@ -24,7 +24,7 @@ def test_packaged_model_is_small_and_loads_with_its_head():
     assert sum(os.path.getsize(f) for f in files) <= 20e6  # the baseline beside it included
     model = UnifiedTTE.from_pretrained(PACKAGED_MODEL, device="cpu", dtype=torch.float32)
     assert model.head is not None and model.embed_token == "<emb>"
-    assert model.hf_model.config.model_type == "qwen2_vl"
+    assert model.hf_model.config.model_type == "qwen3_vl"
 
 
 def test_packaged_model_beats_chance_on_test_queries(tmp_path):

@@ -1,5 +1,5 @@
 """The minibench tokenizer and base checkpoint: exact round trips, no unknown words, the runtime's
-special tokens, and a saved Qwen2-VL that UnifiedTTE loads, encodes and thinks with."""
+special tokens, and a saved Qwen3-VL that UnifiedTTE loads, encodes and thinks with."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def test_saved_checkpoint_is_small_and_loads_with_a_qwen_vl_processor(base):
     from tte_fast.checkpoint.hf_processor import load_processor, renders_images
 
     assert os.path.getsize(os.path.join(base, "model.safetensors")) < 20e6
-    processor = load_processor(base, "qwen2_vl")
+    processor = load_processor(base, "qwen3_vl")
     assert renders_images(processor)
 
 

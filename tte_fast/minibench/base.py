@@ -1,5 +1,13 @@
-"""The untrained starting point of every minibench model: a small Qwen2-VL with the benchmark's
-tokenizer, image processor, chat template and runtime settings, saved as a checkpoint folder."""
+"""The untrained starting point of every minibench model: a small Qwen3-VL with the benchmark's
+tokenizer, image processor, chat template and runtime settings, saved as a checkpoint folder.
+
+Qwen3-VL rather than Qwen2-VL, because its picture tokens say which cell they come from. Qwen2-VL's
+vision tower has no absolute positions, and its M-RoPE gives the picture's column axis the lowest
+rotary frequencies (at this head size, 0.003 rad per column and less): its decoder sees the four
+cells' tokens as nearly interchangeable, and the small reasoner never learned to name the k-th
+cell (docs/minibench.md, Perception). Qwen3-VL adds a learned absolute position embedding to the
+patches and interleaves the M-RoPE axes over the whole frequency range. Its patches are 14 pixels
+here (Qwen3-VL's own are 16), so that a cell is exactly 2 x 2 merged tokens, as before."""
 
 from __future__ import annotations
 
@@ -32,7 +40,7 @@ def runtime_config(head_layers: int = 2) -> TTEConfig:
 
 
 def model_config(tokenizer, overrides: dict | None = None):
-    """The shipped Qwen2-VL config (``overrides`` update its text_config), its vocabulary and special
+    """The shipped Qwen3-VL config (``overrides`` update its text_config), its vocabulary and special
     token ids set from ``tokenizer``."""
     from transformers import AutoConfig
 

@@ -13,7 +13,7 @@ from tte_fast.cli import main
 from tte_fast.minibench.report import META_TASKS
 
 pytestmark = pytest.mark.slow
-MARGIN = 0.06  # about 2.5 standard errors of hit@1 over the fast test split (400 queries)
+MARGIN = 0.15  # points above chance every variant must reach (the lowest reached 31.6 on the 2-core EPYC)
 
 
 @pytest.fixture(scope="module")

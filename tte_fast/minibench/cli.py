@@ -18,14 +18,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data-only", action="store_true", help="only write the data, base model, configs")
     parser.add_argument("--eval-only", action="store_true", help="score the models already trained")
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (the tiny models are overhead-bound)"
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads of each of the two trainings that run at once; the reasoner, the head "
+        "and the evaluations, which run alone, take twice as many",
     )
     parser.add_argument("--export", default=None, help="copy the trained TTE_u model to this folder")
     args = parser.parse_args(argv)
 
-    import torch
-
-    torch.set_num_threads(args.threads)
     from tte_fast.minibench.pipeline import PROFILES, export_model, prepare, run
     from tte_fast.minibench.report import format_summary
 
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"data, base model and configs written under {args.output}")
         return {}
     steps = ("eval",) if args.eval_only else ("train", "eval")
-    summary = run(args.output, seed=args.seed, profile=args.profile, steps=steps)
+    summary = run(args.output, seed=args.seed, profile=args.profile, steps=steps, threads=args.threads)
     if args.export:
         export_model(args.output, args.export)
     print(format_summary(summary))

@@ -13,6 +13,7 @@ Layout of a run folder::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -39,10 +40,23 @@ PROFILES = {
         "eval": ["encode.batch_size=40"],
     },
 }
-# Trained in this order in this process; the embedder (TTE_t's, which no other variant starts from)
-# trains beside them in a second process, so a 2-core machine runs two trainings at once.
-TRAIN_CHAIN = ("baseline", "reasoner", "head")
-BESIDE = "embedder"
+# The baseline trains here while the embedder (TTE_t's, which no other variant starts from) trains
+# beside it in a second process, each on its share of threads; the reasoner (from the baseline) and
+# the head (from the reasoner) then train alone on both shares. Fixed thread counts per job keep a
+# run's arithmetic, and so its scores, the same on any machine with the same BLAS kernels.
+FIRST, BESIDE, THEN = "baseline", "embedder", ("reasoner", "head")
+
+
+@contextlib.contextmanager
+def _torch_threads(count: int):
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _log(message: str) -> None:
@@ -92,22 +106,25 @@ def _timed_training(root: str, name: str, seed: int, overrides: list[str], threa
     return time.perf_counter() - start
 
 
-def train_all(root: str, seed: int, overrides: dict[str, list[str]], timings: dict) -> None:
-    """Every variant's training: the chain here, the embedder beside it in a spawned process."""
-    import torch
-
+def train_all(root: str, seed: int, overrides: dict[str, list[str]], timings: dict, threads: int) -> None:
+    """Every variant's training: the baseline and the embedder at once (``threads`` torch threads
+    each, the embedder in a spawned process), then the reasoner and the head on ``2 * threads``."""
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch state
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool, _torch_threads(threads):
         _log(f"training {BESIDE} (in a second process)")
-        beside = pool.submit(
-            _timed_training, root, BESIDE, seed, overrides.get(BESIDE, []), torch.get_num_threads()
-        )
-        for name in TRAIN_CHAIN:
-            _log(f"training {name}")
-            t = time.perf_counter()
-            train_variant(root, name, seed, overrides.get(name, []))
-            timings[f"train_{name}"] = time.perf_counter() - t
+        beside = pool.submit(_timed_training, root, BESIDE, seed, overrides.get(BESIDE, []), threads)
+        _train_here(root, FIRST, seed, overrides, timings)
         timings[f"train_{BESIDE}"] = beside.result()  # raises the worker's error, if any
+    with _torch_threads(2 * threads):
+        for name in THEN:
+            _train_here(root, name, seed, overrides, timings)
+
+
+def _train_here(root: str, name: str, seed: int, overrides: dict[str, list[str]], timings: dict) -> None:
+    _log(f"training {name}")
+    start = time.perf_counter()
+    train_variant(root, name, seed, overrides.get(name, []))
+    timings[f"train_{name}"] = time.perf_counter() - start
 
 
 def _eval_args(root: str, variant: str) -> list[str]:
@@ -158,8 +175,16 @@ def eval_variant(root: str, variant: str, overrides: list[str]) -> dict:
     return {"results": results, "seconds": time.perf_counter() - start}
 
 
-def run(root: str, seed: int = 0, profile: str = "full", steps: tuple[str, ...] = ("train", "eval")) -> dict:
-    """The whole pipeline; returns (and writes to ``root/minibench.json``) the summary."""
+def run(
+    root: str,
+    seed: int = 0,
+    profile: str = "full",
+    steps: tuple[str, ...] = ("train", "eval"),
+    threads: int = 1,
+) -> dict:
+    """The whole pipeline; returns (and writes to ``root/minibench.json``) the summary. ``threads``:
+    torch threads of each of the two trainings that run at once (the later ones and the evaluations
+    take twice as many)."""
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
     spec, root, timings = PROFILES[profile], os.path.abspath(root), {}
@@ -168,11 +193,11 @@ def run(root: str, seed: int = 0, profile: str = "full", steps: tuple[str, ...] 
     timings["prepare"] = time.perf_counter() - start
     if "train" in steps:
         t = time.perf_counter()
-        train_all(root, seed, spec["train"], timings)
+        train_all(root, seed, spec["train"], timings, threads)
         timings["train"] = time.perf_counter() - t
     evaluations = {}
-    if "eval" in steps:
-        for variant in ("baseline", "TTE_t", "TTE_s", "TTE_u"):
+    with _torch_threads(2 * threads):
+        for variant in ("baseline", "TTE_t", "TTE_s", "TTE_u") if "eval" in steps else ():
             _log(f"evaluating {variant}")
             evaluations[variant] = eval_variant(root, variant, spec["eval"])
             timings[f"eval_{variant}"] = evaluations[variant]["seconds"]

@@ -53,3 +53,9 @@ def test_pairs_then_the_chain_on_both_shares(monkeypatch, threads):
     assert torch.get_num_threads() == before
     assert timings["train_embedder"] == 12.5
     assert set(timings) == {"train_embedder", "train_baseline", "train_reasoner", "train_head"}
+
+
+def test_threads_below_one_are_refused_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="threads must be at least 1, got 0"):
+        pipeline.run(str(tmp_path), profile="fast", threads=0)
+    assert not any(tmp_path.iterdir())

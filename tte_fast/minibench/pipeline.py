@@ -187,6 +187,8 @@ def run(
     take twice as many)."""
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
     spec, root, timings = PROFILES[profile], os.path.abspath(root), {}
     start = time.perf_counter()
     prepare(root, seed, spec["size"])
@@ -196,11 +198,12 @@ def run(
         train_all(root, seed, spec["train"], timings, threads)
         timings["train"] = time.perf_counter() - t
     evaluations = {}
-    with _torch_threads(2 * threads):
-        for variant in ("baseline", "TTE_t", "TTE_s", "TTE_u") if "eval" in steps else ():
-            _log(f"evaluating {variant}")
-            evaluations[variant] = eval_variant(root, variant, spec["eval"])
-            timings[f"eval_{variant}"] = evaluations[variant]["seconds"]
+    if "eval" in steps:
+        with _torch_threads(2 * threads):
+            for variant in ("baseline", "TTE_t", "TTE_s", "TTE_u"):
+                _log(f"evaluating {variant}")
+                evaluations[variant] = eval_variant(root, variant, spec["eval"])
+                timings[f"eval_{variant}"] = evaluations[variant]["seconds"]
     timings["total"] = time.perf_counter() - start
     summary = summarize(root, evaluations, timings, {"seed": seed, "profile": profile})
     with open(os.path.join(root, "minibench.json"), "w", encoding="utf-8") as f:

@@ -11,6 +11,7 @@ embedding, which Qwen2-VL's tower does not have.
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText
 
@@ -37,6 +38,14 @@ QWEN2_VL_LAYOUT = {
 }
 
 
+@pytest.fixture(scope="module")
+def models():
+    """The shipped Qwen3-VL and the former Qwen2-VL layout, random weights."""
+    shipped = AutoModelForImageTextToText.from_config(model_config(build_tokenizer(PROMPTS)))
+    former = AutoModelForImageTextToText.from_config(AutoConfig.for_model(**QWEN2_VL_LAYOUT))
+    return shipped, former
+
+
 def column_phases(model) -> torch.Tensor:
     """``[COLUMNS, 2 d]``: the rotary cos and sin the text decoder gives the first row's picture
     tokens (t and h fixed, w the column)."""
@@ -53,18 +62,16 @@ def closest_columns(model) -> float:
     return distances[~torch.eye(COLUMNS, dtype=torch.bool)].min().item()
 
 
-def test_the_shipped_layout_tells_columns_apart_and_the_former_one_did_not():
-    shipped = AutoModelForImageTextToText.from_config(model_config(build_tokenizer(PROMPTS)))
-    former = AutoModelForImageTextToText.from_config(AutoConfig.for_model(**QWEN2_VL_LAYOUT))
+def test_the_shipped_layout_tells_columns_apart_and_the_former_one_did_not(models):
+    shipped, former = models
     assert shipped.config.model_type == "qwen3_vl"
     assert closest_columns(shipped) > 0.3
     assert closest_columns(former) < 0.02  # eight columns within 0.003 rad a column
 
 
-def test_the_vision_tower_knows_where_each_patch_is():
+def test_the_vision_tower_knows_where_each_patch_is(models):
     """Qwen3-VL's tower adds a learned position embedding to every patch (Qwen2-VL's has none): a
     cell's tokens differ by where the cell is, whatever it holds."""
-    shipped = AutoModelForImageTextToText.from_config(model_config(build_tokenizer(PROMPTS)))
-    former = AutoModelForImageTextToText.from_config(AutoConfig.for_model(**QWEN2_VL_LAYOUT))
+    shipped, former = models
     assert hasattr(shipped.model.visual, "pos_embed")
     assert not any("pos_embed" in name for name, _ in former.model.visual.named_parameters())

@@ -97,34 +97,24 @@ def train_variant(root: str, name: str, seed: int, overrides: list[str]) -> str:
 
 
 def _timed_training(root: str, name: str, seed: int, overrides: list[str], threads: int) -> float:
-    """``train_variant`` in a worker process (torch threads set there too); returns its seconds."""
-    import torch
-
-    torch.set_num_threads(threads)
-    start = time.perf_counter()
-    train_variant(root, name, seed, overrides)
-    return time.perf_counter() - start
+    """``train_variant`` on ``threads`` torch threads (here or in the worker process); its seconds."""
+    _log(f"training {name}")
+    with _torch_threads(threads):
+        start = time.perf_counter()
+        train_variant(root, name, seed, overrides)
+        return time.perf_counter() - start
 
 
 def train_all(root: str, seed: int, overrides: dict[str, list[str]], timings: dict, threads: int) -> None:
     """Every variant's training: the baseline and the embedder at once (``threads`` torch threads
     each, the embedder in a spawned process), then the reasoner and the head on ``2 * threads``."""
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch state
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool, _torch_threads(threads):
-        _log(f"training {BESIDE} (in a second process)")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
         beside = pool.submit(_timed_training, root, BESIDE, seed, overrides.get(BESIDE, []), threads)
-        _train_here(root, FIRST, seed, overrides, timings)
+        timings[f"train_{FIRST}"] = _timed_training(root, FIRST, seed, overrides.get(FIRST, []), threads)
         timings[f"train_{BESIDE}"] = beside.result()  # raises the worker's error, if any
-    with _torch_threads(2 * threads):
-        for name in THEN:
-            _train_here(root, name, seed, overrides, timings)
-
-
-def _train_here(root: str, name: str, seed: int, overrides: dict[str, list[str]], timings: dict) -> None:
-    _log(f"training {name}")
-    start = time.perf_counter()
-    train_variant(root, name, seed, overrides.get(name, []))
-    timings[f"train_{name}"] = time.perf_counter() - start
+    for name in THEN:
+        timings[f"train_{name}"] = _timed_training(root, name, seed, overrides.get(name, []), 2 * threads)
 
 
 def _eval_args(root: str, variant: str) -> list[str]:

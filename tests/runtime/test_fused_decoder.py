@@ -107,7 +107,7 @@ def test_the_cpp_step_equals_the_ops_in_turn(model_type, dtype, monkeypatch):
 
 
 def test_changed_weights_are_picked_up():
-    """Training between decodes (in place, or a weight replaced) never leaves stale fused weights."""
+    """Training between decodes (in place, or a weight or bias replaced) never leaves stale fused weights."""
     model = make_model("qwen2")
     fused, reference = Runner(model, decoder="fused"), Runner(model, decoder="transformers")
     gen = torch.Generator().manual_seed(2)
@@ -128,7 +128,11 @@ def test_changed_weights_are_picked_up():
         with torch.no_grad():
             model.get_output_embeddings().weight.mul_(1.5)
 
-    for change in (in_place, replaced, lm_head):
+    def bias_only():  # Qwen2's q / k / v biases are fused too
+        with torch.no_grad():
+            layer.self_attn.v_proj.bias.add_(0.5)
+
+    for change in (in_place, replaced, lm_head, bias_only):
         change()
         got = run_step(fused, copy.deepcopy(cache), busy, ids, positions, torch.float32)
         want = run_step(reference, copy.deepcopy(cache), busy, ids, positions, torch.float32)

@@ -22,6 +22,7 @@ import sys
 
 import torch
 
+from tte_fast.kernels.decode_attention_cpp import StepAttention
 from tte_fast.runtime import fused_decoder, slot_attention
 from tte_fast.runtime.cpu_linear import PackedLinear
 from tte_fast.runtime.runner import Runner
@@ -56,7 +57,7 @@ CATEGORIES = {
 # The C++ extension's calls are no torch ops: during the profile they run inside ranges of these names.
 PROFILED_CPP = {
     (slot_attention, "decode_attention_cpp"): "tte::attention",
-    (slot_attention, "decode_step_attention_cpp"): "tte::attention",  # with the step's rotary and cache write
+    (StepAttention, "__call__"): "tte::attention",  # with the step's rotary and cache write
     **{(fused_decoder, name): "tte::decoder_ops" for name in ("add_rms_norm", "rotary", "silu_mul")},
 }
 

@@ -213,6 +213,24 @@ def test_step_attention_checks_its_inputs():
         decode_step_attention_cpp(torch.zeros(1, 32).bfloat16(), None, None, 2, key, value, [0], [1], 1.0)
 
 
+def test_step_attention_refuses_a_layer_it_did_not_check():
+    """A step's attention checks its arguments once; a later layer's ``qkv`` or cache layer of another
+    shape, strides or dtype is refused before the kernel reads it through raw pointers."""
+    from tte_fast.kernels.decode_attention_cpp import StepAttention
+
+    qkv, key, value = torch.randn(1, 32), torch.randn(2, 1, 4, 8), torch.randn(2, 1, 4, 8)
+    step = StepAttention(qkv, None, None, 2, key, value, [0], [1])
+    assert step(qkv, key.clone(), value.clone(), 1.0).shape == (1, 1, 2, 8)
+    for later in (
+        (torch.randn(2, 32), key, value),  # more rows than the step's
+        (qkv, torch.randn(2, 1, 2, 8), value),  # a narrower cache layer
+        (qkv, key, torch.randn(2, 1, 8, 4).transpose(2, 3)),  # other strides
+        (qkv, key, value.double()),
+    ):
+        with pytest.raises(ValueError, match="checked as"):
+            step(*later, 1.0)
+
+
 @pytest.mark.parametrize("threads", [2, 3])
 def test_cpp_kernel_on_torchs_openmp_team_equals_one_thread(threads):
     """The default runs the tasks on the OpenMP team torch loaded (found in the process), with

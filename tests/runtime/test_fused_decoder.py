@@ -78,8 +78,8 @@ def test_a_fused_step_equals_transformers(model_type, dtype):
 @pytest.mark.parametrize("model_type", ["llama", "qwen2_vl"])
 def test_the_cpp_step_equals_the_ops_in_turn(model_type, dtype, monkeypatch):
     """On an eager CPU step every layer's rotary, cache write and attention run as one C++ pass
-    (``attend_step``), bit-identical to the ops in turn (rotary, ``cache.update``, ``attend``),
-    hidden states, logits and cache alike."""
+    (``step_attention``, its checks made once a step), bit-identical to the ops in turn (rotary,
+    ``cache.update``, ``attend``), hidden states, logits and cache alike."""
     from tte_fast.runtime import fused_decoder
 
     model = make_model(model_type, dtype)
@@ -89,16 +89,17 @@ def test_the_cpp_step_equals_the_ops_in_turn(model_type, dtype, monkeypatch):
     twin = copy.deepcopy(cache)
     busy = [1, 2, 4]
     ids, positions = step_inputs(model, cache, busy, lengths, gen)
-    fused_steps, attend_step = [], fused_decoder.attend_step
+    plans, layer_calls, step_attention = [], [], fused_decoder.step_attention
 
     def counted(*args):
-        fused_steps.append(attend_step(*args))
-        return fused_steps[-1]
+        plans.append(step_attention(*args))
+        return lambda *layer: layer_calls.append(layer[1]) or plans[-1](*layer)
 
-    monkeypatch.setattr(fused_decoder, "attend_step", counted)
+    monkeypatch.setattr(fused_decoder, "step_attention", counted)
     got, got_logits = run_step(runner, cache, busy, ids, positions, dtype)
-    assert len(fused_steps) == len(cache.keys) and all(a is not None for a in fused_steps)
-    monkeypatch.setattr(fused_decoder, "attend_step", lambda *args: None)
+    assert len(plans) == 1 and plans[0] is not None
+    assert [k.data_ptr() for k in layer_calls] == [k.data_ptr() for k in cache.keys]  # each layer, in turn
+    monkeypatch.setattr(fused_decoder, "step_attention", lambda *args: None)
     want, want_logits = run_step(runner, twin, busy, ids, positions, dtype)
     assert torch.equal(got, want) and torch.equal(got_logits, want_logits)
     for layer in range(len(cache.keys)):

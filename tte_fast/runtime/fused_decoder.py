@@ -8,7 +8,7 @@ matmul per layer, the residual add folded into the next norm, each elementwise s
 (``tte_fast.kernels.decoder_ops_cpp``: residual add + RMSNorm, rotary, SwiGLU), and the decode
 attention over the slot cache in place (``tte_fast.runtime.slot_attention.attend``); on an eager
 CPU step, rotary, the cache's column write and the attention are one C++ pass from the ``[q; k; v]``
-rows (``slot_attention.attend_step``). Nothing else changes: positions, rotary tables (the model's
+rows (``slot_attention.step_attention``). Nothing else changes: positions, rotary tables (the model's
 own rotary module, M-RoPE included), norms in float32 and every rounding as HF computes them.
 
 ``prefill`` runs a text-only forward of left-padded prompts (the engine's admission prefill, the
@@ -35,7 +35,7 @@ from torch import nn
 from tte_fast.heads import find_decoder
 from tte_fast.kernels.decoder_ops_cpp import add_rms_norm, rms_norm_reference, rotary, silu_mul
 from tte_fast.runtime.cpu_linear import PackedLinear
-from tte_fast.runtime.slot_attention import attend, attend_step
+from tte_fast.runtime.slot_attention import attend, step_attention
 
 # transformers' output-recording hooks: installed for good by the first forward asked for hidden
 # states or attentions, inert outside such a forward (which the runner never asks for).
@@ -176,12 +176,14 @@ class FusedDecoder:
         cos, sin = cos[:, -1], sin[:, -1]
         norm = self.layers[0].input_norm
         residual, x = add_rms_norm(hidden.reshape(batch, -1), None, norm.weight, norm.variance_epsilon)
+        cpp_step = None
         for index, layer in enumerate(self.layers):
             qkv = layer.qkv(x)
-            attention = None
-            if layer.q_norm is None:  # the C++ step: rotary, cache write and attention in one pass
-                attention = attend_step(qkv, cos, sin, layer.heads, cache, index, layer.scaling)
-            if attention is None:
+            if index == 0 and layer.q_norm is None:  # the C++ step: rotary, cache write and attention
+                cpp_step = step_attention(qkv, cos, sin, layer.heads, cache)
+            if cpp_step is not None:
+                attention = cpp_step(qkv, cache.keys[index], cache.values[index], layer.scaling)
+            else:
                 attention = self._attention(layer, qkv, cos, sin, bias, cache, index)
             residual, x = self._rest_of_layer(index, residual, attention.reshape(batch, -1))
         return x

@@ -20,10 +20,10 @@ bias: its zero entries, which the slot cache's bias puts on columns ``0 .. posit
 
 ``attend`` is the entry point of both decoders: transformers' layers reach it through the
 registered attention function ``slot_attention``, the fused decoder (``tte_fast.runtime.fused_decoder``)
-calls it directly. On an eager CPU step the fused decoder first tries ``attend_step``: the C++
+calls it directly. On an eager CPU step the fused decoder first tries ``step_attention``: the C++
 kernel straight from its ``[q; k; v]`` rows, rotating each query and key head, writing the key and
 value into the cache and attending in one pass (no rotary op, cache write or attention call of its
-own per layer).
+own per layer), its checks made once for the step's layers.
 
 ``slot_attention_reference`` is the plain-torch reference it is tested against (gathered rows,
 float64 softmax).
@@ -34,10 +34,10 @@ from __future__ import annotations
 import torch
 
 from tte_fast.kernels.decode_attention_cpp import (
+    StepAttention,
     avx512_applies,
     cpp_supported,
     decode_attention_cpp,
-    decode_step_attention_cpp,
 )
 
 SLOT_ATTENTION = "tte_fast_slot_attention"
@@ -86,15 +86,16 @@ def attend(query, key, value, bias, scaling=None) -> torch.Tensor:
     return out if rows is None else out[rows]
 
 
-def attend_step(qkv, cos, sin, heads: int, cache, layer: int, scaling: float) -> torch.Tensor | None:
-    """A fused decoder's step attention from its ``[q; k; v]`` rows ``[B, (H + 2 H_kv) d]`` and rotary
-    rows ``cos / sin [B, d]``, onto layer ``layer`` of the slot cache ``cache`` (its current step's
-    busy slots): ``[B, 1, H, d]``, with this step's keys and values written into the cache. None
-    where the C++ kernel does not take the step (the caller then runs rotary, ``cache.update`` and
-    ``attend`` in turn): a fixed-shape or compiled step, another device or dtype, the kernel's limits,
-    or a bfloat16 step it would not pay for."""
+def step_attention(qkv, cos, sin, heads: int, cache) -> StepAttention | None:
+    """A fused decoder's step attention for every layer of this step of the slot cache ``cache`` (its
+    current step's busy slots), from the first layer's ``[q; k; v]`` rows ``[B, (H + 2 H_kv) d]``
+    and the rotary rows ``cos / sin [B, d]``: called with a layer's rows, cache layer and scale, it
+    writes that layer's keys and values into the cache and returns its attention ``[B, 1, H, d]``.
+    None where the C++ kernel does not take the step (the caller then runs rotary, ``cache.update``
+    and ``attend`` in turn): a fixed-shape or compiled step, another device or dtype, the kernel's
+    limits, or a bfloat16 step it would not pay for."""
     visible = cache.step_columns()
-    keys, values = cache.keys[layer], cache.values[layer]
+    keys, values = cache.keys[0], cache.values[0]
     if visible is None or torch.compiler.is_compiling():
         return None
     head_dim, group = keys.shape[-1], heads // keys.shape[1]
@@ -106,7 +107,7 @@ def attend_step(qkv, cos, sin, heads: int, cache, layer: int, scaling: float) ->
         return None  # rotary tables of another layout: the rotary op's torch formula
     if not _kernel_pays(qkv.dtype, head_dim, keys, visible[1]):
         return None
-    return decode_step_attention_cpp(qkv, cos, sin, heads, keys, values, *visible, scaling)
+    return StepAttention(qkv, cos, sin, heads, keys, values, *visible)
 
 
 def _kernel_pays(dtype, head_dim: int, key, lengths: list[int]) -> bool:

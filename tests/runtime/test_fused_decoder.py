@@ -68,6 +68,7 @@ def test_a_fused_step_equals_transformers(model_type, dtype):
     want, want_logits = run_step(reference, twin, busy, ids, positions, dtype)
     tol = TOLERANCE[dtype]
     torch.testing.assert_close(got.float(), want.float(), atol=tol, rtol=tol)
+    assert got_logits.dtype == want_logits.dtype == dtype  # the head's dtype: no float32 copy a step
     torch.testing.assert_close(got_logits, want_logits, atol=tol, rtol=tol)
     for layer in range(len(cache.keys)):  # the same columns written, and only those
         torch.testing.assert_close(cache.keys[layer], twin.keys[layer], atol=tol, rtol=tol)

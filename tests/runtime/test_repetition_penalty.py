@@ -62,6 +62,19 @@ def test_penalty_is_hf_processor_bit_for_bit(seed, penalty):
         assert torch.equal(seen.apply(logits), hf_penalised(logits, prompts, penalty))
 
 
+def test_penalty_of_bfloat16_logits_is_applied_in_float32():
+    """A decode step's logits come in the head's dtype; HF penalises their float32 copy, bit for bit
+    what ``apply`` returns (in bfloat16 the division and product would round)."""
+    gen = torch.Generator().manual_seed(3)
+    logits = (torch.randn(3, 64, generator=gen) * 3).bfloat16()
+    ids = torch.randint(0, 64, (3, 20), generator=gen)
+    seen = SeenTokens(3, 64, "cpu")
+    seen.start([0, 1, 2], ids, torch.ones(3, 20), 1.3)
+    got = seen.apply(logits)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, hf_penalised(logits.float(), ids.tolist(), 1.3))
+
+
 def test_per_row_penalties_on_a_subset_of_rows():
     """Engine use: rows with their own penalties (1.0: untouched), logits for some rows only."""
     gen = torch.Generator().manual_seed(0)

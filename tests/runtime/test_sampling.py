@@ -78,6 +78,18 @@ def test_drawn_distribution_equals_hf_warpers(temperature, top_k, top_p, monkeyp
     assert (expected.gather(1, tokens[:, None]) > 0).all()  # drawn from what survives
 
 
+def test_bfloat16_logits_are_warped_in_float32(monkeypatch):
+    """A decode step's logits come in the head's dtype; the warpers run on their float32 copy, as
+    HF's ``generate`` does (in bfloat16, temperature and softmax would round differently)."""
+    logits = (3 * torch.randn(4, 512, generator=torch.Generator().manual_seed(5))).bfloat16()
+    options = DecodeOptions(do_sample=True, temperature=0.7, top_k=40, top_p=0.9)
+    spy = DrawSpy(monkeypatch)
+    pick_tokens(logits, options, None)
+    drawn = spy.rows()
+    assert drawn.dtype == torch.float32
+    assert_same_distribution(drawn, hf_probs(logits.float(), 0.7, 40, 0.9))
+
+
 def test_draws_follow_the_distribution(monkeypatch):
     """20,000 draws from one filtered row: frequencies within 5 standard errors of HF's probabilities."""
     logits = torch.tensor([[2.0, 1.5, 1.0, 0.5, 0.0, -1.0, -3.0, -6.0]]).expand(20_000, -1)

@@ -301,7 +301,7 @@ class Engine(BackgroundSteps):
         self.prefills += 1
         with stage("prefill"):
             hidden, spans = self._prefill_forward(batch, positions, prefill_cache)
-            logits = self.runner.lm_head(hidden).float()
+            logits = self.runner.lm_head(hidden)
         admitted = []
         for row, (request, n) in enumerate(zip(requests, lengths)):
             slot_index = free[row]

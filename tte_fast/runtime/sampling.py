@@ -36,9 +36,10 @@ ARGMAX_CHUNK = 1024
 
 def greedy_tokens(logits: torch.Tensor) -> torch.Tensor:
     """``logits.argmax(-1)`` of ``[B, V]`` logits, the first index on ties, NaN as the maximum, as
-    torch's. On CPU in two passes (each chunk's maximum, then an argmax inside the first chunk holding
-    the row's maximum): torch's CPU argmax over a large vocabulary is several times slower than a
-    max reduction, and at decode batch sizes it was a visible share of a step."""
+    torch's (bfloat16 logits as they are: their argmax is that of their exact float32 copy). On CPU
+    in two passes (each chunk's maximum, then an argmax inside the first chunk holding the row's
+    maximum): torch's CPU argmax over a large vocabulary is several times slower than a max
+    reduction, and at decode batch sizes it was a visible share of a step."""
     if logits.is_cuda or logits.shape[-1] <= ARGMAX_CHUNK:
         return logits.argmax(-1)
     rows, vocab = logits.shape
@@ -59,8 +60,9 @@ def draws_argmax(options: DecodeOptions) -> bool:
 
 def sampling_probs(logits: torch.Tensor, options: DecodeOptions) -> torch.Tensor:
     """[B, V] probabilities a sampled token is drawn from: temperature, then top-k, then top-p
-    (the order of HF's logits warpers). With top-k, top-p sorts only the k kept scores."""
-    scores = logits / options.temperature
+    (the order of HF's logits warpers), in float32 as HF computes them (a decode step's logits
+    come in the head's dtype). With top-k, top-p sorts only the k kept scores."""
+    scores = logits.float() / options.temperature
     if options.top_k:
         k = min(options.top_k, scores.shape[-1])
         top, where = torch.topk(scores, k, dim=-1)
@@ -128,7 +130,9 @@ class SeenTokens:
             self.mask[where, tokens[where]] = True
 
     def apply(self, logits: torch.Tensor, rows: list[int] | None = None) -> torch.Tensor:
-        """``logits`` (``[len(rows), V]``; None: every row) with each row's penalty applied."""
+        """``logits`` (``[len(rows), V]``; None: every row) with each row's penalty applied, in float32
+        as HF applies it (a decode step's logits come in the head's dtype)."""
+        logits = logits.float()
         every = list(range(len(self.penalties)))
         rows = every if rows is None else rows
         vocab = logits.shape[-1]

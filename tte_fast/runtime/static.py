@@ -160,7 +160,7 @@ class StaticBatches:
             prefill_mask = self.visible_mask(mask, prompt_len)
             cache_position = runner.cache_positions(0, prompt_len, device)
             hidden = runner.forward(input_ids, position_ids, prefill_mask, cache, cache_position, **extra)
-            logits = runner.lm_head(hidden).float()
+            logits = runner.lm_head(hidden)
 
         # Rows past real_rows only pad a compiled step's batch: they stay DONE and never feed a token.
         book = RowBook(bsz, max_new, options, device)

@@ -45,7 +45,7 @@ SMOLLM2_135M = dict(
 )
 # Profiler op names by where a step's time goes.
 CATEGORIES = {
-    "matmuls": ("aten::mm", "aten::addmm", "aten::linear", "mkldnn::_linear_pointwise"),
+    "matmuls": ("aten::mm", "aten::addmm", "aten::linear", "mkldnn::_linear_pointwise", "tte::linear"),
     "attention": (
         "aten::bmm",
         "aten::baddbmm",
@@ -56,6 +56,7 @@ CATEGORIES = {
 }
 # The C++ extension's calls are no torch ops: during the profile they run inside ranges of these names.
 PROFILED_CPP = {
+    (PackedLinear, "__call__"): "tte::linear",  # the AMX kernel's calls (oneDNN's are torch ops)
     (slot_attention, "decode_attention_cpp"): "tte::attention",
     (StepAttention, "__call__"): "tte::attention",  # with the step's rotary and cache write
     **{(fused_decoder, name): "tte::decoder_ops" for name in ("add_rms_norm", "rotary", "silu_mul")},

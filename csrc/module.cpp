@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "amx_linear.h"
 #include "decode_attention.h"
 #include "decoder_ops.h"
 #include "frame_slots.h"
@@ -290,6 +291,7 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "tte_fast C++ extension: batched Qwen-VL image preprocessing, CPU decode attention and decoder ops";
   tte::register_decode_attention(m);
   tte::register_decoder_ops(m);
+  tte::register_amx_linear(m);
   m.def(
       "smart_resize",
       [](long height, long width, long factor, long min_pixels, long max_pixels) {

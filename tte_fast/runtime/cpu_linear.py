@@ -59,7 +59,8 @@ class PackedLinear:
             self._extension = extension
             self.amx = torch.empty(weight.numel(), dtype=weight.dtype)
             self.bias = None if bias is None else bias.detach().contiguous()
-            extension.pack_amx_weight(weight.detach().contiguous().data_ptr(), self.amx.data_ptr(), *weight.shape)
+            source = weight.detach().contiguous()
+            extension.pack_amx_weight(source.data_ptr(), self.amx.data_ptr(), *weight.shape)
         elif weight.device.type == "cpu" and weight.dtype in PACKED_DTYPES and _packing_available():
             self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACKED_ROWS_HINT)
 

@@ -23,7 +23,7 @@ import sys
 import torch
 
 from tte_fast.kernels.decode_attention_cpp import StepAttention
-from tte_fast.runtime import fused_decoder, slot_attention
+from tte_fast.runtime import cpu_linear, fused_decoder, slot_attention
 from tte_fast.runtime.cpu_linear import PackedLinear
 from tte_fast.runtime.runner import Runner
 from tte_fast.runtime.sampling import greedy_tokens
@@ -59,7 +59,8 @@ PROFILED_CPP = {
     (PackedLinear, "__call__"): "tte::linear",  # the AMX kernel's calls (oneDNN's are torch ops)
     (slot_attention, "decode_attention_cpp"): "tte::attention",
     (StepAttention, "__call__"): "tte::attention",  # with the step's rotary and cache write
-    **{(fused_decoder, name): "tte::decoder_ops" for name in ("add_rms_norm", "rotary", "silu_mul")},
+    **{(fused_decoder, name): "tte::decoder_ops" for name in ("add_rms_norm", "rotary")},
+    (cpu_linear, "silu_mul"): "tte::decoder_ops",  # SwiGLU where the AMX kernel does not compute it
 }
 
 
@@ -104,7 +105,8 @@ def step_fn(runner: Runner, cache: SlotCache, batch: int, context: int):
 
 def matmuls_fn(model, batch: int):
     """The step's linear layers (fused shapes) and LM head on random inputs of the step's sizes, as the
-    fused step runs them (oneDNN-packed on CPU)."""
+    fused step runs them (``PackedLinear``: on CPU the AMX kernel where the CPU has AMX tiles and the
+    dtype is bfloat16, else oneDNN's packed inner product)."""
     weights = []
     for layer in model.model.layers:
         attn, mlp = layer.self_attn, layer.mlp

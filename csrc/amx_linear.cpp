@@ -29,6 +29,9 @@
 
 #define TTE_AMX __attribute__((target("avx512f,amx-tile,amx-bf16")))
 
+// No fused multiply-adds where torch rounds between a product and a sum (silu16's exp, as decoder_ops).
+#pragma GCC optimize("fp-contract=off")
+
 namespace py = pybind11;
 
 namespace tte {
@@ -125,35 +128,61 @@ struct LinearArgs {
   const uint16_t* x;       // [rows, k], contiguous
   const uint16_t* packed;  // pack_weight's layout of W [n, k]
   const uint16_t* bias;    // [n] or nullptr
-  uint16_t* out;           // [rows, n], contiguous
+  uint16_t* out;           // [rows, n] (gated: [rows, n / 2]), contiguous
   int64_t rows, n, k;
+  // SwiGLU's silu(gate) * up straight from the tiles: W's 16-row blocks alternate gate and up (the
+  // caller interleaves them), each pair gives 16 output columns.
+  bool gated;
 };
 
-// Weight blocks [first, last) of every row of x.
+// C tiles 0..tiles-1 = this pass's row tiles of x times weight block `block`, over all of K.
+TTE_AMX void multiply(const LinearArgs& a, const uint16_t* x, int64_t tiles, int64_t block) {
+  const int64_t k_tiles = a.k / kTileK;
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  const uint16_t* w = a.packed + block * k_tiles * kTileElements;
+  for (int64_t kt = 0; kt < k_tiles; kt++) {
+    _tile_loadd(5, w + kt * kTileElements, 64);
+    accumulate(tiles, x + kt * kTileK, a.k * 2);
+  }
+}
+
+TTE_AMX inline __m512 block_bias(const LinearArgs& a, int64_t block) {
+  return a.bias == nullptr ? _mm512_setzero_ps() : load16(a.bias + block * kBlockColumns);
+}
+
+// Output units [first, last) of every row of x: weight blocks, or (gated) pairs of gate / up blocks.
 TTE_AMX void run_blocks(const LinearArgs& a, int64_t first, int64_t last) {
   alignas(64) float c[16 * 16];
-  const int64_t k_tiles = a.k / kTileK, row_bytes = a.k * 2;
+  alignas(64) float gate[4][16 * 16];  // a gated pass's gate tiles, until their up tiles are done
+  const int64_t width = a.gated ? a.n / 2 : a.n;  // of the output
   for (int64_t start = 0; start < a.rows; start += kPassRows) {
     const int64_t pass = std::min(kPassRows, a.rows - start);
     const int64_t tiles = (pass + 15) / 16, tail = pass - 16 * (tiles - 1);
     configure(tiles, tail);
     const uint16_t* x = a.x + start * a.k;
-    for (int64_t block = first; block < last; block++) {
-      _tile_zero(0);
-      _tile_zero(1);
-      _tile_zero(2);
-      _tile_zero(3);
-      const uint16_t* w = a.packed + block * k_tiles * kTileElements;
-      for (int64_t kt = 0; kt < k_tiles; kt++) {
-        _tile_loadd(5, w + kt * kTileElements, 64);
-        accumulate(tiles, x + kt * kTileK, row_bytes);
+    for (int64_t unit = first; unit < last; unit++) {
+      const int64_t block = a.gated ? 2 * unit + 1 : unit;  // gated: the up block (the gate's is first)
+      if (a.gated) {
+        multiply(a, x, tiles, block - 1);
+        for (int64_t t = 0; t < tiles; t++) store_tile(t, gate[t]);
       }
-      const __m512 bias = a.bias == nullptr ? _mm512_setzero_ps() : load16(a.bias + block * kBlockColumns);
+      multiply(a, x, tiles, block);
+      const __m512 bias = block_bias(a, block), gate_bias = a.gated ? block_bias(a, block - 1) : bias;
       for (int64_t t = 0; t < tiles; t++) {
         store_tile(t, c);
-        uint16_t* out = a.out + (start + 16 * t) * a.n + block * kBlockColumns;
+        uint16_t* out = a.out + (start + 16 * t) * width + unit * kBlockColumns;
         const int64_t rows = t == tiles - 1 ? tail : 16;
-        for (int64_t r = 0; r < rows; r++) store16(out + r * a.n, _mm512_add_ps(_mm512_load_ps(c + 16 * r), bias));
+        for (int64_t r = 0; r < rows; r++) {
+          __m512 y = _mm512_add_ps(_mm512_load_ps(c + 16 * r), bias);
+          if (a.gated) {  // each value rounded where torch's linear and silu_mul round it
+            const __m512 g = round_bf16x16(_mm512_add_ps(_mm512_load_ps(gate[t] + 16 * r), gate_bias));
+            y = _mm512_mul_ps(round_bf16x16(silu16(g)), round_bf16x16(y));
+          }
+          store16(out + r * width, y);
+        }
       }
     }
   }
@@ -199,23 +228,28 @@ void register_amx_linear(py::module_& m) {
   m.def(
       "amx_linear",
       [](uintptr_t x, uintptr_t packed, uintptr_t bias, uintptr_t out, int64_t rows, int64_t n, int64_t k,
-         int64_t threads) {
+         int64_t threads, bool gated) {
         if (!amx_enabled()) throw std::runtime_error("amx_linear: AMX tiles are not available here");
         check_sizes("amx_linear", n, k);
         if (rows <= 0) throw std::invalid_argument("amx_linear: rows must be positive, got " + std::to_string(rows));
+        if (gated && n % (2 * kBlockColumns) != 0)
+          throw std::invalid_argument("amx_linear: a gated weight needs a multiple of 32 rows, got " + std::to_string(n));
         const LinearArgs args{reinterpret_cast<const uint16_t*>(x), reinterpret_cast<const uint16_t*>(packed),
-                              reinterpret_cast<const uint16_t*>(bias), reinterpret_cast<uint16_t*>(out), rows, n, k};
-        const int64_t blocks = n / kBlockColumns, tasks = std::max<int64_t>(1, std::min(threads, blocks));
+                              reinterpret_cast<const uint16_t*>(bias), reinterpret_cast<uint16_t*>(out), rows, n, k,
+                              gated};
+        const int64_t units = n / kBlockColumns / (gated ? 2 : 1);
+        const int64_t tasks = std::max<int64_t>(1, std::min(threads, units));
         py::gil_scoped_release release;
-        auto task = [&](int64_t t) { run_blocks(args, blocks * t / tasks, blocks * (t + 1) / tasks); };
+        auto task = [&](int64_t t) { run_blocks(args, units * t / tasks, units * (t + 1) / tasks); };
         if (tasks == 1 || !run_on_openmp_team(tasks, tasks, task)) {
           for (int64_t t = 0; t < tasks; t++) task(t);
         }
       },
       py::arg("x"), py::arg("packed"), py::arg("bias"), py::arg("out"), py::arg("rows"), py::arg("n"), py::arg("k"),
-      py::arg("threads") = 1,
+      py::arg("threads") = 1, py::arg("gated") = false,
       "out [rows, n] = x [rows, k] W^T + bias (0: none) in bfloat16, W packed by pack_amx_weight (see "
-      "tte_fast.runtime.cpu_linear).");
+      "tte_fast.runtime.cpu_linear); gated: out [rows, n / 2] = silu(gate) * up, W's 16-row blocks "
+      "alternating gate and up.");
 }
 
 }  // namespace tte

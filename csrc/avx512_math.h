@@ -109,4 +109,15 @@ TTE_AVX512 inline __m512 exp16(__m512 x) {
   return _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
 }
 
+// silu(x) = x * sigmoid(x) on 16 lanes, float32 (decoder_ops' SwiGLU and the AMX linear's gated
+// output): exp of -|x| only (exp16), 0 below -87 where it clamps, so silu of a large negative x is -0
+// as in torch. Callers compile without fused multiply-adds (torch rounds each product).
+TTE_AVX512 inline __m512 silu16(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
+  const __m512 a = _mm512_sub_ps(zero, _mm512_abs_ps(x));
+  const __m512 t = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(a, _mm512_set1_ps(-87.0f), _CMP_NLT_UQ), exp16(a));
+  const __m512 top = _mm512_mask_mov_ps(t, _mm512_cmp_ps_mask(x, zero, _CMP_GE_OQ), one);
+  return _mm512_mul_ps(x, _mm512_div_ps(top, _mm512_add_ps(one, t)));
+}
+
 }  // namespace tte

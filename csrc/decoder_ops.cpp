@@ -156,16 +156,11 @@ TTE_AVX512 void rotary_head_avx512(const T* xh, const T* c, const T* s, T* oh, i
 
 template <typename T>
 TTE_AVX512 void silu_mul_avx512(const T* gate_up, T* out, int64_t rows, int64_t width) {
-  const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
   for (int64_t r = 0; r < rows; r++) {
     const T* g = gate_up + r * 2 * width;
     for (int64_t i = 0; i < width; i += 16) {
       const __mmask16 lanes = lanes_left(width - i);
-      const __m512 x = load16(g + i, lanes);
-      const __m512 a = _mm512_sub_ps(zero, _mm512_abs_ps(x));
-      const __m512 t = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(a, _mm512_set1_ps(-87.0f), _CMP_NLT_UQ), exp16(a));
-      const __m512 top = _mm512_mask_mov_ps(t, _mm512_cmp_ps_mask(x, zero, _CMP_GE_OQ), one);
-      const __m512 silu = rounded16<T>(_mm512_mul_ps(x, _mm512_div_ps(top, _mm512_add_ps(one, t))));
+      const __m512 silu = rounded16<T>(silu16(load16(g + i, lanes)));
       store16(out + r * width + i, _mm512_mul_ps(silu, load16(g + width + i, lanes)), lanes);
     }
   }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tte_fast.kernels.decoder_ops_cpp import silu_mul
 from tte_fast.runtime.cpu_linear import AMX_ROWS, PackedLinear, amx_extension
 
 
@@ -52,6 +53,30 @@ def test_amx_linear_equals_the_rounded_exact_product(rows, shape, bias):
     assert linear.amx is not None and linear.packed is None  # the AMX kernel's weight, not oneDNN's
     x = torch.randn(rows, in_features).bfloat16()
     check_rounding(linear(x), x, weight, b)
+
+
+@pytest.mark.parametrize("rows", [1, 17, 64, 65])
+@pytest.mark.parametrize("bias", [False, True])
+def test_gated_output_is_silu_mul_of_the_projection(rows, bias):
+    """``gated=True`` (the ``[gate; up]`` projection): the kernel's SwiGLU from its tiles equals
+    ``silu_mul`` of the plain projection's output bit for bit (the same sums, rounded where torch
+    rounds), and so does the layer's own path without the kernel."""
+    extension = amx_module()
+    weight = torch.randn(2 * 48, 64).bfloat16()  # gate and up of 48 features: three 16-row blocks each
+    b = torch.randn(2 * 48).bfloat16() if bias else None
+    x = torch.randn(rows, 64).bfloat16()
+    gated = PackedLinear(weight, b, gated=True)
+    assert gated.amx is not None
+    want = silu_mul(PackedLinear(weight, b)(x))
+    got = gated(x)
+    assert got.shape == (rows, 48) and torch.equal(got, want)
+    extension.set_amx_enabled(False)
+    try:
+        without = PackedLinear(weight, b, gated=True)
+        assert without.amx is None
+        torch.testing.assert_close(without(x), want, atol=2e-2, rtol=2e-2)
+    finally:
+        extension.set_amx_enabled(True)
 
 
 def test_leading_dims_and_strided_inputs():
@@ -107,3 +132,6 @@ def test_bad_sizes_raise():
         extension.amx_linear(0, 0, 0, 0, 1, 30, 64, 1)
     with pytest.raises(ValueError, match="rows must be positive"):
         extension.amx_linear(0, 0, 0, 0, 0, 32, 64, 1)
+    with pytest.raises(ValueError, match="gated weight needs a multiple of 32"):
+        extension.amx_linear(0, 0, 0, 0, 1, 48, 64, 1, True)
+    assert PackedLinear(torch.randn(48, 64).bfloat16(), gated=True).amx is None  # 24 features: half blocks

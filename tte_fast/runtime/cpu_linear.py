@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tte_fast.kernels.decoder_ops_cpp import silu_mul
+
 # Rows the oneDNN packed layout is tuned for (it serves any number of rows).
 PACKED_ROWS_HINT = 64
 PACKED_DTYPES = (torch.float32, torch.bfloat16)
@@ -48,36 +50,55 @@ def amx_extension(weight: torch.Tensor):
     return _C if hasattr(_C, "amx_linear") and _C.amx_available() else None
 
 
-class PackedLinear:
-    """``y = x W^T + b`` for ``weight [out, in]`` and an optional ``bias [out]``."""
+def _interleaved(t: torch.Tensor) -> torch.Tensor:
+    """``[gate; up]`` rows (or bias entries) reordered as 16-row blocks alternating gate and up."""
+    half = t.shape[0] // 2
+    return t.reshape(2, half // 16, 16, *t.shape[1:]).transpose(0, 1).reshape(t.shape)
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
-        self.weight, self.bias = weight, bias
+
+class PackedLinear:
+    """``y = x W^T + b`` for ``weight [out, in]`` and an optional ``bias [out]``; ``gated``: SwiGLU's
+    ``silu(gate) * up`` of that ``y = [gate | up]`` (``decoder_ops_cpp.silu_mul``), which the AMX
+    kernel computes from its tiles (no ``y`` written and read back, no pass of its own)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, gated: bool = False):
+        self.weight, self.bias, self.gated = weight, bias, gated
         self.packed = self.amx = None
         extension = amx_extension(weight)
-        if extension is not None and (bias is None or bias.dtype == weight.dtype):
-            self._extension = extension
-            self.amx = torch.empty(weight.numel(), dtype=weight.dtype)
-            self.bias = None if bias is None else bias.detach().contiguous()
-            source = weight.detach().contiguous()
-            extension.pack_amx_weight(source.data_ptr(), self.amx.data_ptr(), *weight.shape)
+        whole_blocks = not gated or weight.shape[0] % 32 == 0  # gated: gate and up of whole 16-row blocks
+        if extension is not None and whole_blocks and (bias is None or bias.dtype == weight.dtype):
+            self._pack_amx(extension)
         elif weight.device.type == "cpu" and weight.dtype in PACKED_DTYPES and _packing_available():
             self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACKED_ROWS_HINT)
 
+    def _pack_amx(self, extension) -> None:
+        source, bias = self.weight.detach(), self.bias
+        if self.gated:
+            source, bias = _interleaved(source), None if bias is None else _interleaved(bias.detach())
+        self._extension, self._amx_bias = extension, None if bias is None else bias.detach().contiguous()
+        self.amx = torch.empty(source.numel(), dtype=source.dtype)
+        source = source.contiguous()
+        extension.pack_amx_weight(source.data_ptr(), self.amx.data_ptr(), *source.shape)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != self.weight.dtype or torch.compiler.is_compiling():
-            return F.linear(x, self.weight, self.bias)
-        if self.amx is not None:
+        if self.amx is not None and x.dtype == self.weight.dtype and not torch.compiler.is_compiling():
             rows = x.numel() // x.shape[-1] if x.numel() else 0
-            if not 0 < rows <= AMX_ROWS or x.shape[-1] != self.weight.shape[1]:
-                return F.linear(x, self.weight, self.bias)
-            x = x.contiguous()
-            out = x.new_empty(*x.shape[:-1], self.weight.shape[0])
-            self._extension.amx_linear(
-                x.data_ptr(), self.amx.data_ptr(), 0 if self.bias is None else self.bias.data_ptr(),
-                out.data_ptr(), rows, *self.weight.shape, torch.get_num_threads(),
-            )  # fmt: skip
-            return out
-        if self.packed is None:
+            if 0 < rows <= AMX_ROWS and x.shape[-1] == self.weight.shape[1]:
+                return self._amx_linear(x.contiguous(), rows)
+        y = self._linear(x)
+        return silu_mul(y) if self.gated else y
+
+    def _linear(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is None or x.dtype != self.weight.dtype or torch.compiler.is_compiling():
             return F.linear(x, self.weight, self.bias)
         return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed, self.bias, "none", [], "")
+
+    def _amx_linear(self, x: torch.Tensor, rows: int) -> torch.Tensor:
+        out_features = self.weight.shape[0] // (2 if self.gated else 1)
+        out = x.new_empty(*x.shape[:-1], out_features)
+        bias = 0 if self._amx_bias is None else self._amx_bias.data_ptr()
+        self._extension.amx_linear(
+            x.data_ptr(), self.amx.data_ptr(), bias, out.data_ptr(), rows, *self.weight.shape,
+            torch.get_num_threads(), self.gated,
+        )  # fmt: skip
+        return out

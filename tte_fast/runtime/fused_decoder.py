@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from tte_fast.heads import find_decoder
-from tte_fast.kernels.decoder_ops_cpp import add_rms_norm, rms_norm_reference, rotary, silu_mul
+from tte_fast.kernels.decoder_ops_cpp import add_rms_norm, rms_norm_reference, rotary
 from tte_fast.runtime.cpu_linear import PackedLinear
 from tte_fast.runtime.slot_attention import attend, step_attention
 
@@ -100,7 +100,7 @@ class _Layer:
         self.qkv = PackedLinear(*_stacked(attn.q_proj, attn.k_proj, attn.v_proj))
         self.splits = [attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features]
         self.o = PackedLinear(attn.o_proj.weight, attn.o_proj.bias)
-        self.gate_up = PackedLinear(*_stacked(mlp.gate_proj, mlp.up_proj))
+        self.gate_up = PackedLinear(*_stacked(mlp.gate_proj, mlp.up_proj), gated=True)  # silu(gate) * up
         self.down = PackedLinear(mlp.down_proj.weight, mlp.down_proj.bias)
         self.input_norm, self.post_norm = layer.input_layernorm, layer.post_attention_layernorm
         self.q_norm, self.k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
@@ -223,7 +223,7 @@ class FusedDecoder:
         norm = layer.post_norm
         residual, x = add_rms_norm(residual, layer.o(attention), norm.weight, norm.variance_epsilon)
         norm = self.layers[index + 1].input_norm if index + 1 < len(self.layers) else self.text.norm
-        delta = layer.down(silu_mul(layer.gate_up(x)))
+        delta = layer.down(layer.gate_up(x))
         return add_rms_norm(residual, delta, norm.weight, norm.variance_epsilon)
 
     @staticmethod

@@ -28,7 +28,10 @@ from tte_fast.kernels.decoder_ops_cpp import silu_mul
 # Rows the oneDNN packed layout is tuned for (it serves any number of rows).
 PACKED_ROWS_HINT = 64
 PACKED_DTYPES = (torch.float32, torch.bfloat16)
-# Most rows the AMX kernel takes (it makes a pass over the weights for every 64 rows); more: F.linear.
+# Most rows the AMX kernel takes (a pass over the weights for every 64 rows); more: F.linear. A step's
+# 121 matmuls (SmolLM2-135M, 2-core Xeon): 31.8 / 42.8 / 68.8 ms at 96 / 128 / 192 rows on the kernel,
+# 42.8 / 53.8 / 66.6 ms through F.linear (oneDNN's packed call, whose copy of the weights the
+# kernel's replaces: 33.7 / 37.2 / 45.1 ms).
 AMX_ROWS = 128
 
 
